@@ -1,0 +1,301 @@
+"""One round of training: the train state, pure jitted steps, and the loop.
+
+The forward pass always sees `params * mask`, so masked weights get zero
+gradient; after each update the params are masked again so that neither
+weight decay nor momentum can bring a pruned weight back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+from absl import logging
+from clu import metric_writers
+from clu import periodic_actions
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from sslprune_jax import parallel
+from sslprune_jax import pruning
+
+PyTree = Any
+SCHEDULES = ('step', 'cosine', 'constant')
+
+
+class TrainState(train_state.TrainState):
+  """Everything that changes during a round.
+
+  Attributes:
+    batch_stats: batch-norm running statistics.
+    mask: boolean pytree like `params` (see `pruning`).
+    rng: PRNG key of the round (dropout, task randomness); folded with the
+      step and the device index inside the step.
+  """
+  batch_stats: PyTree
+  mask: PyTree
+  rng: jax.Array
+
+  def apply_gradients(self, *, grads, **kwargs):
+    new_state = super().apply_gradients(grads=grads, **kwargs)
+    return new_state.replace(
+        params=pruning.apply_mask(new_state.params, new_state.mask))
+
+
+def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
+                            steps_per_epoch: int) -> optax.Schedule:
+  """The paper's learning-rate schedules, in steps.
+
+  Args:
+    train_config: `schedule` ('step' | 'cosine' | 'constant'),
+      `learning_rate`, `num_epochs`, `warmup_epochs` (linear warm-up from 0),
+      and for 'step': `decay_epochs` (epochs at which the rate is multiplied
+      by `decay_factor`).
+    steps_per_epoch: optimiser steps per epoch.
+
+  Returns:
+    An optax schedule: step -> learning rate.
+  """
+  c = train_config
+  if c.schedule not in SCHEDULES:
+    raise ValueError(f'Unknown schedule {c.schedule!r}; valid: {SCHEDULES}.')
+  total = int(round(c.num_epochs * steps_per_epoch))
+  warmup = int(round(c.warmup_epochs * steps_per_epoch))
+  if c.schedule == 'step':
+    main = optax.piecewise_constant_schedule(
+        c.learning_rate,
+        {int(round(e * steps_per_epoch)) - warmup: c.decay_factor
+         for e in c.decay_epochs})
+  elif c.schedule == 'cosine':
+    main = optax.cosine_decay_schedule(c.learning_rate,
+                                       max(total - warmup, 1))
+  else:
+    main = optax.constant_schedule(c.learning_rate)
+  if warmup == 0:
+    return main
+  ramp = optax.linear_schedule(0.0, c.learning_rate, warmup)
+  return optax.join_schedules([ramp, main], [warmup])
+
+
+def create_optimizer(train_config: ml_collections.ConfigDict,
+                     learning_rate_fn: optax.Schedule
+                     ) -> optax.GradientTransformation:
+  """SGD with momentum and (PyTorch-style, coupled) weight decay."""
+  return optax.chain(
+      optax.add_decayed_weights(train_config.weight_decay),
+      optax.sgd(learning_rate_fn, momentum=train_config.momentum,
+                nesterov=train_config.nesterov))
+
+
+def init_variables(model, rng: jax.Array, image_shape) -> dict:
+  """Fresh model variables for one (unbatched) image shape."""
+  dummy = jnp.zeros((1, *image_shape), jnp.float32)
+  params_rng, dropout_rng = jax.random.split(rng)
+  return model.init({'params': params_rng, 'dropout': dropout_rng}, dummy,
+                    train=False)
+
+
+def create_train_state(model, variables: dict, mask: PyTree,
+                       tx: optax.GradientTransformation,
+                       rng: jax.Array) -> TrainState:
+  """A fresh state at step 0 (the optimiser state starts empty)."""
+  return TrainState.create(
+      apply_fn=model.apply,
+      params=pruning.apply_mask(variables['params'], mask),
+      batch_stats=variables.get('batch_stats', {}),
+      mask=mask, rng=rng, tx=tx)
+
+
+def _forward(state: TrainState, params, images, train: bool, rng=None):
+  variables = {'params': pruning.apply_mask(params, state.mask),
+               'batch_stats': state.batch_stats}
+  if not train:
+    return state.apply_fn(variables, images, train=False), state.batch_stats
+  outputs, updates = state.apply_fn(
+      variables, images, train=True, mutable=['batch_stats'],
+      rngs={'dropout': rng})
+  return outputs, updates.get('batch_stats', state.batch_stats)
+
+
+def per_device_train_step(task) -> Callable:
+  """The train step as one device runs it, collectives over axis 'data'.
+
+  Batch norm uses the device's own batch; the gradients and the new
+  batch-norm statistics are averaged over devices, and metric sums are added
+  over devices.
+  """
+
+  def step(state: TrainState, batch: dict):
+    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
+                             jax.lax.axis_index(parallel.AXIS))
+
+    def loss_fn(params):
+      outputs, batch_stats = _forward(state, params, batch['image'], True,
+                                      rng)
+      return task.loss(outputs, batch), (outputs, batch_stats)
+
+    # Differentiate with respect to a per-device view of the replicated
+    # params: the gradients then stay per-device and are averaged explicitly
+    # (as pmap and PyTorch DDP do), instead of being summed implicitly by
+    # shard_map's transpose of the broadcast.
+    params = jax.lax.pcast(state.params, parallel.AXIS, to='varying')
+    (_, (outputs, batch_stats)), grads = jax.value_and_grad(
+        loss_fn, has_aux=True)(params)
+    grads = jax.lax.pmean(grads, parallel.AXIS)
+    # Keeping one copy of the running statistics (their device average)
+    # makes the state replicated and checkpointable as one tree.
+    batch_stats = jax.lax.pmean(batch_stats, parallel.AXIS)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = task.metrics(outputs, batch, task.train_metrics)
+    return state, jax.lax.psum(metrics, parallel.AXIS)
+
+  return step
+
+
+def make_train_step(task, mesh) -> Callable:
+  """The jitted data-parallel train step: (state, batch) -> (state, metrics).
+
+  `per_device_train_step` under `shard_map` over the mesh; the batch is split
+  along 'data', the state is replicated and donated.
+  """
+  sharded = jax.shard_map(per_device_train_step(task), mesh=mesh,
+                          in_specs=(P(), P(parallel.AXIS)),
+                          out_specs=(P(), P()))
+  return jax.jit(sharded, donate_argnums=0)
+
+
+def make_eval_step(task, mesh) -> Callable:
+  """The data-parallel eval step: (state, batch) -> metrics.
+
+  `batch['mask']` marks real examples; padding does not count.
+  """
+
+  def step(state: TrainState, batch: dict):
+    outputs, _ = _forward(state, state.params, batch['image'], False)
+    metrics = task.metrics(outputs, batch, task.eval_metrics,
+                           mask=batch['mask'])
+    return jax.lax.psum(metrics, parallel.AXIS)
+
+  return jax.jit(jax.shard_map(step, mesh=mesh,
+                               in_specs=(P(), P(parallel.AXIS)),
+                               out_specs=P()))
+
+
+def evaluate(eval_step: Callable, state: TrainState,
+             batches: Iterator[dict], mesh) -> dict[str, float]:
+  """Runs `eval_step` over an eval iterator; returns the reduced metrics."""
+  total = None
+  for batch in batches:
+    m = eval_step(state, parallel.shard_batch(batch, mesh))
+    total = m if total is None else total.merge(m)
+  if total is None:
+    raise ValueError('The eval split is empty.')
+  return {k: float(v) for k, v in total.compute().items()}
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite."""
+
+
+@dataclasses.dataclass
+class RoundResult:
+  state: TrainState
+  train_metrics: dict[str, float]
+  eval_metrics: dict[str, float]
+  seconds: float
+
+
+def train_round(
+    state: TrainState,
+    *,
+    train_step: Callable,
+    eval_step: Callable,
+    train_batches: Iterator[dict],
+    eval_batches: Callable[[], Iterator[dict]],
+    mesh,
+    num_steps: int,
+    writer: metric_writers.MetricWriter,
+    log_every_steps: int,
+    checkpoint_every_steps: int,
+    save_checkpoint: Callable[[TrainState], None],
+    hooks: Mapping[int, Callable[[TrainState], None]] | None = None,
+    description: str = '',
+) -> RoundResult:
+  """Trains from `state.step` up to `num_steps`, then evaluates.
+
+  Args:
+    state: replicated train state (possibly restored mid-round).
+    train_step: from `make_train_step`.
+    eval_step: from `make_eval_step`.
+    train_batches: this host's batches, starting at `state.step`.
+    eval_batches: returns a fresh pass over the eval split.
+    mesh: the data mesh.
+    num_steps: length of the round in steps.
+    writer: clu metric writer (per-round step axis).
+    log_every_steps: how often train metrics are written.
+    checkpoint_every_steps: how often `save_checkpoint(state)` is called.
+    save_checkpoint: saves a resumable in-round checkpoint.
+    hooks: step -> callback(state), called once the state has taken that many
+      steps (the rewind point). A hook for step 0 runs before training.
+    description: prefix of log lines.
+
+  Returns:
+    The final state and its train and eval metrics.
+
+  Raises:
+    NonFiniteLossError: the loss became NaN/inf. The state that produced it
+      is not checkpointed; earlier checkpoints are kept.
+  """
+  hooks = dict(hooks or {})
+  start = int(state.step)
+  t0 = time.time()
+  report = periodic_actions.ReportProgress(num_train_steps=num_steps,
+                                           writer=writer,
+                                           every_steps=log_every_steps)
+  if start == 0 and 0 in hooks:
+    hooks[0](state)
+  accumulated, last_train = None, {}
+  for step in range(start + 1, num_steps + 1):
+    with jax.profiler.StepTraceAnnotation('train', step_num=step):
+      batch = parallel.shard_batch(next(train_batches), mesh)
+      state, metrics = train_step(state, batch)
+    accumulated = metrics if accumulated is None else accumulated.merge(
+        metrics)
+    report(step)
+    is_log = step % log_every_steps == 0 or step == num_steps
+    is_ckpt = checkpoint_every_steps and step % checkpoint_every_steps == 0
+    if is_log or is_ckpt or step in hooks:
+      # Metrics are fetched (a host sync) only here; the NaN check piggybacks
+      # on that so that a non-finite state is never saved.
+      last_train = {k: float(v) for k, v in accumulated.compute().items()}
+      accumulated = None
+      if not math.isfinite(last_train['loss']):
+        raise NonFiniteLossError(
+            f'{description}: training loss is {last_train["loss"]} at step '
+            f'{step}. Stopped; the checkpoints written so far are kept. '
+            'Lower the learning rate or check the data.')
+      if is_log:
+        writer.write_scalars(step, {f'train_{k}': v
+                                    for k, v in last_train.items()})
+        logging.info('%s step %d/%d: %s', description, step, num_steps,
+                     last_train)
+    if step in hooks:
+      hooks[step](state)
+    if is_ckpt and step < num_steps:
+      save_checkpoint(state)
+  with report.timed('eval'):
+    eval_metrics = evaluate(eval_step, state, eval_batches(), mesh)
+  writer.write_scalars(num_steps, {f'eval_{k}': v
+                                   for k, v in eval_metrics.items()})
+  writer.flush()
+  return RoundResult(state=state, train_metrics=last_train,
+                     eval_metrics=eval_metrics, seconds=time.time() - t0)

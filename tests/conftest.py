@@ -1,0 +1,19 @@
+"""Test-wide setup: eight simulated CPU devices, quiet TensorFlow."""
+
+import os
+
+# Must be set before jax is imported anywhere.
+os.environ.setdefault('XLA_FLAGS',
+                      '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope='session')
+def num_devices():
+  n = jax.device_count()
+  assert n == 8, f'expected 8 simulated devices, got {n}'
+  return n

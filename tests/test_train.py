@@ -1,0 +1,264 @@
+"""The train step: masking, data parallelism, schedules, the NaN stop."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from sslprune_jax import parallel
+from sslprune_jax import pruning
+from sslprune_jax import tasks
+from sslprune_jax import train
+
+
+class TinyNet(nn.Module):
+  """Conv (+ optional batch norm) -> pool -> classifier."""
+  batch_norm: bool = True
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    x = nn.Conv(8, (3, 3), use_bias=not self.batch_norm)(x)
+    if self.batch_norm:
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.relu(x)
+    x = nn.Conv(8, (3, 3), strides=2, use_bias=False)(x)
+    x = jnp.mean(nn.relu(x), axis=(1, 2))
+    return nn.Dense(10, name='classifier')(x)
+
+
+def train_config(**overrides):
+  c = ml_collections.ConfigDict(dict(
+      num_epochs=10.0, schedule='constant', learning_rate=0.1,
+      decay_epochs=(), decay_factor=0.1, warmup_epochs=0.0, momentum=0.9,
+      nesterov=False, weight_decay=1e-4))
+  c.update(overrides)
+  return c
+
+
+def make_state(model, tx, mask_fraction=0.0, seed=0):
+  variables = train.init_variables(model, jax.random.PRNGKey(seed),
+                                   (8, 8, 1))
+  mask = pruning.init_mask(variables['params'])
+  if mask_fraction:
+    prunable = pruning.prunable_tree(variables['params'])
+    mask = pruning.random_prune(jax.random.PRNGKey(1), mask, prunable,
+                                mask_fraction)
+  return train.create_train_state(model, variables, mask, tx,
+                                  jax.random.PRNGKey(2))
+
+
+def random_batch(seed, n=32):
+  rng = np.random.default_rng(seed)
+  return {'image': rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
+          'label': rng.integers(0, 10, size=(n,)).astype(np.int32)}
+
+
+def test_masked_weights_stay_exactly_zero(num_devices):
+  mesh = parallel.create_mesh()
+  tx = train.create_optimizer(train_config(weight_decay=0.05),
+                              optax.constant_schedule(0.5))
+  state = make_state(TinyNet(), tx, mask_fraction=0.6)
+  before = jax.tree.map(np.asarray, state.params)
+  step = train.make_train_step(tasks.get_task('labels'), mesh)
+  state = parallel.replicate(state, mesh)
+  for i in range(40):
+    state, _ = step(state, parallel.shard_batch(random_batch(i), mesh))
+  mask = jax.tree.map(np.asarray, state.mask)
+  moved = 0
+  for p, m, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(mask),
+                     jax.tree.leaves(before)):
+    p = np.asarray(p)
+    assert np.all(p[~m] == 0.0)
+    moved += np.sum(p[m] != b[m])
+  assert moved > 0
+  # The momentum of a pruned weight never builds up either.
+  trace = state.opt_state[1][0].trace
+  for t, m in zip(jax.tree.leaves(trace), jax.tree.leaves(mask)):
+    assert np.all(np.asarray(t)[~m] == 0.0)
+
+
+def test_data_parallel_step_matches_one_device_without_batchnorm(num_devices):
+  model = TinyNet(batch_norm=False)
+  tx = train.create_optimizer(train_config(), optax.constant_schedule(0.1))
+  task = tasks.get_task('labels')
+  state = make_state(model, tx, mask_fraction=0.3)
+
+  # Reference: the plain full-batch update on one device. Without batch norm
+  # the mean of the per-device mean losses is the full-batch mean loss.
+  @jax.jit
+  def reference_step(state, batch):
+    def loss_fn(params):
+      logits = model.apply({'params': pruning.apply_mask(params, state.mask)},
+                           batch['image'], train=True)
+      return optax.softmax_cross_entropy_with_integer_labels(
+          logits, batch['label']).mean()
+    grads = jax.grad(loss_fn)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = pruning.apply_mask(optax.apply_updates(state.params, updates),
+                                state.mask)
+    return state.replace(params=params, opt_state=opt_state,
+                         step=state.step + 1)
+
+  mesh = parallel.create_mesh()
+  step = train.make_train_step(task, mesh)
+  sharded = parallel.replicate(state, mesh)
+  expected = state
+  for i in range(3):
+    batch = random_batch(i)
+    sharded, metrics = step(sharded, parallel.shard_batch(batch, mesh))
+    expected = reference_step(expected, batch)
+  for a, b in zip(jax.tree.leaves(sharded.params),
+                  jax.tree.leaves(expected.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5,
+                               atol=1e-6)
+  assert int(metrics.accuracy.count) == 32
+
+
+def test_data_parallel_step_uses_per_device_batchnorm(num_devices):
+  model = TinyNet(batch_norm=True)
+  tx = train.create_optimizer(train_config(), optax.constant_schedule(0.1))
+  task = tasks.get_task('labels')
+  state = make_state(model, tx)
+  batch = random_batch(0, n=32)
+
+  # Reference on one device, written out: each slice of 4 images gets its
+  # own forward pass with batch statistics of that slice, then gradients and
+  # running statistics are averaged over the 8 slices.
+  @jax.jit
+  def reference_step(state, batch):
+    def slice_loss(params, images, labels):
+      logits, updates = model.apply(
+          {'params': pruning.apply_mask(params, state.mask),
+           'batch_stats': state.batch_stats},
+          images, train=True, mutable=['batch_stats'])
+      loss = optax.softmax_cross_entropy_with_integer_labels(
+          logits, labels).mean()
+      return loss, updates['batch_stats']
+
+    images = batch['image'].reshape(num_devices, -1, 8, 8, 1)
+    labels = batch['label'].reshape(num_devices, -1)
+    grads, stats, losses = [], [], []
+    for i in range(num_devices):
+      (loss, bs), g = jax.value_and_grad(slice_loss, has_aux=True)(
+          state.params, images[i], labels[i])
+      grads.append(g)
+      stats.append(bs)
+      losses.append(loss)
+    mean = lambda *xs: sum(xs) / num_devices
+    grads = jax.tree.map(mean, *grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = pruning.apply_mask(optax.apply_updates(state.params, updates),
+                                state.mask)
+    return (state.replace(params=params, opt_state=opt_state,
+                          batch_stats=jax.tree.map(mean, *stats),
+                          step=state.step + 1), mean(*losses))
+
+  ref_state, ref_loss = reference_step(state, batch)
+
+  mesh = parallel.create_mesh()
+  step = train.make_train_step(task, mesh)
+  new_state, metrics = step(parallel.replicate(state, mesh),
+                            parallel.shard_batch(batch, mesh))
+  for a, b in zip(jax.tree.leaves(new_state.params),
+                  jax.tree.leaves(ref_state.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5,
+                               atol=1e-6)
+  for a, b in zip(jax.tree.leaves(new_state.batch_stats),
+                  jax.tree.leaves(ref_state.batch_stats)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5,
+                               atol=1e-6)
+  np.testing.assert_allclose(float(metrics.loss.compute()), float(ref_loss),
+                             rtol=1e-5)
+
+  # One device over the whole batch normalises with whole-batch statistics,
+  # which is a different computation.
+  one = parallel.create_mesh(jax.devices()[:1])
+  whole, _ = train.make_train_step(task, one)(
+      parallel.replicate(state, one), parallel.shard_batch(batch, one))
+  differs = [not np.allclose(np.asarray(a), np.asarray(b), rtol=1e-4)
+             for a, b in zip(jax.tree.leaves(whole.batch_stats),
+                             jax.tree.leaves(new_state.batch_stats))]
+  assert any(differs)
+
+
+def test_step_schedule_decays_at_the_given_epochs():
+  lr = train.create_learning_rate_fn(
+      train_config(schedule='step', decay_epochs=(2, 3), num_epochs=4.0),
+      steps_per_epoch=10)
+  assert [float(lr(s)) for s in (0, 19, 20, 29, 30, 39)] == pytest.approx(
+      [0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+
+
+def test_warmup_then_step():
+  lr = train.create_learning_rate_fn(
+      train_config(schedule='step', decay_epochs=(2,), num_epochs=4.0,
+                   warmup_epochs=1.0), steps_per_epoch=10)
+  assert float(lr(0)) == pytest.approx(0.0)
+  assert float(lr(5)) == pytest.approx(0.05)
+  assert float(lr(10)) == pytest.approx(0.1)
+  assert float(lr(19)) == pytest.approx(0.1)
+  assert float(lr(20)) == pytest.approx(0.01)
+
+
+def test_cosine_schedule():
+  lr = train.create_learning_rate_fn(
+      train_config(schedule='cosine', num_epochs=2.0), steps_per_epoch=50)
+  assert float(lr(0)) == pytest.approx(0.1)
+  assert float(lr(50)) == pytest.approx(0.05)
+  assert float(lr(100)) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_unknown_schedule_is_refused():
+  with pytest.raises(ValueError, match='Unknown schedule'):
+    train.create_learning_rate_fn(train_config(schedule='exp'), 10)
+
+
+class _FakeMetrics:
+  """Stands in for a clu collection: merge and compute."""
+
+  def __init__(self, losses):
+    self.losses = losses
+
+  def merge(self, other):
+    return _FakeMetrics(self.losses + other.losses)
+
+  def compute(self):
+    return {'loss': float(np.mean(self.losses)), 'accuracy': 0.5}
+
+
+class _FakeState:
+
+  def __init__(self, step):
+    self.step = step
+
+
+def test_train_round_stops_on_nan_without_saving_it():
+  saved = []
+
+  def fake_step(state, batch):
+    del batch
+    step = state.step + 1
+    return _FakeState(step), _FakeMetrics([np.nan if step >= 7 else 1.0])
+
+  batches = iter([{'image': np.zeros((8, 1))}] * 100)
+  with pytest.raises(train.NonFiniteLossError, match='step 8'):
+    train.train_round(
+        _FakeState(0), train_step=fake_step, eval_step=None,
+        train_batches=batches, eval_batches=lambda: iter([]),
+        mesh=parallel.create_mesh(), num_steps=20,
+        writer=_NullWriter(), log_every_steps=4, checkpoint_every_steps=2,
+        save_checkpoint=lambda s: saved.append(s.step), description='test')
+  # Checkpoints at 2, 4 and 6 were written; the NaN state (7, 8) was not.
+  assert saved == [2, 4, 6]
+
+
+class _NullWriter:
+
+  def write_scalars(self, step, scalars):
+    pass
+
+  def flush(self):
+    pass
