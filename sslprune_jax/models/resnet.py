@@ -1,0 +1,287 @@
+"""ResNets with torchvision semantics, in ImageNet and CIFAR form.
+
+Parameter names follow torchvision (``conv1``, ``bn1``, ``layer1_0``, ...,
+``downsample_conv``) so that layers can be matched against PyTorch
+checkpoints by eye; the final linear layer is always called ``classifier``
+because pruning recognises and excludes it by that name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# Kaiming-normal on fan-out, the initialisation torchvision gives ResNet convs.
+conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+# torchvision's nn.Linear default (kaiming-uniform with a=sqrt(5)) is a
+# uniform distribution with variance 1 / (3 * fan_in). Dense biases start at
+# zero, since flax bias initialisers cannot see fan-in.
+dense_kernel_init = nn.initializers.variance_scaling(
+    1.0 / 3.0, 'fan_in', 'uniform')
+
+BASE_WIDTHS = (64, 128, 256, 512)
+
+
+def scale_width(base: int, width: float) -> int:
+  """Scales a channel count by a width multiplier.
+
+  Args:
+    base: channel count of the reference (width 1.0) network.
+    width: multiplier.
+
+  Returns:
+    ``round(base * width)``, at least 1 so that thin networks stay valid.
+  """
+  return max(1, int(round(base * width)))
+
+
+def batch_norm_layer(train: bool, dtype: Any,
+                     name: str) -> nn.BatchNorm:
+  """Builds a batch norm layer with PyTorch's defaults.
+
+  No ``axis_name`` is given: statistics come from the local (per-device)
+  batch only, as with PyTorch DistributedDataParallel without SyncBN.
+
+  Args:
+    train: whether to normalise with batch statistics (and update the running
+      averages) instead of the running averages.
+    dtype: computation dtype.
+    name: submodule name.
+
+  Returns:
+    An unbound ``nn.BatchNorm``.
+  """
+  # flax momentum is the weight of the old value, PyTorch's of the new one:
+  # flax 0.9 == PyTorch 0.1.
+  return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=dtype,
+      name=name)
+
+
+def conv(features: int, kernel: int, stride: int, dtype: Any,
+         name: str) -> nn.Conv:
+  """Builds a bias-free convolution with PyTorch-style symmetric padding.
+
+  Explicit padding of ``kernel // 2`` is used rather than 'SAME' because for
+  strided convolutions on even inputs 'SAME' pads only on the bottom/right,
+  which shifts the sampling grid relative to torchvision.
+
+  Args:
+    features: output channels.
+    kernel: square kernel size.
+    stride: spatial stride.
+    dtype: computation dtype.
+    name: submodule name.
+
+  Returns:
+    An unbound ``nn.Conv``.
+  """
+  pad = kernel // 2
+  return nn.Conv(
+      features,
+      (kernel, kernel),
+      strides=(stride, stride),
+      padding=((pad, pad), (pad, pad)),
+      use_bias=False,
+      kernel_init=conv_kernel_init,
+      dtype=dtype,
+      name=name)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with an identity or projection shortcut.
+
+  Attributes:
+    features: output channels.
+    stride: stride of the first convolution (and of the shortcut).
+    dtype: computation dtype.
+  """
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  expansion = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    """Applies the block.
+
+    Args:
+      x: NHWC input.
+      train: use batch statistics and update running averages.
+
+    Returns:
+      NHWC output with ``features`` channels.
+    """
+    residual = x
+    y = conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
+    y = batch_norm_layer(train, self.dtype, 'bn1')(y)
+    y = nn.relu(y)
+    y = conv(self.features, 3, 1, self.dtype, 'conv2')(y)
+    y = batch_norm_layer(train, self.dtype, 'bn2')(y)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      residual = conv(self.features, 1, self.stride, self.dtype,
+                      'downsample_conv')(x)
+      residual = batch_norm_layer(train, self.dtype,
+                                  'downsample_bn')(residual)
+    return nn.relu(y + residual)
+
+
+class BottleneckBlock(nn.Module):
+  """1x1 reduce, 3x3, 1x1 expand (x4), with the stride on the 3x3 (v1.5).
+
+  Attributes:
+    features: bottleneck channels; the block outputs ``4 * features``.
+    stride: stride of the 3x3 convolution (and of the shortcut).
+    dtype: computation dtype.
+  """
+  features: int
+  stride: int = 1
+  dtype: Any = jnp.float32
+
+  expansion = 4
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    """Applies the block.
+
+    Args:
+      x: NHWC input.
+      train: use batch statistics and update running averages.
+
+    Returns:
+      NHWC output with ``4 * features`` channels.
+    """
+    out_features = self.features * self.expansion
+    residual = x
+    y = conv(self.features, 1, 1, self.dtype, 'conv1')(x)
+    y = batch_norm_layer(train, self.dtype, 'bn1')(y)
+    y = nn.relu(y)
+    y = conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
+    y = batch_norm_layer(train, self.dtype, 'bn2')(y)
+    y = nn.relu(y)
+    y = conv(out_features, 1, 1, self.dtype, 'conv3')(y)
+    y = batch_norm_layer(train, self.dtype, 'bn3')(y)
+    if self.stride != 1 or x.shape[-1] != out_features:
+      residual = conv(out_features, 1, self.stride, self.dtype,
+                      'downsample_conv')(x)
+      residual = batch_norm_layer(train, self.dtype,
+                                  'downsample_bn')(residual)
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """ResNet v1.5 (torchvision layout).
+
+  Attributes:
+    stage_sizes: number of blocks in each of the four stages.
+    block_cls: ``BasicBlock`` or ``BottleneckBlock``.
+    num_classes: classifier outputs; ``None`` returns the pooled trunk
+      features instead, for callers that attach their own heads.
+    width: multiplier of the stage widths 64/128/256/512 (and of the stem).
+    cifar_stem: True for the CIFAR stem (3x3 stride-1 conv, no max-pool);
+      False for the ImageNet stem (7x7 stride-2 conv, 3x3 stride-2 max-pool).
+    dtype: computation dtype; parameters stay float32.
+  """
+  stage_sizes: Sequence[int]
+  block_cls: type[nn.Module]
+  num_classes: int | None
+  width: float = 1.0
+  cifar_stem: bool = False
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool = True):
+    """Runs the network.
+
+    Args:
+      x: NHWC float images, any number of channels.
+      train: use batch statistics and update running averages.
+
+    Returns:
+      ``[N, num_classes]`` float32 logits, or ``[N, C]`` pooled features if
+      ``num_classes`` is None.
+    """
+    x = jnp.asarray(x, self.dtype)
+    widths = [scale_width(w, self.width) for w in BASE_WIDTHS]
+    if self.cifar_stem:
+      x = conv(widths[0], 3, 1, self.dtype, 'conv1')(x)
+      x = batch_norm_layer(train, self.dtype, 'bn1')(x)
+      x = nn.relu(x)
+    else:
+      x = conv(widths[0], 7, 2, self.dtype, 'conv1')(x)
+      x = batch_norm_layer(train, self.dtype, 'bn1')(x)
+      x = nn.relu(x)
+      # flax pads max-pool windows with -inf, matching PyTorch's padding=1.
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    for stage, (num_blocks, features) in enumerate(
+        zip(self.stage_sizes, widths)):
+      for block in range(num_blocks):
+        stride = 2 if stage > 0 and block == 0 else 1
+        x = self.block_cls(
+            features=features,
+            stride=stride,
+            dtype=self.dtype,
+            name=f'layer{stage + 1}_{block}')(x, train=train)
+    x = jnp.mean(x, axis=(1, 2))
+    if self.num_classes is None:
+      return x
+    x = nn.Dense(
+        self.num_classes,
+        kernel_init=dense_kernel_init,
+        dtype=self.dtype,
+        name='classifier')(x)
+    # Losses and metrics are computed in float32 even for bfloat16 models.
+    return jnp.asarray(x, jnp.float32)
+
+
+# depth -> (stage sizes, block type); depth 10 is the small variant used for
+# quick experiments, the rest are the torchvision depths.
+RESNET_SPECS = {
+    10: ((1, 1, 1, 1), BasicBlock),
+    18: ((2, 2, 2, 2), BasicBlock),
+    34: ((3, 4, 6, 3), BasicBlock),
+    50: ((3, 4, 6, 3), BottleneckBlock),
+    101: ((3, 4, 23, 3), BottleneckBlock),
+    152: ((3, 8, 36, 3), BottleneckBlock),
+}
+
+
+def resnet(depth: int,
+           num_classes: int | None,
+           width: float = 1.0,
+           cifar_stem: bool = False,
+           dtype: Any = jnp.float32) -> ResNet:
+  """Builds a ResNet of a standard depth.
+
+  Args:
+    depth: one of 10, 18, 34, 50, 101, 152.
+    num_classes: classifier outputs, or None for the trunk only.
+    width: multiplier of the channel counts.
+    cifar_stem: use the CIFAR stem (see ``ResNet``).
+    dtype: computation dtype.
+
+  Returns:
+    An unbound ``ResNet``.
+
+  Raises:
+    ValueError: if ``depth`` is not supported.
+  """
+  if depth not in RESNET_SPECS:
+    raise ValueError(f'Unsupported ResNet depth {depth}; valid depths are '
+                     f'{sorted(RESNET_SPECS)}.')
+  stage_sizes, block_cls = RESNET_SPECS[depth]
+  return ResNet(
+      stage_sizes=stage_sizes,
+      block_cls=block_cls,
+      num_classes=num_classes,
+      width=width,
+      cifar_stem=cifar_stem,
+      dtype=dtype)
