@@ -1,0 +1,21 @@
+"""Input pipelines: Fashion-MNIST, CIFAR-10 and ImageNet through TFDS."""
+
+from sslprune_jax.data.pipeline import DATASETS
+from sslprune_jax.data.pipeline import DatasetInfo
+from sslprune_jax.data.pipeline import DatasetNotFoundError
+from sslprune_jax.data.pipeline import default_data_config
+from sslprune_jax.data.pipeline import eval_iterator
+from sslprune_jax.data.pipeline import get_builder
+from sslprune_jax.data.pipeline import get_info
+from sslprune_jax.data.pipeline import train_iterator
+
+__all__ = [
+    'DATASETS',
+    'DatasetInfo',
+    'DatasetNotFoundError',
+    'default_data_config',
+    'eval_iterator',
+    'get_builder',
+    'get_info',
+    'train_iterator',
+]
