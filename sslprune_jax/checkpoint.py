@@ -1,0 +1,205 @@
+"""Where a pruning run keeps its state on disk, through Orbax.
+
+Layout of a workdir:
+
+  config.json        the run's config; a restart with another config is refused
+  rewind/<step>/     weights (params, batch_stats) at the rewind point of round 0
+  round_RR/<step>/   the latest in-round state of round RR, for resumption
+  rounds/<RR>/       end of round RR: params, batch_stats, mask, metrics
+  results.csv        one line per finished round
+  tb/                TensorBoard events (round_RR/ per round, rounds/ summary)
+
+Orbax writes each checkpoint to a temporary directory and renames it when
+complete, so a run killed at any moment leaves only whole checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from etils import epath
+
+PyTree = Any
+
+# Config fields that may change between a run and its restart: they do not
+# change what is computed.
+RESTART_MAY_CHANGE = ('log_every_steps', 'checkpoint_every_steps')
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a run made with a different config."""
+
+
+class CorruptCheckpointError(RuntimeError):
+  """A checkpoint exists but cannot be read."""
+
+
+def _abstract(tree: PyTree) -> PyTree:
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _comparable(config: dict) -> dict:
+  return {k: v for k, v in config.items() if k not in RESTART_MAY_CHANGE}
+
+
+def check_or_write_config(workdir: str,
+                          config: ml_collections.ConfigDict) -> None:
+  """Records the config in a new workdir, or checks it matches the old one.
+
+  Raises:
+    ConfigMismatchError: listing the fields that differ.
+  """
+  path = epath.Path(workdir) / 'config.json'
+  current = json.loads(config.to_json_best_effort(sort_keys=True))
+  if path.exists():
+    saved = json.loads(path.read_text())
+    diffs = _diff(_comparable(saved), _comparable(current))
+    if diffs:
+      raise ConfigMismatchError(
+          f'{workdir} holds a run made with a different config; refusing to '
+          'mix them. Differences (saved -> requested):\n  ' +
+          '\n  '.join(diffs) +
+          '\nUse a new --workdir, or rerun with the saved config.')
+    return
+  if jax.process_index() == 0:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / 'config.json.tmp'
+    tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:
+  """'field: old -> new' for every leaf that differs, dotted names."""
+  if isinstance(a, dict) and isinstance(b, dict):
+    out = []
+    for k in sorted(set(a) | set(b)):
+      out += _diff(a.get(k, '<missing>'), b.get(k, '<missing>'),
+                   f'{prefix}{k}.')
+    return out
+  return [] if a == b else [f'{prefix[:-1]}: {a!r} -> {b!r}']
+
+
+def _unreadable_steps(directory: epath.Path) -> list[str]:
+  """Step directories whose Orbax metadata file is not valid JSON."""
+  bad = []
+  for step_dir in sorted(directory.iterdir()):
+    meta = step_dir / '_CHECKPOINT_METADATA'
+    if step_dir.name.isdigit() and meta.exists():
+      try:
+        json.loads(meta.read_text())
+      except ValueError:
+        bad.append(str(step_dir))
+  return bad
+
+
+def _manager(directory: epath.Path, max_to_keep: int | None = None,
+             enable_async: bool = True) -> ocp.CheckpointManager:
+  """An Orbax manager; a damaged directory gives CorruptCheckpointError."""
+  try:
+    return ocp.CheckpointManager(
+        directory,
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, create=True,
+            enable_async_checkpointing=enable_async,
+            cleanup_tmp_directories=True))
+  except Exception as e:  # Orbax raises many types for unreadable files.
+    bad = _unreadable_steps(directory) or [str(directory)]
+    raise CorruptCheckpointError(
+        f'Could not open the checkpoints in {directory} '
+        f'({type(e).__name__}: {e}). Damaged: {", ".join(bad)}. Delete '
+        'the damaged directories to redo the work they held.') from e
+
+
+class RunCheckpoints:
+  """The checkpoints of one pruning run, under `workdir`."""
+
+  def __init__(self, workdir: str):
+    self.workdir = epath.Path(workdir)
+    self._in_round: dict[int, ocp.CheckpointManager] = {}
+    # Rewind and end-of-round checkpoints are few, small next to a round, and
+    # everything after them depends on them: write them synchronously.
+    self._rewind = _manager(self.workdir / 'rewind', enable_async=False)
+    self._rounds = _manager(self.workdir / 'rounds', enable_async=False)
+
+  # In-round state, for resuming after preemption.
+  def _round_manager(self, round_idx: int) -> ocp.CheckpointManager:
+    if round_idx not in self._in_round:
+      self._in_round[round_idx] = _manager(
+          self.workdir / f'round_{round_idx:02d}', max_to_keep=1)
+    return self._in_round[round_idx]
+
+  def save_in_round(self, round_idx: int, state: PyTree) -> None:
+    """Saves the train state (asynchronously) at its current step."""
+    self._round_manager(round_idx).save(
+        int(state.step), args=ocp.args.StandardSave(state))
+
+  def restore_in_round(self, round_idx: int, target: PyTree) -> PyTree | None:
+    """The latest in-round state of the round, or None if there is none."""
+    directory = self.workdir / f'round_{round_idx:02d}'
+    if not directory.exists():
+      return None
+    manager = self._round_manager(round_idx)
+    step = manager.latest_step()
+    if step is None:
+      return None
+    return manager.restore(step, args=ocp.args.StandardRestore(
+        _abstract(target)))
+
+  def clear_in_round(self, round_idx: int) -> None:
+    """Deletes a finished round's resumption checkpoints (they are large)."""
+    manager = self._in_round.pop(round_idx, None)
+    if manager is not None:
+      manager.wait_until_finished()
+      manager.close()
+    directory = self.workdir / f'round_{round_idx:02d}'
+    if jax.process_index() == 0 and directory.exists():
+      directory.rmtree()
+
+  # The rewind point.
+  def save_rewind(self, step: int, weights: PyTree) -> None:
+    self._rewind.save(step, args=ocp.args.StandardSave(weights))
+
+  def has_rewind(self) -> bool:
+    return self._rewind.latest_step() is not None
+
+  def restore_rewind(self, target: PyTree) -> PyTree:
+    step = self._rewind.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+          f'No rewind checkpoint under {self.workdir / "rewind"}.')
+    return self._rewind.restore(step, args=ocp.args.StandardRestore(
+        _abstract(target)))
+
+  # End of each round.
+  def save_round(self, round_idx: int, model: PyTree, metrics: dict) -> None:
+    """Saves a finished round: {'params', 'batch_stats', 'mask'} + metrics."""
+    self._rounds.save(round_idx, args=ocp.args.Composite(
+        model=ocp.args.StandardSave(model),
+        metrics=ocp.args.JsonSave(metrics)))
+
+  def completed_rounds(self) -> list[int]:
+    return sorted(self._rounds.all_steps())
+
+  def restore_round(self, round_idx: int, target: PyTree) -> PyTree:
+    return self._rounds.restore(round_idx, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore(_abstract(target))))['model']
+
+  def load_round(self, round_idx: int) -> PyTree:
+    """A finished round's params, batch_stats and mask, without a model."""
+    return self._rounds.restore(round_idx, args=ocp.args.Composite(
+        model=ocp.args.StandardRestore()))['model']
+
+  def round_metrics(self, round_idx: int) -> dict:
+    return self._rounds.restore(round_idx, args=ocp.args.Composite(
+        metrics=ocp.args.JsonRestore()))['metrics']
+
+  def close(self) -> None:
+    for manager in [*self._in_round.values(), self._rewind, self._rounds]:
+      manager.wait_until_finished()
+      manager.close()
+    self._in_round.clear()

@@ -1,0 +1,334 @@
+"""Iterative magnitude pruning: train -> prune -> reset, round after round.
+
+Round 0 trains the dense network. Every later round starts from a mask made
+by pruning the previous round's final weights, and from weights reset under
+that mask: rewound to those saved in round 0 after `rewind_samples` samples,
+or freshly re-initialised. The optimiser state and the learning-rate schedule
+start over each round.
+
+Everything a round needs is recomputed from the checkpoints of the rounds
+before it, so a run killed at any point and started again with the same
+command resumes where it stopped and ends with the same masks.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from absl import logging
+from clu import metric_writers
+from etils import epath
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sslprune_jax import checkpoint
+from sslprune_jax import data
+from sslprune_jax import models
+from sslprune_jax import parallel
+from sslprune_jax import pruning
+from sslprune_jax import tasks
+from sslprune_jax import train
+
+PyTree = Any
+RESETS = ('rewind', 'reinit')
+RESULT_FIELDS = ('round', 'fraction_left', 'remaining', 'test_accuracy',
+                 'test_loss', 'train_accuracy', 'train_loss', 'seconds')
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Rejects bad values before any data is read or any step is compiled."""
+  p, t = config.pruning, config.train
+  problems = []
+  if not 0.0 < p.fraction < 1.0:
+    problems.append(f'pruning.fraction must be in (0, 1), got {p.fraction}.')
+  if not isinstance(p.num_rounds, int) or p.num_rounds < 1:
+    problems.append(
+        f'pruning.num_rounds must be a positive int, got {p.num_rounds!r}.')
+  if not 0.0 <= p.target_fraction_left < 1.0:
+    problems.append('pruning.target_fraction_left must be in [0, 1) '
+                    f'(0 = no target), got {p.target_fraction_left}.')
+  if p.method not in pruning.METHODS:
+    problems.append(f'Unknown pruning.method {p.method!r}; valid: '
+                    f'{pruning.METHODS}.')
+  if p.reset not in RESETS:
+    problems.append(f'Unknown pruning.reset {p.reset!r}; valid: {RESETS}.')
+  if p.rewind_samples < 0:
+    problems.append(
+        f'pruning.rewind_samples must be >= 0, got {p.rewind_samples}.')
+  if p.layers < 0:
+    problems.append(f'pruning.layers must be >= 0 (0 = all), got {p.layers}.')
+  if p.natural_threshold < 0:
+    problems.append('pruning.natural_threshold must be >= 0, got '
+                    f'{p.natural_threshold}.')
+  if config.model.name not in models.MODELS:
+    problems.append(f'Unknown model.name {config.model.name!r}; valid: '
+                    f'{models.MODELS}.')
+  if config.data.name not in data.DATASETS:
+    problems.append(f'Unknown data.name {config.data.name!r}; valid: '
+                    f'{data.DATASETS}.')
+  if t.schedule not in train.SCHEDULES:
+    problems.append(f'Unknown train.schedule {t.schedule!r}; valid: '
+                    f'{train.SCHEDULES}.')
+  if t.num_epochs <= 0:
+    problems.append(f'train.num_epochs must be > 0, got {t.num_epochs}.')
+  if t.learning_rate <= 0:
+    problems.append(
+        f'train.learning_rate must be > 0, got {t.learning_rate}.')
+  if t.batch_size <= 0 or t.eval_batch_size <= 0:
+    problems.append('train.batch_size and train.eval_batch_size must be > 0.')
+  if config.log_every_steps <= 0 or config.checkpoint_every_steps < 0:
+    problems.append('log_every_steps must be > 0 and checkpoint_every_steps '
+                    '>= 0 (0 = only at the end of rounds).')
+  if problems:
+    raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
+
+
+def round_schedule(config, num_train_examples: int) -> tuple[int, int]:
+  """Steps per round and the rewind step, checked against each other.
+
+  Returns:
+    (num_steps, rewind_step): rewind_step is the number of steps after which
+    `rewind_samples` samples have been seen (rounded down).
+  """
+  steps_per_epoch = num_train_examples // config.train.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(
+        f'train.batch_size {config.train.batch_size} exceeds the '
+        f'{num_train_examples} training examples.')
+  num_steps = max(1, int(round(config.train.num_epochs * steps_per_epoch)))
+  rewind_step = config.pruning.rewind_samples // config.train.batch_size
+  if config.pruning.reset == 'rewind' and rewind_step > num_steps:
+    raise ValueError(
+        f'pruning.rewind_samples={config.pruning.rewind_samples} is beyond '
+        f'the round ({num_steps} steps x {config.train.batch_size} = '
+        f'{num_steps * config.train.batch_size} samples).')
+  return num_steps, rewind_step
+
+
+def next_mask(config, prev: dict, prunable: PyTree,
+              rng: jax.Array) -> PyTree:
+  """Prunes the previous round's final weights with the configured method."""
+  p = config.pruning
+  if p.method == 'magnitude':
+    return pruning.magnitude_prune(prev['params'], prev['mask'], prunable,
+                                   p.fraction)
+  if p.method == 'random':
+    return pruning.random_prune(rng, prev['mask'], prunable, p.fraction)
+  return pruning.random_natural_prune(rng, prev['params'], prev['mask'],
+                                      prunable, p.fraction,
+                                      p.natural_threshold)
+
+
+def _results_table(rows: list[dict]) -> str:
+  lines = [f"{'round':>5} {'left %':>8} {'weights':>10} {'test acc':>9} "
+           f"{'test loss':>9} {'time s':>7}"]
+  for r in rows:
+    lines.append(f"{r['round']:>5d} {100 * r['fraction_left']:>8.3f} "
+                 f"{r['remaining']:>10d} {r['test_accuracy']:>9.4f} "
+                 f"{r['test_loss']:>9.4f} {r['seconds']:>7.1f}")
+  return '\n'.join(lines)
+
+
+def _write_results_csv(workdir: epath.Path, rows: list[dict]) -> None:
+  if jax.process_index() != 0:
+    return
+  out = io.StringIO()
+  writer = csv.DictWriter(out, fieldnames=RESULT_FIELDS,
+                          extrasaction='ignore')
+  writer.writeheader()
+  writer.writerows(rows)
+  tmp = workdir / 'results.csv.tmp'
+  tmp.write_text(out.getvalue())
+  tmp.replace(workdir / 'results.csv')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Runs (or resumes) the pruning rounds of `config` in `workdir`.
+
+  Args:
+    config: an experiment config (see configs/labels.py).
+    workdir: where checkpoints, metrics and results.csv go.
+
+  Returns:
+    One dict per round: round, fraction_left (of the prunable weights),
+    remaining, test/train accuracy and loss, seconds, sparsity.
+  """
+  validate_config(config)
+  mesh = parallel.create_mesh()
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  parallel.check_batch_size(config.train.eval_batch_size, mesh)
+  info = data.get_info(config.data)
+  num_steps, rewind_step = round_schedule(config, info.num_train_examples)
+  task = tasks.get_task(config.task)
+  model = models.create_model(config.model,
+                              task.num_outputs(info.num_classes))
+
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  checkpoint.check_or_write_config(str(workdir), config)
+  ckpts = checkpoint.RunCheckpoints(str(workdir))
+
+  root = jax.random.PRNGKey(config.seed)
+  init_rng, state_rng, prune_rng, reinit_rng = jax.random.split(root, 4)
+
+  def init_vars(rng):
+    return train.init_variables(model, rng, info.image_shape)
+
+  variables = jax.jit(init_vars)(init_rng)
+  prunable = pruning.prunable_tree(variables['params'],
+                                   exclude=tuple(config.pruning.exclude),
+                                   min_ndim=config.pruning.min_ndim)
+  if config.pruning.layers:
+    order = [path for path in models.kernel_order(
+        model, jnp.zeros((1, *info.image_shape)))
+             if _get(prunable, path)]
+    if config.pruning.layers > len(order):
+      raise ValueError(f'pruning.layers={config.pruning.layers} but the '
+                       f'model has only {len(order)} prunable layers.')
+    prunable = pruning.restrict_to_layers(prunable,
+                                          order[:config.pruning.layers])
+
+  steps_per_epoch = info.num_train_examples // config.train.batch_size
+  tx = train.create_optimizer(
+      config.train, train.create_learning_rate_fn(config.train,
+                                                  steps_per_epoch))
+  train_step = train.make_train_step(task, mesh)
+  eval_step = train.make_eval_step(task, mesh)
+  is_main = jax.process_index() == 0
+  summary_writer = metric_writers.create_default_writer(
+      str(workdir / 'tb' / 'rounds'), just_logging=not is_main)
+
+  def fresh_state(variables, mask, round_idx):
+    state = train.create_train_state(
+        model, variables, mask, tx, jax.random.fold_in(state_rng, round_idx))
+    return parallel.replicate(state, mesh)
+
+  def eval_batches():
+    return data.eval_iterator(config.data,
+                              global_batch_size=config.train.eval_batch_size)
+
+  completed = ckpts.completed_rounds()
+  model_target = {'params': variables['params'],
+                  'batch_stats': variables.get('batch_stats', {}),
+                  'mask': pruning.init_mask(variables['params'])}
+  results: list[dict] = []
+  try:
+    for r in range(config.pruning.num_rounds + 1):
+      if r in completed:
+        results.append(_restore(lambda: ckpts.round_metrics(r),
+                                f'end of round {r}', workdir / 'rounds'))
+        if _target_reached(config, results[-1]):
+          break
+        continue
+      if r == 0:
+        mask = model_target['mask']
+        start_vars = variables
+      else:
+        prev = _restore(lambda: ckpts.restore_round(r - 1, model_target),
+                        f'end of round {r - 1}', workdir / 'rounds')
+        mask = next_mask(config, prev, prunable,
+                         jax.random.fold_in(prune_rng, r))
+        start_vars = _reset(config, ckpts, mask, prev, model_target,
+                            init_vars, jax.random.fold_in(reinit_rng, r))
+      state = fresh_state(start_vars, mask, r)
+      restored = _restore(lambda: ckpts.restore_in_round(r, state),
+                          f'in-round state of round {r}',
+                          workdir / f'round_{r:02d}')
+      if restored is not None:
+        state = restored
+        logging.info('Round %d: resuming at step %d.', r, int(state.step))
+
+      hooks = {}
+      if r == 0 and config.pruning.reset == 'rewind':
+        hooks[rewind_step] = lambda s: ckpts.save_rewind(
+            rewind_step, {'params': s.params, 'batch_stats': s.batch_stats})
+      writer = metric_writers.create_default_writer(
+          str(workdir / 'tb' / f'round_{r:02d}'), just_logging=not is_main)
+      remaining, total = pruning.count(mask, prunable)
+      result = train.train_round(
+          state,
+          train_step=train_step, eval_step=eval_step,
+          train_batches=data.train_iterator(
+              config.data, global_batch_size=config.train.batch_size,
+              seed=_data_seed(config.seed, r), start_step=int(state.step)),
+          eval_batches=eval_batches, mesh=mesh, num_steps=num_steps,
+          writer=writer, log_every_steps=config.log_every_steps,
+          checkpoint_every_steps=config.checkpoint_every_steps,
+          save_checkpoint=lambda s, r=r: ckpts.save_in_round(r, s),
+          hooks=hooks,
+          description=f'round {r} ({100 * remaining / total:.2f}% left)')
+      writer.close()
+      row = {
+          'round': r, 'fraction_left': remaining / total,
+          'remaining': remaining,
+          'test_accuracy': result.eval_metrics['accuracy'],
+          'test_loss': result.eval_metrics['loss'],
+          'train_accuracy': result.train_metrics.get('accuracy', math.nan),
+          'train_loss': result.train_metrics.get('loss', math.nan),
+          'seconds': result.seconds,
+          'sparsity': pruning.sparsity_report(mask, prunable),
+      }
+      ckpts.save_round(r, {'params': result.state.params,
+                           'batch_stats': result.state.batch_stats,
+                           'mask': result.state.mask}, row)
+      ckpts.clear_in_round(r)
+      results.append(row)
+      summary_writer.write_scalars(r, {k: row[k] for k in RESULT_FIELDS[1:]})
+      _write_results_csv(workdir, results)
+      if is_main:
+        print(f'\nRound {r} done.\n' + _results_table(results), flush=True)
+      if _target_reached(config, row):
+        break
+  finally:
+    ckpts.close()
+    summary_writer.close()
+  _write_results_csv(workdir, results)
+  return results
+
+
+def _get(tree: PyTree, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def _target_reached(config, row: dict) -> bool:
+  target = config.pruning.target_fraction_left
+  return bool(target) and row['fraction_left'] <= target
+
+
+def _data_seed(seed: int, round_idx: int) -> int:
+  return int(np.random.SeedSequence([seed, round_idx]).generate_state(1)[0])
+
+
+def _reset(config, ckpts, mask, prev, model_target, init_vars, rng) -> dict:
+  """Variables a round > 0 starts from, under its new mask."""
+  if config.pruning.reset == 'rewind':
+    saved = _restore(
+        lambda: ckpts.restore_rewind({'params': model_target['params'],
+                                      'batch_stats':
+                                          model_target['batch_stats']}),
+        'rewind point', ckpts.workdir / 'rewind')
+    return {'params': pruning.rewind(saved['params'], mask),
+            'batch_stats': saved['batch_stats']}
+  # Batch-norm statistics start at their initial values either way.
+  return {'params': pruning.reinit(lambda k: jax.jit(init_vars)(k)['params'],
+                                   rng, mask),
+          'batch_stats': model_target['batch_stats']}
+
+
+def _restore(fn, what: str, where: epath.Path):
+  """Runs a restore, turning a failure into an error that says what to do."""
+  try:
+    return fn()
+  except Exception as e:  # Orbax raises many types for unreadable files.
+    raise checkpoint.CorruptCheckpointError(
+        f'Could not read the {what} from {where}: {type(e).__name__}: {e}\n'
+        'The checkpoint is damaged or was written by another config. Delete '
+        'that directory to redo the work it held; earlier rounds are kept.'
+    ) from e

@@ -1,0 +1,238 @@
+"""The round loop end to end on real Fashion-MNIST, shrunk to run in seconds.
+
+Covers: per-round results and exact weight counts, rewind checkpoints,
+finishing twice is a no-op, refusing a different config in the same workdir,
+bad configs refused before compute, NaN loss stopping the run, a damaged
+checkpoint, and kill -9 + restart ending with the same masks.
+"""
+
+import importlib.util
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from sslprune_jax import checkpoint
+from sslprune_jax import data
+from sslprune_jax import imp
+from sslprune_jax import pruning
+from sslprune_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The quick config, shrunk: 2048 training images, 32 steps per round, rewind
+# after 4 steps, 2 pruning rounds.
+OVERRIDES = {
+    'data.train_split': 'train[:2048]',
+    'data.eval_split': 'test[:1000]',
+    'data.shuffle_buffer': 2048,
+    'model.width': 0.125,
+    'train.num_epochs': 2.0,
+    'train.batch_size': 128,
+    'train.eval_batch_size': 200,
+    'pruning.num_rounds': 2,
+    'pruning.rewind_samples': 512,
+    'log_every_steps': 4,
+    'checkpoint_every_steps': 4,
+}
+
+
+def load_config(arg='quick'):
+  spec = importlib.util.spec_from_file_location('labels_config',
+                                                ROOT / 'configs' / 'labels.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A tfds data_dir holding Fashion-MNIST, prepared once per session."""
+  path = tmp_path_factory.mktemp('tfds')
+  config = load_config().data
+  config.data_dir = str(path)
+  data.get_builder(config)
+  return str(path)
+
+
+def tiny_config(data_dir, **extra):
+  config = load_config()
+  config.update_from_flattened_dict({**OVERRIDES, 'data.data_dir': data_dir,
+                                     **extra})
+  return config
+
+
+def expected_fractions(total, rounds, fraction=0.2):
+  remaining, out = total, []
+  for _ in range(rounds + 1):
+    out.append(remaining / total)
+    remaining -= pruning.num_to_prune(fraction, remaining)
+  return out
+
+
+def round_masks(workdir):
+  """The mask of every finished round, as numpy, keyed by round."""
+  ckpts = checkpoint.RunCheckpoints(str(workdir))
+  out = {r: jax.tree.map(np.asarray, ckpts.load_round(r)['mask'])
+         for r in ckpts.completed_rounds()}
+  ckpts.close()
+  return out
+
+
+@pytest.fixture(scope='module')
+def finished_run(data_dir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('run') / 'labels_quick'
+  config = tiny_config(data_dir)
+  results = imp.run(config, str(workdir))
+  return config, workdir, results
+
+
+def test_quick_run_reports_every_round(finished_run):
+  config, workdir, results = finished_run
+  assert [r['round'] for r in results] == [0, 1, 2]
+  total = results[0]['sparsity']['total']
+  assert [r['fraction_left'] for r in results] == pytest.approx(
+      expected_fractions(total, 2))
+  assert results[1]['remaining'] == total - pruning.num_to_prune(0.2, total)
+  for r in results:
+    # 32 steps on 2048 images: far from converged, but well above chance.
+    assert r['test_accuracy'] > 0.5, r
+    assert np.isfinite(r['test_loss'])
+  lines = (workdir / 'results.csv').read_text().strip().splitlines()
+  assert lines[0].startswith('round,fraction_left,remaining,test_accuracy')
+  assert len(lines) == 4
+  assert (workdir / 'rewind').exists()
+  assert (workdir / 'tb' / 'rounds').exists()
+  # Finished rounds drop their (large) resumption checkpoints.
+  assert not list(workdir.glob('round_*'))
+
+
+def test_saved_params_are_zero_where_masked(finished_run):
+  _, workdir, _ = finished_run
+  ckpts = checkpoint.RunCheckpoints(str(workdir))
+  restored = ckpts.load_round(2)
+  ckpts.close()
+  params, mask = restored['params'], restored['mask']
+  for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)):
+    p, m = np.asarray(p), np.asarray(m)
+    assert np.all(p[~m] == 0.0)
+  masks = round_masks(workdir)
+  for r in (1, 2):
+    for old, new in zip(jax.tree.leaves(masks[r - 1]),
+                        jax.tree.leaves(masks[r])):
+      assert not np.any(new & ~old)
+
+
+def test_rerun_of_a_finished_run_does_no_work(finished_run):
+  config, workdir, results = finished_run
+  start = time.time()
+  again = imp.run(config, str(workdir))
+  assert [(r['round'], r['remaining'], r['test_accuracy']) for r in again] \
+      == [(r['round'], r['remaining'], r['test_accuracy']) for r in results]
+  assert time.time() - start < 60
+
+
+def test_workdir_with_another_config_is_refused(finished_run, data_dir):
+  _, workdir, _ = finished_run
+  other = tiny_config(data_dir, seed=1)
+  with pytest.raises(checkpoint.ConfigMismatchError, match='seed: 0 -> 1'):
+    imp.run(other, str(workdir))
+
+
+def test_damaged_checkpoint_gives_a_clear_error(finished_run, tmp_path):
+  config, workdir, _ = finished_run
+  copy = tmp_path / 'copy'
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / 'rounds' / '2')
+  for f in (copy / 'rounds' / '1').rglob('*'):
+    if f.is_file() and f.stat().st_size > 0:
+      f.write_bytes(b'\0' * 7)
+  with pytest.raises(checkpoint.CorruptCheckpointError,
+                     match='rounds/1'):
+    imp.run(config, str(copy))
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('pruning.fraction', 1.5, r'fraction must be in \(0, 1\)'),
+    ('pruning.fraction', 0.0, r'fraction must be in \(0, 1\)'),
+    ('pruning.num_rounds', 0, 'num_rounds must be a positive int'),
+    ('pruning.num_rounds', -2, 'num_rounds must be a positive int'),
+    ('model.name', 'resnet_tiny', 'Unknown model.name'),
+    ('data.name', 'mnist', 'Unknown data.name'),
+    ('train.schedule', 'exponential', 'Unknown train.schedule'),
+    ('pruning.method', 'taylor', 'Unknown pruning.method'),
+    ('pruning.reset', 'none', 'Unknown pruning.reset'),
+    ('pruning.rewind_samples', 10**6, 'beyond the round'),
+    ('train.batch_size', 100, 'multiple of the number of devices'),
+])
+def test_bad_config_is_refused_before_compute(data_dir, tmp_path, key,
+                                              value, message):
+  config = tiny_config(data_dir, **{key: value})
+  with pytest.raises(ValueError, match=message):
+    imp.run(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w' / 'rounds').exists()
+
+
+def test_nan_loss_stops_the_run(data_dir, tmp_path):
+  config = tiny_config(data_dir, **{'train.learning_rate': 1e30,
+                                    'log_every_steps': 1})
+  with pytest.raises(train.NonFiniteLossError, match='round 0'):
+    imp.run(config, str(tmp_path / 'w'))
+  assert (tmp_path / 'w' / 'config.json').exists()
+  assert not (tmp_path / 'w' / 'results.csv').exists()
+
+
+def _command(workdir, data_dir):
+  flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  return [sys.executable, '-m', 'sslprune_jax.main',
+          '--config=configs/labels.py:quick', f'--workdir={workdir}',
+          f'--config.data.data_dir={data_dir}', *flags]
+
+
+def _kill_when(proc, ready, timeout=300):
+  start = time.time()
+  while not ready():
+    if proc.poll() is not None:
+      raise AssertionError(f'run ended early: {proc.returncode}')
+    if time.time() - start > timeout:
+      proc.kill()
+      raise AssertionError('timed out waiting for a checkpoint')
+    time.sleep(0.05)
+  os.kill(proc.pid, signal.SIGKILL)
+  proc.wait()
+
+
+def _has_step(directory):
+  return directory.exists() and any(p.name.isdigit()
+                                    for p in directory.iterdir())
+
+
+def test_kill_and_resume_gives_identical_masks(finished_run, data_dir,
+                                               tmp_path):
+  _, reference, _ = finished_run
+  workdir = tmp_path / 'killed'
+  cmd = _command(workdir, data_dir)
+  env = dict(os.environ)
+  # Killed inside round 0, after an in-round checkpoint...
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  _kill_when(proc, lambda: _has_step(workdir / 'round_00'))
+  # ... then inside round 1, after round 0 finished.
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  _kill_when(proc, lambda: _has_step(workdir / 'round_01'))
+  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  expected, got = round_masks(reference), round_masks(workdir)
+  assert sorted(got) == [0, 1, 2]
+  for r in expected:
+    for a, b in zip(jax.tree.leaves(expected[r]), jax.tree.leaves(got[r])):
+      np.testing.assert_array_equal(a, b)
