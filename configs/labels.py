@@ -76,6 +76,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       # Magnitude under which a weight counts as naturally zero
       # (method='random_natural').
       natural_threshold=1e-3,
+      # method='random_like': random masks with, round by round, the
+      # per-layer sparsity of this finished run's masks.
+      reference_workdir=ml_collections.config_dict.placeholder(str),
       # 'rewind' to the weights after `rewind_samples` samples of round 0
       # (0: the original initialisation), or 'reinit' with fresh weights.
       reset='rewind', rewind_samples=50_000))

@@ -65,6 +65,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if p.natural_threshold < 0:
     problems.append('pruning.natural_threshold must be >= 0, got '
                     f'{p.natural_threshold}.')
+  if p.method == 'random_like' and not p.reference_workdir:
+    problems.append("pruning.method='random_like' needs "
+                    'pruning.reference_workdir (a finished pruning run).')
   if config.model.name not in models.MODELS:
     problems.append(f'Unknown model.name {config.model.name!r}; valid: '
                     f'{models.MODELS}.')
@@ -110,10 +113,19 @@ def round_schedule(config, num_train_examples: int) -> tuple[int, int]:
   return num_steps, rewind_step
 
 
-def next_mask(config, prev: dict, prunable: PyTree,
-              rng: jax.Array) -> PyTree:
-  """Prunes the previous round's final weights with the configured method."""
+def next_mask(config, prev: dict, prunable: PyTree, rng: jax.Array,
+              round_idx: int) -> PyTree:
+  """The mask of round `round_idx` > 0, by the configured method.
+
+  'magnitude', 'random' and 'random_natural' prune the previous round's final
+  weights and mask; 'random_like' draws a random mask with, layer by layer,
+  the sparsity of the same round of the run in `pruning.reference_workdir`.
+  """
   p = config.pruning
+  if p.method == 'random_like':
+    return pruning.random_prune_like(
+        rng, _reference_mask(p.reference_workdir, round_idx, prev['mask']),
+        prunable)
   if p.method == 'magnitude':
     return pruning.magnitude_prune(prev['params'], prev['mask'], prunable,
                                    p.fraction)
@@ -232,7 +244,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         prev = _restore(lambda: ckpts.restore_round(r - 1, model_target),
                         f'end of round {r - 1}', workdir / 'rounds')
         mask = next_mask(config, prev, prunable,
-                         jax.random.fold_in(prune_rng, r))
+                         jax.random.fold_in(prune_rng, r), r)
         start_vars = _reset(config, ckpts, mask, prev, model_target,
                             init_vars, jax.random.fold_in(reinit_rng, r))
       state = fresh_state(start_vars, mask, r)
@@ -289,6 +301,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     summary_writer.close()
   _write_results_csv(workdir, results)
   return results
+
+
+def _reference_mask(reference_workdir: str, round_idx: int,
+                    like: PyTree) -> PyTree:
+  """Round `round_idx`'s mask from another run, checked against `like`."""
+  ckpts = checkpoint.RunCheckpoints(reference_workdir)
+  try:
+    if round_idx not in ckpts.completed_rounds():
+      raise ValueError(
+          f'pruning.reference_workdir={reference_workdir} has no finished '
+          f'round {round_idx}; run the reference pruning first.')
+    mask = _restore(lambda: ckpts.load_round(round_idx),
+                    f'mask of round {round_idx}',
+                    epath.Path(reference_workdir) / 'rounds')['mask']
+  finally:
+    ckpts.close()
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  if shapes(mask) != shapes(like):
+    raise ValueError(f'The run in {reference_workdir} pruned a different '
+                     'model: its masks do not fit this one.')
+  # Via the host: the restored arrays carry the reference run's sharding.
+  return jax.tree.map(lambda m: jnp.asarray(np.asarray(m), jnp.bool_), mask)
 
 
 def _get(tree: PyTree, path: tuple[str, ...]):

@@ -25,7 +25,7 @@ import numpy as np
 PyTree = Any
 Path = tuple[str, ...]
 
-METHODS = ('magnitude', 'random', 'random_natural')
+METHODS = ('magnitude', 'random', 'random_natural', 'random_like')
 
 
 def _key_name(key) -> str:

@@ -159,6 +159,22 @@ def test_damaged_checkpoint_gives_a_clear_error(finished_run, tmp_path):
     imp.run(config, str(copy))
 
 
+def test_random_like_copies_the_reference_layer_sparsity(finished_run,
+                                                        data_dir, tmp_path):
+  _, reference, _ = finished_run
+  config = tiny_config(data_dir, **{
+      'pruning.method': 'random_like', 'pruning.num_rounds': 1,
+      'pruning.reference_workdir': str(reference)})
+  results = imp.run(config, str(tmp_path / 'random_like'))
+  ref_masks, masks = round_masks(reference), round_masks(tmp_path /
+                                                         'random_like')
+  assert [r['round'] for r in results] == [0, 1]
+  counts = lambda tree: [int(m.sum()) for m in jax.tree.leaves(tree)]
+  assert counts(masks[1]) == counts(ref_masks[1])
+  assert any(not np.array_equal(a, b) for a, b in
+             zip(jax.tree.leaves(masks[1]), jax.tree.leaves(ref_masks[1])))
+
+
 @pytest.mark.parametrize('key,value,message', [
     ('pruning.fraction', 1.5, r'fraction must be in \(0, 1\)'),
     ('pruning.fraction', 0.0, r'fraction must be in \(0, 1\)'),
@@ -169,6 +185,7 @@ def test_damaged_checkpoint_gives_a_clear_error(finished_run, tmp_path):
     ('train.schedule', 'exponential', 'Unknown train.schedule'),
     ('pruning.method', 'taylor', 'Unknown pruning.method'),
     ('pruning.reset', 'none', 'Unknown pruning.reset'),
+    ('pruning.method', 'random_like', 'needs pruning.reference_workdir'),
     ('pruning.rewind_samples', 10**6, 'beyond the round'),
     ('train.batch_size', 100, 'multiple of the number of devices'),
 ])
