@@ -14,9 +14,11 @@ command resumes where it stopped and ends with the same masks.
 from __future__ import annotations
 
 import csv
+import dataclasses
+import functools
 import io
 import math
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 from clu import metric_writers
@@ -159,6 +161,123 @@ def _write_results_csv(workdir: epath.Path, rows: list[dict]) -> None:
   tmp.replace(workdir / 'results.csv')
 
 
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What every round of a run shares, built once from the config.
+
+  Attributes:
+    config: the experiment config.
+    mesh: the data mesh.
+    info: the dataset's sizes and image shape.
+    model: the network (trunk + the task's head).
+    task: the training objective.
+    init_fn: rng -> fresh variables (jitted).
+    variables: the initial variables (round 0's starting point).
+    prunable: pytree of bools, the leaves pruning may touch.
+    tx: the optimiser (its schedule restarts with every round's state).
+    num_steps: steps per round.
+    rewind_step: step of round 0 whose weights later rounds rewind to.
+    rngs: keys for the train state, pruning and re-initialisation.
+  """
+  config: ml_collections.ConfigDict
+  mesh: Any
+  info: data.DatasetInfo
+  model: Any
+  task: Any
+  init_fn: Callable[[jax.Array], PyTree]
+  variables: PyTree
+  prunable: PyTree
+  tx: Any
+  num_steps: int
+  rewind_step: int
+  rngs: dict[str, jax.Array]
+
+  def initial_mask(self) -> PyTree:
+    return pruning.init_mask(self.variables['params'])
+
+  def round_target(self) -> PyTree:
+    """Structure (and placement) of an end-of-round checkpoint."""
+    return {'params': self.variables['params'],
+            'batch_stats': self.variables.get('batch_stats', {}),
+            'mask': self.initial_mask()}
+
+
+def build(config: ml_collections.ConfigDict) -> Experiment:
+  """Checks the config, reads the dataset's metadata, builds the model.
+
+  Everything here is cheap; bad input is refused before any training.
+  """
+  validate_config(config)
+  mesh = parallel.create_mesh()
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  parallel.check_batch_size(config.train.eval_batch_size, mesh)
+  info = data.get_info(config.data)
+  num_steps, rewind_step = round_schedule(config, info.num_train_examples)
+  task = tasks.get_task(config.task)
+  model = models.create_model(config.model,
+                              task.num_outputs(info.num_classes))
+  init_rng, state_rng, prune_rng, reinit_rng = jax.random.split(
+      jax.random.PRNGKey(config.seed), 4)
+  init_fn = jax.jit(functools.partial(train.init_variables, model,
+                                      image_shape=info.image_shape))
+  variables = init_fn(init_rng)
+  prunable = pruning.prunable_tree(variables['params'],
+                                   exclude=tuple(config.pruning.exclude),
+                                   min_ndim=config.pruning.min_ndim)
+  if config.pruning.layers:
+    order = [path for path in models.kernel_order(
+        model, jnp.zeros((1, *info.image_shape))) if _get(prunable, path)]
+    if config.pruning.layers > len(order):
+      raise ValueError(f'pruning.layers={config.pruning.layers} but the '
+                       f'model has only {len(order)} prunable layers.')
+    prunable = pruning.restrict_to_layers(prunable,
+                                          order[:config.pruning.layers])
+  steps_per_epoch = info.num_train_examples // config.train.batch_size
+  tx = train.create_optimizer(
+      config.train,
+      train.create_learning_rate_fn(config.train, steps_per_epoch))
+  return Experiment(
+      config=config, mesh=mesh, info=info, model=model, task=task,
+      init_fn=init_fn, variables=variables, prunable=prunable, tx=tx,
+      num_steps=num_steps, rewind_step=rewind_step,
+      rngs={'state': state_rng, 'prune': prune_rng, 'reinit': reinit_rng})
+
+
+def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
+                round_idx: int) -> train.TrainState:
+  """The replicated state round `round_idx` trains from.
+
+  Round 0 starts from the initial variables. A later round prunes the end of
+  the previous round and resets the survivors. Either way, an in-round
+  checkpoint of this round, if any, takes over (resumption).
+  """
+  workdir = ckpts.workdir
+  if round_idx == 0:
+    mask, variables = exp.initial_mask(), exp.variables
+  else:
+    prev = _restore(
+        lambda: ckpts.restore_round(round_idx - 1, exp.round_target()),
+        f'end of round {round_idx - 1}', workdir / 'rounds')
+    mask = next_mask(exp.config, prev, exp.prunable,
+                     jax.random.fold_in(exp.rngs['prune'], round_idx),
+                     round_idx)
+    variables = _reset(exp, ckpts, mask,
+                       jax.random.fold_in(exp.rngs['reinit'], round_idx))
+  state = parallel.replicate(
+      train.create_train_state(
+          exp.model, variables, mask, exp.tx,
+          jax.random.fold_in(exp.rngs['state'], round_idx)),
+      exp.mesh)
+  restored = _restore(lambda: ckpts.restore_in_round(round_idx, state),
+                      f'in-round state of round {round_idx}',
+                      workdir / f'round_{round_idx:02d}')
+  if restored is None:
+    return state
+  logging.info('Round %d: resuming at step %d.', round_idx,
+               int(restored.step))
+  return restored
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Runs (or resumes) the pruning rounds of `config` in `workdir`.
 
@@ -170,64 +289,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     One dict per round: round, fraction_left (of the prunable weights),
     remaining, test/train accuracy and loss, seconds, sparsity.
   """
-  validate_config(config)
-  mesh = parallel.create_mesh()
-  parallel.check_batch_size(config.train.batch_size, mesh)
-  parallel.check_batch_size(config.train.eval_batch_size, mesh)
-  info = data.get_info(config.data)
-  num_steps, rewind_step = round_schedule(config, info.num_train_examples)
-  task = tasks.get_task(config.task)
-  model = models.create_model(config.model,
-                              task.num_outputs(info.num_classes))
-
+  exp = build(config)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoint.check_or_write_config(str(workdir), config)
   ckpts = checkpoint.RunCheckpoints(str(workdir))
-
-  root = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng, prune_rng, reinit_rng = jax.random.split(root, 4)
-
-  def init_vars(rng):
-    return train.init_variables(model, rng, info.image_shape)
-
-  variables = jax.jit(init_vars)(init_rng)
-  prunable = pruning.prunable_tree(variables['params'],
-                                   exclude=tuple(config.pruning.exclude),
-                                   min_ndim=config.pruning.min_ndim)
-  if config.pruning.layers:
-    order = [path for path in models.kernel_order(
-        model, jnp.zeros((1, *info.image_shape)))
-             if _get(prunable, path)]
-    if config.pruning.layers > len(order):
-      raise ValueError(f'pruning.layers={config.pruning.layers} but the '
-                       f'model has only {len(order)} prunable layers.')
-    prunable = pruning.restrict_to_layers(prunable,
-                                          order[:config.pruning.layers])
-
-  steps_per_epoch = info.num_train_examples // config.train.batch_size
-  tx = train.create_optimizer(
-      config.train, train.create_learning_rate_fn(config.train,
-                                                  steps_per_epoch))
-  train_step = train.make_train_step(task, mesh)
-  eval_step = train.make_eval_step(task, mesh)
+  train_step = train.make_train_step(exp.task, exp.mesh)
+  eval_step = train.make_eval_step(exp.task, exp.mesh)
   is_main = jax.process_index() == 0
   summary_writer = metric_writers.create_default_writer(
       str(workdir / 'tb' / 'rounds'), just_logging=not is_main)
-
-  def fresh_state(variables, mask, round_idx):
-    state = train.create_train_state(
-        model, variables, mask, tx, jax.random.fold_in(state_rng, round_idx))
-    return parallel.replicate(state, mesh)
-
-  def eval_batches():
-    return data.eval_iterator(config.data,
-                              global_batch_size=config.train.eval_batch_size)
-
   completed = ckpts.completed_rounds()
-  model_target = {'params': variables['params'],
-                  'batch_stats': variables.get('batch_stats', {}),
-                  'mask': pruning.init_mask(variables['params'])}
   results: list[dict] = []
   try:
     for r in range(config.pruning.num_rounds + 1):
@@ -237,39 +309,25 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
         if _target_reached(config, results[-1]):
           break
         continue
-      if r == 0:
-        mask = model_target['mask']
-        start_vars = variables
-      else:
-        prev = _restore(lambda: ckpts.restore_round(r - 1, model_target),
-                        f'end of round {r - 1}', workdir / 'rounds')
-        mask = next_mask(config, prev, prunable,
-                         jax.random.fold_in(prune_rng, r), r)
-        start_vars = _reset(config, ckpts, mask, prev, model_target,
-                            init_vars, jax.random.fold_in(reinit_rng, r))
-      state = fresh_state(start_vars, mask, r)
-      restored = _restore(lambda: ckpts.restore_in_round(r, state),
-                          f'in-round state of round {r}',
-                          workdir / f'round_{r:02d}')
-      if restored is not None:
-        state = restored
-        logging.info('Round %d: resuming at step %d.', r, int(state.step))
-
+      state = round_start(exp, ckpts, r)
+      remaining, total = pruning.count(state.mask, exp.prunable)
       hooks = {}
       if r == 0 and config.pruning.reset == 'rewind':
-        hooks[rewind_step] = lambda s: ckpts.save_rewind(
-            rewind_step, {'params': s.params, 'batch_stats': s.batch_stats})
+        hooks[exp.rewind_step] = lambda s: ckpts.save_rewind(
+            exp.rewind_step,
+            {'params': s.params, 'batch_stats': s.batch_stats})
       writer = metric_writers.create_default_writer(
           str(workdir / 'tb' / f'round_{r:02d}'), just_logging=not is_main)
-      remaining, total = pruning.count(mask, prunable)
       result = train.train_round(
           state,
           train_step=train_step, eval_step=eval_step,
           train_batches=data.train_iterator(
               config.data, global_batch_size=config.train.batch_size,
               seed=_data_seed(config.seed, r), start_step=int(state.step)),
-          eval_batches=eval_batches, mesh=mesh, num_steps=num_steps,
-          writer=writer, log_every_steps=config.log_every_steps,
+          eval_batches=lambda: data.eval_iterator(
+              config.data, global_batch_size=config.train.eval_batch_size),
+          mesh=exp.mesh, num_steps=exp.num_steps, writer=writer,
+          log_every_steps=config.log_every_steps,
           checkpoint_every_steps=config.checkpoint_every_steps,
           save_checkpoint=lambda s, r=r: ckpts.save_in_round(r, s),
           hooks=hooks,
@@ -283,7 +341,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
           'train_accuracy': result.train_metrics.get('accuracy', math.nan),
           'train_loss': result.train_metrics.get('loss', math.nan),
           'seconds': result.seconds,
-          'sparsity': pruning.sparsity_report(mask, prunable),
+          'sparsity': pruning.sparsity_report(result.state.mask,
+                                              exp.prunable),
       }
       ckpts.save_round(r, {'params': result.state.params,
                            'batch_stats': result.state.batch_stats,
@@ -299,7 +358,6 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   finally:
     ckpts.close()
     summary_writer.close()
-  _write_results_csv(workdir, results)
   return results
 
 
@@ -340,20 +398,21 @@ def _data_seed(seed: int, round_idx: int) -> int:
   return int(np.random.SeedSequence([seed, round_idx]).generate_state(1)[0])
 
 
-def _reset(config, ckpts, mask, prev, model_target, init_vars, rng) -> dict:
+def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, mask: PyTree,
+           rng: jax.Array) -> dict:
   """Variables a round > 0 starts from, under its new mask."""
-  if config.pruning.reset == 'rewind':
+  initial = exp.round_target()
+  if exp.config.pruning.reset == 'rewind':
     saved = _restore(
-        lambda: ckpts.restore_rewind({'params': model_target['params'],
-                                      'batch_stats':
-                                          model_target['batch_stats']}),
+        lambda: ckpts.restore_rewind({'params': initial['params'],
+                                      'batch_stats': initial['batch_stats']}),
         'rewind point', ckpts.workdir / 'rewind')
     return {'params': pruning.rewind(saved['params'], mask),
             'batch_stats': saved['batch_stats']}
   # Batch-norm statistics start at their initial values either way.
-  return {'params': pruning.reinit(lambda k: jax.jit(init_vars)(k)['params'],
-                                   rng, mask),
-          'batch_stats': model_target['batch_stats']}
+  return {'params': pruning.reinit(
+      lambda k: exp.init_fn(k)['params'], rng, mask),
+          'batch_stats': initial['batch_stats']}
 
 
 def _restore(fn, what: str, where: epath.Path):

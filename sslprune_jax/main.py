@@ -4,7 +4,11 @@ Wires the config to the round loop; everything else lives in the modules.
 """
 
 import logging as pylogging
+import os
 import sys
+
+# TensorFlow serves only tf.data here; keep its C++ start-up chatter out.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 from absl import app
 from absl import flags

@@ -175,6 +175,16 @@ def test_random_like_copies_the_reference_layer_sparsity(finished_run,
              zip(jax.tree.leaves(masks[1]), jax.tree.leaves(ref_masks[1])))
 
 
+def test_layerwise_pruning_targets_the_first_layers(data_dir):
+  exp = imp.build(tiny_config(data_dir, **{'pruning.layers': 2}))
+  flat = jax.tree_util.tree_flatten_with_path(exp.prunable)[0]
+  chosen = [pruning.path_name(pruning.path_tuple(p)) for p, ok in flat if ok]
+  # The stem conv and the first conv of the first block, in network order.
+  assert chosen == ['conv1/kernel', 'layer1_0/conv1/kernel']
+  with pytest.raises(ValueError, match='only 12 prunable layers'):
+    imp.build(tiny_config(data_dir, **{'pruning.layers': 13}))
+
+
 @pytest.mark.parametrize('key,value,message', [
     ('pruning.fraction', 1.5, r'fraction must be in \(0, 1\)'),
     ('pruning.fraction', 0.0, r'fraction must be in \(0, 1\)'),

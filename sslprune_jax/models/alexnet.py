@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from sslprune_jax.models.resnet import batch_norm_layer
+from sslprune_jax.models.resnet import classifier
 from sslprune_jax.models.resnet import dense_kernel_init
 from sslprune_jax.models.resnet import scale_width
 
@@ -135,12 +136,7 @@ class AlexNet(nn.Module):
           dtype=self.dtype,
           name=f'fc{index}')(x)
       x = nn.relu(x)
-    x = nn.Dense(
-        self.num_classes,
-        kernel_init=dense_kernel_init,
-        dtype=self.dtype,
-        name='classifier')(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier(x, self.num_classes, self.dtype)
 
 
 def alexnet(num_classes: int | None,

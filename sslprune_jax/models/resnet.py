@@ -23,6 +23,17 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 dense_kernel_init = nn.initializers.variance_scaling(
     1.0 / 3.0, 'fan_in', 'uniform')
 
+
+def classifier(x: jnp.ndarray, num_classes: int, dtype: Any) -> jnp.ndarray:
+  """The final linear layer of every model, named 'classifier'.
+
+  Pruning excludes it by that name. Logits are returned in float32 so that
+  losses and metrics are computed in float32 even for bfloat16 models.
+  """
+  x = nn.Dense(num_classes, kernel_init=dense_kernel_init, dtype=dtype,
+               name='classifier')(x)
+  return jnp.asarray(x, jnp.float32)
+
 BASE_WIDTHS = (64, 128, 256, 512)
 
 
@@ -233,13 +244,7 @@ class ResNet(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
       return x
-    x = nn.Dense(
-        self.num_classes,
-        kernel_init=dense_kernel_init,
-        dtype=self.dtype,
-        name='classifier')(x)
-    # Losses and metrics are computed in float32 even for bfloat16 models.
-    return jnp.asarray(x, jnp.float32)
+    return classifier(x, self.num_classes, self.dtype)
 
 
 # depth -> (stage sizes, block type); depth 10 is the small variant used for

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sslprune_jax.models.resnet import batch_norm_layer
-from sslprune_jax.models.resnet import dense_kernel_init
+from sslprune_jax.models.resnet import classifier
 from sslprune_jax.models.resnet import scale_width
 
 # 'M' marks a 2x2 stride-2 max-pool; numbers are conv output channels.
@@ -81,12 +81,7 @@ class VGG(nn.Module):
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
       return x
-    x = nn.Dense(
-        self.num_classes,
-        kernel_init=dense_kernel_init,
-        dtype=self.dtype,
-        name='classifier')(x)
-    return jnp.asarray(x, jnp.float32)
+    return classifier(x, self.num_classes, self.dtype)
 
 
 def vgg(depth: int,
