@@ -175,6 +175,33 @@ def test_random_like_copies_the_reference_layer_sparsity(finished_run,
              zip(jax.tree.leaves(masks[1]), jax.tree.leaves(ref_masks[1])))
 
 
+def test_reinit_with_random_natural_pruning(data_dir, tmp_path):
+  config = tiny_config(data_dir, **{
+      'pruning.reset': 'reinit', 'pruning.method': 'random_natural',
+      'pruning.natural_threshold': 3e-3, 'pruning.num_rounds': 1})
+  results = imp.run(config, str(tmp_path / 'w'))
+  total = results[0]['sparsity']['total']
+  assert [r['remaining'] for r in results] == [
+      total, total - pruning.num_to_prune(0.2, total)]
+  # Re-initialisation needs no rewind point.
+  assert not list((tmp_path / 'w' / 'rewind').glob('*'))
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / 'w'))
+  trained, pruned = ckpts.load_round(0), ckpts.load_round(1)
+  ckpts.close()
+  # Every prunable weight that round 0 left below the threshold goes first
+  # (there are fewer of them than the 20% to prune).
+  prunable = pruning.prunable_tree(trained['params'])
+  near_zero = 0
+  for p, m, ok in zip(jax.tree.leaves(trained['params']),
+                      jax.tree.leaves(pruned['mask']),
+                      jax.tree.leaves(prunable)):
+    if ok:
+      small = np.abs(np.asarray(p)) < 3e-3
+      near_zero += small.sum()
+      assert not np.any(np.asarray(m) & small)
+  assert 0 < near_zero < pruning.num_to_prune(0.2, total)
+
+
 def test_layerwise_pruning_targets_the_first_layers(data_dir):
   exp = imp.build(tiny_config(data_dir, **{'pruning.layers': 2}))
   flat = jax.tree_util.tree_flatten_with_path(exp.prunable)[0]
