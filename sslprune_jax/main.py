@@ -62,7 +62,6 @@ def main(argv):
   try:
     imp.run(FLAGS.config, FLAGS.workdir)
   except USER_ERRORS as e:
-    logging.error('%s', e)
     sys.exit(f'error: {e}')
 
 
