@@ -106,6 +106,19 @@ def conv(features: int, kernel: int, stride: int, dtype: Any,
       name=name)
 
 
+def shortcut(x: jnp.ndarray, features: int, stride: int, dtype: Any,
+             train: bool) -> jnp.ndarray:
+  """The residual path of a block.
+
+  The identity, or a 1x1 projection and batch norm where the block changes
+  the resolution or the number of channels (named as in torchvision).
+  """
+  if stride == 1 and x.shape[-1] == features:
+    return x
+  x = conv(features, 1, stride, dtype, 'downsample_conv')(x)
+  return batch_norm_layer(train, dtype, 'downsample_bn')(x)
+
+
 class BasicBlock(nn.Module):
   """Two 3x3 convolutions with an identity or projection shortcut.
 
@@ -131,18 +144,13 @@ class BasicBlock(nn.Module):
     Returns:
       NHWC output with ``features`` channels.
     """
-    residual = x
     y = conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
     y = batch_norm_layer(train, self.dtype, 'bn1')(y)
     y = nn.relu(y)
     y = conv(self.features, 3, 1, self.dtype, 'conv2')(y)
     y = batch_norm_layer(train, self.dtype, 'bn2')(y)
-    if self.stride != 1 or x.shape[-1] != self.features:
-      residual = conv(self.features, 1, self.stride, self.dtype,
-                      'downsample_conv')(x)
-      residual = batch_norm_layer(train, self.dtype,
-                                  'downsample_bn')(residual)
-    return nn.relu(y + residual)
+    return nn.relu(y + shortcut(x, self.features, self.stride, self.dtype,
+                                train))
 
 
 class BottleneckBlock(nn.Module):
@@ -171,7 +179,6 @@ class BottleneckBlock(nn.Module):
       NHWC output with ``4 * features`` channels.
     """
     out_features = self.features * self.expansion
-    residual = x
     y = conv(self.features, 1, 1, self.dtype, 'conv1')(x)
     y = batch_norm_layer(train, self.dtype, 'bn1')(y)
     y = nn.relu(y)
@@ -180,12 +187,8 @@ class BottleneckBlock(nn.Module):
     y = nn.relu(y)
     y = conv(out_features, 1, 1, self.dtype, 'conv3')(y)
     y = batch_norm_layer(train, self.dtype, 'bn3')(y)
-    if self.stride != 1 or x.shape[-1] != out_features:
-      residual = conv(out_features, 1, self.stride, self.dtype,
-                      'downsample_conv')(x)
-      residual = batch_norm_layer(train, self.dtype,
-                                  'downsample_bn')(residual)
-    return nn.relu(y + residual)
+    return nn.relu(y + shortcut(x, out_features, self.stride, self.dtype,
+                                train))
 
 
 class ResNet(nn.Module):
