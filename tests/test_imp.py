@@ -202,6 +202,23 @@ def test_reinit_with_random_natural_pruning(data_dir, tmp_path):
   assert 0 < near_zero < pruning.num_to_prune(0.2, total)
 
 
+@pytest.mark.parametrize('variant,num_train,steps,rewind_step', [
+    # CIFAR-10: 50,000 // 128 = 390 steps per epoch, 160 epochs; rewind
+    # after 50,000 samples = step 390.
+    ('', 50_000, 62_400, 390),
+    ('vgg19', 50_000, 62_400, 390),
+    # ImageNet: 1,281,167 // 256 = 5,004 steps per epoch, 90 epochs; rewind
+    # after one epoch of samples = step 5,004.
+    ('imagenet', 1_281_167, 450_360, 5_004),
+])
+def test_paper_configs(variant, num_train, steps, rewind_step):
+  config = load_config(variant)
+  imp.validate_config(config)
+  assert imp.round_schedule(config, num_train) == (steps, rewind_step)
+  assert config.pruning.fraction == 0.2 and config.pruning.num_rounds == 30
+  assert config.train.momentum == 0.9 and config.train.weight_decay == 1e-4
+
+
 def test_layerwise_pruning_targets_the_first_layers(data_dir):
   exp = imp.build(tiny_config(data_dir, **{'pruning.layers': 2}))
   flat = jax.tree_util.tree_flatten_with_path(exp.prunable)[0]
