@@ -137,6 +137,8 @@ def per_device_train_step(task) -> Callable:
   def step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                              jax.lax.axis_index(parallel.AXIS))
+    task_rng, rng = jax.random.split(rng)
+    batch = task.prepare(batch, task_rng)
 
     def loss_fn(params):
       outputs, batch_stats = _forward(state, params, batch['image'], True,
@@ -180,6 +182,7 @@ def make_eval_step(task, mesh) -> Callable:
   """
 
   def step(state: TrainState, batch: dict):
+    batch = task.prepare(batch, None)
     outputs, _ = _forward(state, state.params, batch['image'], False)
     metrics = task.metrics(outputs, batch, task.eval_metrics,
                            mask=batch['mask'])

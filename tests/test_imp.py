@@ -44,9 +44,9 @@ OVERRIDES = {
 }
 
 
-def load_config(arg='quick'):
-  spec = importlib.util.spec_from_file_location('labels_config',
-                                                ROOT / 'configs' / 'labels.py')
+def load_config(arg='quick', name='labels'):
+  spec = importlib.util.spec_from_file_location(f'{name}_config',
+                                                ROOT / 'configs' / f'{name}.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
@@ -202,6 +202,24 @@ def test_reinit_with_random_natural_pruning(data_dir, tmp_path):
   assert 0 < near_zero < pruning.num_to_prune(0.2, total)
 
 
+def test_rotnet_quick_prunes_end_to_end(data_dir, tmp_path):
+  config = load_config('quick', 'rotnet')
+  config.update_from_flattened_dict({
+      **OVERRIDES, 'data.data_dir': data_dir, 'train.batch_size': 64,
+      'train.num_epochs': 1.0, 'pruning.num_rounds': 1})
+  results = imp.run(config, str(tmp_path / 'rotnet'))
+  total = results[0]['sparsity']['total']
+  assert [r['remaining'] for r in results] == [
+      total, total - pruning.num_to_prune(0.2, total)]
+  for r in results:
+    # Rotation accuracy after 32 steps; chance is 0.25.
+    assert r['test_accuracy'] > 0.4, r
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / 'rotnet'))
+  head = ckpts.load_round(1)['params']['classifier']['kernel']
+  ckpts.close()
+  assert head.shape[-1] == 4
+
+
 @pytest.mark.parametrize('variant,num_train,steps,rewind_step', [
     # CIFAR-10: 50,000 // 128 = 390 steps per epoch, 160 epochs; rewind
     # after 50,000 samples = step 390.
@@ -212,7 +230,7 @@ def test_reinit_with_random_natural_pruning(data_dir, tmp_path):
     ('imagenet', 1_281_167, 450_360, 5_004),
 ])
 def test_paper_configs(variant, num_train, steps, rewind_step):
-  config = load_config(variant)
+  config = load_config(variant, 'labels')
   imp.validate_config(config)
   assert imp.round_schedule(config, num_train) == (steps, rewind_step)
   assert config.pruning.fraction == 0.2 and config.pruning.num_rounds == 30

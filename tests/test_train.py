@@ -262,3 +262,30 @@ class _NullWriter:
 
   def flush(self):
     pass
+
+
+def test_rotnet_batch_holds_every_image_at_every_rotation():
+  rng = np.random.default_rng(0)
+  # Asymmetric images, so that every rotation is distinct.
+  images = rng.normal(size=(3, 5, 5, 2)).astype(np.float32)
+  task = tasks.get_task('rotnet')
+  batch = task.prepare({'image': jnp.asarray(images),
+                        'label': jnp.zeros(3, jnp.int32),
+                        'mask': jnp.array([True, True, False])}, None)
+  assert batch['image'].shape == (12, 5, 5, 2)
+  np.testing.assert_array_equal(batch['label'],
+                                [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3])
+  np.testing.assert_array_equal(batch['mask'], [True, True, False] * 4)
+  for i in range(12):
+    k, j = divmod(i, 3)
+    np.testing.assert_array_equal(batch['image'][i], np.rot90(images[j], k))
+  assert task.num_outputs(10) == 4
+  # An exact rotation: a quarter turn of a known corner.
+  corner = np.zeros((1, 3, 3, 1), np.float32)
+  corner[0, 0, 2, 0] = 1.0   # top right
+  turned = task.prepare({'image': jnp.asarray(corner),
+                         'label': jnp.zeros(1, jnp.int32)}, None)['image']
+  assert turned[1, 0, 0, 0] == 1.0   # 90 degrees counter-clockwise: top left
+  with pytest.raises(ValueError, match='square'):
+    task.prepare({'image': jnp.zeros((1, 4, 5, 1)),
+                  'label': jnp.zeros(1, jnp.int32)}, None)

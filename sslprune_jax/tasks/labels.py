@@ -33,6 +33,11 @@ class Labels:
     """Size of the head on the trunk: one logit per class."""
     return num_classes
 
+  def prepare(self, batch: dict, rng: jax.Array | None) -> dict:
+    """Images and labels go to the network as they are."""
+    del rng
+    return batch
+
   def loss(self, logits: jax.Array, batch: dict,
            per_example: bool = False) -> jax.Array:
     """Softmax cross-entropy; the batch mean unless `per_example`."""
