@@ -21,8 +21,9 @@ Variants (the part after the colon):
                              Expect ~90%+ rotation accuracy dense.
   configs/rotnet.py:quick    Fashion-MNIST (half of the training split),
                              ResNet-10 at width 1/4, 1 epoch per round,
-                             3 pruning rounds: about 10 minutes on 2 CPU
-                             cores.
+                             3 pruning rounds: about 11 minutes on 2 CPU
+                             cores, ~98.5% rotation accuracy in every round
+                             (100%, 80%, 64%, 51.2% of the weights left).
 
 Launch:
 
