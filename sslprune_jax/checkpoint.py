@@ -16,7 +16,6 @@ complete, so a run killed at any moment leaves only whole checkpoints.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax

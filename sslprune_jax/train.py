@@ -8,7 +8,6 @@ weight decay nor momentum can bring a pruned weight back.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import time
 from typing import Any, Callable, Iterator, Mapping
@@ -16,12 +15,10 @@ from typing import Any, Callable, Iterator, Mapping
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
-import flax
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
