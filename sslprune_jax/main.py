@@ -61,6 +61,11 @@ def main(argv):
                jax.local_device_count(), jax.device_count())
   try:
     imp.run(FLAGS.config, FLAGS.workdir)
+  except data.DatasetNotFoundError as e:
+    config_file = config_flags.get_config_filename(FLAGS['config'])
+    sys.exit(f'error: {e}\nTo run the same experiment small on real '
+             'Fashion-MNIST, which needs no download: '
+             f'--config={config_file}:quick')
   except USER_ERRORS as e:
     sys.exit(f'error: {e}')
 

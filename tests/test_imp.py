@@ -278,6 +278,18 @@ def test_nan_loss_stops_the_run(data_dir, tmp_path):
   assert not (tmp_path / 'w' / 'results.csv').exists()
 
 
+def test_missing_imagenet_stops_at_once_naming_the_quick_variant(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'sslprune_jax.main',
+       '--config=configs/rotnet.py', f'--workdir={tmp_path / "w"}',
+       f'--config.data.data_dir={tmp_path / "tfds"}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode != 0
+  assert 'imagenet2012' in done.stderr and 'downloads/manual' in done.stderr
+  assert '--config=configs/rotnet.py:quick' in done.stderr
+  assert not (tmp_path / 'w').exists()
+
+
 def _command(workdir, data_dir):
   flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
   return [sys.executable, '-m', 'sslprune_jax.main',
