@@ -38,10 +38,7 @@ VARIANTS = ('', 'cifar10', 'vgg19', 'imagenet', 'quick')
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the config of the variant `arg` (see the module docstring)."""
-  arg = arg or ''
-  if arg not in VARIANTS:
-    raise ValueError(f'Unknown variant {arg!r} of labels.py; valid: '
-                     f'{VARIANTS[1:]}.')
+  arg = config_lib.variant(arg, VARIANTS, 'labels.py')
   config = config_lib.base('labels')
   if arg == 'vgg19':
     config.model.name = 'vgg'

@@ -40,10 +40,7 @@ VARIANTS = ('', 'imagenet', 'cifar10', 'quick')
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the config of the variant `arg` (see the module docstring)."""
-  arg = arg or ''
-  if arg not in VARIANTS:
-    raise ValueError(f'Unknown variant {arg!r} of rotnet.py; valid: '
-                     f'{VARIANTS[1:]}.')
+  arg = config_lib.variant(arg, VARIANTS, 'rotnet.py')
   config = config_lib.base('rotnet')
   if arg in ('', 'imagenet'):
     config_lib.imagenet(config)

@@ -11,6 +11,25 @@ import ml_collections
 from sslprune_jax.data import pipeline as data_pipeline
 
 
+def variant(arg: str | None, variants: tuple[str, ...],
+            config_file: str) -> str:
+  """The variant named after the config file's colon, checked.
+
+  Args:
+    arg: what followed the colon ('' or None when nothing did).
+    variants: the variants the config file offers ('' is its default).
+    config_file: the file's name, for the error message.
+
+  Returns:
+    `arg`, with None turned into ''.
+  """
+  arg = arg or ''
+  if arg not in variants:
+    raise ValueError(f'Unknown variant {arg!r} of {config_file}; valid: '
+                     f'{tuple(v for v in variants if v)}.')
+  return arg
+
+
 def _placeholder(kind):
   return ml_collections.config_dict.placeholder(kind)
 
