@@ -34,11 +34,16 @@ def _placeholder(kind):
   return ml_collections.config_dict.placeholder(kind)
 
 
-def base(task: str) -> ml_collections.ConfigDict:
-  """CIFAR-10, CIFAR ResNet-18, SGD, 30 rounds of 20% global IMP, rewind."""
+def base(task: str, **task_fields) -> ml_collections.ConfigDict:
+  """CIFAR-10, CIFAR ResNet-18, SGD, 30 rounds of 20% global IMP, rewind.
+
+  Args:
+    task: the task's name (see `sslprune_jax.tasks`).
+    **task_fields: the task's own settings, as `config.task.<field>`.
+  """
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.task = task
+  config.task = ml_collections.ConfigDict(dict(name=task, **task_fields))
   config.data = data_pipeline.default_data_config('cifar10')
   config.model = ml_collections.ConfigDict(dict(
       name='resnet_cifar', depth=18, width=1.0, dtype='float32'))

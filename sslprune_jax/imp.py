@@ -73,6 +73,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name not in models.MODELS:
     problems.append(f'Unknown model.name {config.model.name!r}; valid: '
                     f'{models.MODELS}.')
+  if config.task.name not in tasks.TASKS:
+    problems.append(f'Unknown task.name {config.task.name!r}; valid: '
+                    f'{sorted(tasks.TASKS)}.')
+  elif tasks.TASKS[config.task.name].stream == 'mixed' and (
+      t.get('labelled_batch_size', 0) <= 0):
+    problems.append(f'task {config.task.name!r} needs '
+                    'train.labelled_batch_size > 0 (labelled images per step, '
+                    'on top of train.batch_size images without labels).')
   if config.data.name not in data.DATASETS:
     problems.append(f'Unknown data.name {config.data.name!r}; valid: '
                     f'{data.DATASETS}.')
@@ -95,6 +103,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 def round_schedule(config, num_train_examples: int) -> tuple[int, int]:
   """Steps per round and the rewind step, checked against each other.
+
+  Args:
+    config: the experiment config.
+    num_train_examples: examples of an epoch (of the task's stream).
 
   Returns:
     (num_steps, rewind_step): rewind_step is the number of steps after which
@@ -148,11 +160,18 @@ def _results_table(rows: list[dict]) -> str:
   return '\n'.join(lines)
 
 
+def _result_fields(rows: list[dict]) -> list[str]:
+  """The CSV columns: the common ones, then any other metric of the task."""
+  extra = sorted({k for row in rows for k in row
+                  if k.startswith(('test_', 'train_'))} - set(RESULT_FIELDS))
+  return [*RESULT_FIELDS[:-1], *extra, RESULT_FIELDS[-1]]
+
+
 def _write_results_csv(workdir: epath.Path, rows: list[dict]) -> None:
   if jax.process_index() != 0:
     return
   out = io.StringIO()
-  writer = csv.DictWriter(out, fieldnames=RESULT_FIELDS,
+  writer = csv.DictWriter(out, fieldnames=_result_fields(rows),
                           extrasaction='ignore')
   writer.writeheader()
   writer.writerows(rows)
@@ -173,6 +192,7 @@ class Experiment:
     task: the training objective.
     init_fn: rng -> fresh variables (jitted).
     variables: the initial variables (round 0's starting point).
+    task_state: the task's initial state (round 0's starting point).
     prunable: pytree of bools, the leaves pruning may touch.
     tx: the optimiser (its schedule restarts with every round's state).
     num_steps: steps per round.
@@ -186,6 +206,7 @@ class Experiment:
   task: Any
   init_fn: Callable[[jax.Array], PyTree]
   variables: PyTree
+  task_state: PyTree
   prunable: PyTree
   tx: Any
   num_steps: int
@@ -211,13 +232,17 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   mesh = parallel.create_mesh()
   parallel.check_batch_size(config.train.batch_size, mesh)
   parallel.check_batch_size(config.train.eval_batch_size, mesh)
+  if tasks.TASKS[config.task.name].stream == 'mixed':
+    parallel.check_batch_size(config.train.labelled_batch_size, mesh)
   info = data.get_info(config.data)
-  num_steps, rewind_step = round_schedule(config, info.num_train_examples)
-  task = tasks.get_task(config.task)
+  task = tasks.get_task(config.task, info)
+  epoch_examples = (info.num_labelled_examples if task.stream == 'labelled'
+                    else info.num_train_examples)
+  num_steps, rewind_step = round_schedule(config, epoch_examples)
   model = models.create_model(config.model,
                               task.num_outputs(info.num_classes))
-  init_rng, state_rng, prune_rng, reinit_rng = jax.random.split(
-      jax.random.PRNGKey(config.seed), 4)
+  init_rng, state_rng, prune_rng, reinit_rng, task_rng = jax.random.split(
+      jax.random.PRNGKey(config.seed), 5)
   init_fn = jax.jit(functools.partial(train.init_variables, model,
                                       image_shape=info.image_shape))
   variables = init_fn(init_rng)
@@ -232,15 +257,17 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                        f'model has only {len(order)} prunable layers.')
     prunable = pruning.restrict_to_layers(prunable,
                                           order[:config.pruning.layers])
-  steps_per_epoch = info.num_train_examples // config.train.batch_size
+  steps_per_epoch = epoch_examples // config.train.batch_size
   tx = train.create_optimizer(
       config.train,
       train.create_learning_rate_fn(config.train, steps_per_epoch))
   return Experiment(
       config=config, mesh=mesh, info=info, model=model, task=task,
-      init_fn=init_fn, variables=variables, prunable=prunable, tx=tx,
+      init_fn=init_fn, variables=variables,
+      task_state=task.init_state(task_rng), prunable=prunable, tx=tx,
       num_steps=num_steps, rewind_step=rewind_step,
-      rngs={'state': state_rng, 'prune': prune_rng, 'reinit': reinit_rng})
+      rngs={'state': state_rng, 'prune': prune_rng, 'reinit': reinit_rng,
+            'task': task_rng})
 
 
 def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
@@ -254,6 +281,7 @@ def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
   workdir = ckpts.workdir
   if round_idx == 0:
     mask, variables = exp.initial_mask(), exp.variables
+    task_state = exp.task_state
   else:
     prev = _restore(
         lambda: ckpts.restore_round(round_idx - 1, exp.round_target()),
@@ -261,12 +289,13 @@ def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
     mask = next_mask(exp.config, prev, exp.prunable,
                      jax.random.fold_in(exp.rngs['prune'], round_idx),
                      round_idx)
-    variables = _reset(exp, ckpts, mask,
-                       jax.random.fold_in(exp.rngs['reinit'], round_idx))
+    variables, task_state = _reset(
+        exp, ckpts, mask, jax.random.fold_in(exp.rngs['reinit'], round_idx),
+        round_idx)
   state = parallel.replicate(
       train.create_train_state(
           exp.model, variables, mask, exp.tx,
-          jax.random.fold_in(exp.rngs['state'], round_idx)),
+          jax.random.fold_in(exp.rngs['state'], round_idx), task_state),
       exp.mesh)
   restored = _restore(lambda: ckpts.restore_in_round(round_idx, state),
                       f'in-round state of round {round_idx}',
@@ -276,6 +305,25 @@ def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
   logging.info('Round %d: resuming at step %d.', round_idx,
                int(restored.step))
   return restored
+
+
+def train_batches(config: ml_collections.ConfigDict, task, *, seed: int,
+                  start_step: int):
+  """This host's training batches for the task's stream, from `start_step`.
+
+  'all' streams every training example, 'labelled' only the labelled subset
+  (`data.labelled`), 'mixed' puts `train.labelled_batch_size` labelled
+  images and `train.batch_size` images without labels in every step, each
+  device getting its share of both.
+  """
+  if task.stream == 'mixed':
+    return data.mixed_train_iterator(
+        config.data, labelled_batch_size=config.train.labelled_batch_size,
+        unlabelled_batch_size=config.train.batch_size, seed=seed,
+        start_step=start_step, num_shards=jax.local_device_count())
+  return data.train_iterator(
+      config.data, global_batch_size=config.train.batch_size, seed=seed,
+      start_step=start_step, only_labelled=task.stream == 'labelled')
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -315,15 +363,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       if r == 0 and config.pruning.reset == 'rewind':
         hooks[exp.rewind_step] = lambda s: ckpts.save_rewind(
             exp.rewind_step,
-            {'params': s.params, 'batch_stats': s.batch_stats})
+            {'params': s.params, 'batch_stats': s.batch_stats,
+             'task_state': s.task_state})
       writer = metric_writers.create_default_writer(
           str(workdir / 'tb' / f'round_{r:02d}'), just_logging=not is_main)
       result = train.train_round(
           state,
           train_step=train_step, eval_step=eval_step,
-          train_batches=data.train_iterator(
-              config.data, global_batch_size=config.train.batch_size,
-              seed=_data_seed(config.seed, r), start_step=int(state.step)),
+          train_batches=train_batches(config, exp.task,
+                                      seed=_data_seed(config.seed, r),
+                                      start_step=int(state.step)),
           eval_batches=lambda: data.eval_iterator(
               config.data, global_batch_size=config.train.eval_batch_size),
           mesh=exp.mesh, num_steps=exp.num_steps, writer=writer,
@@ -336,10 +385,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       row = {
           'round': r, 'fraction_left': remaining / total,
           'remaining': remaining,
-          'test_accuracy': result.eval_metrics['accuracy'],
-          'test_loss': result.eval_metrics['loss'],
-          'train_accuracy': result.train_metrics.get('accuracy', math.nan),
-          'train_loss': result.train_metrics.get('loss', math.nan),
+          # Every task reports an accuracy or a loss or both; NaN if not.
+          **{f'test_{k}': math.nan for k in ('accuracy', 'loss')},
+          **{f'test_{k}': v for k, v in result.eval_metrics.items()},
+          **{f'train_{k}': math.nan for k in ('accuracy', 'loss')},
+          **{f'train_{k}': v for k, v in result.train_metrics.items()},
           'seconds': result.seconds,
           'sparsity': pruning.sparsity_report(result.state.mask,
                                               exp.prunable),
@@ -349,7 +399,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                            'mask': result.state.mask}, row)
       ckpts.clear_in_round(r)
       results.append(row)
-      summary_writer.write_scalars(r, {k: row[k] for k in RESULT_FIELDS[1:]})
+      summary_writer.write_scalars(
+          r, {k: row[k] for k in _result_fields([row])[1:]})
       _write_results_csv(workdir, results)
       if is_main:
         print(f'\nRound {r} done.\n' + _results_table(results), flush=True)
@@ -399,20 +450,28 @@ def _data_seed(seed: int, round_idx: int) -> int:
 
 
 def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, mask: PyTree,
-           rng: jax.Array) -> dict:
-  """Variables a round > 0 starts from, under its new mask."""
+           rng: jax.Array, round_idx: int) -> tuple[dict, PyTree]:
+  """Variables and task state a round > 0 starts from, under its new mask.
+
+  Rewinding restores the whole training state of the rewind point (the
+  weights, batch-norm statistics and the task's state, such as NPID's
+  memory bank); re-initialising draws them afresh.
+  """
   initial = exp.round_target()
   if exp.config.pruning.reset == 'rewind':
     saved = _restore(
         lambda: ckpts.restore_rewind({'params': initial['params'],
-                                      'batch_stats': initial['batch_stats']}),
+                                      'batch_stats': initial['batch_stats'],
+                                      'task_state': exp.task_state}),
         'rewind point', ckpts.workdir / 'rewind')
-    return {'params': pruning.rewind(saved['params'], mask),
-            'batch_stats': saved['batch_stats']}
+    return ({'params': pruning.rewind(saved['params'], mask),
+             'batch_stats': saved['batch_stats']}, saved['task_state'])
   # Batch-norm statistics start at their initial values either way.
-  return {'params': pruning.reinit(
+  return ({'params': pruning.reinit(
       lambda k: exp.init_fn(k)['params'], rng, mask),
-          'batch_stats': initial['batch_stats']}
+           'batch_stats': initial['batch_stats']},
+          exp.task.init_state(jax.random.fold_in(exp.rngs['task'],
+                                                 round_idx)))
 
 
 def _restore(fn, what: str, where: epath.Path):

@@ -65,3 +65,18 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
         f'The global batch size {global_batch_size} must be a positive '
         f'multiple of the number of devices ({n}).')
   return global_batch_size // n
+
+
+def gather_replicated(x: jax.Array) -> jax.Array:
+  """All devices' `x` stacked along axis 0, the same on every device.
+
+  Inside `shard_map` over 'data': device i's [n, ...] block lands at rows
+  [i n, (i + 1) n). Unlike `lax.all_gather`, whose result is typed as varying
+  across devices, this is built with a `psum` and so may become part of the
+  replicated state (e.g. a memory bank updated with the whole global batch).
+  """
+  n = jax.lax.axis_size(AXIS)
+  i = jax.lax.axis_index(AXIS)
+  full = jax.numpy.zeros((n * x.shape[0], *x.shape[1:]), x.dtype)
+  full = jax.lax.dynamic_update_slice_in_dim(full, x, i * x.shape[0], axis=0)
+  return jax.lax.psum(full, AXIS)

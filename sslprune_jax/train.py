@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Mapping
 from absl import logging
 from clu import metric_writers
 from clu import periodic_actions
+import flax
 from flax.training import train_state
 import jax
 import jax.numpy as jnp
@@ -37,10 +38,13 @@ class TrainState(train_state.TrainState):
     mask: boolean pytree like `params` (see `pruning`).
     rng: PRNG key of the round (dropout, task randomness); folded with the
       step and the device index inside the step.
+    task_state: the task's own state (NPID's memory bank; usually empty),
+      replicated like the rest.
   """
   batch_stats: PyTree
   mask: PyTree
   rng: jax.Array
+  task_state: PyTree = flax.struct.field(default_factory=dict)
 
   def apply_gradients(self, *, grads, **kwargs):
     new_state = super().apply_gradients(grads=grads, **kwargs)
@@ -103,13 +107,15 @@ def init_variables(model, rng: jax.Array, image_shape) -> dict:
 
 def create_train_state(model, variables: dict, mask: PyTree,
                        tx: optax.GradientTransformation,
-                       rng: jax.Array) -> TrainState:
+                       rng: jax.Array,
+                       task_state: PyTree | None = None) -> TrainState:
   """A fresh state at step 0 (the optimiser state starts empty)."""
   return TrainState.create(
       apply_fn=model.apply,
       params=pruning.apply_mask(variables['params'], mask),
       batch_stats=variables.get('batch_stats', {}),
-      mask=mask, rng=rng, tx=tx)
+      mask=mask, rng=rng, tx=tx,
+      task_state={} if task_state is None else task_state)
 
 
 def _forward(state: TrainState, params, images, train: bool, rng=None):
@@ -128,33 +134,37 @@ def per_device_train_step(task) -> Callable:
 
   Batch norm uses the device's own batch; the gradients and the new
   batch-norm statistics are averaged over devices, and metric sums are added
-  over devices.
+  over devices. The task updates its own state (identically on every
+  device) from the step's outputs.
   """
 
   def step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
                              jax.lax.axis_index(parallel.AXIS))
-    task_rng, rng = jax.random.split(rng)
-    batch = task.prepare(batch, task_rng)
+    prepare_rng, loss_rng, rng = jax.random.split(rng, 3)
+    batch = task.prepare(batch, prepare_rng)
 
     def loss_fn(params):
       outputs, batch_stats = _forward(state, params, batch['image'], True,
                                       rng)
-      return task.loss(outputs, batch), (outputs, batch_stats)
+      loss, aux = task.loss(outputs, batch, state.task_state, loss_rng)
+      return loss, (outputs, batch_stats, aux)
 
     # Differentiate with respect to a per-device view of the replicated
     # params: the gradients then stay per-device and are averaged explicitly
     # (as pmap and PyTorch DDP do), instead of being summed implicitly by
     # shard_map's transpose of the broadcast.
     params = jax.lax.pcast(state.params, parallel.AXIS, to='varying')
-    (_, (outputs, batch_stats)), grads = jax.value_and_grad(
+    (_, (outputs, batch_stats, aux)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, parallel.AXIS)
     # Keeping one copy of the running statistics (their device average)
     # makes the state replicated and checkpointable as one tree.
     batch_stats = jax.lax.pmean(batch_stats, parallel.AXIS)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
-    metrics = task.metrics(outputs, batch, task.train_metrics)
+    task_state = task.update_state(state.task_state, outputs, batch, aux)
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats,
+                                  task_state=task_state)
+    metrics = task.train_metrics_of(outputs, batch, aux)
     return state, jax.lax.psum(metrics, parallel.AXIS)
 
   return step
@@ -181,8 +191,7 @@ def make_eval_step(task, mesh) -> Callable:
   def step(state: TrainState, batch: dict):
     batch = task.prepare(batch, None)
     outputs, _ = _forward(state, state.params, batch['image'], False)
-    metrics = task.metrics(outputs, batch, task.eval_metrics,
-                           mask=batch['mask'])
+    metrics = task.eval_metrics_of(outputs, batch, state.task_state)
     return jax.lax.psum(metrics, parallel.AXIS)
 
   return jax.jit(jax.shard_map(step, mesh=mesh,

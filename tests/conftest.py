@@ -8,8 +8,11 @@ os.environ.setdefault('XLA_FLAGS',
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import pytest
+
+from sslprune_jax import data
 
 
 @pytest.fixture(scope='session')
@@ -17,3 +20,13 @@ def num_devices():
   n = jax.device_count()
   assert n == 8, f'expected 8 simulated devices, got {n}'
   return n
+
+
+@pytest.fixture(scope='session')
+def data_dir(tmp_path_factory):
+  """A tfds data_dir holding Fashion-MNIST, prepared once per session."""
+  path = tmp_path_factory.mktemp('tfds')
+  config = data.default_data_config('fashion_mnist')
+  config.data_dir = str(path)
+  data.get_builder(config)
+  return str(path)

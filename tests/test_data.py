@@ -159,12 +159,16 @@ def test_train_batches(fmnist_dir):
   config = _config('fashion_mnist', fmnist_dir, **_SMALL_TRAIN)
   batches = _take(data.train_iterator(config, global_batch_size=128, seed=0), 6)
   for batch in batches:
-    assert set(batch) == {'image', 'label'}
+    assert set(batch) == {'image', 'label', 'index', 'labelled'}
     assert batch['image'].shape == (128, 28, 28, 1)
     assert batch['image'].dtype == np.float32
     assert batch['label'].shape == (128,)
     assert batch['label'].dtype == np.int32
     assert batch['label'].min() >= 0 and batch['label'].max() < 10
+    assert batch['index'].shape == (128,)
+    assert batch['index'].dtype == np.int32
+    assert batch['labelled'].dtype == np.bool_
+    assert batch['labelled'].all()  # labelled='all'.
   images = np.stack([b['image'] for b in batches])
   # Padding makes cropped borders black, so the mean is a bit below zero.
   assert abs(images.mean()) < 0.2
@@ -216,15 +220,266 @@ def test_train_epoch_sees_each_example_once(fmnist_dir):
 
 def test_train_shards_across_processes(fmnist_dir, monkeypatch):
   config = _config('fashion_mnist', fmnist_dir, augment='none', **_SMALL_TRAIN)
+  single = _take(data.train_iterator(config, global_batch_size=128, seed=0), 4)
+  image_at = {
+      int(index): image.tobytes()
+      for batch in single
+      for index, image in zip(batch['index'], batch['image'])
+  }
   monkeypatch.setattr(jax, 'process_count', lambda: 2)
-  shards = []
+  shards, indices = [], []
   for index in range(2):
     monkeypatch.setattr(jax, 'process_index', lambda index=index: index)
     epoch = _take(data.train_iterator(config, global_batch_size=128, seed=0), 4)
     assert epoch[0]['image'].shape == (64, 28, 28, 1)
     shards.append(np.concatenate([b['image'] for b in epoch]))
+    indices.append(np.concatenate([b['index'] for b in epoch]))
   # The two hosts' epochs are disjoint halves of the split.
   assert len(set(_image_fingerprints(np.concatenate(shards)))) == 512
+  # Indices are unique over the hosts and do not depend on their number.
+  assert sorted(np.concatenate(indices)) == list(range(512))
+  for images, host_indices in zip(shards, indices):
+    for image, index in zip(images, host_indices):
+      assert image.tobytes() == image_at[int(index)]
+
+
+# ---------------------------------------------------------------------------
+# Example indices and labelled subsets.
+
+
+def _read_in_file_order(data_dir, split, **kwargs):
+  """Returns a whole Fashion-MNIST split as numpy arrays, in file order."""
+  builder = data.get_builder(_config('fashion_mnist', data_dir))
+  return tfds.as_numpy(
+      builder.as_dataset(
+          split=split,
+          batch_size=-1,
+          # One file after the other, as indices count.
+          read_config=tfds.ReadConfig(interleave_cycle_length=1),
+          **kwargs,
+      )
+  )
+
+
+def _split_labels(data_dir, split):
+  """Returns the labels of a Fashion-MNIST split, in file order."""
+  return _read_in_file_order(
+      data_dir, split, decoders={'image': tfds.decode.SkipDecoding()}
+  )['label']
+
+
+@pytest.fixture(scope='module')
+def sharded_dir(tmp_path_factory):
+  """A TFDS data dir with 600 Fashion-MNIST examples per split in 3 files."""
+  if fashion_mnist.missing_source_files():
+    pytest.skip('Fashion-MNIST source files missing.')
+  data_dir = tmp_path_factory.mktemp('sharded')
+  fashion_mnist.LocalFashionMnist(data_dir=data_dir).download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False, max_examples_per_split=600, num_shards=3
+      )
+  )
+  return data_dir
+
+
+@pytest.mark.parametrize('cache', [True, False])
+def test_index_is_the_position_in_the_base_split(sharded_dir, cache):
+  builder = data.get_builder(_config('fashion_mnist', sharded_dir))
+  assert builder.info.splits['train'].shard_lengths == [200, 200, 200]
+  # The slice starts in the first file and ends in the last one.
+  config = _config(
+      'fashion_mnist', sharded_dir, train_split='train[100:500]',
+      augment='none', cache=cache,
+  )
+  epoch = _take(data.train_iterator(config, global_batch_size=100, seed=1), 4)
+  indices = np.concatenate([b['index'] for b in epoch])
+  assert sorted(indices) == list(range(100, 500))
+  source = _read_in_file_order(sharded_dir, 'train')
+  (mean,), (std,) = augment.MEAN_STD['fashion_mnist']
+  for batch in epoch:
+    np.testing.assert_array_equal(
+        batch['label'], source['label'][batch['index']]
+    )
+    expected = (source['image'][batch['index']] / 255 - mean) / std
+    np.testing.assert_allclose(batch['image'], expected, atol=1e-5)
+  info = data.get_info(config)
+  assert (info.index_size, info.num_train_examples) == (600, 400)
+  assert info.num_labelled_examples == 400
+  np.testing.assert_array_equal(
+      data.labelled_indices(config), np.arange(100, 500)
+  )
+  config.labelled = 'per_class'
+  subset = data.labelled_indices(config)
+  labels = source['label'][100:500]
+  np.testing.assert_array_equal(
+      np.bincount(source['label'][subset], minlength=10),
+      (np.bincount(labels, minlength=10) + 5) // 10,
+  )
+
+
+def test_per_class_subset(fmnist_dir):
+  config = _config(
+      'fashion_mnist', fmnist_dir, train_split='train[:500]',
+      labelled='per_class', labelled_fraction=0.29,
+  )
+  labels = _split_labels(fmnist_dir, 'train[:500]')
+  counts = np.bincount(labels, minlength=10)
+  # floor(0.29 * n + 1/2) in exact arithmetic; class 1 has 50 examples, for
+  # which floating point would give 14 instead of 15.
+  assert counts[1] == 50
+  expected = (29 * counts + 50) // 100
+  assert expected[1] == 15
+  subset = data.labelled_indices(config)
+  assert subset.dtype == np.int64
+  assert np.all(np.diff(subset) > 0) and subset[-1] < 500
+  np.testing.assert_array_equal(
+      np.bincount(labels[subset], minlength=10), expected
+  )
+  assert data.get_info(config).num_labelled_examples == expected.sum()
+  # Deterministic even when computed afresh, and the seed matters.
+  pipeline._labelled_indices.cache_clear()
+  np.testing.assert_array_equal(data.labelled_indices(config), subset)
+  config.labelled_seed = 1
+  other = data.labelled_indices(config)
+  np.testing.assert_array_equal(
+      np.bincount(labels[other], minlength=10), expected
+  )
+  assert not np.array_equal(other, subset)
+
+
+def test_classes_subset(fmnist_dir):
+  config = _config(
+      'fashion_mnist', fmnist_dir, train_split='train[:2000]',
+      labelled='classes', labelled_fraction=0.25, labelled_seed=3,
+  )
+  labels = _split_labels(fmnist_dir, 'train[:2000]')
+  # floor(0.25 * 10 + 1/2) = 3 classes.
+  classes = np.random.default_rng(3).permutation(10)[:3]
+  np.testing.assert_array_equal(
+      data.labelled_indices(config), np.flatnonzero(np.isin(labels, classes))
+  )
+  config.labelled_fraction = 0.01  # At least one class.
+  assert set(labels[data.labelled_indices(config)]) == {classes[0]}
+
+
+@pytest.mark.parametrize('cache', [True, False])
+def test_only_labelled_stream(fmnist_dir, cache):
+  config = _config(
+      'fashion_mnist', fmnist_dir, train_split='train[:2000]',
+      labelled='per_class', cache=cache,
+  )
+  subset = data.labelled_indices(config)
+  assert len(subset) == 201
+  labels = _split_labels(fmnist_dir, 'train[:2000]')
+  stream = _take(
+      data.train_iterator(
+          config, global_batch_size=50, seed=2, only_labelled=True
+      ),
+      8,
+  )
+  for batch in stream:
+    assert batch['labelled'].all()
+    np.testing.assert_array_equal(batch['label'], labels[batch['index']])
+  # Epochs of 201 // 50 = 4 steps over the subset, each example at most once.
+  for epoch in (stream[:4], stream[4:]):
+    indices = np.concatenate([b['index'] for b in epoch])
+    assert len(set(indices)) == 200
+    assert set(indices) <= set(subset)
+  resumed = _take(
+      data.train_iterator(
+          config, global_batch_size=50, seed=2, start_step=3,
+          only_labelled=True,
+      ),
+      5,
+  )
+  _assert_same_batches(stream[3:], resumed)
+  # The whole stream flags the labelled examples.
+  everything = _take(data.train_iterator(config, global_batch_size=500,
+                                         seed=2), 1)[0]
+  np.testing.assert_array_equal(
+      everything['labelled'], np.isin(everything['index'], subset)
+  )
+  with pytest.raises(ValueError, match='labelled subset'):
+    data.train_iterator(
+        config, global_batch_size=256, seed=0, only_labelled=True
+    )
+
+
+def test_mixed_stream(fmnist_dir):
+  config = _config(
+      'fashion_mnist', fmnist_dir, train_split='train[:2000]',
+      labelled='per_class',
+  )
+  subset = data.labelled_indices(config)
+  kwargs = dict(labelled_batch_size=16, unlabelled_batch_size=32, seed=5,
+                num_shards=8)
+  stream = _take(data.mixed_train_iterator(config, **kwargs), 14)
+  for batch in stream:
+    assert set(batch) == {'image', 'label', 'index', 'labelled'}
+    assert batch['image'].shape == (48, 28, 28, 1)
+    # Each of the 8 slices: 2 labelled examples, then 4 without labels.
+    flags = batch['labelled'].reshape(8, 6)
+    assert flags[:, :2].all() and not flags[:, 2:].any()
+    assert np.isin(batch['index'][batch['labelled']], subset).all()
+  # The labelled part runs through epochs of 201 // 16 = 12 steps.
+  labelled = np.concatenate([b['index'][b['labelled']] for b in stream[:12]])
+  assert len(set(labelled)) == 192
+  unlabelled = np.concatenate([b['index'][~b['labelled']] for b in stream])
+  assert len(set(unlabelled)) == len(unlabelled)  # Within one epoch.
+  resumed = _take(data.mixed_train_iterator(config, start_step=11, **kwargs), 3)
+  _assert_same_batches(stream[11:], resumed)
+  for bad in (dict(labelled_batch_size=12), dict(unlabelled_batch_size=20),
+              dict(num_shards=0)):
+    with pytest.raises(ValueError, match='num_shards'):
+      data.mixed_train_iterator(config, **{**kwargs, **bad})
+
+
+def _fake_imagenet(num_examples, subsets):
+  """Returns a `mock_data` reader of fake ImageNet files and subsets.
+
+  Args:
+    num_examples: examples of imagenet2012's splits, named 'n<i>.JPEG'.
+    subsets: subset config name ('1pct', ...) -> file names it lists.
+  """
+  image = tf.io.encode_png(np.zeros((8, 8, 3), np.uint8))
+
+  def as_dataset(builder, split, decoders=None, read_config=None, **kwargs):
+    del split, decoders, read_config, kwargs  # Images stay encoded.
+    names = [f'n{i}.JPEG' for i in range(num_examples)]
+    if builder.name == 'imagenet2012_subset':
+      names = subsets[builder.builder_config.name]
+    return tf.data.Dataset.from_tensor_slices({
+        'file_name': names,
+        'image': tf.fill([len(names)], image),
+        'label': np.arange(len(names), dtype=np.int64) % 5,
+    })
+
+  return as_dataset
+
+
+def test_imagenet_per_class_uses_tfds_subsets(tmp_path, monkeypatch):
+  subsets = {'1pct': ['n3.JPEG', 'n7.JPEG', 'n11.JPEG', 'other.JPEG'],
+             '10pct': [f'n{i}.JPEG' for i in range(10)]}
+  config = _config('imagenet2012', tmp_path, image_size=8,
+                   labelled='per_class', labelled_fraction=0.01)
+  with tfds.testing.mock_data(as_dataset_fn=_fake_imagenet(20, subsets)):
+    np.testing.assert_array_equal(data.labelled_indices(config), [3, 7, 11])
+    batch = next(data.train_iterator(config, global_batch_size=3, seed=0,
+                                     only_labelled=True))
+    assert sorted(batch['index']) == [3, 7, 11]
+    assert batch['image'].shape == (3, 8, 8, 3)
+    config.labelled_fraction = 0.1
+    assert data.get_info(config).num_labelled_examples == 10
+
+    config.data_dir = os.fspath(tmp_path / 'other')
+    monkeypatch.setattr(pipeline, '_has_data',
+                        lambda builder: builder.name == 'imagenet2012')
+    with pytest.raises(data.DatasetNotFoundError) as error:
+      data.labelled_indices(config)
+  message = str(error.value)
+  assert 'tfds build imagenet2012_subset/10pct' in message
+  assert 'ILSVRC2012_img_train.tar' in message
+  assert 'network' in message
 
 
 # ---------------------------------------------------------------------------
@@ -282,6 +537,7 @@ def test_mock_pipelines(tmp_path, name, image_size):
     assert info.num_classes == num_classes
     assert info.image_shape == (image_size, image_size, 3)
     assert info.num_train_examples == 20
+    assert info.num_labelled_examples == info.index_size == 20
 
     train = data.train_iterator(config, global_batch_size=8, seed=0)
     batches = _take(train, 4)  # Crosses the end of the 2-step epoch.
@@ -290,6 +546,10 @@ def test_mock_pipelines(tmp_path, name, image_size):
       assert batch['image'].dtype == np.float32
       assert np.isfinite(batch['image']).all()
       assert ((batch['label'] >= 0) & (batch['label'] < num_classes)).all()
+      # Mock data has no split statistics: indices enumerate the split.
+      assert ((batch['index'] >= 0) & (batch['index'] < 20)).all()
+    epoch = np.concatenate([b['index'] for b in batches[:2]])
+    assert len(set(epoch)) == 16
     resumed = _take(
         data.train_iterator(config, global_batch_size=8, seed=0, start_step=1),
         3,
@@ -394,18 +654,37 @@ def test_invalid_configs(tmp_path):
     data.default_data_config('mnist')
   with pytest.raises(ValueError, match='Unknown dataset'):
     data.get_builder({'name': 'mnist', 'data_dir': None})
-  bad_values = {
-      'augment': 'autoaugment',
-      'image_size': 0,
-      'shuffle_buffer': -1,
-      'cache': 'yes',
-  }
-  for field, value in bad_values.items():
+  bad_values = [
+      ('augment', 'autoaugment', 'augment'),
+      ('image_size', 0, 'image_size'),
+      ('shuffle_buffer', -1, 'shuffle_buffer'),
+      ('cache', 'yes', 'cache'),
+      ('train_split', 'train+test', 'one split'),
+      ('labelled', 'foo', r"labelled 'foo'.*'all', 'per_class', 'classes'"),
+      ('labelled_fraction', 0, r'labelled_fraction .*\(0, 1\]'),
+      ('labelled_fraction', 1.5, r'labelled_fraction .*\(0, 1\]'),
+      ('labelled_fraction', True, 'labelled_fraction'),
+      ('labelled_seed', -1, 'labelled_seed'),
+  ]
+  for field, value, message in bad_values:
     # A plain dict: ConfigDict itself refuses some wrong types.
     config = _config('fashion_mnist', tmp_path).to_dict()
     config[field] = value
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=message):
       data.train_iterator(config, global_batch_size=8, seed=0)
+  imagenet = _config(
+      'imagenet2012', tmp_path, labelled='per_class', labelled_fraction=0.05
+  )
+  for call in (data.get_info, data.labelled_indices):
+    with pytest.raises(ValueError, match=r'0\.01 or 0\.1.*got 0\.05') as error:
+      call(imagenet)
+    assert 'imagenet2012_subset/1pct' in str(error.value)
+    assert 'imagenet2012_subset/10pct' in str(error.value)
+  # 'classes' takes any fraction on ImageNet.
+  pipeline._resolve_config(
+      _config('imagenet2012', tmp_path, labelled='classes',
+              labelled_fraction=0.05)
+  )
   config = _config('fashion_mnist', tmp_path).to_dict()
   config['batch_size'] = 8
   with pytest.raises(ValueError, match='batch_size'):

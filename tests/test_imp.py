@@ -52,16 +52,6 @@ def load_config(arg='quick', name='labels'):
   return module.get_config(arg)
 
 
-@pytest.fixture(scope='session')
-def data_dir(tmp_path_factory):
-  """A tfds data_dir holding Fashion-MNIST, prepared once per session."""
-  path = tmp_path_factory.mktemp('tfds')
-  config = load_config().data
-  config.data_dir = str(path)
-  data.get_builder(config)
-  return str(path)
-
-
 def tiny_config(data_dir, **extra):
   config = load_config()
   config.update_from_flattened_dict({**OVERRIDES, 'data.data_dir': data_dir,

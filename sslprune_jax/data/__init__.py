@@ -3,19 +3,25 @@
 from sslprune_jax.data.pipeline import DATASETS
 from sslprune_jax.data.pipeline import DatasetInfo
 from sslprune_jax.data.pipeline import DatasetNotFoundError
+from sslprune_jax.data.pipeline import LABELLED
 from sslprune_jax.data.pipeline import default_data_config
 from sslprune_jax.data.pipeline import eval_iterator
 from sslprune_jax.data.pipeline import get_builder
 from sslprune_jax.data.pipeline import get_info
+from sslprune_jax.data.pipeline import labelled_indices
+from sslprune_jax.data.pipeline import mixed_train_iterator
 from sslprune_jax.data.pipeline import train_iterator
 
 __all__ = [
     'DATASETS',
     'DatasetInfo',
     'DatasetNotFoundError',
+    'LABELLED',
     'default_data_config',
     'eval_iterator',
     'get_builder',
     'get_info',
+    'labelled_indices',
+    'mixed_train_iterator',
     'train_iterator',
 ]

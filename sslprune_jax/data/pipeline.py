@@ -12,12 +12,23 @@ The training stream is exactly reproducible from `(seed, start_step)`:
 * every epoch has `num_train_examples // global_batch_size` steps;
 * resuming at step `k` rebuilds epoch `k // steps_per_epoch` and skips the raw
   (undecoded, unaugmented) examples of its first `k % steps_per_epoch` steps.
+
+Training examples carry their `index`, the position of the example in the
+base split (`'train'` for `'train[:50%]'`), computed from TFDS's record ids
+and the base split's shard lengths; it does not depend on the number of
+processes. The `labelled` subset of the training split (a fraction of every
+class, or every image of a fraction of the classes) is a set of such indices
+that every host computes identically (`labelled_indices`). Streams restricted
+to it filter the examples before shuffling, so resuming stays exact.
 """
 
 import dataclasses
+import fractions
+import functools
 import math
 import operator
 import os
+import re
 import socket
 import urllib.parse
 
@@ -68,10 +79,30 @@ _CONFIG_FIELDS = (
     'augment',
     'shuffle_buffer',
     'cache',
+    'labelled',
+    'labelled_fraction',
+    'labelled_seed',
 )
+
+# Ways of choosing the labelled subset of the training split.
+LABELLED = ('all', 'per_class', 'classes')
+# ImageNet's 'per_class' subsets are TFDS's, by fraction of the images.
+_IMAGENET_SUBSETS = {
+    fractions.Fraction(1, 100): 'imagenet2012_subset/1pct',
+    fractions.Fraction(1, 10): 'imagenet2012_subset/10pct',
+}
+# A training split is one split of the dataset, optionally sliced.
+_TRAIN_SPLIT_PATTERN = re.compile(r'(\w+)(\[[^\[\]]*\])?')
+# TFDS's record ids: '<dataset>-<split>.<format>-<shard>-of-<shards>__<record>'.
+_TFDS_ID_PATTERN = r'^.*-(\d+)-of-\d+__(\d+)$'
+# Shard number in a file name: '<dataset>-<split>.<format>-<shard>-of-<n>'.
+_SHARD_PATTERN = re.compile(r'-(\d+)-of-\d+$')
+# Examples per batch when reading labels and indices of a whole split.
+_SCAN_BATCH = 65_536
 
 # Tags that keep the seeds derived for different purposes independent.
 _FILE_SHUFFLE, _EXAMPLE_SHUFFLE, _AUGMENT = 0, 1, 2
+_LABELLED_STREAM, _UNLABELLED_STREAM = 3, 4
 
 # Seconds to wait for a download site before declaring it unreachable; without
 # this check TFDS retries for minutes on a machine without network.
@@ -101,12 +132,25 @@ class DatasetInfo:
     num_train_examples: examples in the whole training split (all hosts).
     num_eval_examples: examples in the whole evaluation split (all hosts).
     image_shape: `(H, W, C)` of the images the pipelines yield.
+    num_labelled_examples: examples of the labelled subset of the training
+      split (all hosts; see `labelled_indices`).
+    index_size: examples in the base split of the training split (`'train'`
+      for `'train[:10%]'`): training indices lie in `[0, index_size)`. For
+      datasets without split statistics (`tfds.testing.mock_data`), whose
+      indices enumerate the training split, its number of examples.
+    index_range: `(start, stop)`, the smallest range of indices that holds
+      every index of the training split (`(0, 30000)` for Fashion-MNIST's
+      `'train[:50%]'`): a per-example table, such as NPID's memory bank, needs
+      only `stop - start` rows.
   """
 
   num_classes: int
   num_train_examples: int
   num_eval_examples: int
   image_shape: tuple[int, int, int]
+  num_labelled_examples: int
+  index_size: int
+  index_range: tuple[int, int]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,6 +165,9 @@ class _Config:
   augment: str
   shuffle_buffer: int
   cache: bool
+  labelled: str
+  labelled_fraction: float
+  labelled_seed: int
 
 
 def _check_name(name):
@@ -139,8 +186,10 @@ def default_data_config(name='fashion_mnist'):
 
   Returns:
     A `ConfigDict` with fields `name`, `data_dir` (None: TFDS's default),
-    `train_split`, `eval_split`, `image_size`, `augment`, `shuffle_buffer` and
-    `cache`.
+    `train_split`, `eval_split`, `image_size`, `augment`, `shuffle_buffer`,
+    `cache`, and the labelled subset's `labelled` ('all', 'per_class' or
+    'classes'; see `labelled_indices`), `labelled_fraction` and
+    `labelled_seed`.
 
   Raises:
     ValueError: unknown dataset.
@@ -154,6 +203,9 @@ def default_data_config(name='fashion_mnist'):
           data_dir=config_dict.placeholder(str),
           train_split='train',
           **_DEFAULTS[name],
+          labelled='all',
+          labelled_fraction=0.1,
+          labelled_seed=0,
       )
   )
 
@@ -215,6 +267,12 @@ def _resolve_config(data_config):
     )
   if not isinstance(config.cache, (bool, np.bool_)):
     raise ValueError(f'cache must be a bool, got {config.cache!r}.')
+  if not _TRAIN_SPLIT_PATTERN.fullmatch(config.train_split):
+    raise ValueError(
+        "train_split must be one split, optionally sliced (e.g. 'train' or "
+        f"'train[:50%]'), got {config.train_split!r}."
+    )
+  _check_labelled(config)
   data_dir = None if config.data_dir is None else os.fspath(config.data_dir)
   return dataclasses.replace(
       config,
@@ -222,7 +280,50 @@ def _resolve_config(data_config):
       image_size=int(config.image_size),
       shuffle_buffer=int(config.shuffle_buffer),
       cache=bool(config.cache),
+      labelled_fraction=float(config.labelled_fraction),
+      labelled_seed=int(config.labelled_seed),
   )
+
+
+def _check_labelled(config):
+  """Raises ValueError unless the labelled subset's fields are valid.
+
+  Args:
+    config: a `_Config` whose other fields are valid.
+  """
+  if config.labelled not in LABELLED:
+    raise ValueError(
+        f'Unknown labelled {config.labelled!r}; expected one of {LABELLED}.'
+    )
+  fraction = config.labelled_fraction
+  if (
+      not isinstance(fraction, (int, float, np.integer, np.floating))
+      or isinstance(fraction, (bool, np.bool_))
+      or not 0 < fraction <= 1
+  ):
+    raise ValueError(
+        f'labelled_fraction must be a number in (0, 1], got {fraction!r}.'
+    )
+  if not _is_int(config.labelled_seed) or config.labelled_seed < 0:
+    raise ValueError(
+        'labelled_seed must be a non-negative integer, got '
+        f'{config.labelled_seed!r}.'
+    )
+  if (
+      config.name == 'imagenet2012'
+      and config.labelled == 'per_class'
+      and _as_fraction(fraction) not in _IMAGENET_SUBSETS
+  ):
+    raise ValueError(
+        "imagenet2012 takes its 'per_class' labelled subsets from TFDS's "
+        f'{" and ".join(_IMAGENET_SUBSETS.values())}: labelled_fraction must '
+        f'be 0.01 or 0.1, got {fraction!r}.'
+    )
+
+
+def _as_fraction(value):
+  """Returns a float as the exact decimal fraction it is written as."""
+  return fractions.Fraction(str(value))
 
 
 # ---------------------------------------------------------------------------
@@ -414,6 +515,21 @@ def _imagenet_not_found(builder):
   )
 
 
+def _imagenet_subset_not_found(builder):
+  """Returns the error for an unprepared `imagenet2012_subset`."""
+  root = os.fspath(builder.data_dir_root)
+  manual_dir = os.path.join(root, 'downloads', 'manual')
+  name = f'{builder.name}/{builder.builder_config.name}'
+  return DatasetNotFoundError(
+      f'Dataset {name}, which lists the labelled images of imagenet2012 for '
+      f"labelled='per_class', is not prepared in {root}. Put "
+      f'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual_dir} '
+      f'(as for imagenet2012), then run `tfds build {name} --data_dir={root}`; '
+      "it downloads the subset's list of files from the SimCLR repository on "
+      'GitHub, so it needs network access.'
+  )
+
+
 def _prepared_builder(config):
   """Returns a prepared builder for a validated config (see `get_builder`)."""
   builder = tfds.builder(config.name, data_dir=config.data_dir)
@@ -487,20 +603,27 @@ def get_info(data_config):
     data_config: data config (see `default_data_config`).
 
   Returns:
-    A `DatasetInfo`.
+    A `DatasetInfo`. Counting the labelled examples reads the labels of the
+    training split once per process unless `labelled` is 'all'.
 
   Raises:
     ValueError: invalid config.
-    DatasetNotFoundError: the dataset could not be obtained.
+    DatasetNotFoundError: the dataset (or ImageNet's labelled subset) could
+      not be obtained.
   """
   config = _resolve_config(data_config)
   builder = _prepared_builder(config)
   channels = _image_shape(builder)[-1]
+  layout = _index_layout(builder, config)
+  ranges = _index_ranges(builder, layout, config.train_split, 0)
   return DatasetInfo(
       num_classes=int(builder.info.features['label'].num_classes),
       num_train_examples=_num_examples(builder, config.train_split),
       num_eval_examples=_num_examples(builder, config.eval_split),
       image_shape=(config.image_size, config.image_size, int(channels)),
+      num_labelled_examples=len(_labelled_indices(config)),
+      index_size=layout.size,
+      index_range=(min(r[0] for r in ranges), max(r[1] for r in ranges)),
   )
 
 
@@ -574,59 +697,332 @@ def _pipeline_options():
   return options
 
 
-def _read(builder, split, *, shuffle_files=False, file_seed=None):
-  """Reads a split with undecoded images, keeping only image and label.
+def _read(
+    builder, split, *, keys=('image', 'label'), layout=None, index_start=0,
+    shuffle_files=False, file_seed=None
+):
+  """Reads a split with undecoded images, keeping only some features.
 
   Args:
     builder: a prepared TFDS builder.
     split: the split to read.
-    shuffle_files: whether to shuffle the order of the split's files.
+    keys: the features to keep.
+    layout: the base split's `_IndexLayout` to add each example's `index`
+      (int64) with, or None for no index.
+    index_start: the index of the split's first example when `layout` has no
+      shard offsets (see `_IndexLayout`).
+    shuffle_files: whether to shuffle the order of the split's files; ignored
+      when `layout` has no shard offsets, as indices then follow the order
+      of the files (read one after the other).
     file_seed: the file shuffling seed.
 
   Returns:
-    A `tf.data.Dataset` of `{'image': encoded, 'label': int64}`.
+    A `tf.data.Dataset` of dicts of `keys` (`'image'` encoded), plus `'index'`
+    when `layout` is given.
   """
+  with_ids = layout is not None and layout.shard_offsets is not None
   read_config = tfds.ReadConfig(
       shuffle_seed=file_seed,
       options=_pipeline_options(),
       # TFDS would cache small splits on its own; caching is decided here
       # (`config.cache`), and a second cache would only hold a copy.
       try_autocache=False,
+      add_tfds_id=with_ids,
   )
+  if layout is not None and not with_ids:
+    # Indices then follow the read order, which must be the files' order.
+    read_config.interleave_cycle_length = 1
   ds = builder.as_dataset(
       split=split,
-      shuffle_files=shuffle_files,
+      shuffle_files=shuffle_files and (layout is None or with_ids),
       read_config=read_config,
       # Images stay encoded until after shuffling, skipping and cropping:
       # smaller buffers, and JPEGs can be decoded only where cropped.
       decoders={'image': tfds.decode.SkipDecoding()},
   )
-  return ds.map(
-      lambda example: {'image': example['image'], 'label': example['label']}
+  if layout is None:
+    return ds.map(lambda example: {key: example[key] for key in keys})
+  if with_ids:
+    offsets = tf.constant(layout.shard_offsets, tf.int64)
+    return ds.map(
+        lambda example: {
+            **{key: example[key] for key in keys},
+            'index': _index_from_tfds_id(example['tfds_id'], offsets),
+        },
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+  return ds.enumerate(index_start).map(
+      lambda index, example: {
+          **{key: example[key] for key in keys},
+          'index': index,
+      }
   )
 
 
-def _cached_train_source(builder, config, split):
-  """Returns the training split read once into memory.
+# ---------------------------------------------------------------------------
+# Example indices and the labelled subset.
+
+
+@dataclasses.dataclass(frozen=True)
+class _IndexLayout:
+  """How the examples of a training split are numbered.
+
+  Attributes:
+    shard_offsets: int64 `[num_shards]`, the index of the first example of
+      each shard (file) of the base split; an example's index is its shard's
+      offset plus its record number in the shard (from TFDS's `tfds_id`).
+      None when the dataset has no split statistics (as under
+      `tfds.testing.mock_data`, whose record ids are made up): examples are
+      then numbered by their position in the training split read in file
+      order, each host's shard starting at the position TFDS's
+      `split_for_jax_process` gives it.
+    size: the number of indices, an exclusive upper bound: the base split's
+      examples, or the training split's without split statistics.
+  """
+
+  shard_offsets: np.ndarray | None
+  size: int
+
+
+def _index_layout(builder, config):
+  """Returns the `_IndexLayout` of a config's training split.
+
+  Args:
+    builder: the prepared TFDS builder.
+    config: the validated data config.
+
+  Returns:
+    An `_IndexLayout`.
+
+  Raises:
+    ValueError: the base split does not exist.
+  """
+  base = _TRAIN_SPLIT_PATTERN.fullmatch(config.train_split).group(1)
+  splits = builder.info.splits
+  if splits and base not in splits:
+    raise ValueError(
+        f'{config.name} has no split {base!r} (train_split '
+        f'{config.train_split!r}); its splits are {sorted(splits)}.'
+    )
+  lengths = [int(n) for n in splits[base].shard_lengths] if splits else []
+  if not lengths:
+    return _IndexLayout(None, _num_examples(builder, config.train_split))
+  offsets = np.cumsum([0] + lengths[:-1], dtype=np.int64)
+  return _IndexLayout(offsets, sum(lengths))
+
+
+def _index_from_tfds_id(tfds_id, shard_offsets):
+  """Computes an example's index in the base split from its TFDS record id.
+
+  Args:
+    tfds_id: scalar `tf.string`, e.g.
+      `b'fashion_mnist-train.tfrecord-00000-of-00001__15000'`.
+    shard_offsets: int64 `[num_shards]` (see `_IndexLayout`).
+
+  Returns:
+    Scalar int64: the shard's offset plus the record number.
+  """
+  shard, record = (
+      tf.strings.to_number(
+          tf.strings.regex_replace(tfds_id, _TFDS_ID_PATTERN, group), tf.int64
+      )
+      for group in (r'\1', r'\2')
+  )
+  return tf.gather(shard_offsets, shard) + record
+
+
+def _host_split(config, process_index):
+  """Returns the part of the training split that a process reads."""
+  return tfds.split_for_jax_process(
+      config.train_split, process_index=process_index, drop_remainder=True
+  )
+
+
+def _index_start(builder, layout, split, process_index):
+  """Returns `_read`'s `index_start` for a process's `_host_split`."""
+  if layout.shard_offsets is not None:
+    return 0
+  return process_index * _num_examples(builder, split)
+
+
+def _index_ranges(builder, layout, split, index_start):
+  """Returns the indices a split holds, as `(start, stop)` ranges.
+
+  Args:
+    builder: the prepared TFDS builder.
+    layout: the base split's `_IndexLayout`.
+    split: a training split or a part of it.
+    index_start: its `_index_start`.
+
+  Returns:
+    A list of `(start, stop)` pairs of ints, found without reading the data.
+  """
+  if layout.shard_offsets is None:
+    return [(index_start, index_start + _num_examples(builder, split))]
+  ranges = []
+  for instruction in builder.info.splits[split].file_instructions:
+    name = os.path.basename(os.fspath(instruction.filename))
+    shard = int(_SHARD_PATTERN.search(name).group(1))
+    start = int(layout.shard_offsets[shard]) + int(instruction.skip)
+    ranges.append((start, start + int(instruction.take)))
+  return ranges
+
+
+def _scan(builder, split, keys, layout=None):
+  """Reads some features of every example of a split, without images.
 
   Args:
     builder: a prepared TFDS builder.
-    config: the validated data config.
-    split: this host's training split.
+    split: the split to read, in file order.
+    keys: the features to read (not `'image'`).
+    layout: `_IndexLayout` to add `'index'` with, or None.
 
   Returns:
-    A cached `tf.data.Dataset` in file order; images are decoded first when
-    they all have the same shape (small datasets), which spares decoding them
-    again every epoch.
+    A dict of numpy arrays, one per key (and `'index'`).
   """
-  ds = _read(builder, split)
+  ds = _read(builder, split, keys=keys, layout=layout).batch(_SCAN_BATCH)
+  batches = list(tfds.as_numpy(ds))
+  names = list(keys) + ([] if layout is None else ['index'])
+  return {
+      key: np.concatenate([batch[key] for batch in batches])
+      if batches else np.zeros((0,), np.int64)
+      for key in names
+  }
+
+
+def _imagenet_subset_indices(builder, config, layout):
+  """Returns the indices of ImageNet's labelled 'per_class' subset.
+
+  Args:
+    builder: the prepared `imagenet2012` builder.
+    config: the validated data config.
+    layout: its `_IndexLayout`.
+
+  Returns:
+    The indices of the training split's examples whose `file_name` is in
+    TFDS's `imagenet2012_subset` of `labelled_fraction` of the images.
+
+  Raises:
+    DatasetNotFoundError: that subset is not prepared.
+  """
+  name = _IMAGENET_SUBSETS[_as_fraction(config.labelled_fraction)]
+  subset = tfds.builder(name, data_dir=config.data_dir)
+  if not _has_data(subset):
+    raise _imagenet_subset_not_found(subset)
+  file_names = set(_scan(subset, 'train', ('file_name',))['file_name'])
+  examples = _scan(builder, config.train_split, ('file_name',), layout)
+  chosen = [name in file_names for name in examples['file_name']]
+  return examples['index'][np.asarray(chosen, bool)]
+
+
+def _choose_labelled(builder, config, layout):
+  """Computes the labelled indices of a config's training split (unsorted).
+
+  Args:
+    builder: the prepared TFDS builder.
+    config: the validated data config.
+    layout: its `_IndexLayout`.
+
+  Returns:
+    An int64 array of indices.
+  """
+  if config.labelled == 'all':
+    ranges = _index_ranges(builder, layout, config.train_split, 0)
+    return np.concatenate(
+        [np.arange(start, stop, dtype=np.int64) for start, stop in ranges]
+    )
+  if config.name == 'imagenet2012' and config.labelled == 'per_class':
+    return _imagenet_subset_indices(builder, config, layout)
+  examples = _scan(builder, config.train_split, ('label',), layout)
+  labels, indices = examples['label'], examples['index']
+  fraction = _as_fraction(config.labelled_fraction)
+  half = fractions.Fraction(1, 2)
+  if config.labelled == 'classes':
+    num_classes = int(builder.info.features['label'].num_classes)
+    count = max(1, math.floor(fraction * num_classes + half))
+    classes = np.random.default_rng(config.labelled_seed).permutation(
+        num_classes
+    )[:count]
+    return indices[np.isin(labels, classes)]
+  chosen = []
+  for label in np.unique(labels):
+    members = np.sort(indices[labels == label])
+    count = math.floor(fraction * len(members) + half)
+    rng = np.random.default_rng([config.labelled_seed, int(label)])
+    chosen.append(members[rng.permutation(len(members))[:count]])
+  return np.concatenate(chosen) if chosen else np.zeros((0,), np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _labelled_indices(config):
+  """Cached `labelled_indices` of a validated config (a read-only array)."""
+  builder = _prepared_builder(config)
+  indices = np.sort(
+      _choose_labelled(builder, config, _index_layout(builder, config))
+  ).astype(np.int64)
+  indices.flags.writeable = False
+  return indices
+
+
+def labelled_indices(data_config):
+  """Returns the indices of the labelled examples of the training split.
+
+  The subset is chosen by the config's `labelled`:
+
+  * 'all': every example of `train_split`;
+  * 'per_class': in every class `c` with `n_c` examples in `train_split`,
+    `floor(labelled_fraction * n_c + 1/2)` of them (computed exactly, on the
+    decimal value of the fraction), the first ones of a permutation of the
+    class's examples (in index order) drawn by
+    `np.random.default_rng([labelled_seed, c])`. For imagenet2012 it is
+    instead TFDS's `imagenet2012_subset/1pct` or `/10pct`
+    (`labelled_fraction` 0.01 or 0.1; `labelled_seed` is unused): the
+    examples whose `file_name` is in that dataset's training split, which
+    must be prepared;
+  * 'classes': every example of the first
+    `max(1, floor(labelled_fraction * num_classes + 1/2))` classes of
+    `np.random.default_rng(labelled_seed).permutation(num_classes)`.
+
+  Every process computes the same subset from one pass over the labels of
+  the whole `train_split` (images are not decoded); results are cached per
+  config in the process.
+
+  Args:
+    data_config: data config (see `default_data_config`).
+
+  Returns:
+    A sorted, read-only int64 numpy array of indices in the numbering of the
+    batches' `'index'` (positions in the base split).
+
+  Raises:
+    ValueError: invalid config.
+    DatasetNotFoundError: the dataset (or ImageNet's labelled subset) could
+      not be obtained.
+  """
+  return _labelled_indices(_resolve_config(data_config))
+
+
+def _cached_train_source(builder, layout, split, index_start):
+  """Returns this host's training split read once into memory.
+
+  Args:
+    builder: a prepared TFDS builder.
+    layout: the base split's `_IndexLayout`.
+    split: this host's training split.
+    index_start: its `_index_start`.
+
+  Returns:
+    A cached `tf.data.Dataset` of `{'image', 'label', 'index'}` in file
+    order; images are decoded first when they all have the same shape (small
+    datasets), which spares decoding them again every epoch.
+  """
+  ds = _read(builder, split, layout=layout, index_start=index_start)
   shape = _image_shape(builder)
   if None not in shape:
     ds = ds.map(
-        lambda ex: {
-            'image': augment_lib.decode(ex['image'], shape[-1], shape),
-            'label': ex['label'],
-        },
+        lambda ex: dict(
+            ex, image=augment_lib.decode(ex['image'], shape[-1], shape)
+        ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
   ds = ds.cache()
@@ -637,8 +1033,9 @@ def _cached_train_source(builder, config, split):
 
 
 def _train_epoch(
-    source, builder, config, *, local_split, epoch, seed, local_batch,
-    examples_per_epoch, skip, index_offset
+    source, builder, config, *, layout, local_split, index_start, labelled,
+    only_labelled, epoch, seed, local_batch, examples_per_epoch, skip,
+    index_offset
 ):
   """Builds the dataset of one training epoch for this host.
 
@@ -647,42 +1044,53 @@ def _train_epoch(
       the split's files afresh (in a shuffled order).
     builder: a prepared TFDS builder.
     config: the validated data config.
+    layout: the base split's `_IndexLayout`.
     local_split: this host's training split.
+    index_start: its `_index_start`.
+    labelled: bool `[layout.size]`, whether each index is labelled.
+    only_labelled: whether to keep only the labelled examples.
     epoch: epoch number.
     seed: the user's seed.
     local_batch: examples per batch on this host.
     examples_per_epoch: examples this host uses per epoch (whole batches).
     skip: raw examples to skip at the start (when resuming).
-    index_offset: added to an example's index within this host's epoch to
-      make it unique over all hosts.
+    index_offset: added to an example's position within this host's epoch to
+      make its augmentation seed unique over all hosts.
 
   Returns:
-    A `tf.data.Dataset` of batches `{'image': float32, 'label': int32}`.
+    A `tf.data.Dataset` of batches `{'image': float32, 'label': int32,
+    'index': int32, 'labelled': bool}`.
   """
   if source is None:
     source = _read(
         builder,
         local_split,
+        layout=layout,
+        index_start=index_start,
         shuffle_files=True,
         file_seed=_derive_seed(seed, epoch, _FILE_SHUFFLE),
     )
+  labelled = tf.constant(labelled)
+  if only_labelled:
+    # Before shuffling and skipping, so that resuming skips the same examples.
+    source = source.filter(lambda ex: tf.gather(labelled, ex['index']))
   ds = source.shuffle(
       config.shuffle_buffer,
       seed=_derive_seed(seed, epoch, _EXAMPLE_SHUFFLE),
       reshuffle_each_iteration=False,
   )
   ds = ds.take(examples_per_epoch)
-  # Indices are attached before skipping, so that a resumed stream gives each
-  # example the same augmentation seed as the uninterrupted one.
+  # Positions are attached before skipping, so that a resumed stream gives
+  # each example the same augmentation seed as the uninterrupted one.
   ds = ds.enumerate().skip(skip)
 
   key = _augment_key(seed, epoch)
   shape = _image_shape(builder)
   mean, std = augment_lib.MEAN_STD[config.name]
 
-  def prepare(index, example):
+  def prepare(position, example):
     example_seed = tf.random.experimental.stateless_fold_in(
-        key, index + index_offset, alg='philox'
+        key, position + index_offset, alg='philox'
     )
     image = augment_lib.preprocess_train(
         example['image'],
@@ -695,6 +1103,8 @@ def _train_epoch(
     return {
         'image': augment_lib.normalize(image, mean, std),
         'label': tf.cast(example['label'], tf.int32),
+        'index': tf.cast(example['index'], tf.int32),
+        'labelled': tf.gather(labelled, example['index']),
     }
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
@@ -703,15 +1113,15 @@ def _train_epoch(
   return ds.with_options(_pipeline_options())
 
 
-def _train_batches(builder, config, *, seed, local_batch, steps_per_epoch,
-                   start_step):
+def _train_batches(builder, config, *, layout, labelled, only_labelled, seed,
+                   local_batch, steps_per_epoch, start_step):
   """Yields the training batches of this host forever (see `train_iterator`)."""
-  local_split = tfds.split_for_jax_process(
-      config.train_split, drop_remainder=True
-  )
+  process_index = jax.process_index()
+  local_split = _host_split(config, process_index)
+  index_start = _index_start(builder, layout, local_split, process_index)
   source = None
   if config.cache:
-    source = _cached_train_source(builder, config, local_split)
+    source = _cached_train_source(builder, layout, local_split, index_start)
   examples_per_epoch = steps_per_epoch * local_batch
   epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
   skip = step_in_epoch * local_batch
@@ -720,26 +1130,71 @@ def _train_batches(builder, config, *, seed, local_batch, steps_per_epoch,
         source,
         builder,
         config,
+        layout=layout,
         local_split=local_split,
+        index_start=index_start,
+        labelled=labelled,
+        only_labelled=only_labelled,
         epoch=epoch,
         seed=seed,
         local_batch=local_batch,
         examples_per_epoch=examples_per_epoch,
         skip=skip,
-        index_offset=jax.process_index() * examples_per_epoch,
+        index_offset=process_index * examples_per_epoch,
     )
     yield from tfds.as_numpy(ds)
     epoch += 1
     skip = 0
 
 
-def train_iterator(data_config, *, global_batch_size, seed, start_step=0):
+def _labelled_steps_per_epoch(builder, config, layout, subset, local_batch):
+  """Returns the steps of an epoch over the labelled subset.
+
+  Args:
+    builder: the prepared TFDS builder.
+    config: the validated data config.
+    layout: the base split's `_IndexLayout`.
+    subset: the sorted labelled indices.
+    local_batch: examples per batch on a host.
+
+  Returns:
+    The number of whole local batches in the host with the fewest labelled
+    examples: `len(subset) // global_batch_size` with one process, possibly
+    less with several (hosts need not hold equally many labelled examples).
+  """
+  counts = []
+  for process_index in range(jax.process_count()):
+    split = _host_split(config, process_index)
+    index_start = _index_start(builder, layout, split, process_index)
+    counts.append(sum(
+        int(np.searchsorted(subset, stop) - np.searchsorted(subset, start))
+        for start, stop in _index_ranges(builder, layout, split, index_start)
+    ))
+  return min(counts) // local_batch
+
+
+def _check_seed_and_step(seed, start_step):
+  """Raises ValueError unless `seed` is an int and `start_step` one >= 0."""
+  if not _is_int(seed):
+    raise ValueError(f'seed must be an integer, got {seed!r}.')
+  if not _is_int(start_step) or start_step < 0:
+    raise ValueError(
+        f'start_step must be a non-negative integer, got {start_step!r}.'
+    )
+
+
+def train_iterator(
+    data_config, *, global_batch_size, seed, start_step=0, only_labelled=False
+):
   """Returns this host's infinite stream of augmented training batches.
 
   Every epoch has `num_train_examples // global_batch_size` steps (the rest
-  of the split is dropped, differently in each epoch). The stream depends only
-  on `(data_config, global_batch_size, seed, jax.process_count())`; starting
-  at `start_step=k` yields exactly the batches that `start_step=0` yields from
+  of the split is dropped, differently in each epoch); with `only_labelled`
+  it is an epoch over the labelled subset, of
+  `num_labelled_examples // global_batch_size` steps (fewer if several
+  processes hold unequal shares of the subset). The stream depends only on
+  `(data_config, global_batch_size, seed, jax.process_count())`; starting at
+  `start_step=k` yields exactly the batches that `start_step=0` yields from
   its k-th on, without augmenting the skipped ones.
 
   Args:
@@ -748,40 +1203,146 @@ def train_iterator(data_config, *, global_batch_size, seed, start_step=0):
       `jax.process_count()`.
     seed: integer seed of shuffling and augmentation.
     start_step: number of batches to skip, e.g. the step to resume from.
+    only_labelled: stream only the labelled subset (`labelled_indices`).
 
   Returns:
-    An iterator of dicts `{'image': float32 [B, H, W, C], 'label': int32 [B]}`
-    with `B = global_batch_size // jax.process_count()`, images normalised by
-    the dataset's per-channel mean and standard deviation.
+    An iterator of dicts `{'image': float32 [B, H, W, C], 'label': int32 [B],
+    'index': int32 [B], 'labelled': bool [B]}` with
+    `B = global_batch_size // jax.process_count()`, images normalised by the
+    dataset's per-channel mean and standard deviation; `index` is the
+    example's position in the base split (`DatasetInfo.index_size` bounds
+    it) and `labelled` whether it is in the labelled subset.
 
   Raises:
-    ValueError: invalid config or arguments, or a split smaller than a batch.
+    ValueError: invalid config or arguments, or a split (or labelled subset)
+      smaller than a batch.
     DatasetNotFoundError: the dataset could not be obtained.
   """
   config = _resolve_config(data_config)
   local_batch = _local_batch_size(global_batch_size)
-  if not _is_int(seed):
-    raise ValueError(f'seed must be an integer, got {seed!r}.')
-  if not _is_int(start_step) or start_step < 0:
-    raise ValueError(
-        f'start_step must be a non-negative integer, got {start_step!r}.'
-    )
+  _check_seed_and_step(seed, start_step)
   _hide_accelerators_from_tf()
   builder = _prepared_builder(config)
-  num_examples = _num_examples(builder, config.train_split)
-  steps_per_epoch = num_examples // global_batch_size
+  layout = _index_layout(builder, config)
+  subset = _labelled_indices(config)
+  if only_labelled:
+    num_examples = len(subset)
+    steps_per_epoch = _labelled_steps_per_epoch(
+        builder, config, layout, subset, local_batch
+    )
+    what = f'The labelled subset ({config.labelled!r}) of split'
+  else:
+    num_examples = _num_examples(builder, config.train_split)
+    steps_per_epoch = num_examples // global_batch_size
+    what = 'Split'
   if not steps_per_epoch:
     raise ValueError(
-        f'Split {config.train_split!r} of {config.name} has {num_examples} '
-        f'examples, fewer than one global batch of {global_batch_size}.'
+        f'{what} {config.train_split!r} of {config.name} has {num_examples} '
+        f'examples, fewer than one global batch of {global_batch_size}'
+        + (' on every process.' if jax.process_count() > 1 else '.')
     )
+  labelled = np.zeros(layout.size, bool)
+  labelled[subset] = True
   return _train_batches(
       builder,
       config,
+      layout=layout,
+      labelled=labelled,
+      only_labelled=bool(only_labelled),
       seed=operator.index(seed),
       local_batch=local_batch,
       steps_per_epoch=steps_per_epoch,
       start_step=operator.index(start_step),
+  )
+
+
+def _interleave_shards(labelled, unlabelled, num_shards):
+  """Joins two batches so that each of `num_shards` slices has both parts.
+
+  Args:
+    labelled: batch dict whose arrays have a leading dimension `L`.
+    unlabelled: batch dict with the same keys, leading dimension `U`.
+    num_shards: number of consecutive equal slices of the result.
+
+  Returns:
+    A dict of arrays `[L + U, ...]`: slice `s` holds the `s`-th
+    `L // num_shards` rows of `labelled`, then the `s`-th
+    `U // num_shards` rows of `unlabelled`.
+  """
+  def join(a, b):
+    parts = [x.reshape(num_shards, -1, *x.shape[1:]) for x in (a, b)]
+    return np.concatenate(parts, axis=1).reshape(-1, *a.shape[1:])
+
+  return {key: join(labelled[key], unlabelled[key]) for key in labelled}
+
+
+def mixed_train_iterator(
+    data_config, *, labelled_batch_size, unlabelled_batch_size, seed,
+    start_step=0, num_shards
+):
+  """Returns this host's stream of labelled plus unlabelled training batches.
+
+  Every step joins a batch of the labelled subset (`train_iterator` with
+  `only_labelled=True`) and a batch of all the training examples used
+  without labels (their `labelled` is False), from two independent streams
+  whose seeds are derived from `seed`. Both resume at `start_step`, each
+  with its own epoch length. The host's batch consists of `num_shards` equal
+  consecutive slices (one per local device) that each hold their share of
+  the labelled batch followed by their share of the unlabelled one.
+
+  Args:
+    data_config: data config (see `default_data_config`).
+    labelled_batch_size: labelled examples per step over all hosts.
+    unlabelled_batch_size: unlabelled examples per step over all hosts.
+    seed: integer seed of shuffling and augmentation.
+    start_step: number of steps to skip, e.g. the step to resume from.
+    num_shards: slices of the host's batch, normally
+      `jax.local_device_count()`.
+
+  Returns:
+    An iterator of dicts with the keys of `train_iterator`'s batches and
+    `(labelled_batch_size + unlabelled_batch_size) // jax.process_count()`
+    examples.
+
+  Raises:
+    ValueError: invalid config or arguments, a batch size not divisible by
+      `jax.process_count() * num_shards`, or too few (labelled) examples.
+    DatasetNotFoundError: the dataset could not be obtained.
+  """
+  if not _is_int(num_shards) or num_shards < 1:
+    raise ValueError(
+        f'num_shards must be a positive integer, got {num_shards!r}.'
+    )
+  _check_seed_and_step(seed, start_step)
+  slices = jax.process_count() * num_shards
+  for name, size in (
+      ('labelled_batch_size', labelled_batch_size),
+      ('unlabelled_batch_size', unlabelled_batch_size),
+  ):
+    if not _is_int(size) or size < 1 or size % slices:
+      raise ValueError(
+          f'{name} must be a positive multiple of the number of processes '
+          f'times num_shards ({jax.process_count()} * {num_shards}), got '
+          f'{size!r}.'
+      )
+  labelled = train_iterator(
+      data_config,
+      global_batch_size=labelled_batch_size,
+      seed=_derive_seed(seed, 0, _LABELLED_STREAM),
+      start_step=start_step,
+      only_labelled=True,
+  )
+  unlabelled = train_iterator(
+      data_config,
+      global_batch_size=unlabelled_batch_size,
+      seed=_derive_seed(seed, 0, _UNLABELLED_STREAM),
+      start_step=start_step,
+  )
+  return (
+      _interleave_shards(
+          a, dict(b, labelled=np.zeros_like(b['labelled'])), num_shards
+      )
+      for a, b in zip(labelled, unlabelled)
   )
 
 

@@ -28,12 +28,14 @@ __all__ = [
     'AlexNet',
     'BasicBlock',
     'BottleneckBlock',
+    'HEAD',
     'MODELS',
     'ResNet',
     'VGG',
     'alexnet',
     'create_model',
     'kernel_order',
+    'replace_head',
     'resnet',
     'vgg',
 ]
@@ -160,3 +162,38 @@ def kernel_order(model: nn.Module,
         raise ValueError(f'Layer path {path} is not in the params tree.')
       node = node[key]
   return order
+
+
+HEAD = 'classifier'
+
+
+def replace_head(model_config: Mapping[str, Any], variables: Mapping[str, Any],
+                 mask: Mapping[str, Any], num_outputs: int, rng: jax.Array,
+                 image_shape: tuple[int, int, int]
+                 ) -> tuple[nn.Module, dict, dict]:
+  """Swaps a trained network's task head for a fresh one of another width.
+
+  A trunk pruned with one task is re-trained or evaluated with another
+  (RotNet's 4-way head gives way to a 10-way classifier): the trunk's
+  weights, batch-norm statistics and mask are kept, and the new
+  'classifier' layer is freshly initialised and entirely unpruned.
+
+  Args:
+    model_config: the trained network's model config.
+    variables: its variables ('params' and possibly 'batch_stats').
+    mask: its mask (a pytree like `variables['params']`).
+    num_outputs: the new head's width.
+    rng: key of the new head's initialisation.
+    image_shape: (H, W, C) of one input image.
+
+  Returns:
+    (model, variables, mask) of the network with the new head.
+  """
+  model = create_model(model_config, num_outputs)
+  fresh = model.init({'params': rng, 'dropout': rng},
+                     jnp.zeros((1, *image_shape)), train=False)['params']
+  params = {**variables['params'], HEAD: fresh[HEAD]}
+  new_mask = {**mask,
+              HEAD: jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_),
+                                 fresh[HEAD])}
+  return model, {**variables, 'params': params}, new_mask

@@ -1,24 +1,66 @@
-"""Training objectives behind one interface.
+"""Training objectives behind one interface (see `tasks.base.Task`).
 
-A task:
-  - `num_outputs(num_classes)`: the size of the head on the trunk (the
-    model's last layer, named 'classifier' and never pruned);
-  - `prepare(batch, rng)`: turns a data batch into network inputs and
-    targets, on device inside the jitted step (RotNet's x4 rotations);
-  - `loss(outputs, batch)`: the scalar loss of a prepared batch;
-  - `metrics(outputs, batch, collection, mask)`: one batch's clu metrics;
-  - `train_metrics` / `eval_metrics`: the clu collections it reports.
-A task knows nothing of pruning.
+A task says which head sits on the trunk (`num_outputs`), turns a data
+batch into network inputs and targets on device (`prepare`), computes the
+loss (`loss`), keeps any state of its own in the train state (`init_state`,
+`update_state`: NPID's memory bank), and reports metrics. It knows nothing
+of pruning. The config's `task` names one and sets its fields:
+
+  labels      cross-entropy on labels (`tasks.labels`)
+  rotnet      4-way rotation prediction (`tasks.rotnet`)
+  exemplar    triplet loss between augmented copies (`tasks.exemplar`)
+  npid        instance discrimination with a memory bank (`tasks.npid`)
+  s4l         labels on a subset + rotation on all images (`tasks.s4l`)
+  few_labels  labels on the labelled subset only (`tasks.few_labels`)
 """
 
+import dataclasses
+
+from sslprune_jax.tasks.base import STREAMS, Task
+from sslprune_jax.tasks.exemplar import Exemplar
+from sslprune_jax.tasks.few_labels import FewLabels
 from sslprune_jax.tasks.labels import Labels
+from sslprune_jax.tasks.npid import NPID
 from sslprune_jax.tasks.rotnet import RotNet
+from sslprune_jax.tasks.s4l import S4LRotation
 
-TASKS = {'labels': Labels, 'rotnet': RotNet}
+TASKS = {t.name: t for t in (Labels, RotNet, Exemplar, NPID, S4LRotation,
+                             FewLabels)}
+# Task fields filled from the dataset rather than the config.
+_FROM_DATASET = {'index_range': 'index_range', 'num_classes': 'num_classes'}
 
 
-def get_task(name: str):
-  """Returns the task called `name`."""
+def get_task(task_config, info=None) -> Task:
+  """Builds the task a config names.
+
+  Args:
+    task_config: the config's `task` (a ConfigDict with `name` and the
+      task's fields), or just a task name (its defaults).
+    info: the dataset's `data.DatasetInfo`, for the tasks that depend on it
+      (NPID's bank, the number of classes of S4L and NPID).
+
+  Returns:
+    A `Task`.
+
+  Raises:
+    ValueError: unknown task or field, or a bad value.
+  """
+  fields = ({'name': task_config} if isinstance(task_config, str)
+            else dict(task_config))
+  name = fields.pop('name', None)
   if name not in TASKS:
     raise ValueError(f'Unknown task {name!r}; valid tasks: {sorted(TASKS)}.')
-  return TASKS[name]()
+  cls = TASKS[name]
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f'Unknown fields {unknown} for task {name!r}; valid: '
+                     f'{sorted(known - set(_FROM_DATASET))}.')
+  if info is not None:
+    for field, attribute in _FROM_DATASET.items():
+      if field in known:
+        fields[field] = getattr(info, attribute)
+  return cls(**fields)
+
+
+__all__ = ['STREAMS', 'TASKS', 'Task', 'get_task']

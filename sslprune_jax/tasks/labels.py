@@ -1,53 +1,58 @@
 """Supervised classification with labels: the reference pruning objective."""
 
-
 import dataclasses
 
 import flax
-import jax
-import optax
 from clu import metrics
+import jax
+import jax.numpy as jnp
+import optax
+
+from sslprune_jax.tasks import base
 
 
 @flax.struct.dataclass
-class TrainMetrics(metrics.Collection):
-  loss: metrics.Average.from_output('loss')
-  accuracy: metrics.Accuracy
+class Metrics(metrics.Collection):
+  loss: base.mean('loss')
+  accuracy: base.mean('accuracy')
 
 
-@flax.struct.dataclass
-class EvalMetrics(metrics.Collection):
-  loss: metrics.Average.from_output('loss')
-  accuracy: metrics.Accuracy
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example softmax cross-entropy, in float32."""
+  return optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), labels)
+
+
+def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Per-example top-1 hits."""
+  return jnp.argmax(logits, axis=-1) == labels
 
 
 @dataclasses.dataclass(frozen=True)
-class Labels:
+class Labels(base.Task):
   """Cross-entropy on the dataset's labels; top-1 accuracy."""
 
-  name: str = 'labels'
-  train_metrics = TrainMetrics
-  eval_metrics = EvalMetrics
+  name = 'labels'
+  train_metrics = Metrics
+  eval_metrics = Metrics
 
   def num_outputs(self, num_classes: int) -> int:
-    """Size of the head on the trunk: one logit per class."""
+    """One logit per class."""
     return num_classes
 
-  def prepare(self, batch: dict, rng: jax.Array | None) -> dict:
-    """Images and labels go to the network as they are."""
-    del rng
-    return batch
+  def loss(self, outputs, batch, task_state, rng):
+    del task_state, rng
+    losses = cross_entropy(outputs, batch['label'])
+    return losses.mean(), {'losses': losses}
 
-  def loss(self, logits: jax.Array, batch: dict,
-           per_example: bool = False) -> jax.Array:
-    """Softmax cross-entropy; the batch mean unless `per_example`."""
-    losses = optax.softmax_cross_entropy_with_integer_labels(
-        logits.astype(jax.numpy.float32), batch['label'])
-    return losses if per_example else losses.mean()
+  def train_metrics_of(self, outputs, batch, aux):
+    return self.train_metrics.single_from_model_output(
+        loss=(aux['losses'], None),
+        accuracy=(correct(outputs, batch['label']), None))
 
-  def metrics(self, logits: jax.Array, batch: dict, collection,
-              mask=None):
-    """One batch's metrics as an (unreduced-over-devices) clu collection."""
-    losses = self.loss(logits, batch, per_example=True)
-    return collection.single_from_model_output(
-        loss=losses, logits=logits, labels=batch['label'], mask=mask)
+  def eval_metrics_of(self, outputs, batch, task_state):
+    del task_state
+    mask = base.valid(batch)
+    return self.eval_metrics.single_from_model_output(
+        loss=(cross_entropy(outputs, batch['label']), mask),
+        accuracy=(correct(outputs, batch['label']), mask))

@@ -40,7 +40,7 @@ def rotate_batch(images: jax.Array) -> tuple[jax.Array, jax.Array]:
 class RotNet(labels.Labels):
   """Cross-entropy on the rotation index; rotation accuracy."""
 
-  name: str = 'rotnet'
+  name = 'rotnet'
 
   def num_outputs(self, num_classes: int) -> int:
     del num_classes  # The dataset's labels are not used.
