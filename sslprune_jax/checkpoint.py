@@ -2,8 +2,9 @@
 
 Layout of a workdir:
 
-  config.json        the run's config; a restart with another config is refused
-  rewind/<step>/     weights (params, batch_stats) at the rewind point of round 0
+  config.json        the run's config; a restart with another one is refused
+  rewind/<step>/     params, batch_stats and task state (NPID's memory bank)
+                     at the rewind point of round 0
   round_RR/<step>/   the latest in-round state of round RR, for resumption
   rounds/<RR>/       end of round RR: params, batch_stats, mask, metrics
   results.csv        one line per finished round

@@ -73,11 +73,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name not in models.MODELS:
     problems.append(f'Unknown model.name {config.model.name!r}; valid: '
                     f'{models.MODELS}.')
-  if config.task.name not in tasks.TASKS:
-    problems.append(f'Unknown task.name {config.task.name!r}; valid: '
-                    f'{sorted(tasks.TASKS)}.')
-  elif tasks.TASKS[config.task.name].stream == 'mixed' and (
-      t.get('labelled_batch_size', 0) <= 0):
+  task_problems = tasks.check_fields(config.task)
+  problems.extend(task_problems)
+  mixed = (not task_problems
+           and tasks.TASKS[config.task.name].stream == 'mixed')
+  if mixed and t.get('labelled_batch_size', 0) <= 0:
     problems.append(f'task {config.task.name!r} needs '
                     'train.labelled_batch_size > 0 (labelled images per step, '
                     'on top of train.batch_size images without labels).')

@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 
 from sslprune_jax import checkpoint
-from sslprune_jax import data
 from sslprune_jax import imp
 from sslprune_jax import pruning
 from sslprune_jax import train
@@ -250,6 +249,7 @@ def test_layerwise_pruning_targets_the_first_layers(data_dir):
     ('pruning.method', 'random_like', 'needs pruning.reference_workdir'),
     ('pruning.rewind_samples', 10**6, 'beyond the round'),
     ('train.batch_size', 100, 'multiple of the number of devices'),
+    ('task.name', 'jigsaw', 'Unknown task'),
 ])
 def test_bad_config_is_refused_before_compute(data_dir, tmp_path, key,
                                               value, message):
@@ -268,15 +268,18 @@ def test_nan_loss_stops_the_run(data_dir, tmp_path):
   assert not (tmp_path / 'w' / 'results.csv').exists()
 
 
-def test_missing_imagenet_stops_at_once_naming_the_quick_variant(tmp_path):
+@pytest.mark.parametrize('name', ['rotnet', 'exemplar', 'npid', 's4l',
+                                  'few_labels'])
+def test_missing_imagenet_stops_at_once_naming_the_quick_variant(name,
+                                                                 tmp_path):
   done = subprocess.run(
       [sys.executable, '-m', 'sslprune_jax.main',
-       '--config=configs/rotnet.py', f'--workdir={tmp_path / "w"}',
+       f'--config=configs/{name}.py', f'--workdir={tmp_path / "w"}',
        f'--config.data.data_dir={tmp_path / "tfds"}'],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert done.returncode != 0
   assert 'imagenet2012' in done.stderr and 'downloads/manual' in done.stderr
-  assert '--config=configs/rotnet.py:quick' in done.stderr
+  assert f'--config=configs/{name}.py:quick' in done.stderr
   assert not (tmp_path / 'w').exists()
 
 

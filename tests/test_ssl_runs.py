@@ -120,3 +120,53 @@ def test_npid_resumes_with_its_memory_bank(npid_run, tmp_path, monkeypatch):
       c.close()
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize('name,variant,epoch_examples,steps,rewind_step', [
+    # ImageNet, batch 256: 5,004 steps per epoch; rewind after one epoch.
+    ('exemplar', '', 1_281_167, 90 * 5_004, 5_004),
+    ('npid', '', 1_281_167, 200 * 5_004, 5_004),
+    ('s4l', '', 1_281_167, 200 * 5_004, 5_004),
+    ('s4l', 'classes', 1_281_167, 200 * 5_004, 5_004),
+    # Epochs of the 10% subset (128,116 images: 500 steps of 256).
+    ('few_labels', '', 128_116, 1000 * 500, 5_004),
+    # CIFAR-10, batch 128: 390 steps per epoch.
+    ('exemplar', 'cifar10', 50_000, 160 * 390, 390),
+])
+def test_paper_configs(name, variant, epoch_examples, steps, rewind_step):
+  config = load_config(variant, name)
+  imp.validate_config(config)
+  assert imp.round_schedule(config, epoch_examples) == (steps, rewind_step)
+  assert config.pruning.fraction == 0.2 and config.pruning.num_rounds == 30
+  assert config.task.name == name
+  if name in ('s4l', 'few_labels'):
+    assert config.data.labelled == ('classes' if variant else 'per_class')
+    assert config.data.labelled_fraction == 0.1
+  if name == 'npid':
+    assert config.train.schedule == 'cosine'
+    assert (config.task.dim, config.task.temperature,
+            config.task.num_negatives, config.task.momentum) == (
+                128, 0.07, 4096, 0.5)
+
+
+@pytest.mark.parametrize('name,key,value,message', [
+    ('exemplar', 'task.copies', 1, 'copies must be >= 2'),
+    ('npid', 'task.momentum', 1.0, r'momentum must be in \[0, 1\)'),
+    ('s4l', 'train.labelled_batch_size', 0, 'labelled_batch_size > 0'),
+    ('s4l', 'data.labelled', 'some', 'Unknown labelled'),
+    ('few_labels', 'data.labelled_fraction', 0.0, 'labelled_fraction'),
+])
+def test_bad_task_settings_are_refused_before_compute(name, key, value,
+                                                      message, data_dir,
+                                                      tmp_path):
+  config = shrunk(name, data_dir, **{key: value})
+  with pytest.raises(ValueError, match=message):
+    imp.run(config, str(tmp_path / 'w'))
+  assert not (tmp_path / 'w' / 'rounds').exists()
+
+
+def test_unknown_task_field_is_refused(data_dir):
+  config = shrunk('exemplar', data_dir)
+  config.task.temperature = 0.1
+  with pytest.raises(ValueError, match=r"Unknown fields \['temperature'\]"):
+    imp.validate_config(config)

@@ -30,6 +30,20 @@ TASKS = {t.name: t for t in (Labels, RotNet, Exemplar, NPID, S4LRotation,
 _FROM_DATASET = {'index_range': 'index_range', 'num_classes': 'num_classes'}
 
 
+def check_fields(task_config) -> list[str]:
+  """Problems with a task config's name and fields, without building it."""
+  name = task_config.get('name')
+  if name not in TASKS:
+    return [f'Unknown task {name!r}; valid tasks: {sorted(TASKS)}.']
+  settable = {f.name for f in dataclasses.fields(TASKS[name])} - set(
+      _FROM_DATASET)
+  unknown = sorted(set(task_config) - settable - {'name'})
+  if unknown:
+    return [f'Unknown fields {unknown} for task {name!r}; valid: '
+            f'{sorted(settable)}.']
+  return []
+
+
 def get_task(task_config, info=None) -> Task:
   """Builds the task a config names.
 
@@ -47,20 +61,16 @@ def get_task(task_config, info=None) -> Task:
   """
   fields = ({'name': task_config} if isinstance(task_config, str)
             else dict(task_config))
-  name = fields.pop('name', None)
-  if name not in TASKS:
-    raise ValueError(f'Unknown task {name!r}; valid tasks: {sorted(TASKS)}.')
-  cls = TASKS[name]
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(fields) - known)
-  if unknown:
-    raise ValueError(f'Unknown fields {unknown} for task {name!r}; valid: '
-                     f'{sorted(known - set(_FROM_DATASET))}.')
+  problems = check_fields(fields)
+  if problems:
+    raise ValueError(problems[0])
+  cls = TASKS[fields.pop('name')]
   if info is not None:
+    known = {f.name for f in dataclasses.fields(cls)}
     for field, attribute in _FROM_DATASET.items():
       if field in known:
         fields[field] = getattr(info, attribute)
   return cls(**fields)
 
 
-__all__ = ['STREAMS', 'TASKS', 'Task', 'get_task']
+__all__ = ['STREAMS', 'TASKS', 'Task', 'check_fields', 'get_task']

@@ -1,4 +1,4 @@
-"""Exemplar (Dosovitskiy et al.), as the triplet-loss task of Doersch & Zisserman.
+"""Exemplar (Dosovitskiy et al.), in Doersch & Zisserman's triplet-loss form.
 
 Every image is its own class. Each image of the batch is augmented into
 `copies` strongly transformed versions (random crop, flip, small rotation,
