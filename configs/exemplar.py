@@ -25,8 +25,10 @@ Variants (the part after the colon):
   configs/exemplar.py:vgg19    the same with VGG-19.
   configs/exemplar.py:quick    Fashion-MNIST (half of the training split),
                                ResNet-10 at width 1/4, 1 epoch per round,
-                               3 pruning rounds: about 10 minutes on 2 CPU
-                               cores.
+                               3 pruning rounds: about 6 minutes on 2 CPU
+                               cores; retrieval accuracy ~0.27 dense rising
+                               to ~0.34 at 51% of the weights (chance
+                               0.001).
 
 Launch:
 

@@ -23,7 +23,8 @@ Variants (the part after the colon):
   configs/few_labels.py:quick    Fashion-MNIST, 10% of every class (6,000
                                  images), ResNet-10 at width 1/4, 10 epochs
                                  of the subset per round, 3 pruning rounds:
-                                 about 6 minutes on 2 CPU cores.
+                                 about 7 minutes on 2 CPU cores; ~0.88 test
+                                 accuracy in every round.
 
 Launch:
 

@@ -26,7 +26,8 @@ Variants (the part after the colon):
   configs/s4l.py:quick    Fashion-MNIST, 10% of every class labelled,
                           ResNet-10 at width 1/4, a quarter of an epoch per
                           round with 64 + 16 images per step, 3 pruning
-                          rounds: about 10 minutes on 2 CPU cores.
+                          rounds: about 10 minutes on 2 CPU cores; class
+                          accuracy ~0.81-0.84, rotation accuracy ~0.94-0.96.
 
 Launch:
 
