@@ -58,7 +58,7 @@ def check_or_write_config(workdir: str,
   current = json.loads(config.to_json_best_effort(sort_keys=True))
   if path.exists():
     saved = json.loads(path.read_text())
-    diffs = _diff(_comparable(saved), _comparable(current))
+    diffs = config_diff(_comparable(saved), _comparable(current))
     if diffs:
       raise ConfigMismatchError(
           f'{workdir} holds a run made with a different config; refusing to '
@@ -73,12 +73,12 @@ def check_or_write_config(workdir: str,
     tmp.replace(path)
 
 
-def _diff(a: Any, b: Any, prefix: str = '') -> list[str]:
+def config_diff(a: Any, b: Any, prefix: str = '') -> list[str]:
   """'field: old -> new' for every leaf that differs, dotted names."""
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
     for k in sorted(set(a) | set(b)):
-      out += _diff(a.get(k, '<missing>'), b.get(k, '<missing>'),
+      out += config_diff(a.get(k, '<missing>'), b.get(k, '<missing>'),
                    f'{prefix}{k}.')
     return out
   return [] if a == b else [f'{prefix[:-1]}: {a!r} -> {b!r}']

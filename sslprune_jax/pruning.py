@@ -315,3 +315,33 @@ def format_report(report: dict) -> str:
     lines.append(f"{l['name']:<{width}} {l['remaining']:>10d} "
                  f"{l['total']:>10d} {100 * l['fraction_left']:>7.2f}%")
   return '\n'.join(lines)
+
+
+def natural_sparsity(params: PyTree, prunable: PyTree,
+                     threshold: float) -> dict:
+  """How many prunable weights a trained network has left near zero itself.
+
+  Args:
+    params: the trained weights.
+    prunable: which leaves count (the final classifier, biases and batch
+      norm are not prunable and so not counted).
+    threshold: a weight with |w| < threshold counts as naturally zero.
+
+  Returns:
+    {'layers': [{'name', 'near_zero', 'total', 'fraction'}, ...],
+     'near_zero', 'total', 'fraction'}: per prunable leaf (tree order) and
+    over all of them, `fraction` = near_zero / total.
+  """
+  if threshold < 0:
+    raise ValueError(f'threshold must be >= 0, got {threshold}.')
+  layers = []
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  for (path, p), ok in zip(flat, jax.tree.leaves(prunable)):
+    if ok:
+      small = int(jnp.sum(jnp.abs(p) < threshold))
+      layers.append({'name': path_name(path_tuple(path)), 'near_zero': small,
+                     'total': int(p.size), 'fraction': small / p.size})
+  near_zero = sum(l['near_zero'] for l in layers)
+  total = sum(l['total'] for l in layers)
+  return {'layers': layers, 'near_zero': near_zero, 'total': total,
+          'fraction': near_zero / total if total else 0.0}

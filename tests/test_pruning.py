@@ -272,3 +272,24 @@ def test_apply_mask_zeroes_exactly():
   masked = pruning.apply_mask(params, mask)
   for p, m in zip(jax.tree.leaves(masked), jax.tree.leaves(mask)):
     assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
+
+
+def test_natural_sparsity_on_a_hand_made_tree():
+  params = {
+      'conv': {'kernel': jnp.array([[0.0, 5e-4], [-2e-4, 0.3]]),
+               'bias': jnp.array([0.0, 0.0])},
+      'bn': {'scale': jnp.array([0.0, 1e-5])},
+      'dense': {'kernel': jnp.array([[1.0, -1e-3, 2e-3]])},
+      'classifier': {'kernel': jnp.zeros((3, 2))},
+  }
+  prunable = pruning.prunable_tree(params)
+  report = pruning.natural_sparsity(params, prunable, threshold=1e-3)
+  # conv: 0, 5e-4 and -2e-4 are below 1e-3 (3 of 4); dense: none of 3
+  # (|-1e-3| is not below 1e-3). Biases, batch norm and the classifier are
+  # left out even though they are all zero.
+  assert [(l['name'], l['near_zero'], l['total']) for l in report['layers']
+          ] == [('conv/kernel', 3, 4), ('dense/kernel', 0, 3)]
+  assert (report['near_zero'], report['total']) == (3, 7)
+  assert report['fraction'] == pytest.approx(3 / 7)
+  with pytest.raises(ValueError, match='threshold'):
+    pruning.natural_sparsity(params, prunable, threshold=-1.0)

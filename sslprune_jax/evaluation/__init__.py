@@ -1,0 +1,1 @@
+"""Evaluations of pruned subnetworks (see the README's evaluation section)."""
