@@ -317,8 +317,8 @@ def format_report(report: dict) -> str:
   return '\n'.join(lines)
 
 
-def natural_sparsity(params: PyTree, prunable: PyTree,
-                     threshold: float) -> dict:
+def natural_sparsity(params: PyTree, prunable: PyTree, threshold: float,
+                     mask: PyTree | None = None) -> dict:
   """How many prunable weights a trained network has left near zero itself.
 
   Args:
@@ -326,6 +326,8 @@ def natural_sparsity(params: PyTree, prunable: PyTree,
     prunable: which leaves count (the final classifier, biases and batch
       norm are not prunable and so not counted).
     threshold: a weight with |w| < threshold counts as naturally zero.
+    mask: if given, only the kept weights count (pruned ones are zero by
+      construction, not naturally).
 
   Returns:
     {'layers': [{'name', 'near_zero', 'total', 'fraction'}, ...],
@@ -334,13 +336,16 @@ def natural_sparsity(params: PyTree, prunable: PyTree,
   """
   if threshold < 0:
     raise ValueError(f'threshold must be >= 0, got {threshold}.')
+  mask = init_mask(params) if mask is None else mask
   layers = []
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  for (path, p), ok in zip(flat, jax.tree.leaves(prunable)):
+  for (path, p), m, ok in zip(flat, jax.tree.leaves(mask),
+                              jax.tree.leaves(prunable)):
     if ok:
-      small = int(jnp.sum(jnp.abs(p) < threshold))
+      small = int(jnp.sum((jnp.abs(p) < threshold) & m))
+      kept = int(jnp.sum(m))
       layers.append({'name': path_name(path_tuple(path)), 'near_zero': small,
-                     'total': int(p.size), 'fraction': small / p.size})
+                     'total': kept, 'fraction': small / kept if kept else 0.0})
   near_zero = sum(l['near_zero'] for l in layers)
   total = sum(l['total'] for l in layers)
   return {'layers': layers, 'near_zero': near_zero, 'total': total,

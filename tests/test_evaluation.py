@@ -1,6 +1,8 @@
 """Evaluation metrics against hand-computed cases."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -96,3 +98,25 @@ def test_report_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
     report.summarize([a], 'test_rotation_accuracy')
   with pytest.raises(FileNotFoundError, match='config.json does not exist'):
     report.load_run(str(tmp_path))
+
+
+def test_report_command_writes_table_and_plot(tmp_path):
+  for seed, accs in enumerate(([0.9, 0.8], [0.92, 0.84])):
+    _write_run(tmp_path / f'labels_{seed}', seed, accs)
+  _write_run(tmp_path / 'random_0', 0, [0.9, 0.5], pruning='random')
+  out = tmp_path / 'out'
+  done = subprocess.run(
+      [sys.executable, '-m', 'sslprune_jax.report', f'--out={out}',
+       f'--curve=labels={tmp_path}/labels_0,{tmp_path}/labels_1',
+       f'--curve=random={tmp_path}/random_0'],
+      capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert '| 80.00% | 0.8200 ± 0.0200 | 0.5000 |' in done.stdout
+  png = (out / 'test_accuracy.png').read_bytes()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
+  assert (out / 'test_accuracy.csv').read_text().count('\n') == 5
+  bad = subprocess.run(
+      [sys.executable, '-m', 'sslprune_jax.report', f'--out={out}',
+       f'--curve=mixed={tmp_path}/labels_0,{tmp_path}/random_0'],
+      capture_output=True, text=True, timeout=300)
+  assert bad.returncode != 0 and 'differ in more than the seed' in bad.stderr

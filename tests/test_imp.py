@@ -23,6 +23,7 @@ from sslprune_jax import checkpoint
 from sslprune_jax import imp
 from sslprune_jax import pruning
 from sslprune_jax import train
+from sslprune_jax.evaluation import natural_sparsity
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -330,3 +331,21 @@ def test_kill_and_resume_gives_identical_masks(finished_run, data_dir,
   for r in expected:
     for a, b in zip(jax.tree.leaves(expected[r]), jax.tree.leaves(got[r])):
       np.testing.assert_array_equal(a, b)
+
+
+def test_natural_sparsity_of_a_finished_run(finished_run):
+  _, workdir, results = finished_run
+  reports = natural_sparsity.of_run(str(workdir), threshold=1e-2)
+  assert sorted(reports) == [0, 1, 2]
+  for r, report in reports.items():
+    assert report['total'] == results[r]['remaining']
+  # Round 0 by hand: prunable kernels (conv and dense, not the classifier).
+  ckpts = checkpoint.RunCheckpoints(str(workdir))
+  params = ckpts.load_round(0)['params']
+  ckpts.close()
+  small = sum(int(np.sum(np.abs(np.asarray(leaf)) < 1e-2))
+              for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+              if np.ndim(leaf) >= 2 and 'classifier' not in str(path))
+  assert reports[0]['near_zero'] == small > 0
+  with pytest.raises(ValueError, match='no finished round'):
+    natural_sparsity.of_run(str(workdir), rounds=[5])

@@ -293,3 +293,12 @@ def test_natural_sparsity_on_a_hand_made_tree():
   assert report['fraction'] == pytest.approx(3 / 7)
   with pytest.raises(ValueError, match='threshold'):
     pruning.natural_sparsity(params, prunable, threshold=-1.0)
+
+
+def test_natural_sparsity_counts_only_kept_weights():
+  params = {'conv': {'kernel': jnp.array([0.0, 0.0, 5e-4, 0.5])}}
+  mask = {'conv': {'kernel': jnp.array([False, True, True, True])}}
+  prunable = {'conv': {'kernel': True}}
+  report = pruning.natural_sparsity(params, prunable, 1e-3, mask)
+  # The pruned zero is not natural: 2 of the 3 kept weights are near zero.
+  assert (report['near_zero'], report['total']) == (2, 3)
