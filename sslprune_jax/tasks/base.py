@@ -8,6 +8,7 @@ that pruning never touches. All methods run on one device inside
 (Exemplar's negatives from the whole global batch, NPID's bank update).
 """
 
+import abc
 import dataclasses
 from typing import Any, ClassVar
 
@@ -59,8 +60,11 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Task:
-  """The interface; subclasses override what their objective needs.
+class Task(abc.ABC):
+  """The interface every task implements.
+
+  Subclasses implement the abstract methods and override the others where
+  their objective needs to.
 
   Class attributes:
     name: the config's `task.name`.
@@ -73,9 +77,9 @@ class Task:
   train_metrics: ClassVar[Any] = None
   eval_metrics: ClassVar[Any] = None
 
+  @abc.abstractmethod
   def num_outputs(self, num_classes: int) -> int:
     """Width of the head on the trunk."""
-    raise NotImplementedError
 
   def init_state(self, rng: jax.Array) -> PyTree:
     """The task's own part of the train state (NPID's memory bank)."""
@@ -90,10 +94,10 @@ class Task:
     del rng
     return batch
 
+  @abc.abstractmethod
   def loss(self, outputs: jax.Array, batch: dict, task_state: PyTree,
            rng: jax.Array) -> tuple[jax.Array, dict]:
     """This device's scalar loss, and what metrics and updates reuse."""
-    raise NotImplementedError
 
   def update_state(self, task_state: PyTree, outputs: jax.Array,
                    batch: dict, aux: dict) -> PyTree:
@@ -101,11 +105,11 @@ class Task:
     del outputs, batch, aux
     return task_state
 
+  @abc.abstractmethod
   def train_metrics_of(self, outputs: jax.Array, batch: dict, aux: dict):
     """One step's metrics on this device (summed over devices later)."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def eval_metrics_of(self, outputs: jax.Array, batch: dict,
                       task_state: PyTree):
     """One eval batch's metrics on this device, ignoring padding."""
-    raise NotImplementedError
