@@ -175,6 +175,14 @@ class RunCheckpoints:
     return self._rewind.restore(step, args=ocp.args.StandardRestore(
         _abstract(target)))
 
+  def load_rewind(self) -> PyTree:
+    """The rewind point as saved, without a target structure."""
+    step = self._rewind.latest_step()
+    if step is None:
+      raise FileNotFoundError(
+          f'No rewind checkpoint under {self.workdir / "rewind"}.')
+    return self._rewind.restore(step, args=ocp.args.StandardRestore())
+
   # End of each round.
   def save_round(self, round_idx: int, model: PyTree, metrics: dict) -> None:
     """Saves a finished round: {'params', 'batch_stats', 'mask'} + metrics."""

@@ -42,6 +42,8 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
     **task_fields: the task's own settings, as `config.task.<field>`.
   """
   config = ml_collections.ConfigDict()
+  # What the config runs (see sslprune_jax/main.py): a pruning run.
+  config.run = 'prune'
   config.seed = 0
   config.task = ml_collections.ConfigDict(dict(name=task, **task_fields))
   config.data = data_pipeline.default_data_config('cifar10')
@@ -72,6 +74,11 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
       # 'rewind' to the weights after `rewind_samples` samples of round 0
       # (0: the original initialisation), or 'reinit' with fresh weights.
       reset='rewind', rewind_samples=50_000))
+  # Start round 0 from round `round` of the pruning run in `workdir` (its
+  # trained weights and mask) instead of a fresh network: pruning during
+  # transfer starts from a pre-trained, unpruned network (round 0).
+  config.init_from = ml_collections.ConfigDict(dict(
+      workdir=_placeholder(str), round=0))
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   return config

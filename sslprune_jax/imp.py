@@ -17,6 +17,7 @@ import csv
 import dataclasses
 import functools
 import io
+import json
 import math
 from typing import Any, Callable
 
@@ -70,6 +71,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if p.method == 'random_like' and not p.reference_workdir:
     problems.append("pruning.method='random_like' needs "
                     'pruning.reference_workdir (a finished pruning run).')
+  if p.method == 'random_like' and config.init_from.workdir:
+    problems.append("pruning.method='random_like' draws its masks afresh "
+                    'and cannot start from init_from.workdir.')
+  if config.init_from.round < 0:
+    problems.append(
+        f'init_from.round must be >= 0, got {config.init_from.round}.')
   if config.model.name not in models.MODELS:
     problems.append(f'Unknown model.name {config.model.name!r}; valid: '
                     f'{models.MODELS}.')
@@ -167,12 +174,13 @@ def _result_fields(rows: list[dict]) -> list[str]:
   return [*RESULT_FIELDS[:-1], *extra, RESULT_FIELDS[-1]]
 
 
-def _write_results_csv(workdir: epath.Path, rows: list[dict]) -> None:
+def write_results_csv(workdir: epath.Path, rows: list[dict]) -> None:
+  """Writes results.csv (atomically, from process 0); missing: 'nan'."""
   if jax.process_index() != 0:
     return
   out = io.StringIO()
   writer = csv.DictWriter(out, fieldnames=_result_fields(rows),
-                          extrasaction='ignore')
+                          extrasaction='ignore', restval='nan')
   writer.writeheader()
   writer.writerows(rows)
   tmp = workdir / 'results.csv.tmp'
@@ -192,6 +200,8 @@ class Experiment:
     task: the training objective.
     init_fn: rng -> fresh variables (jitted).
     variables: the initial variables (round 0's starting point).
+    start_mask: round 0's mask (all ones, unless `init_from` starts the run
+      from a pruned network).
     task_state: the task's initial state (round 0's starting point).
     prunable: pytree of bools, the leaves pruning may touch.
     tx: the optimiser (its schedule restarts with every round's state).
@@ -206,6 +216,7 @@ class Experiment:
   task: Any
   init_fn: Callable[[jax.Array], PyTree]
   variables: PyTree
+  start_mask: PyTree
   task_state: PyTree
   prunable: PyTree
   tx: Any
@@ -213,14 +224,11 @@ class Experiment:
   rewind_step: int
   rngs: dict[str, jax.Array]
 
-  def initial_mask(self) -> PyTree:
-    return pruning.init_mask(self.variables['params'])
-
   def round_target(self) -> PyTree:
     """Structure (and placement) of an end-of-round checkpoint."""
     return {'params': self.variables['params'],
             'batch_stats': self.variables.get('batch_stats', {}),
-            'mask': self.initial_mask()}
+            'mask': self.start_mask}
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -257,13 +265,20 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                        f'model has only {len(order)} prunable layers.')
     prunable = pruning.restrict_to_layers(prunable,
                                           order[:config.pruning.layers])
+  start_mask = pruning.init_mask(variables['params'])
+  if config.init_from.workdir:
+    variables, start_mask = load_source(
+        config, variables, config.init_from.workdir, config.init_from.round)
+    variables = {**variables,
+                 'params': pruning.apply_mask(variables['params'],
+                                              start_mask)}
   steps_per_epoch = epoch_examples // config.train.batch_size
   tx = train.create_optimizer(
       config.train,
       train.create_learning_rate_fn(config.train, steps_per_epoch))
   return Experiment(
       config=config, mesh=mesh, info=info, model=model, task=task,
-      init_fn=init_fn, variables=variables,
+      init_fn=init_fn, variables=variables, start_mask=start_mask,
       task_state=task.init_state(task_rng), prunable=prunable, tx=tx,
       num_steps=num_steps, rewind_step=rewind_step,
       rngs={'state': state_rng, 'prune': prune_rng, 'reinit': reinit_rng,
@@ -280,10 +295,10 @@ def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
   """
   workdir = ckpts.workdir
   if round_idx == 0:
-    mask, variables = exp.initial_mask(), exp.variables
+    mask, variables = exp.start_mask, exp.variables
     task_state = exp.task_state
   else:
-    prev = _restore(
+    prev = restore(
         lambda: ckpts.restore_round(round_idx - 1, exp.round_target()),
         f'end of round {round_idx - 1}', workdir / 'rounds')
     mask = next_mask(exp.config, prev, exp.prunable,
@@ -292,14 +307,23 @@ def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
     variables, task_state = _reset(
         exp, ckpts, mask, jax.random.fold_in(exp.rngs['reinit'], round_idx),
         round_idx)
+  return start_state(exp, ckpts, round_idx, variables, mask, task_state)
+
+
+def start_state(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
+                round_idx: int, variables: dict, mask: PyTree,
+                task_state: PyTree) -> train.TrainState:
+  """The replicated train state of a round that starts from `variables`
+  under `mask`, or the round's in-round checkpoint if it has one."""
   state = parallel.replicate(
       train.create_train_state(
           exp.model, variables, mask, exp.tx,
           jax.random.fold_in(exp.rngs['state'], round_idx), task_state),
       exp.mesh)
-  restored = _restore(lambda: ckpts.restore_in_round(round_idx, state),
-                      f'in-round state of round {round_idx}',
-                      workdir / f'round_{round_idx:02d}')
+  workdir = ckpts.workdir
+  restored = restore(lambda: ckpts.restore_in_round(round_idx, state),
+                     f'in-round state of round {round_idx}',
+                     workdir / f'round_{round_idx:02d}')
   if restored is None:
     return state
   logging.info('Round %d: resuming at step %d.', round_idx,
@@ -338,6 +362,38 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     remaining, test/train accuracy and loss, seconds, sparsity.
   """
   exp = build(config)
+  return run_rounds(
+      exp, workdir, rounds=range(config.pruning.num_rounds + 1),
+      start=functools.partial(round_start, exp),
+      save_rewind=config.pruning.reset == 'rewind',
+      stop=functools.partial(_target_reached, config))
+
+
+def run_rounds(exp: Experiment, workdir: str, *, rounds,
+               start: Callable[[checkpoint.RunCheckpoints, int],
+                               train.TrainState],
+               save_rewind: bool = False,
+               stop: Callable[[dict], bool] = lambda row: False
+               ) -> list[dict]:
+  """Trains one round after another, each resumable, and records them.
+
+  The round loop of a pruning run, and of the evaluations that train a
+  pruning run's subnetworks again (`evaluation.retrain`): only where each
+  round starts from differs.
+
+  Args:
+    exp: the experiment.
+    workdir: where checkpoints, metrics and results.csv go.
+    rounds: the round numbers, in order.
+    start: (checkpoints, round) -> the replicated state the round trains
+      from (resuming from an in-round checkpoint if there is one).
+    save_rewind: whether round 0 saves the rewind point.
+    stop: row -> whether no further round is needed.
+
+  Returns:
+    One dict per round (see `run`).
+  """
+  config = exp.config
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoint.check_or_write_config(str(workdir), config)
@@ -350,17 +406,17 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   completed = ckpts.completed_rounds()
   results: list[dict] = []
   try:
-    for r in range(config.pruning.num_rounds + 1):
+    for r in rounds:
       if r in completed:
-        results.append(_restore(lambda: ckpts.round_metrics(r),
+        results.append(restore(lambda: ckpts.round_metrics(r),
                                 f'end of round {r}', workdir / 'rounds'))
-        if _target_reached(config, results[-1]):
+        if stop(results[-1]):
           break
         continue
-      state = round_start(exp, ckpts, r)
+      state = start(ckpts, r)
       remaining, total = pruning.count(state.mask, exp.prunable)
       hooks = {}
-      if r == 0 and config.pruning.reset == 'rewind':
+      if r == 0 and save_rewind:
         hooks[exp.rewind_step] = lambda s: ckpts.save_rewind(
             exp.rewind_step,
             {'params': s.params, 'batch_stats': s.batch_stats,
@@ -375,7 +431,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                                       start_step=int(state.step)),
           eval_batches=lambda: data.eval_iterator(
               config.data, global_batch_size=config.train.eval_batch_size),
-          mesh=exp.mesh, num_steps=exp.num_steps, writer=writer,
+          mesh=exp.mesh, num_steps=exp.num_steps, task=exp.task,
+          writer=writer,
           log_every_steps=config.log_every_steps,
           checkpoint_every_steps=config.checkpoint_every_steps,
           save_checkpoint=lambda s, r=r: ckpts.save_in_round(r, s),
@@ -401,15 +458,114 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       results.append(row)
       summary_writer.write_scalars(
           r, {k: row[k] for k in _result_fields([row])[1:]})
-      _write_results_csv(workdir, results)
+      write_results_csv(workdir, results)
       if is_main:
         print(f'\nRound {r} done.\n' + _results_table(results), flush=True)
-      if _target_reached(config, row):
+      if stop(row):
         break
   finally:
     ckpts.close()
     summary_writer.close()
   return results
+
+
+def source_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config of the pruning run in `workdir`."""
+  path = epath.Path(workdir) / 'config.json'
+  if not path.exists():
+    raise ValueError(f'{workdir} holds no pruning run ({path} does not '
+                     'exist); run the pruning first.')
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def check_source(config: ml_collections.ConfigDict,
+                 source_workdir: str) -> ml_collections.ConfigDict:
+  """The source run's config, checked to have trained this config's model."""
+  source = source_config(source_workdir)
+  diffs = checkpoint.config_diff(source.model.to_dict(),
+                                 config.model.to_dict())
+  if diffs:
+    raise ValueError(f'The run in {source_workdir} trained another model '
+                     '(source -> this run):\n  ' + '\n  '.join(diffs))
+  return source
+
+
+def source_rounds(source_workdir: str, wanted=()) -> list[int]:
+  """`wanted` rounds of a source run, checked finished; () = all finished."""
+  source_config(source_workdir)  # A clear error if there is no run.
+  ckpts = checkpoint.RunCheckpoints(source_workdir)
+  try:
+    finished = ckpts.completed_rounds()
+  finally:
+    ckpts.close()
+  wanted = list(wanted) or finished
+  missing = sorted(set(wanted) - set(finished))
+  if missing or not wanted:
+    raise ValueError(
+        f'{source_workdir} has not finished rounds {missing or "any"} '
+        f'(finished: {finished}); run the pruning further first.')
+  return wanted
+
+
+def load_source(config: ml_collections.ConfigDict, variables: PyTree,
+                source_workdir: str, round_idx: int, *,
+                point: str = 'final') -> tuple[dict, PyTree]:
+  """A network of another run, to start this one from.
+
+  The trunk (weights, batch-norm statistics and mask) comes from round
+  `round_idx` of the run in `source_workdir`: its trained weights
+  (`point='final'`), or the rewind point's weights under that round's mask
+  (`point='rewind'`, the winning ticket). The head is the source's if the
+  source was trained on the same task and data (a label-trained winning
+  ticket keeps its classifier); otherwise it is this run's fresh, unpruned
+  head from `variables` (RotNet's 4-way head gives way to a classifier).
+
+  Args:
+    config: this run's config (its model must be the source's).
+    variables: this run's freshly initialised variables.
+    source_workdir: a pruning run with round `round_idx` finished.
+    round_idx: the source round.
+    point: 'final' or 'rewind'.
+
+  Returns:
+    (variables, mask) for this run's model; the weights are not masked (a
+    caller may draw another mask).
+  """
+  source = check_source(config, source_workdir)
+  source_rounds(source_workdir, [round_idx])
+  ckpts = checkpoint.RunCheckpoints(source_workdir)
+  where = epath.Path(source_workdir)
+  try:
+    saved = restore(lambda: ckpts.load_round(round_idx),
+                    f'end of round {round_idx}', where / 'rounds')
+    if point == 'rewind':
+      if not ckpts.has_rewind():
+        raise ValueError(
+            f'{source_workdir} has no rewind point (pruning.reset='
+            f"{source.pruning.reset!r}): no winning ticket to start from.")
+      rewound = restore(ckpts.load_rewind, 'rewind point', where / 'rewind')
+      saved = {'params': rewound['params'],
+               'batch_stats': rewound['batch_stats'], 'mask': saved['mask']}
+  finally:
+    ckpts.close()
+  # Via the host: restored arrays carry the source run's placement.
+  saved = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), saved)
+  params, mask = dict(saved['params']), dict(saved['mask'])
+  head = variables['params'][models.HEAD]
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  same_task = (source.task.name == config.task.name
+               and source.data.name == config.data.name
+               and shapes(params[models.HEAD]) == shapes(head))
+  if not same_task:
+    params[models.HEAD] = head
+    mask[models.HEAD] = jax.tree.map(
+        lambda x: jnp.ones(x.shape, jnp.bool_), head)
+  if shapes(params) != shapes(variables['params']):
+    raise ValueError(
+        f'The network saved in {source_workdir} does not fit this run '
+        '(different image channels or layers); its parameter shapes differ.')
+  mask = jax.tree.map(lambda m: m.astype(jnp.bool_), mask)
+  return {'params': params, 'batch_stats': saved['batch_stats']}, mask
 
 
 def _reference_mask(reference_workdir: str, round_idx: int,
@@ -421,9 +577,9 @@ def _reference_mask(reference_workdir: str, round_idx: int,
       raise ValueError(
           f'pruning.reference_workdir={reference_workdir} has no finished '
           f'round {round_idx}; run the reference pruning first.')
-    mask = _restore(lambda: ckpts.load_round(round_idx),
-                    f'mask of round {round_idx}',
-                    epath.Path(reference_workdir) / 'rounds')['mask']
+    mask = restore(lambda: ckpts.load_round(round_idx),
+                   f'mask of round {round_idx}',
+                   epath.Path(reference_workdir) / 'rounds')['mask']
   finally:
     ckpts.close()
   shapes = lambda tree: jax.tree.map(jnp.shape, tree)
@@ -459,7 +615,7 @@ def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, mask: PyTree,
   """
   initial = exp.round_target()
   if exp.config.pruning.reset == 'rewind':
-    saved = _restore(
+    saved = restore(
         lambda: ckpts.restore_rewind({'params': initial['params'],
                                       'batch_stats': initial['batch_stats'],
                                       'task_state': exp.task_state}),
@@ -474,7 +630,7 @@ def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, mask: PyTree,
                                                  round_idx)))
 
 
-def _restore(fn, what: str, where: epath.Path):
+def restore(fn, what: str, where: epath.Path):
   """Runs a restore, turning a failure into an error that says what to do."""
   try:
     return fn()

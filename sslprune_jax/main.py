@@ -1,5 +1,9 @@
 """Entry point: `python -m sslprune_jax.main --config=configs/labels.py:quick`.
 
+The config's `run` says what it runs: a pruning run ('prune'), or an
+evaluation of one ('retrain', 'linear', 'layerwise'; see
+`sslprune_jax.evaluation`).
+
 Wires the config to the round loop; everything else lives in the modules.
 """
 
@@ -20,6 +24,9 @@ from sslprune_jax import checkpoint
 from sslprune_jax import data
 from sslprune_jax import imp
 from sslprune_jax import train
+from sslprune_jax.evaluation import layerwise
+from sslprune_jax.evaluation import linear
+from sslprune_jax.evaluation import retrain
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -29,6 +36,10 @@ flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
 flags.DEFINE_bool('distributed', False,
                   'Call jax.distributed.initialize() (multi-host runs).')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+# What a config runs (`config.run`): a pruning run, or an evaluation of one.
+RUNS = {'prune': imp.run, 'retrain': retrain.run, 'linear': linear.run,
+        'layerwise': layerwise.run}
 
 # Errors whose message says what to do: shown without a traceback.
 USER_ERRORS = (ValueError, data.DatasetNotFoundError,
@@ -59,8 +70,11 @@ def main(argv):
   logging.info('JAX process %d/%d, %d local / %d global devices.',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+  kind = FLAGS.config.get('run', 'prune')
+  if kind not in RUNS:
+    sys.exit(f'error: unknown config.run {kind!r}; valid: {sorted(RUNS)}.')
   try:
-    imp.run(FLAGS.config, FLAGS.workdir)
+    RUNS[kind](FLAGS.config, FLAGS.workdir)
   except data.DatasetNotFoundError as e:
     config_file = config_flags.get_config_filename(FLAGS['config'])
     sys.exit(f'error: {e}\nTo run the same experiment small on real '

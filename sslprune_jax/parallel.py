@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -80,3 +81,10 @@ def gather_replicated(x: jax.Array) -> jax.Array:
   full = jax.numpy.zeros((n * x.shape[0], *x.shape[1:]), x.dtype)
   full = jax.lax.dynamic_update_slice_in_dim(full, x, i * x.shape[0], axis=0)
   return jax.lax.psum(full, AXIS)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  """A batch-sharded global array as one numpy array, on every host."""
+  if x.is_fully_addressable:
+    return np.asarray(x)
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -255,22 +255,35 @@ def random_natural_prune(rng: jax.Array, params: PyTree, mask: PyTree,
 
 
 def random_prune_like(rng: jax.Array, reference_mask: PyTree,
-                      prunable: PyTree) -> PyTree:
+                      prunable: PyTree, params: PyTree | None = None,
+                      threshold: float = 0.0) -> PyTree:
   """A random mask with the per-layer sparsity of `reference_mask`.
 
   Each prunable leaf keeps exactly as many weights as the reference keeps in
   that leaf, chosen uniformly at random among all of the leaf's weights.
+  Given trained `params` and a `threshold`, the draw is adjusted for natural
+  sparsity: in each leaf the weights with |w| < threshold are removed first
+  (smallest first), and only the rest of the leaf's quota is random.
   """
+  if threshold < 0:
+    raise ValueError(f'threshold must be >= 0, got {threshold}.')
   leaves, treedef = jax.tree.flatten(reference_mask)
   flags = jax.tree.leaves(prunable)
+  weights = (jax.tree.leaves(params) if params is not None
+             else [None] * len(leaves))
   keys = jax.random.split(rng, len(leaves))
   new_leaves = []
-  for k, m, ok in zip(keys, leaves, flags):
+  for k, m, ok, p in zip(keys, leaves, flags, weights):
     if not ok:
       new_leaves.append(m)
       continue
     num_pruned = m.size - jnp.sum(m)
-    keep = _keep_above_rank(jax.random.uniform(k, (m.size,)), num_pruned)
+    scores = jax.random.uniform(k, (m.size,))
+    if p is not None and threshold > 0:
+      a = jnp.abs(p).astype(jnp.float32).reshape(-1)
+      # Near-zero weights score in [-1, 0), below every random score.
+      scores = jnp.where(a < threshold, a / threshold - 1.0, scores)
+    keep = _keep_above_rank(scores, num_pruned)
     new_leaves.append(keep.reshape(m.shape))
   return jax.tree.unflatten(treedef, new_leaves)
 

@@ -30,8 +30,10 @@ import numpy as np
 
 from sslprune_jax import checkpoint
 
-# Config fields that may differ between the seeds of one curve.
-SEED_FIELDS = ('seed', *checkpoint.RESTART_MAY_CHANGE)
+# Config fields that may differ between the seeds of one curve (dotted for
+# nested ones: each seed's evaluation reads its own seed's pruning run).
+SEED_FIELDS = ('seed', *checkpoint.RESTART_MAY_CHANGE, 'source.workdir',
+               'init_from.workdir')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,11 @@ def load_run(workdir: str) -> Run:
 
 def check_same_config(runs: list[Run], allowed=SEED_FIELDS) -> None:
   """Raises ValueError, naming the fields, if the runs' configs differ."""
-  strip = lambda c: {k: v for k, v in c.items() if k not in allowed}
+
+  def strip(config, prefix=''):
+    return {k: strip(v, f'{prefix}{k}.') if isinstance(v, dict) else v
+            for k, v in config.items() if f'{prefix}{k}' not in allowed}
+
   first = runs[0]
   for run in runs[1:]:
     diffs = checkpoint.config_diff(strip(first.config), strip(run.config))

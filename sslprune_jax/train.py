@@ -20,6 +20,7 @@ from flax.training import train_state
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
@@ -183,32 +184,50 @@ def make_train_step(task, mesh) -> Callable:
 
 
 def make_eval_step(task, mesh) -> Callable:
-  """The data-parallel eval step: (state, batch) -> metrics.
+  """The data-parallel eval step: (state, batch) -> (metrics, outputs).
 
-  `batch['mask']` marks real examples; padding does not count.
+  `batch['mask']` marks real examples; padding does not count. `outputs`
+  are the task's per-example `eval_outputs` (with the mask), sharded like
+  the batch.
   """
 
   def step(state: TrainState, batch: dict):
     batch = task.prepare(batch, None)
     outputs, _ = _forward(state, state.params, batch['image'], False)
     metrics = task.eval_metrics_of(outputs, batch, state.task_state)
-    return jax.lax.psum(metrics, parallel.AXIS)
+    kept = task.eval_outputs(outputs, batch)
+    if kept:
+      kept = {**kept, 'mask': batch['mask']}
+    return jax.lax.psum(metrics, parallel.AXIS), kept
 
   return jax.jit(jax.shard_map(step, mesh=mesh,
                                in_specs=(P(), P(parallel.AXIS)),
-                               out_specs=P()))
+                               out_specs=(P(), P(parallel.AXIS))))
 
 
 def evaluate(eval_step: Callable, state: TrainState,
-             batches: Iterator[dict], mesh) -> dict[str, float]:
-  """Runs `eval_step` over an eval iterator; returns the reduced metrics."""
-  total = None
+             batches: Iterator[dict], mesh, task=None) -> dict[str, float]:
+  """Runs `eval_step` over an eval iterator; returns the reduced metrics.
+
+  With `task`, its `eval_summary` of the whole split's `eval_outputs` is
+  added (metrics such as VOC's mAP that are not means over examples).
+  """
+  total, kept = None, []
   for batch in batches:
-    m = eval_step(state, parallel.shard_batch(batch, mesh))
+    m, outputs = eval_step(state, parallel.shard_batch(batch, mesh))
     total = m if total is None else total.merge(m)
+    if outputs:
+      kept.append(jax.tree.map(parallel.to_host, outputs))
   if total is None:
     raise ValueError('The eval split is empty.')
-  return {k: float(v) for k, v in total.compute().items()}
+  result = {k: float(v) for k, v in total.compute().items()}
+  if kept and task is not None:
+    mask = np.concatenate([o['mask'] for o in kept]).astype(bool)
+    collected = {k: np.concatenate([o[k] for o in kept])[mask]
+                 for k in kept[0] if k != 'mask'}
+    result.update({k: float(v)
+                   for k, v in task.eval_summary(collected).items()})
+  return result
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -232,6 +251,7 @@ def train_round(
     eval_batches: Callable[[], Iterator[dict]],
     mesh,
     num_steps: int,
+    task=None,
     writer: metric_writers.MetricWriter,
     log_every_steps: int,
     checkpoint_every_steps: int,
@@ -249,6 +269,7 @@ def train_round(
     eval_batches: returns a fresh pass over the eval split.
     mesh: the data mesh.
     num_steps: length of the round in steps.
+    task: the task, for its whole-split eval metrics (`eval_summary`).
     writer: clu metric writer (per-round step axis).
     log_every_steps: how often train metrics are written.
     checkpoint_every_steps: how often `save_checkpoint(state)` is called.
@@ -302,7 +323,7 @@ def train_round(
     if is_ckpt and step < num_steps:
       save_checkpoint(state)
   with report.timed('eval'):
-    eval_metrics = evaluate(eval_step, state, eval_batches(), mesh)
+    eval_metrics = evaluate(eval_step, state, eval_batches(), mesh, task)
   writer.write_scalars(num_steps, {f'eval_{k}': v
                                    for k, v in eval_metrics.items()})
   writer.flush()

@@ -1,4 +1,9 @@
-"""Input pipelines: Fashion-MNIST, CIFAR-10 and ImageNet through TFDS."""
+"""Input pipelines through TFDS.
+
+Datasets: Fashion-MNIST, CIFAR-10, ImageNet (ILSVRC 2012), Places365-Standard
+(`places365_small`, 256 x 256 images) and PASCAL VOC 2007 (`voc2007`,
+multi-label classification of 20 classes, trained on trainval).
+"""
 
 from sslprune_jax.data.pipeline import DATASETS
 from sslprune_jax.data.pipeline import DatasetInfo

@@ -22,6 +22,11 @@ MEAN_STD = {
     'cifar10': ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     'imagenet2012': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+# Places365 and VOC images are photographs like ImageNet's and are commonly
+# normalised with its statistics; VOC then matches networks trained on
+# ImageNet and transferred to it.
+MEAN_STD['places365_small'] = MEAN_STD['imagenet2012']
+MEAN_STD['voc2007'] = MEAN_STD['imagenet2012']
 
 # 'cifar' policy: zero padding on each side before the random crop.
 CIFAR_PADDING = 4

@@ -9,17 +9,26 @@ The training stream is exactly reproducible from `(seed, start_step)`:
 * an example's augmentation uses a stateless seed derived from
   `(seed, e, index of the example within epoch e)`, so parallel map scheduling
   cannot change it;
-* every epoch has `num_train_examples // global_batch_size` steps;
+* every epoch has `num_train_examples // global_batch_size` steps (see
+  `train_iterator` for joined splits on several processes);
 * resuming at step `k` rebuilds epoch `k // steps_per_epoch` and skips the raw
   (undecoded, unaugmented) examples of its first `k % steps_per_epoch` steps.
 
 Training examples carry their `index`, the position of the example in the
 base split (`'train'` for `'train[:50%]'`), computed from TFDS's record ids
 and the base split's shard lengths; it does not depend on the number of
-processes. The `labelled` subset of the training split (a fraction of every
-class, or every image of a fraction of the classes) is a set of such indices
-that every host computes identically (`labelled_indices`). Streams restricted
-to it filter the examples before shuffling, so resuming stays exact.
+processes. VOC's training split joins two splits (`'train+validation'`, the
+paper's trainval): the examples of each base split are numbered after those
+of the base splits before it in the union. The `labelled` subset of the
+training split (a fraction of every class, or every image of a fraction of
+the classes) is a set of such indices that every host computes identically
+(`labelled_indices`). Streams restricted to it filter the examples before
+shuffling, so resuming stays exact.
+
+Batches of single-label datasets carry a class id per example. VOC 2007 is
+multi-label: its `'label'` is one target per class, in the VOC devkit's
+convention of `sslprune_jax.evaluation.voc` (1: a non-difficult object of the
+class, 0: only difficult ones, -1: none).
 """
 
 import dataclasses
@@ -41,9 +50,19 @@ import tensorflow_datasets as tfds
 
 from sslprune_jax.data import augment as augment_lib
 from sslprune_jax.data import fashion_mnist
+from sslprune_jax.evaluation import voc
 
 # Datasets the pipelines support.
-DATASETS = ('fashion_mnist', 'cifar10', 'imagenet2012')
+DATASETS = (
+    'fashion_mnist', 'cifar10', 'imagenet2012', 'places365_small', 'voc2007'
+)
+# TFDS's names of the datasets whose name here differs.
+_TFDS_NAMES = {'voc2007': 'voc/2007'}
+# Datasets whose examples have several labels (see `_multi_label_targets`).
+_MULTI_LABEL = ('voc2007',)
+# Datasets whose training split may join splits with '+': VOC's trainval is
+# TFDS's 'train+validation'.
+_JOINED_TRAIN_SPLITS = ('voc2007',)
 
 # Per-dataset defaults of the fields that differ between datasets.
 _DEFAULTS = {
@@ -68,6 +87,24 @@ _DEFAULTS = {
         shuffle_buffer=10_000,
         cache=False,
     ),
+    # Places365-Standard with 256 x 256 images, as ImageNet.
+    'places365_small': dict(
+        eval_split='validation',
+        image_size=224,
+        augment='imagenet',
+        shuffle_buffer=10_000,
+        cache=False,
+    ),
+    # Classification on VOC 2007: trained on trainval, evaluated on test.
+    'voc2007': dict(
+        train_split='train+validation',
+        eval_split='test',
+        image_size=224,
+        augment='imagenet',
+        # More than trainval's 5011 images: a full shuffle of encoded JPEGs.
+        shuffle_buffer=10_000,
+        cache=False,
+    ),
 }
 
 _CONFIG_FIELDS = (
@@ -82,6 +119,7 @@ _CONFIG_FIELDS = (
     'labelled',
     'labelled_fraction',
     'labelled_seed',
+    'grayscale',
 )
 
 # Ways of choosing the labelled subset of the training split.
@@ -91,12 +129,14 @@ _IMAGENET_SUBSETS = {
     fractions.Fraction(1, 100): 'imagenet2012_subset/1pct',
     fractions.Fraction(1, 10): 'imagenet2012_subset/10pct',
 }
-# A training split is one split of the dataset, optionally sliced.
-_TRAIN_SPLIT_PATTERN = re.compile(r'(\w+)(\[[^\[\]]*\])?')
-# TFDS's record ids: '<dataset>-<split>.<format>-<shard>-of-<shards>__<record>'.
-_TFDS_ID_PATTERN = r'^.*-(\d+)-of-\d+__(\d+)$'
-# Shard number in a file name: '<dataset>-<split>.<format>-<shard>-of-<n>'.
-_SHARD_PATTERN = re.compile(r'-(\d+)-of-\d+$')
+# A training split is one split of the dataset, optionally sliced, or for
+# `_JOINED_TRAIN_SPLITS` several such parts joined by '+'.
+_SPLIT_PART = r'(\w+)(?:\[[^\[\]]*\])?'
+_SPLIT_PART_PATTERN = re.compile(_SPLIT_PART)
+_JOINED_SPLIT_PATTERN = re.compile(rf'{_SPLIT_PART}(?:\+{_SPLIT_PART})*')
+# TFDS's record ids: '<shard file name>__<record number in the shard>', the
+# shard file name being '<dataset>-<split>.<format>-<shard>-of-<shards>'.
+_TFDS_ID_PATTERN = r'^(?:.*/)?([^/]*)__(\d+)$'
 # Examples per batch when reading labels and indices of a whole split.
 _SCAN_BATCH = 65_536
 
@@ -128,7 +168,7 @@ class DatasetInfo:
   """What the model and the training loop need to know about a dataset.
 
   Attributes:
-    num_classes: number of labels.
+    num_classes: number of classes.
     num_train_examples: examples in the whole training split (all hosts).
     num_eval_examples: examples in the whole evaluation split (all hosts).
     image_shape: `(H, W, C)` of the images the pipelines yield.
@@ -142,6 +182,9 @@ class DatasetInfo:
       every index of the training split (`(0, 30000)` for Fashion-MNIST's
       `'train[:50%]'`): a per-example table, such as NPID's memory bank, needs
       only `stop - start` rows.
+    multi_label: whether the batches' `'label'` holds a target per class
+      (`[B, num_classes]` in {1, 0, -1}, VOC's convention) instead of one
+      class id per example (`[B]`).
   """
 
   num_classes: int
@@ -151,6 +194,8 @@ class DatasetInfo:
   num_labelled_examples: int
   index_size: int
   index_range: tuple[int, int]
+  # Last and with a default, so that code building infos by hand still works.
+  multi_label: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,6 +213,7 @@ class _Config:
   labelled: str
   labelled_fraction: float
   labelled_seed: int
+  grayscale: bool = False
 
 
 def _check_name(name):
@@ -186,7 +232,8 @@ def default_data_config(name='fashion_mnist'):
 
   Returns:
     A `ConfigDict` with fields `name`, `data_dir` (None: TFDS's default),
-    `train_split`, `eval_split`, `image_size`, `augment`, `shuffle_buffer`,
+    `train_split` ('train'; 'train+validation', the trainval split, for
+    voc2007), `eval_split`, `image_size`, `augment`, `shuffle_buffer`,
     `cache`, and the labelled subset's `labelled` ('all', 'per_class' or
     'classes'; see `labelled_indices`), `labelled_fraction` and
     `labelled_seed`.
@@ -195,17 +242,21 @@ def default_data_config(name='fashion_mnist'):
     ValueError: unknown dataset.
   """
   _check_name(name)
+  splits = dict(train_split='train')
+  splits.update(_DEFAULTS[name])
   return ml_collections.ConfigDict(
       dict(
           name=name,
           # A typed placeholder so that a string can be given on the command
           # line while None stays the default.
           data_dir=config_dict.placeholder(str),
-          train_split='train',
-          **_DEFAULTS[name],
+          **splits,
           labelled='all',
           labelled_fraction=0.1,
           labelled_seed=0,
+          # Colour images turned to one luminance channel, e.g. to evaluate
+          # a network trained on Fashion-MNIST on VOC07.
+          grayscale=False,
       )
   )
 
@@ -267,11 +318,9 @@ def _resolve_config(data_config):
     )
   if not isinstance(config.cache, (bool, np.bool_)):
     raise ValueError(f'cache must be a bool, got {config.cache!r}.')
-  if not _TRAIN_SPLIT_PATTERN.fullmatch(config.train_split):
-    raise ValueError(
-        "train_split must be one split, optionally sliced (e.g. 'train' or "
-        f"'train[:50%]'), got {config.train_split!r}."
-    )
+  if not isinstance(config.grayscale, (bool, np.bool_)):
+    raise ValueError(f'grayscale must be a bool, got {config.grayscale!r}.')
+  _check_train_split(config)
   _check_labelled(config)
   data_dir = None if config.data_dir is None else os.fspath(config.data_dir)
   return dataclasses.replace(
@@ -285,6 +334,51 @@ def _resolve_config(data_config):
   )
 
 
+def _base_splits(train_split):
+  """Returns the names of the splits a valid training split reads.
+
+  Args:
+    train_split: e.g. 'train[:50%]' or 'train+validation[:10]'.
+
+  Returns:
+    The base split of each '+'-joined part, in order: `('train',)` and
+    `('train', 'validation')` for these examples.
+  """
+  return tuple(
+      match.group(1) for match in _SPLIT_PART_PATTERN.finditer(train_split)
+  )
+
+
+def _check_train_split(config):
+  """Raises ValueError unless `train_split` can number its examples.
+
+  Args:
+    config: a `_Config` whose `train_split` is a non-empty string.
+  """
+  split = config.train_split
+  valid = _JOINED_SPLIT_PATTERN.fullmatch(split) is not None
+  bases = _base_splits(split) if valid else ()
+  if config.name not in _JOINED_TRAIN_SPLITS:
+    if len(bases) != 1:
+      raise ValueError(
+          "train_split must be one split, optionally sliced (e.g. 'train' or "
+          f"'train[:50%]'), got {split!r}; only "
+          f'{", ".join(_JOINED_TRAIN_SPLITS)} joins splits with "+".'
+      )
+    return
+  if not valid:
+    raise ValueError(
+        'train_split must be one split or several joined by "+", each '
+        "optionally sliced (e.g. 'train+validation' or "
+        f"'train[:50%]+validation'), got {split!r}."
+    )
+  if len(set(bases)) < len(bases):
+    # Indices number the examples of each base split once.
+    raise ValueError(
+        f'train_split {split!r} reads a split twice; join distinct splits.'
+    )
+
+
 def _check_labelled(config):
   """Raises ValueError unless the labelled subset's fields are valid.
 
@@ -294,6 +388,12 @@ def _check_labelled(config):
   if config.labelled not in LABELLED:
     raise ValueError(
         f'Unknown labelled {config.labelled!r}; expected one of {LABELLED}.'
+    )
+  if config.name in _MULTI_LABEL and config.labelled != 'all':
+    # Both subsets are defined by an example's single class.
+    raise ValueError(
+        f"{config.name} is multi-label: labelled must be 'all', got "
+        f'{config.labelled!r}.'
     )
   fraction = config.labelled_fraction
   if (
@@ -475,31 +575,47 @@ def _prepare_fashion_mnist(builder, data_dir):
   return tfds.builder('fashion_mnist', data_dir=data_dir)
 
 
-def _download_cifar10(builder, data_dir):
-  """Downloads and prepares CIFAR-10 with TFDS.
+def _download_with_tfds(builder, name, data_dir):
+  """Downloads and prepares a dataset with TFDS (CIFAR-10, VOC 2007).
 
   Args:
-    builder: TFDS's unprepared `cifar10` builder.
+    builder: TFDS's unprepared builder of the dataset.
+    name: the dataset's name in `DATASETS`.
     data_dir: TFDS data dir, None for the default.
 
   Returns:
-    A prepared `cifar10` builder.
+    A prepared builder.
 
   Raises:
     DatasetNotFoundError: the download failed.
   """
   root = os.fspath(builder.data_dir_root)
+  tfds_name = _tfds_name(name)
   try:
     _tfds_download_and_prepare(builder)
   except Exception as e:  # pylint: disable=broad-except
     raise DatasetNotFoundError(
-        f'Dataset cifar10 is not prepared in {root} and downloading it failed '
+        f'Dataset {name} is not prepared in {root} and downloading it failed '
         f'({e}). Downloading needs network access: run '
-        f'`tfds build cifar10 --data_dir={root}` on a machine that has it, '
-        f'and copy {os.path.join(root, "cifar10")} here if that is another '
-        'machine.'
+        f'`tfds build {tfds_name} --data_dir={root}` on a machine that has '
+        f'it, and copy {os.path.join(root, builder.name)} here if that is '
+        'another machine.'
     ) from e
-  return tfds.builder('cifar10', data_dir=data_dir)
+  return tfds.builder(tfds_name, data_dir=data_dir)
+
+
+def _places365_not_found(builder):
+  """Returns the error for an unprepared `places365_small`."""
+  root = os.fspath(builder.data_dir_root)
+  return DatasetNotFoundError(
+      f'Dataset places365_small is not prepared in {root}. It is not '
+      'downloaded automatically (tens of GB from data.csail.mit.edu, hours '
+      f'of preparation): run `tfds build places365_small --data_dir={root}` '
+      'on a machine with network access, and copy '
+      f'{os.path.join(root, builder.name)} here if that is another machine. '
+      'To read it from another data dir, set the data config\'s data_dir or '
+      'the TFDS_DATA_DIR environment variable.'
+  )
 
 
 def _imagenet_not_found(builder):
@@ -530,15 +646,22 @@ def _imagenet_subset_not_found(builder):
   )
 
 
+def _tfds_name(name):
+  """Returns TFDS's name of a dataset of `DATASETS`."""
+  return _TFDS_NAMES.get(name, name)
+
+
 def _prepared_builder(config):
   """Returns a prepared builder for a validated config (see `get_builder`)."""
-  builder = tfds.builder(config.name, data_dir=config.data_dir)
+  builder = tfds.builder(_tfds_name(config.name), data_dir=config.data_dir)
   if _has_data(builder):
     return builder
   if config.name == 'fashion_mnist':
     return _prepare_fashion_mnist(builder, config.data_dir)
-  if config.name == 'cifar10':
-    return _download_cifar10(builder, config.data_dir)
+  if config.name in ('cifar10', 'voc2007'):
+    return _download_with_tfds(builder, config.name, config.data_dir)
+  if config.name == 'places365_small':
+    raise _places365_not_found(builder)
   raise _imagenet_not_found(builder)
 
 
@@ -547,8 +670,11 @@ def get_builder(data_config):
 
   Fashion-MNIST is prepared on first use from Debian's
   `dataset-fashion-mnist` files (see `fashion_mnist.LocalFashionMnist`), or
-  downloaded by TFDS when they are absent. CIFAR-10 is downloaded by TFDS.
-  ImageNet must be prepared beforehand from a manual download.
+  downloaded by TFDS when they are absent. CIFAR-10 and VOC 2007 (TFDS's
+  `voc/2007`, under 1 GB) are downloaded by TFDS. ImageNet must be prepared
+  beforehand from a manual download, and Places365 with
+  `tfds build places365_small`. Downloads are tried only if a download host
+  answers, so they fail at once without network access.
 
   Args:
     data_config: data config (see `default_data_config`); uses `name` and
@@ -596,6 +722,21 @@ def _image_shape(builder):
   return tuple(builder.info.features['image'].shape)
 
 
+def _is_multi_label(builder):
+  """Returns whether a builder's examples have VOC's multi-label features."""
+  features = builder.info.features
+  return 'label' not in features and 'labels_no_difficult' in features
+
+
+def _num_classes(builder):
+  """Returns the number of classes of a (single- or multi-label) builder."""
+  features = builder.info.features
+  if _is_multi_label(builder):
+    # A `Sequence` of class labels.
+    return int(features['labels'].feature.num_classes)
+  return int(features['label'].num_classes)
+
+
 def get_info(data_config):
   """Describes a data config's dataset as the pipelines yield it.
 
@@ -613,22 +754,37 @@ def get_info(data_config):
   """
   config = _resolve_config(data_config)
   builder = _prepared_builder(config)
-  channels = _image_shape(builder)[-1]
+  channels = 1 if config.grayscale else _image_shape(builder)[-1]
   layout = _index_layout(builder, config)
   ranges = _index_ranges(builder, layout, config.train_split, 0)
   return DatasetInfo(
-      num_classes=int(builder.info.features['label'].num_classes),
+      num_classes=_num_classes(builder),
       num_train_examples=_num_examples(builder, config.train_split),
       num_eval_examples=_num_examples(builder, config.eval_split),
       image_shape=(config.image_size, config.image_size, int(channels)),
       num_labelled_examples=len(_labelled_indices(config)),
       index_size=layout.size,
       index_range=(min(r[0] for r in ranges), max(r[1] for r in ranges)),
+      multi_label=_is_multi_label(builder),
   )
 
 
 # ---------------------------------------------------------------------------
 # Pipelines.
+
+
+def _finish(image, config, mean, std):
+  """Normalises a [0, 1] image, first turning it grey if configured.
+
+  A grey image is normalised with the luminance of the channel means and
+  standard deviations.
+  """
+  if config.grayscale and image.shape[-1] == 3:
+    image = tf.image.rgb_to_grayscale(image)
+    # tf.image.rgb_to_grayscale's weights.
+    weights = np.array([0.2989, 0.5870, 0.1140])
+    mean, std = [float(weights @ mean)], [float(weights @ std)]
+  return augment_lib.normalize(image, mean, std)
 
 
 def _local_batch_size(global_batch_size):
@@ -697,6 +853,56 @@ def _pipeline_options():
   return options
 
 
+def _multi_label_targets(labels, labels_no_difficult, num_classes):
+  """Computes VOC's per-class targets of one example inside tf.data.
+
+  This is `voc.targets` for one image.
+
+  Args:
+    labels: int `[n]`, the classes of all the image's objects.
+    labels_no_difficult: int `[m]`, the classes of its objects that are not
+      marked difficult.
+    num_classes: number of classes.
+
+  Returns:
+    int32 `[num_classes]`: `voc.POSITIVE` for the classes of
+    `labels_no_difficult`, else `voc.DIFFICULT` for those of `labels`, else
+    `voc.NEGATIVE`.
+  """
+  def present(classes):
+    # Empty lists (images without such objects) give no class.
+    return tf.reduce_any(
+        tf.cast(tf.one_hot(classes, num_classes), tf.bool), axis=0
+    )
+
+  return tf.where(
+      present(labels_no_difficult),
+      voc.POSITIVE,
+      tf.where(present(labels), voc.DIFFICULT, voc.NEGATIVE),
+  )
+
+
+def _decoders(builder, keys):
+  """Returns the decoding of the features `_read` needs for `keys`.
+
+  Args:
+    builder: a TFDS builder.
+    keys: `_read`'s keys.
+
+  Returns:
+    A `tfds.decode.PartialDecoding`: only the features needed are parsed
+    (not VOC's boxes, for instance), and images stay encoded.
+  """
+  wanted = {}
+  for key in keys:
+    if key == 'label' and _is_multi_label(builder):
+      wanted.update(labels=True, labels_no_difficult=True)
+    else:
+      wanted[key] = True
+  decoders = {'image': tfds.decode.SkipDecoding()} if 'image' in keys else {}
+  return tfds.decode.PartialDecoding(wanted, decoders=decoders)
+
+
 def _read(
     builder, split, *, keys=('image', 'label'), layout=None, index_start=0,
     shuffle_files=False, file_seed=None
@@ -706,9 +912,11 @@ def _read(
   Args:
     builder: a prepared TFDS builder.
     split: the split to read.
-    keys: the features to keep.
-    layout: the base split's `_IndexLayout` to add each example's `index`
-      (int64) with, or None for no index.
+    keys: the features to keep. For multi-label datasets, `'label'` is the
+      example's targets (`_multi_label_targets`), computed from its
+      `'labels'` and `'labels_no_difficult'`.
+    layout: the training split's `_IndexLayout` to add each example's
+      `index` (int64) with, or None for no index.
     index_start: the index of the split's first example when `layout` has no
       shard offsets (see `_IndexLayout`).
     shuffle_files: whether to shuffle the order of the split's files; ignored
@@ -721,6 +929,20 @@ def _read(
     when `layout` is given.
   """
   with_ids = layout is not None and layout.shard_offsets is not None
+  multi_label = _is_multi_label(builder)
+  num_classes = _num_classes(builder) if multi_label else None
+
+  def select(example):
+    selected = {}
+    for key in keys:
+      if key == 'label' and multi_label:
+        selected[key] = _multi_label_targets(
+            example['labels'], example['labels_no_difficult'], num_classes
+        )
+      else:
+        selected[key] = example[key]
+    return selected
+
   read_config = tfds.ReadConfig(
       shuffle_seed=file_seed,
       options=_pipeline_options(),
@@ -738,24 +960,21 @@ def _read(
       read_config=read_config,
       # Images stay encoded until after shuffling, skipping and cropping:
       # smaller buffers, and JPEGs can be decoded only where cropped.
-      decoders={'image': tfds.decode.SkipDecoding()},
+      decoders=_decoders(builder, keys),
   )
   if layout is None:
-    return ds.map(lambda example: {key: example[key] for key in keys})
+    return ds.map(select)
   if with_ids:
-    offsets = tf.constant(layout.shard_offsets, tf.int64)
+    offsets = _shard_offset_table(layout.shard_offsets)
     return ds.map(
         lambda example: {
-            **{key: example[key] for key in keys},
+            **select(example),
             'index': _index_from_tfds_id(example['tfds_id'], offsets),
         },
         num_parallel_calls=tf.data.AUTOTUNE,
     )
   return ds.enumerate(index_start).map(
-      lambda index, example: {
-          **{key: example[key] for key in keys},
-          'index': index,
-      }
+      lambda index, example: {**select(example), 'index': index}
   )
 
 
@@ -768,19 +987,22 @@ class _IndexLayout:
   """How the examples of a training split are numbered.
 
   Attributes:
-    shard_offsets: int64 `[num_shards]`, the index of the first example of
-      each shard (file) of the base split; an example's index is its shard's
-      offset plus its record number in the shard (from TFDS's `tfds_id`).
-      None when the dataset has no split statistics (as under
-      `tfds.testing.mock_data`, whose record ids are made up): examples are
-      then numbered by their position in the training split read in file
-      order, each host's shard starting at the position TFDS's
-      `split_for_jax_process` gives it.
-    size: the number of indices, an exclusive upper bound: the base split's
-      examples, or the training split's without split statistics.
+    shard_offsets: maps the file name of each shard of the base splits
+      (e.g. `'voc-validation.tfrecord-00001-of-00004'`) to the index of its
+      first example; an example's index is its shard's offset plus its
+      record number in the shard (from TFDS's `tfds_id`). The shards are
+      numbered in order within a base split, and the base splits of a
+      joined training split one after the other (those of 'validation' from
+      the size of 'train' on for 'train+validation'). None when the dataset
+      has no split statistics (as under `tfds.testing.mock_data`, whose
+      record ids are made up): examples are then numbered by their position
+      in the training split read in file order, each host's shard starting
+      at `process_index` times its size.
+    size: the number of indices, an exclusive upper bound: the examples of
+      the base splits, or the training split's without split statistics.
   """
 
-  shard_offsets: np.ndarray | None
+  shard_offsets: dict[str, int] | None
   size: int
 
 
@@ -795,40 +1017,57 @@ def _index_layout(builder, config):
     An `_IndexLayout`.
 
   Raises:
-    ValueError: the base split does not exist.
+    ValueError: a base split does not exist.
   """
-  base = _TRAIN_SPLIT_PATTERN.fullmatch(config.train_split).group(1)
   splits = builder.info.splits
-  if splits and base not in splits:
-    raise ValueError(
-        f'{config.name} has no split {base!r} (train_split '
-        f'{config.train_split!r}); its splits are {sorted(splits)}.'
-    )
-  lengths = [int(n) for n in splits[base].shard_lengths] if splits else []
-  if not lengths:
-    return _IndexLayout(None, _num_examples(builder, config.train_split))
-  offsets = np.cumsum([0] + lengths[:-1], dtype=np.int64)
-  return _IndexLayout(offsets, sum(lengths))
+  bases = _base_splits(config.train_split)
+  for base in bases:
+    if splits and base not in splits:
+      raise ValueError(
+          f'{config.name} has no split {base!r} (train_split '
+          f'{config.train_split!r}); its splits are {sorted(splits)}.'
+      )
+  shards = []
+  for base in bases:
+    if not splits or not splits[base].shard_lengths:
+      return _IndexLayout(None, _num_examples(builder, config.train_split))
+    shards.extend(zip(splits[base].filenames, splits[base].shard_lengths))
+  offsets, size = {}, 0
+  for name, length in shards:
+    offsets[name] = size
+    size += int(length)
+  return _IndexLayout(offsets, size)
 
 
-def _index_from_tfds_id(tfds_id, shard_offsets):
-  """Computes an example's index in the base split from its TFDS record id.
+def _shard_offset_table(shard_offsets):
+  """Returns `_IndexLayout.shard_offsets` as a TensorFlow lookup table."""
+  names = list(shard_offsets)
+  return tf.lookup.StaticHashTable(
+      tf.lookup.KeyValueTensorInitializer(
+          tf.constant(names, tf.string),
+          tf.constant([shard_offsets[name] for name in names], tf.int64),
+      ),
+      # Every shard read is in the table; -1 would give negative indices.
+      default_value=-1,
+  )
+
+
+def _index_from_tfds_id(tfds_id, offsets):
+  """Computes an example's index in the base splits from its TFDS record id.
 
   Args:
     tfds_id: scalar `tf.string`, e.g.
       `b'fashion_mnist-train.tfrecord-00000-of-00001__15000'`.
-    shard_offsets: int64 `[num_shards]` (see `_IndexLayout`).
+    offsets: `_shard_offset_table` of the `_IndexLayout`.
 
   Returns:
     Scalar int64: the shard's offset plus the record number.
   """
-  shard, record = (
-      tf.strings.to_number(
-          tf.strings.regex_replace(tfds_id, _TFDS_ID_PATTERN, group), tf.int64
-      )
-      for group in (r'\1', r'\2')
+  shard = tf.strings.regex_replace(tfds_id, _TFDS_ID_PATTERN, r'\1')
+  record = tf.strings.to_number(
+      tf.strings.regex_replace(tfds_id, _TFDS_ID_PATTERN, r'\2'), tf.int64
   )
-  return tf.gather(shard_offsets, shard) + record
+  return offsets.lookup(shard) + record
 
 
 def _host_split(config, process_index):
@@ -850,7 +1089,7 @@ def _index_ranges(builder, layout, split, index_start):
 
   Args:
     builder: the prepared TFDS builder.
-    layout: the base split's `_IndexLayout`.
+    layout: the training split's `_IndexLayout`.
     split: a training split or a part of it.
     index_start: its `_index_start`.
 
@@ -862,8 +1101,7 @@ def _index_ranges(builder, layout, split, index_start):
   ranges = []
   for instruction in builder.info.splits[split].file_instructions:
     name = os.path.basename(os.fspath(instruction.filename))
-    shard = int(_SHARD_PATTERN.search(name).group(1))
-    start = int(layout.shard_offsets[shard]) + int(instruction.skip)
+    start = layout.shard_offsets[name] + int(instruction.skip)
     ranges.append((start, start + int(instruction.take)))
   return ranges
 
@@ -938,7 +1176,7 @@ def _choose_labelled(builder, config, layout):
   fraction = _as_fraction(config.labelled_fraction)
   half = fractions.Fraction(1, 2)
   if config.labelled == 'classes':
-    num_classes = int(builder.info.features['label'].num_classes)
+    num_classes = _num_classes(builder)
     count = max(1, math.floor(fraction * num_classes + half))
     classes = np.random.default_rng(config.labelled_seed).permutation(
         num_classes
@@ -1007,7 +1245,7 @@ def _cached_train_source(builder, layout, split, index_start):
 
   Args:
     builder: a prepared TFDS builder.
-    layout: the base split's `_IndexLayout`.
+    layout: the training split's `_IndexLayout`.
     split: this host's training split.
     index_start: its `_index_start`.
 
@@ -1044,7 +1282,7 @@ def _train_epoch(
       the split's files afresh (in a shuffled order).
     builder: a prepared TFDS builder.
     config: the validated data config.
-    layout: the base split's `_IndexLayout`.
+    layout: the training split's `_IndexLayout`.
     local_split: this host's training split.
     index_start: its `_index_start`.
     labelled: bool `[layout.size]`, whether each index is labelled.
@@ -1059,7 +1297,8 @@ def _train_epoch(
 
   Returns:
     A `tf.data.Dataset` of batches `{'image': float32, 'label': int32,
-    'index': int32, 'labelled': bool}`.
+    'index': int32, 'labelled': bool}` (`'label'` `[B, num_classes]` for
+    multi-label datasets).
   """
   if source is None:
     source = _read(
@@ -1101,7 +1340,7 @@ def _train_epoch(
         shape=shape,
     )
     return {
-        'image': augment_lib.normalize(image, mean, std),
+        'image': _finish(image, config, mean, std),
         'label': tf.cast(example['label'], tf.int32),
         'index': tf.cast(example['index'], tf.int32),
         'labelled': tf.gather(labelled, example['index']),
@@ -1153,7 +1392,7 @@ def _labelled_steps_per_epoch(builder, config, layout, subset, local_batch):
   Args:
     builder: the prepared TFDS builder.
     config: the validated data config.
-    layout: the base split's `_IndexLayout`.
+    layout: the training split's `_IndexLayout`.
     subset: the sorted labelled indices.
     local_batch: examples per batch on a host.
 
@@ -1189,7 +1428,9 @@ def train_iterator(
   """Returns this host's infinite stream of augmented training batches.
 
   Every epoch has `num_train_examples // global_batch_size` steps (the rest
-  of the split is dropped, differently in each epoch); with `only_labelled`
+  of the split is dropped, differently in each epoch; with several
+  processes, a training split joining several splits may have a step less,
+  as each part is shared out among the processes); with `only_labelled`
   it is an epoch over the labelled subset, of
   `num_labelled_examples // global_batch_size` steps (fewer if several
   processes hold unequal shares of the subset). The stream depends only on
@@ -1210,8 +1451,12 @@ def train_iterator(
     'index': int32 [B], 'labelled': bool [B]}` with
     `B = global_batch_size // jax.process_count()`, images normalised by the
     dataset's per-channel mean and standard deviation; `index` is the
-    example's position in the base split (`DatasetInfo.index_size` bounds
-    it) and `labelled` whether it is in the labelled subset.
+    example's position in the base split, or in the base splits one after
+    the other for a joined split such as VOC's 'train+validation'
+    (`DatasetInfo.index_size` bounds it), and `labelled` whether it is in
+    the labelled subset. For multi-label datasets (`DatasetInfo.multi_label`)
+    `label` is int32 `[B, num_classes]`, each in {1, 0, -1} as
+    `sslprune_jax.evaluation.voc.targets` defines them.
 
   Raises:
     ValueError: invalid config or arguments, or a split (or labelled subset)
@@ -1233,7 +1478,12 @@ def train_iterator(
     what = f'The labelled subset ({config.labelled!r}) of split'
   else:
     num_examples = _num_examples(builder, config.train_split)
-    steps_per_epoch = num_examples // global_batch_size
+    # Hosts split each part of a joined training split on their own, which
+    # can leave them fewer than `num_examples // process_count` examples.
+    steps_per_epoch = min(
+        num_examples // global_batch_size,
+        _num_examples(builder, _host_split(config, 0)) // local_batch,
+    )
     what = 'Split'
   if not steps_per_epoch:
     raise ValueError(
@@ -1361,7 +1611,9 @@ def eval_iterator(data_config, *, global_batch_size):
   Returns:
     An iterator of dicts `{'image': float32 [B, H, W, C], 'label': int32 [B],
     'mask': bool [B]}`; images are only fitted to `image_size` (centre crop
-    for 'imagenet') and normalised.
+    for 'imagenet') and normalised. For multi-label datasets `label` is
+    int32 `[B, num_classes]` in {1, 0, -1} (see `train_iterator`); padding
+    examples are then negatives of every class.
 
   Raises:
     ValueError: invalid config or batch size.
@@ -1397,7 +1649,7 @@ def eval_iterator(data_config, *, global_batch_size):
         shape=shape,
     )
     return {
-        'image': augment_lib.normalize(image, mean, std),
+        'image': _finish(image, config, mean, std),
         'label': tf.cast(example['label'], tf.int32),
         'mask': tf.constant(True),
     }
@@ -1405,11 +1657,18 @@ def eval_iterator(data_config, *, global_batch_size):
   ds = _read(builder, local_split).map(
       prepare, num_parallel_calls=tf.data.AUTOTUNE
   )
+  if _is_multi_label(builder):
+    # The mask is what excludes padding; as a negative of every class it at
+    # least never adds a positive.
+    padding_label = tf.fill([_num_classes(builder)], voc.NEGATIVE)
+  else:
+    padding_label = tf.constant(0, tf.int32)
   padding = {
       'image': tf.zeros(
-          (config.image_size, config.image_size, channels), tf.float32
+          (config.image_size, config.image_size,
+           1 if config.grayscale else channels), tf.float32
       ),
-      'label': tf.constant(0, tf.int32),
+      'label': padding_label,
       'mask': tf.constant(False),
   }
   num_padding = num_batches * local_batch - num_local

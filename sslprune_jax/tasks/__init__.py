@@ -12,6 +12,7 @@ of pruning. The config's `task` names one and sets its fields:
   npid        instance discrimination with a memory bank (`tasks.npid`)
   s4l         labels on a subset + rotation on all images (`tasks.s4l`)
   few_labels  labels on the labelled subset only (`tasks.few_labels`)
+  multilabel  one sigmoid per class, VOC07 mAP (`tasks.multilabel`)
 """
 
 import dataclasses
@@ -20,12 +21,13 @@ from sslprune_jax.tasks.base import STREAMS, Task
 from sslprune_jax.tasks.exemplar import Exemplar
 from sslprune_jax.tasks.few_labels import FewLabels
 from sslprune_jax.tasks.labels import Labels
+from sslprune_jax.tasks.multilabel import MultiLabel
 from sslprune_jax.tasks.npid import NPID
 from sslprune_jax.tasks.rotnet import RotNet
 from sslprune_jax.tasks.s4l import S4LRotation
 
 TASKS = {t.name: t for t in (Labels, RotNet, Exemplar, NPID, S4LRotation,
-                             FewLabels)}
+                             FewLabels, MultiLabel)}
 # Task fields filled from the dataset rather than the config.
 _FROM_DATASET = {'index_range': 'index_range', 'num_classes': 'num_classes'}
 

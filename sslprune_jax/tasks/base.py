@@ -113,3 +113,17 @@ class Task(abc.ABC):
   def eval_metrics_of(self, outputs: jax.Array, batch: dict,
                       task_state: PyTree):
     """One eval batch's metrics on this device, ignoring padding."""
+
+  def eval_outputs(self, outputs: jax.Array, batch: dict) -> dict:
+    """Per-example arrays kept over the whole eval split, for metrics that
+    are not means over examples (VOC's average precision); {} for none.
+
+    Padding is dropped using `batch['mask']` before `eval_summary` sees them.
+    """
+    del outputs, batch
+    return {}
+
+  def eval_summary(self, collected: dict) -> dict:
+    """Metrics of the whole eval split from `eval_outputs` concatenated."""
+    del collected
+    return {}

@@ -1,0 +1,51 @@
+"""Training a pruning run's masks again on labels (paper Fig. 3 and 5).
+
+For every finished round of the pruning run in `--config.source.workdir`,
+the round's mask is trained from scratch on labels (mask fixed) and its
+top-1 accuracy recorded; `results.csv` has one line per source round, so
+`python -m sslprune_jax.report` plots it against the fraction of weights
+left. `source.init` picks where the weights start ('winning_ticket': the
+source's rewind point; 'reinit': a fresh initialisation), `source.mask`
+the mask ('source'; 'random_like': random with the same per-layer rates;
+'random_natural': the same, adjusted for natural sparsity). The model must
+be the source's; a self-supervised source's head gives way to a fresh
+classifier (see sslprune_jax/evaluation/retrain.py).
+
+Variants (the part after the colon):
+
+  configs/retrain.py          ImageNet, ResNet-50 trained on labels with the
+                              schedule of configs/labels.py:imagenet (90
+                              epochs, batch 256, lr 0.1, x0.1 at 30, 60, 80),
+                              from the winning ticket. Needs imagenet2012.
+  configs/retrain.py:cifar10  CIFAR-10, ResNet-18 (160 epochs, as
+                              configs/labels.py).
+  configs/retrain.py:quick    Fashion-MNIST, ResNet-10 at width 1/4, 2
+                              epochs per round (configs/labels.py:quick):
+                              about 2 1/2 minutes per source round on 2 CPU
+                              cores; for a source made with a :quick config
+                              of labels, rotnet, exemplar, npid or s4l.
+
+Launch (after the pruning run):
+
+  python -m sslprune_jax.main --config=configs/retrain.py:quick \
+      --config.source.workdir=/tmp/rotnet_quick \
+      --config.source.init=reinit --workdir=/tmp/rotnet_quick_reinit
+"""
+
+import ml_collections
+
+from sslprune_jax import config_lib
+from sslprune_jax.evaluation import retrain
+
+VARIANTS = ('', 'imagenet', 'cifar10', 'quick')
+
+
+def get_config(arg: str = '') -> ml_collections.ConfigDict:
+  """Returns the config of the variant `arg` (see the module docstring)."""
+  arg = config_lib.variant(arg, VARIANTS, 'retrain.py')
+  config = config_lib.base('labels')
+  if arg in ('', 'imagenet'):
+    config_lib.imagenet(config)
+  elif arg == 'quick':
+    config_lib.quick(config)
+  return retrain.add_source(config, init='winning_ticket')

@@ -1,0 +1,121 @@
+"""Training a pruning run's subnetworks again, round by round.
+
+For each finished round r of the pruning run in `config.source.workdir`,
+the subnetwork (a mask, and the weights it starts from) is trained from
+scratch with this config's task, data and schedule, and evaluated; the mask
+stays fixed. `results.csv` then has one line per source round, in the same
+form as a pruning run's, so `report` plots it against the fraction of
+weights left.
+
+What the subnetwork is made of (`config.source`):
+
+  init   'winning_ticket': the source's rewind-point weights under the mask
+         (late rewinding); 'reinit': a fresh random initialisation under
+         the mask; 'final': the weights round r ended with (finetuning a
+         pruned network on another task, e.g. VOC07).
+  mask   'source': round r's mask; 'random_like': random, with round r's
+         number of weights in every layer; 'random_natural': the same, but
+         each layer first loses the weights that converged to |w| <
+         `pruning.natural_threshold` in the source's dense network (round
+         0), the rest of its quota being random.
+
+The head is the source's when the source was trained on the same task and
+data (a label-trained winning ticket keeps its classifier), otherwise a
+fresh, unpruned one (see `imp.load_source`). Re-training on labels (paper
+Fig. 3 and 5) is this with the labels task; finetuning on VOC07 (Fig. 2) is
+this with `init='final'` and the multi-label task on `voc2007`.
+"""
+
+from __future__ import annotations
+
+import jax
+import ml_collections
+
+from sslprune_jax import checkpoint
+from sslprune_jax import imp
+from sslprune_jax import pruning
+
+INITS = ('winning_ticket', 'reinit', 'final')
+MASKS = ('source', 'random_like', 'random_natural')
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """Refuses a bad `config.source` before anything is read."""
+  s = config.get('source')
+  problems = []
+  if s is None or not s.get('workdir'):
+    problems.append('source.workdir must name a finished pruning run.')
+  else:
+    if s.init not in INITS:
+      problems.append(f'Unknown source.init {s.init!r}; valid: {INITS}.')
+    if s.mask not in MASKS:
+      problems.append(f'Unknown source.mask {s.mask!r}; valid: {MASKS}.')
+    if any(not isinstance(r, int) or r < 0 for r in s.rounds):
+      problems.append(f'source.rounds must be rounds >= 0, got {s.rounds}.')
+  if config.init_from.workdir:
+    problems.append('init_from is for pruning runs; a re-training run '
+                    'starts from source.workdir.')
+  if problems:
+    raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
+
+
+def round_start(exp: imp.Experiment, ckpts: checkpoint.RunCheckpoints,
+                round_idx: int) -> tuple:
+  """Variables, mask and task state of source round `round_idx`'s
+  subnetwork, as `config.source` defines it."""
+  config, s = exp.config, exp.config.source
+  point = {'winning_ticket': 'rewind', 'final': 'final',
+           'reinit': 'final'}[s.init]
+  variables, mask = imp.load_source(config, exp.variables, s.workdir,
+                                    round_idx, point=point)
+  if s.mask != 'source':
+    rng = jax.random.fold_in(exp.rngs['prune'], round_idx)
+    dense = None
+    if s.mask == 'random_natural':
+      dense = imp.load_source(config, exp.variables, s.workdir, 0)[0]
+    mask = pruning.random_prune_like(
+        rng, mask, exp.prunable,
+        params=None if dense is None else dense['params'],
+        threshold=config.pruning.natural_threshold if dense else 0.0)
+  if s.init == 'reinit':
+    variables = {
+        'params': pruning.reinit(
+            lambda k: exp.init_fn(k)['params'],
+            jax.random.fold_in(exp.rngs['reinit'], round_idx), mask),
+        'batch_stats': exp.variables.get('batch_stats', {})}
+  variables = {**variables,
+               'params': pruning.apply_mask(variables['params'], mask)}
+  return variables, mask, exp.task_state
+
+
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+  """Trains each chosen source round's subnetwork; resumable.
+
+  Args:
+    config: a training config (task, data, model, train as for a pruning
+      run; the model must be the source's) with `config.source`.
+    workdir: where checkpoints, metrics and results.csv go.
+
+  Returns:
+    One row per source round (see `imp.run`).
+  """
+  validate(config)
+  rounds = imp.source_rounds(config.source.workdir, config.source.rounds)
+  exp = imp.build(config)
+
+  def start(ckpts, r):
+    return imp.start_state(exp, ckpts, r, *round_start(exp, ckpts, r))
+
+  return imp.run_rounds(exp, workdir, rounds=rounds, start=start)
+
+
+def add_source(config: ml_collections.ConfigDict, *, init: str,
+               mask: str = 'source') -> ml_collections.ConfigDict:
+  """Makes a training config a re-training one (source workdir unset)."""
+  config.run = 'retrain'
+  config.source = ml_collections.ConfigDict(dict(
+      workdir=ml_collections.config_dict.placeholder(str),
+      # Empty: every finished round of the source run.
+      rounds=(), init=init, mask=mask))
+  return config
+
