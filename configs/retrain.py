@@ -21,7 +21,7 @@ Variants (the part after the colon):
                               configs/labels.py).
   configs/retrain.py:quick    Fashion-MNIST, ResNet-10 at width 1/4, 2
                               epochs per round (configs/labels.py:quick):
-                              about 2 1/2 minutes per source round on 2 CPU
+                              about 3 minutes per source round on 2 CPU
                               cores; for a source made with a :quick config
                               of labels, rotnet, exemplar, npid or s4l.
 

@@ -158,11 +158,14 @@ def next_mask(config, prev: dict, prunable: PyTree, rng: jax.Array,
 
 
 def _results_table(rows: list[dict]) -> str:
-  lines = [f"{'round':>5} {'left %':>8} {'weights':>10} {'test acc':>9} "
+  # The headline metric: VOC07's mAP where there is one, else accuracy.
+  key, name = (('test_mAP', 'test mAP') if 'test_mAP' in rows[-1]
+               else ('test_accuracy', 'test acc'))
+  lines = [f"{'round':>5} {'left %':>8} {'weights':>10} {name:>9} "
            f"{'test loss':>9} {'time s':>7}"]
   for r in rows:
     lines.append(f"{r['round']:>5d} {100 * r['fraction_left']:>8.3f} "
-                 f"{r['remaining']:>10d} {r['test_accuracy']:>9.4f} "
+                 f"{r['remaining']:>10d} {r[key]:>9.4f} "
                  f"{r['test_loss']:>9.4f} {r['seconds']:>7.1f}")
   return '\n'.join(lines)
 

@@ -30,3 +30,17 @@ def data_dir(tmp_path_factory):
   config.data_dir = str(path)
   data.get_builder(config)
   return str(path)
+
+
+@pytest.fixture(scope='session')
+def labels_run(data_dir, tmp_path_factory):
+  """The shrunk quick labels run of tests/test_imp.py, made once.
+
+  Returns:
+    (config, workdir, results). Tests read it and must not change it.
+  """
+  from sslprune_jax import imp
+  from test_imp import tiny_config
+  workdir = tmp_path_factory.mktemp('run') / 'labels_quick'
+  config = tiny_config(data_dir)
+  return config, workdir, imp.run(config, str(workdir))

@@ -76,12 +76,10 @@ def round_masks(workdir):
   return out
 
 
-@pytest.fixture(scope='module')
-def finished_run(data_dir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('run') / 'labels_quick'
-  config = tiny_config(data_dir)
-  results = imp.run(config, str(workdir))
-  return config, workdir, results
+@pytest.fixture
+def finished_run(labels_run):
+  """(config, workdir, results) of the shrunk quick run (conftest.py)."""
+  return labels_run
 
 
 def test_quick_run_reports_every_round(finished_run):
