@@ -51,6 +51,7 @@ def rotnet_run(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('rotnet_source')
   imp.run(shrunk('rotnet', data_dir, **{'pruning.num_rounds': 1,
                                         'data.train_split': 'train[:512]',
+                                        'train.num_epochs': 1.0,
                                         'train.batch_size': 32}),
           str(workdir))
   return workdir
@@ -240,7 +241,7 @@ def test_linear_probe_of_every_round(labels_run, data_dir, tmp_path):
 def test_layerwise_sweep_prunes_only_the_first_k_layers(data_dir, tmp_path):
   config = shrunk('layerwise', data_dir, **{
       'layerwise.layers': (1, 3), 'pruning.num_rounds': 1,
-      'data.train_split': 'train[:512]'})
+      'data.train_split': 'train[:512]', 'train.num_epochs': 1.0})
   results = layerwise.run(config, str(tmp_path))
   assert sorted(results) == [1, 3]
   exp = imp.build(config)
@@ -282,7 +283,7 @@ def test_figure3_runs_every_curve_and_reports(data_dir, tmp_path,
     config.update_from_flattened_dict({
         **{k: v for k, v in OVERRIDES.items() if k != 'data.train_split'},
         'data.train_split': f'train[:{train_images // 12}]',
-        'data.eval_split': 'test[:200]',
+        'data.eval_split': 'test[:200]', 'train.num_epochs': 1.0,
         'data.data_dir': data_dir, 'pruning.num_rounds': 1,
         'pruning.rewind_samples': 128,
         'checkpoint_every_steps': 0})
