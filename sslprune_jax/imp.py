@@ -534,6 +534,41 @@ def load_source(config: ml_collections.ConfigDict, variables: PyTree,
     (variables, mask) for this run's model; the weights are not masked (a
     caller may draw another mask).
   """
+  source, saved = read_source_round(config, source_workdir, round_idx,
+                                    point=point)
+  params, mask = dict(saved['params']), dict(saved['mask'])
+  head = variables['params'][models.HEAD]
+  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  same_task = (source.task.name == config.task.name
+               and source.data.name == config.data.name
+               and shapes(params[models.HEAD]) == shapes(head))
+  if not same_task:
+    params[models.HEAD] = head
+    mask[models.HEAD] = jax.tree.map(
+        lambda x: jnp.ones(x.shape, jnp.bool_), head)
+  if shapes(params) != shapes(variables['params']):
+    raise ValueError(
+        f'The network saved in {source_workdir} does not fit this run '
+        '(different image channels or layers); its parameter shapes differ.')
+  return {'params': params, 'batch_stats': saved['batch_stats']}, mask
+
+
+def read_source_round(config: ml_collections.ConfigDict, source_workdir: str,
+                      round_idx: int, *, point: str = 'final'
+                      ) -> tuple[ml_collections.ConfigDict, dict]:
+  """Round `round_idx` of the run in `source_workdir`, as it was saved.
+
+  Args:
+    config: this run's config (its model must be the source's).
+    source_workdir: a pruning run with round `round_idx` finished.
+    round_idx: the source round.
+    point: 'final' (the round's trained weights) or 'rewind' (the rewind
+      point's weights with the round's mask).
+
+  Returns:
+    (the source's config, {'params', 'batch_stats', 'mask'} with the mask
+    boolean), the arrays placed on this run's default device.
+  """
   source = check_source(config, source_workdir)
   source_rounds(source_workdir, [round_idx])
   ckpts = checkpoint.RunCheckpoints(source_workdir)
@@ -553,22 +588,8 @@ def load_source(config: ml_collections.ConfigDict, variables: PyTree,
     ckpts.close()
   # Via the host: restored arrays carry the source run's placement.
   saved = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), saved)
-  params, mask = dict(saved['params']), dict(saved['mask'])
-  head = variables['params'][models.HEAD]
-  shapes = lambda tree: jax.tree.map(jnp.shape, tree)
-  same_task = (source.task.name == config.task.name
-               and source.data.name == config.data.name
-               and shapes(params[models.HEAD]) == shapes(head))
-  if not same_task:
-    params[models.HEAD] = head
-    mask[models.HEAD] = jax.tree.map(
-        lambda x: jnp.ones(x.shape, jnp.bool_), head)
-  if shapes(params) != shapes(variables['params']):
-    raise ValueError(
-        f'The network saved in {source_workdir} does not fit this run '
-        '(different image channels or layers); its parameter shapes differ.')
-  mask = jax.tree.map(lambda m: m.astype(jnp.bool_), mask)
-  return {'params': params, 'batch_stats': saved['batch_stats']}, mask
+  saved['mask'] = jax.tree.map(lambda m: m.astype(jnp.bool_), saved['mask'])
+  return source, saved
 
 
 def _reference_mask(reference_workdir: str, round_idx: int,

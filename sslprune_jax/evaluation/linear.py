@@ -88,17 +88,10 @@ def load_trunk(config: ml_collections.ConfigDict, round_idx: int
   Returns:
     (variables, mask) of `models.create_model(config.model, None)`.
   """
-  imp.check_source(config, config.source.workdir)
-  ckpts = checkpoint.RunCheckpoints(config.source.workdir)
-  try:
-    saved = imp.restore(lambda: ckpts.load_round(round_idx),
-                        f'end of round {round_idx}', ckpts.workdir / 'rounds')
-  finally:
-    ckpts.close()
-  saved = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), saved)
+  _, saved = imp.read_source_round(config, config.source.workdir,
+                                   round_idx)
   params = {k: v for k, v in saved['params'].items() if k != models.HEAD}
   mask = {k: v for k, v in saved['mask'].items() if k != models.HEAD}
-  mask = jax.tree.map(lambda m: m.astype(jnp.bool_), mask)
   return ({'params': pruning.apply_mask(params, mask),
            'batch_stats': saved['batch_stats']}, mask)
 
