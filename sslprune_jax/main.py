@@ -2,9 +2,17 @@
 
 The config's `run` says what it runs: a pruning run ('prune'), or an
 evaluation of one ('retrain', 'linear', 'layerwise'; see
-`sslprune_jax.evaluation`).
+`sslprune_jax.runner`).
 
-Wires the config to the round loop; everything else lives in the modules.
+Multi-host runs start one such process per host (or per GPU), each calling
+`jax.distributed.initialize`: with `--distributed`, or on its own under
+`srun` with several tasks or when `JAX_COORDINATOR_ADDRESS` is set. On TPU
+pods and SLURM, JAX finds the coordinator and the process ids itself;
+elsewhere give `--coordinator_address`, `--num_processes` and `--process_id`.
+
+Exit codes: 0 done; 1 an error (the message says what to change);
+`preemption.EXIT_CODE` (75) stopped by SIGTERM after saving a checkpoint:
+run the same command again to resume.
 """
 
 import logging as pylogging
@@ -22,24 +30,25 @@ from ml_collections import config_flags
 
 from sslprune_jax import checkpoint
 from sslprune_jax import data
-from sslprune_jax import imp
+from sslprune_jax import preemption
+from sslprune_jax import runner
 from sslprune_jax import train
-from sslprune_jax.evaluation import layerwise
-from sslprune_jax.evaluation import linear
-from sslprune_jax.evaluation import retrain
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     'config', None, 'Experiment config file, e.g. configs/labels.py:quick.',
     lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
-flags.DEFINE_bool('distributed', False,
-                  'Call jax.distributed.initialize() (multi-host runs).')
+flags.DEFINE_bool(
+    'distributed', None,
+    'Call jax.distributed.initialize() (multi-host runs). Default: only when '
+    'the environment is a multi-task srun, or sets JAX_COORDINATOR_ADDRESS, '
+    'or --num_processes is given.')
+flags.DEFINE_string('coordinator_address', None,
+                    'host:port of process 0, where not found automatically.')
+flags.DEFINE_integer('num_processes', None, 'Number of processes in all.')
+flags.DEFINE_integer('process_id', None, 'This process\'s id, 0 first.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-# What a config runs (`config.run`): a pruning run, or an evaluation of one.
-RUNS = {'prune': imp.run, 'retrain': retrain.run, 'linear': linear.run,
-        'layerwise': layerwise.run}
 
 # Errors whose message says what to do: shown without a traceback.
 USER_ERRORS = (ValueError, data.DatasetNotFoundError,
@@ -58,23 +67,44 @@ class _OnlyWarningsFrom(pylogging.Filter):
         f'/{lib}/' in record.pathname for lib in self._libraries)
 
 
+def _wants_distributed() -> bool:
+  """`--distributed`, or what the environment says when it is not given."""
+  if FLAGS.distributed is not None:
+    return FLAGS.distributed
+  srun_tasks = int(os.environ.get('SLURM_STEP_NUM_TASKS', '1') or 1)
+  return (srun_tasks > 1 or FLAGS.num_processes is not None
+          or 'JAX_COORDINATOR_ADDRESS' in os.environ)
+
+
+def initialize_distributed() -> None:
+  """Joins the other processes of a multi-host run."""
+  # Collectives between CPU processes (used on CPU-only hosts and tests).
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(
+      coordinator_address=FLAGS.coordinator_address,
+      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_OnlyWarningsFrom('orbax'))
-  if FLAGS.distributed:
-    jax.distributed.initialize()
+  if _wants_distributed():
+    initialize_distributed()
+  preemption.install()
   # Keep TensorFlow (used only by tf.data) off the accelerators.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
   logging.info('JAX process %d/%d, %d local / %d global devices.',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
-  kind = FLAGS.config.get('run', 'prune')
-  if kind not in RUNS:
-    sys.exit(f'error: unknown config.run {kind!r}; valid: {sorted(RUNS)}.')
   try:
-    RUNS[kind](FLAGS.config, FLAGS.workdir)
+    runner.run(FLAGS.config, FLAGS.workdir)
+  except preemption.Preempted as e:
+    logging.warning('Preempted: %s', e)
+    print(f'Preempted; checkpoint saved in {FLAGS.workdir}. Run the same '
+          'command again to resume.', file=sys.stderr, flush=True)
+    sys.exit(preemption.EXIT_CODE)
   except data.DatasetNotFoundError as e:
     config_file = config_flags.get_config_filename(FLAGS['config'])
     sys.exit(f'error: {e}\nTo run the same experiment small on real '

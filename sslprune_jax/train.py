@@ -25,6 +25,7 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from sslprune_jax import parallel
+from sslprune_jax import preemption
 from sslprune_jax import pruning
 
 PyTree = Any
@@ -284,6 +285,9 @@ def train_round(
   Raises:
     NonFiniteLossError: the loss became NaN/inf. The state that produced it
       is not checkpointed; earlier checkpoints are kept.
+    preemption.Preempted: a preemption notice (SIGTERM) came; the state was
+      passed to `save_checkpoint` first, so the caller must wait for that
+      save to finish (closing the checkpoint managers does).
   """
   hooks = dict(hooks or {})
   start = int(state.step)
@@ -294,34 +298,42 @@ def train_round(
   if start == 0 and 0 in hooks:
     hooks[0](state)
   accumulated, last_train = None, {}
-  for step in range(start + 1, num_steps + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      batch = parallel.shard_batch(next(train_batches), mesh)
-      state, metrics = train_step(state, batch)
-    accumulated = metrics if accumulated is None else accumulated.merge(
-        metrics)
-    report(step)
-    is_log = step % log_every_steps == 0 or step == num_steps
-    is_ckpt = checkpoint_every_steps and step % checkpoint_every_steps == 0
-    if is_log or is_ckpt or step in hooks:
-      # Metrics are fetched (a host sync) only here; the NaN check piggybacks
-      # on that so that a non-finite state is never saved.
-      last_train = {k: float(v) for k, v in accumulated.compute().items()}
-      accumulated = None
-      if not math.isfinite(last_train['loss']):
-        raise NonFiniteLossError(
-            f'{description}: training loss is {last_train["loss"]} at step '
-            f'{step}. Stopped; the checkpoints written so far are kept. '
-            'Lower the learning rate or check the data.')
-      if is_log:
-        writer.write_scalars(step, {f'train_{k}': v
-                                    for k, v in last_train.items()})
-        logging.info('%s step %d/%d: %s', description, step, num_steps,
-                     last_train)
-    if step in hooks:
-      hooks[step](state)
-    if is_ckpt and step < num_steps:
-      save_checkpoint(state)
+  with preemption.listening():
+    for step in range(start + 1, num_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        batch = parallel.shard_batch(next(train_batches), mesh)
+        state, metrics = train_step(state, batch)
+      accumulated = metrics if accumulated is None else accumulated.merge(
+          metrics)
+      report(step)
+      preempted = preemption.reached()
+      is_log = step % log_every_steps == 0 or step == num_steps
+      is_ckpt = preempted or (checkpoint_every_steps
+                              and step % checkpoint_every_steps == 0)
+      if is_log or is_ckpt or step in hooks:
+        # Metrics are fetched (a host sync) only here; the NaN check
+        # piggybacks on that so that a non-finite state is never saved.
+        last_train = {k: float(v) for k, v in accumulated.compute().items()}
+        accumulated = None
+        if not math.isfinite(last_train['loss']):
+          raise NonFiniteLossError(
+              f'{description}: training loss is {last_train["loss"]} at '
+              f'step {step}. Stopped; the checkpoints written so far are '
+              'kept. Lower the learning rate or check the data.')
+        if is_log:
+          writer.write_scalars(step, {f'train_{k}': v
+                                      for k, v in last_train.items()})
+          logging.info('%s step %d/%d: %s', description, step, num_steps,
+                       last_train)
+      if step in hooks:
+        hooks[step](state)
+      if is_ckpt and (step < num_steps or preempted):
+        save_checkpoint(state)
+      if preempted:
+        writer.flush()
+        raise preemption.Preempted(
+            f'{description}: preempted at step {step}/{num_steps}; its '
+            'checkpoint is being written.')
   with report.timed('eval'):
     eval_metrics = evaluate(eval_step, state, eval_batches(), mesh, task)
   writer.write_scalars(num_steps, {f'eval_{k}': v
