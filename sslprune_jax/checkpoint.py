@@ -21,6 +21,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -41,6 +42,21 @@ class CorruptCheckpointError(RuntimeError):
 
 def _abstract(tree: PyTree) -> PyTree:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _saved_replicated(item_dir: epath.Path) -> PyTree:
+  """The saved tree's shapes and dtypes, replicated on this run's devices.
+
+  Restoring with the saved shardings fails when the devices differ (a
+  multi-host run's checkpoint read on one host); replicas read anywhere.
+  """
+  metadata = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+  sharding = jax.sharding.NamedSharding(
+      jax.sharding.Mesh(np.asarray(jax.devices()), ('all',)),
+      jax.sharding.PartitionSpec())
+  return jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+      metadata)
 
 
 def _comparable(config: dict) -> dict:
@@ -181,7 +197,8 @@ class RunCheckpoints:
     if step is None:
       raise FileNotFoundError(
           f'No rewind checkpoint under {self.workdir / "rewind"}.')
-    return self._rewind.restore(step, args=ocp.args.StandardRestore())
+    saved = _saved_replicated(self.workdir / 'rewind' / str(step) / 'default')
+    return self._rewind.restore(step, args=ocp.args.StandardRestore(saved))
 
   # End of each round.
   def save_round(self, round_idx: int, model: PyTree, metrics: dict) -> None:
@@ -199,8 +216,10 @@ class RunCheckpoints:
 
   def load_round(self, round_idx: int) -> PyTree:
     """A finished round's params, batch_stats and mask, without a model."""
+    saved = _saved_replicated(
+        self.workdir / 'rounds' / str(round_idx) / 'model')
     return self._rounds.restore(round_idx, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore()))['model']
+        model=ocp.args.StandardRestore(saved)))['model']
 
   def round_metrics(self, round_idx: int) -> dict:
     return self._rounds.restore(round_idx, args=ocp.args.Composite(

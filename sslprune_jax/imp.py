@@ -401,7 +401,8 @@ def run_rounds(exp: Experiment, workdir: str, *, rounds,
   workdir.mkdir(parents=True, exist_ok=True)
   checkpoint.check_or_write_config(str(workdir), config)
   ckpts = checkpoint.RunCheckpoints(str(workdir))
-  train_step = train.make_train_step(exp.task, exp.mesh)
+  train_step = train.make_train_step(exp.task, exp.mesh,
+                                    config.train.get('exact_reduction', False))
   eval_step = train.make_eval_step(exp.task, exp.mesh)
   is_main = jax.process_index() == 0
   summary_writer = metric_writers.create_default_writer(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.flatten_util
 from jax.experimental import multihost_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -81,6 +82,29 @@ def gather_replicated(x: jax.Array) -> jax.Array:
   full = jax.numpy.zeros((n * x.shape[0], *x.shape[1:]), x.dtype)
   full = jax.lax.dynamic_update_slice_in_dim(full, x, i * x.shape[0], axis=0)
   return jax.lax.psum(full, AXIS)
+
+
+def exact_pmean(tree: Any) -> Any:
+  """`lax.pmean` over 'data' whose result depends only on the device count.
+
+  An all-reduce adds the devices' values in an order of the backend's
+  choosing, which changes with how the devices are spread over processes
+  (gloo or NCCL between hosts, a local reduction within each); float
+  addition is not associative, so one- and two-process runs drift apart
+  within a few hundred steps. Here device i adds up slice i of the
+  flattened tree over all devices in device order (after an all-to-all,
+  which only moves data), and the sums are gathered back exactly (a psum
+  in which every term but one is zero): about 1.5x the traffic of an
+  all-reduce. Call inside `shard_map` over 'data'.
+  """
+  flat, unravel = jax.flatten_util.ravel_pytree(tree)
+  n = jax.lax.axis_size(AXIS)
+  chunk = -(-flat.size // n)
+  parts = jax.numpy.pad(flat, (0, n * chunk - flat.size)).reshape(n, chunk)
+  # Row j: device j's slice number `axis_index`.
+  parts = jax.lax.all_to_all(parts, AXIS, 0, 0)
+  sums = gather_replicated(jax.numpy.sum(parts, axis=0, keepdims=True))
+  return unravel(sums.reshape(-1)[:flat.size] / n)
 
 
 def to_host(x: jax.Array) -> np.ndarray:

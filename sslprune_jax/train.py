@@ -131,14 +131,17 @@ def _forward(state: TrainState, params, images, train: bool, rng=None):
   return outputs, updates.get('batch_stats', state.batch_stats)
 
 
-def per_device_train_step(task) -> Callable:
+def per_device_train_step(task, exact_reduction: bool = False) -> Callable:
   """The train step as one device runs it, collectives over axis 'data'.
 
   Batch norm uses the device's own batch; the gradients and the new
-  batch-norm statistics are averaged over devices, and metric sums are added
+  batch-norm statistics are averaged over devices (with
+  `parallel.exact_pmean` if `exact_reduction`), and metric sums are added
   over devices. The task updates its own state (identically on every
   device) from the step's outputs.
   """
+  pmean = (parallel.exact_pmean if exact_reduction else
+           lambda tree: jax.lax.pmean(tree, parallel.AXIS))
 
   def step(state: TrainState, batch: dict):
     rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
@@ -159,10 +162,10 @@ def per_device_train_step(task) -> Callable:
     params = jax.lax.pcast(state.params, parallel.AXIS, to='varying')
     (_, (outputs, batch_stats, aux)), grads = jax.value_and_grad(
         loss_fn, has_aux=True)(params)
-    grads = jax.lax.pmean(grads, parallel.AXIS)
+    grads = pmean(grads)
     # Keeping one copy of the running statistics (their device average)
     # makes the state replicated and checkpointable as one tree.
-    batch_stats = jax.lax.pmean(batch_stats, parallel.AXIS)
+    batch_stats = pmean(batch_stats)
     task_state = task.update_state(state.task_state, outputs, batch, aux)
     state = state.apply_gradients(grads=grads, batch_stats=batch_stats,
                                   task_state=task_state)
@@ -172,13 +175,14 @@ def per_device_train_step(task) -> Callable:
   return step
 
 
-def make_train_step(task, mesh) -> Callable:
+def make_train_step(task, mesh, exact_reduction: bool = False) -> Callable:
   """The jitted data-parallel train step: (state, batch) -> (state, metrics).
 
   `per_device_train_step` under `shard_map` over the mesh; the batch is split
   along 'data', the state is replicated and donated.
   """
-  sharded = jax.shard_map(per_device_train_step(task), mesh=mesh,
+  sharded = jax.shard_map(per_device_train_step(task, exact_reduction),
+                          mesh=mesh,
                           in_specs=(P(), P(parallel.AXIS)),
                           out_specs=(P(), P()))
   return jax.jit(sharded, donate_argnums=0)

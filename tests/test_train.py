@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from sslprune_jax import parallel
 from sslprune_jax import pruning
@@ -289,3 +290,25 @@ def test_rotnet_batch_holds_every_image_at_every_rotation():
   with pytest.raises(ValueError, match='square'):
     task.prepare({'image': jnp.zeros((1, 4, 5, 1)),
                   'label': jnp.zeros(1, jnp.int32)}, None)
+
+
+def test_exact_pmean_adds_in_device_order(num_devices):
+  """The mean of every leaf over devices, summed in device order, the same
+  on every device; odd sizes are padded and cut back."""
+  mesh = parallel.create_mesh()
+  rng = np.random.default_rng(0)
+  tree = {'a': rng.normal(size=(num_devices, 3, 5)).astype(np.float32),
+          'b': rng.normal(size=(num_devices, 7)).astype(np.float32) * 1e4}
+
+  def mean(local):
+    local = jax.tree.map(lambda x: x[0], local)
+    return parallel.exact_pmean(local), jax.lax.pmean(local, parallel.AXIS)
+
+  exact, usual = jax.jit(jax.shard_map(
+      mean, mesh=mesh, in_specs=P(parallel.AXIS), out_specs=P()))(tree)
+  for key, x in tree.items():
+    in_order = x[0]
+    for row in x[1:]:
+      in_order = in_order + row
+    np.testing.assert_array_equal(exact[key], in_order / num_devices)
+    np.testing.assert_allclose(exact[key], usual[key], rtol=1e-5)

@@ -2,6 +2,8 @@
 
 Each host reads its own shard of a split (`tfds.split_for_jax_process`) and
 yields numpy batches of `global_batch_size // jax.process_count()` examples.
+The training split may be read in more parts than there are hosts
+(`read_shards`), which makes its stream independent of the number of hosts.
 
 The training stream is exactly reproducible from `(seed, start_step)`:
 
@@ -120,6 +122,7 @@ _CONFIG_FIELDS = (
     'labelled_fraction',
     'labelled_seed',
     'grayscale',
+    'read_shards',
 )
 
 # Ways of choosing the labelled subset of the training split.
@@ -214,6 +217,7 @@ class _Config:
   labelled_fraction: float
   labelled_seed: int
   grayscale: bool = False
+  read_shards: int = 0
 
 
 def _check_name(name):
@@ -234,9 +238,9 @@ def default_data_config(name='fashion_mnist'):
     A `ConfigDict` with fields `name`, `data_dir` (None: TFDS's default),
     `train_split` ('train'; 'train+validation', the trainval split, for
     voc2007), `eval_split`, `image_size`, `augment`, `shuffle_buffer`,
-    `cache`, and the labelled subset's `labelled` ('all', 'per_class' or
+    `cache`, the labelled subset's `labelled` ('all', 'per_class' or
     'classes'; see `labelled_indices`), `labelled_fraction` and
-    `labelled_seed`.
+    `labelled_seed`, `grayscale` and `read_shards` (see `train_iterator`).
 
   Raises:
     ValueError: unknown dataset.
@@ -257,6 +261,12 @@ def default_data_config(name='fashion_mnist'):
           # Colour images turned to one luminance channel, e.g. to evaluate
           # a network trained on Fashion-MNIST on VOC07.
           grayscale=False,
+          # The training split is read as this many equal parts, each
+          # process reading `read_shards // process_count` of them and
+          # joining their batches. 0: one part per process. A fixed value
+          # makes the training stream the same on any number of processes
+          # dividing it (resume on another slice; compare 1 and 2 hosts).
+          read_shards=0,
       )
   )
 
@@ -320,6 +330,9 @@ def _resolve_config(data_config):
     raise ValueError(f'cache must be a bool, got {config.cache!r}.')
   if not isinstance(config.grayscale, (bool, np.bool_)):
     raise ValueError(f'grayscale must be a bool, got {config.grayscale!r}.')
+  if not _is_int(config.read_shards) or config.read_shards < 0:
+    raise ValueError('read_shards must be a non-negative integer, got '
+                     f'{config.read_shards!r}.')
   _check_train_split(config)
   _check_labelled(config)
   data_dir = None if config.data_dir is None else os.fspath(config.data_dir)
@@ -331,6 +344,7 @@ def _resolve_config(data_config):
       cache=bool(config.cache),
       labelled_fraction=float(config.labelled_fraction),
       labelled_seed=int(config.labelled_seed),
+      read_shards=int(config.read_shards),
   )
 
 
@@ -787,6 +801,45 @@ def _finish(image, config, mean, std):
   return augment_lib.normalize(image, mean, std)
 
 
+def _read_shards(config):
+  """Returns how many parts the training split is read in, and this host's.
+
+  Args:
+    config: the validated data config.
+
+  Returns:
+    `(num_shards, shards)`: `config.read_shards`, or the number of processes
+    if it is 0, and the (consecutive) parts this process reads.
+
+  Raises:
+    ValueError: `read_shards` is not a multiple of the number of processes.
+  """
+  count, index = jax.process_count(), jax.process_index()
+  num_shards = config.read_shards or count
+  if num_shards % count:
+    raise ValueError(
+        f'data.read_shards {num_shards} is not a multiple of the number of '
+        f'processes {count}.'
+    )
+  per_process = num_shards // count
+  return num_shards, range(index * per_process, (index + 1) * per_process)
+
+
+def _shard_batch_size(global_batch_size, num_shards):
+  """Returns the examples per batch of one read shard.
+
+  Raises:
+    ValueError: the global batch is not a multiple of `num_shards`.
+  """
+  if global_batch_size % num_shards:
+    raise ValueError(
+        f'global_batch_size {global_batch_size} is not divisible by the '
+        f'number of read shards {num_shards} (data.read_shards, 0: one per '
+        'process).'
+    )
+  return global_batch_size // num_shards
+
+
 def _local_batch_size(global_batch_size):
   """Returns this host's share of a global batch.
 
@@ -1070,18 +1123,19 @@ def _index_from_tfds_id(tfds_id, offsets):
   return offsets.lookup(shard) + record
 
 
-def _host_split(config, process_index):
-  """Returns the part of the training split that a process reads."""
+def _host_split(config, shard, num_shards):
+  """Returns read shard `shard` of `num_shards` of the training split."""
   return tfds.split_for_jax_process(
-      config.train_split, process_index=process_index, drop_remainder=True
+      config.train_split, process_index=shard, process_count=num_shards,
+      drop_remainder=True
   )
 
 
-def _index_start(builder, layout, split, process_index):
-  """Returns `_read`'s `index_start` for a process's `_host_split`."""
+def _index_start(builder, layout, split, shard):
+  """Returns `_read`'s `index_start` for a read shard's `_host_split`."""
   if layout.shard_offsets is not None:
     return 0
-  return process_index * _num_examples(builder, split)
+  return shard * _num_examples(builder, split)
 
 
 def _index_ranges(builder, layout, split, index_start):
@@ -1352,18 +1406,18 @@ def _train_epoch(
   return ds.with_options(_pipeline_options())
 
 
-def _train_batches(builder, config, *, layout, labelled, only_labelled, seed,
-                   local_batch, steps_per_epoch, start_step):
-  """Yields the training batches of this host forever (see `train_iterator`)."""
-  process_index = jax.process_index()
-  local_split = _host_split(config, process_index)
-  index_start = _index_start(builder, layout, local_split, process_index)
+def _shard_batches(builder, config, *, layout, labelled, only_labelled,
+                   seed, shard, num_shards, shard_batch, steps_per_epoch,
+                   start_step):
+  """Yields the training batches of one read shard forever."""
+  local_split = _host_split(config, shard, num_shards)
+  index_start = _index_start(builder, layout, local_split, shard)
   source = None
   if config.cache:
     source = _cached_train_source(builder, layout, local_split, index_start)
-  examples_per_epoch = steps_per_epoch * local_batch
+  examples_per_epoch = steps_per_epoch * shard_batch
   epoch, step_in_epoch = divmod(start_step, steps_per_epoch)
-  skip = step_in_epoch * local_batch
+  skip = step_in_epoch * shard_batch
   while True:
     ds = _train_epoch(
         source,
@@ -1376,17 +1430,31 @@ def _train_batches(builder, config, *, layout, labelled, only_labelled, seed,
         only_labelled=only_labelled,
         epoch=epoch,
         seed=seed,
-        local_batch=local_batch,
+        local_batch=shard_batch,
         examples_per_epoch=examples_per_epoch,
         skip=skip,
-        index_offset=process_index * examples_per_epoch,
+        index_offset=shard * examples_per_epoch,
     )
     yield from tfds.as_numpy(ds)
     epoch += 1
     skip = 0
 
 
-def _labelled_steps_per_epoch(builder, config, layout, subset, local_batch):
+def _train_batches(builder, config, *, shards, **kwargs):
+  """Yields this host's training batches forever (see `train_iterator`):
+  those of its read shards, joined in order."""
+  streams = [_shard_batches(builder, config, shard=shard, **kwargs)
+             for shard in shards]
+  if len(streams) == 1:
+    yield from streams[0]
+    return
+  for parts in zip(*streams):
+    yield {key: np.concatenate([part[key] for part in parts])
+           for key in parts[0]}
+
+
+def _labelled_steps_per_epoch(builder, config, layout, subset, num_shards,
+                              shard_batch):
   """Returns the steps of an epoch over the labelled subset.
 
   Args:
@@ -1394,22 +1462,23 @@ def _labelled_steps_per_epoch(builder, config, layout, subset, local_batch):
     config: the validated data config.
     layout: the training split's `_IndexLayout`.
     subset: the sorted labelled indices.
-    local_batch: examples per batch on a host.
+    num_shards: parts the training split is read in.
+    shard_batch: examples per batch of a part.
 
   Returns:
-    The number of whole local batches in the host with the fewest labelled
-    examples: `len(subset) // global_batch_size` with one process, possibly
-    less with several (hosts need not hold equally many labelled examples).
+    The number of whole batches in the read shard with the fewest labelled
+    examples: `len(subset) // global_batch_size` with one shard, possibly
+    less with several (shards need not hold equally many labelled examples).
   """
   counts = []
-  for process_index in range(jax.process_count()):
-    split = _host_split(config, process_index)
-    index_start = _index_start(builder, layout, split, process_index)
+  for shard in range(num_shards):
+    split = _host_split(config, shard, num_shards)
+    index_start = _index_start(builder, layout, split, shard)
     counts.append(sum(
         int(np.searchsorted(subset, stop) - np.searchsorted(subset, start))
         for start, stop in _index_ranges(builder, layout, split, index_start)
     ))
-  return min(counts) // local_batch
+  return min(counts) // shard_batch
 
 
 def _check_seed_and_step(seed, start_step):
@@ -1433,10 +1502,17 @@ def train_iterator(
   as each part is shared out among the processes); with `only_labelled`
   it is an epoch over the labelled subset, of
   `num_labelled_examples // global_batch_size` steps (fewer if several
-  processes hold unequal shares of the subset). The stream depends only on
-  `(data_config, global_batch_size, seed, jax.process_count())`; starting at
-  `start_step=k` yields exactly the batches that `start_step=0` yields from
-  its k-th on, without augmenting the skipped ones.
+  processes hold unequal shares of the subset).
+
+  The split is read in `data_config.read_shards` equal parts (0: one per
+  process; `tfds.split_for_jax_process`), each shuffled and augmented on its
+  own and contributing `global_batch_size // read_shards` examples to every
+  step; a process reads its consecutive share of the parts and joins their
+  batches in order. The global batch is therefore the same whatever the
+  number of processes dividing `read_shards`. The stream depends only on
+  `(data_config, global_batch_size, seed)` and the number of read shards;
+  starting at `start_step=k` yields exactly the batches that `start_step=0`
+  yields from its k-th on, without augmenting the skipped ones.
 
   Args:
     data_config: data config (see `default_data_config`).
@@ -1464,7 +1540,9 @@ def train_iterator(
     DatasetNotFoundError: the dataset could not be obtained.
   """
   config = _resolve_config(data_config)
-  local_batch = _local_batch_size(global_batch_size)
+  _local_batch_size(global_batch_size)
+  num_shards, shards = _read_shards(config)
+  shard_batch = _shard_batch_size(global_batch_size, num_shards)
   _check_seed_and_step(seed, start_step)
   _hide_accelerators_from_tf()
   builder = _prepared_builder(config)
@@ -1473,23 +1551,24 @@ def train_iterator(
   if only_labelled:
     num_examples = len(subset)
     steps_per_epoch = _labelled_steps_per_epoch(
-        builder, config, layout, subset, local_batch
+        builder, config, layout, subset, num_shards, shard_batch
     )
     what = f'The labelled subset ({config.labelled!r}) of split'
   else:
     num_examples = _num_examples(builder, config.train_split)
-    # Hosts split each part of a joined training split on their own, which
-    # can leave them fewer than `num_examples // process_count` examples.
+    # Read shards split each part of a joined training split on their own,
+    # which can leave them fewer than `num_examples // num_shards` examples.
     steps_per_epoch = min(
         num_examples // global_batch_size,
-        _num_examples(builder, _host_split(config, 0)) // local_batch,
+        _num_examples(builder, _host_split(config, 0, num_shards))
+        // shard_batch,
     )
     what = 'Split'
   if not steps_per_epoch:
     raise ValueError(
         f'{what} {config.train_split!r} of {config.name} has {num_examples} '
         f'examples, fewer than one global batch of {global_batch_size}'
-        + (' on every process.' if jax.process_count() > 1 else '.')
+        + (' in every read shard.' if num_shards > 1 else '.')
     )
   labelled = np.zeros(layout.size, bool)
   labelled[subset] = True
@@ -1500,7 +1579,9 @@ def train_iterator(
       labelled=labelled,
       only_labelled=bool(only_labelled),
       seed=operator.index(seed),
-      local_batch=local_batch,
+      shards=shards,
+      num_shards=num_shards,
+      shard_batch=shard_batch,
       steps_per_epoch=steps_per_epoch,
       start_step=operator.index(start_step),
   )
