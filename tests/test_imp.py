@@ -3,7 +3,8 @@
 Covers: per-round results and exact weight counts, rewind checkpoints,
 finishing twice is a no-op, refusing a different config in the same workdir,
 bad configs refused before compute, NaN loss stopping the run, a damaged
-checkpoint, and kill -9 + restart ending with the same masks.
+checkpoint, and SIGTERM (preemption), kill -9 and restarts ending with the
+same masks.
 """
 
 import importlib.util
@@ -21,6 +22,7 @@ import pytest
 
 from sslprune_jax import checkpoint
 from sslprune_jax import imp
+from sslprune_jax import preemption
 from sslprune_jax import pruning
 from sslprune_jax import train
 from sslprune_jax.evaluation import natural_sparsity
@@ -41,6 +43,10 @@ OVERRIDES = {
     'pruning.rewind_samples': 512,
     'log_every_steps': 4,
     'checkpoint_every_steps': 4,
+    # Two read shards and device-order gradient sums: what a run on two
+    # processes computes, to the bit (tests/test_multihost.py).
+    'data.read_shards': 2,
+    'train.exact_reduction': True,
 }
 
 
@@ -289,7 +295,7 @@ def _command(workdir, data_dir):
           f'--config.data.data_dir={data_dir}', *flags]
 
 
-def _kill_when(proc, ready, timeout=300):
+def _signal_when(proc, ready, signum, timeout=300):
   start = time.time()
   while not ready():
     if proc.poll() is not None:
@@ -298,37 +304,48 @@ def _kill_when(proc, ready, timeout=300):
       proc.kill()
       raise AssertionError('timed out waiting for a checkpoint')
     time.sleep(0.05)
-  os.kill(proc.pid, signal.SIGKILL)
-  proc.wait()
+  os.kill(proc.pid, signum)
+  return proc.wait(timeout=300)
 
 
-def _has_step(directory):
-  return directory.exists() and any(p.name.isdigit()
-                                    for p in directory.iterdir())
+def _steps(directory):
+  if not directory.exists():
+    return []
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def test_kill_and_resume_gives_identical_masks(finished_run, data_dir,
-                                               tmp_path):
+def test_preempt_kill_and_resume_give_identical_masks(finished_run, data_dir,
+                                                      tmp_path):
   _, reference, _ = finished_run
-  workdir = tmp_path / 'killed'
+  workdir = tmp_path / 'interrupted'
   cmd = _command(workdir, data_dir)
-  env = dict(os.environ)
-  # Killed inside round 0, after an in-round checkpoint...
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  _kill_when(proc, lambda: _has_step(workdir / 'round_00'))
-  # ... then inside round 1, after round 0 finished.
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  _kill_when(proc, lambda: _has_step(workdir / 'round_01'))
-  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  log = tmp_path / 'stderr.log'
+  quiet = dict(cwd=ROOT, stdout=subprocess.DEVNULL)
+  # SIGTERM in round 0, once the rewind point is saved (step 4). With no
+  # periodic checkpoints, the one it leaves is the preemption's own.
+  with open(log, 'w') as err:
+    proc = subprocess.Popen([*cmd, '--config.checkpoint_every_steps=0'],
+                            stderr=err, **quiet)
+    code = _signal_when(proc, lambda: _steps(workdir / 'rewind'),
+                        signal.SIGTERM)
+  stderr = log.read_text()
+  assert code == preemption.EXIT_CODE, stderr[-3000:]
+  assert 'Run the same command again to resume' in stderr
+  (step,) = _steps(workdir / 'round_00')
+  assert 4 <= step < 32
+  # Killed -9 inside round 1, after an in-round checkpoint...
+  proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, **quiet)
+  _signal_when(proc, lambda: _steps(workdir / 'round_01'), signal.SIGKILL)
+  # ... and then left to finish.
+  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
   expected, got = round_masks(reference), round_masks(workdir)
   assert sorted(got) == [0, 1, 2]
   for r in expected:
     for a, b in zip(jax.tree.leaves(expected[r]), jax.tree.leaves(got[r])):
       np.testing.assert_array_equal(a, b)
+  assert (workdir / 'COMPLETE').exists()
 
 
 def test_natural_sparsity_of_a_finished_run(finished_run):
