@@ -17,6 +17,12 @@ Variants (the part after the colon):
                              per round, 3 pruning rounds: about 11 minutes
                              on 2 CPU cores. Expect ~91% test accuracy in
                              every round (100%, 80%, 64%, 51.2% left).
+  configs/labels.py:figure3  Figure 3 at small scale (see
+                             sslprune_jax/evaluation/figure3.py): the
+                             :quick network and schedule on 6,000 training
+                             images, 5 rounds of 60% (100% -> 1.02% left),
+                             rewind to 1,280 samples, evaluation on 5,000
+                             test images; about 2 minutes on 2 CPU cores.
 
 Launch:
 
@@ -26,14 +32,15 @@ Launch:
       --workdir=gs://bucket/labels_cifar10 --config.seed=3
 
 Any field can be overridden on the command line (`--config.pruning.reset=
-reinit`, `--config.train.num_epochs=2`).
+reinit`, `--config.train.num_epochs=2`). Many runs at once (seeds,
+objectives, the runs of Figure 3): launch/sweep.py.
 """
 
 import ml_collections
 
 from sslprune_jax import config_lib
 
-VARIANTS = ('', 'cifar10', 'vgg19', 'imagenet', 'quick')
+VARIANTS = ('', 'cifar10', 'vgg19', 'imagenet', 'quick', 'figure3')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -47,4 +54,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config_lib.imagenet(config)
   elif arg == 'quick':
     config_lib.quick(config)
+  elif arg == 'figure3':
+    config_lib.figure3(config, train_images=6000)
   return config
+

@@ -24,12 +24,21 @@ Variants (the part after the colon):
                               about 3 minutes per source round on 2 CPU
                               cores; for a source made with a :quick config
                               of labels, rotnet, exemplar, npid or s4l.
+  configs/retrain.py:figure3  Figure 3 at small scale (see
+                              sslprune_jax/evaluation/figure3.py): the
+                              training of configs/labels.py:figure3, for a
+                              source made with configs/labels.py:figure3 or
+                              configs/rotnet.py:figure3; about 2 minutes
+                              for the 6 rounds on 2 CPU cores.
 
 Launch (after the pruning run):
 
   python -m sslprune_jax.main --config=configs/retrain.py:quick \
       --config.source.workdir=/tmp/rotnet_quick \
       --config.source.init=reinit --workdir=/tmp/rotnet_quick_reinit
+
+Several sources, initialisations or seeds at once, or one run per source
+round (to re-train the rounds in parallel): launch/sweep.py.
 """
 
 import ml_collections
@@ -37,7 +46,7 @@ import ml_collections
 from sslprune_jax import config_lib
 from sslprune_jax.evaluation import retrain
 
-VARIANTS = ('', 'imagenet', 'cifar10', 'quick')
+VARIANTS = ('', 'imagenet', 'cifar10', 'quick', 'figure3')
 
 
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
@@ -48,4 +57,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config_lib.imagenet(config)
   elif arg == 'quick':
     config_lib.quick(config)
+  elif arg == 'figure3':
+    config_lib.figure3(config, train_images=6000)
   return retrain.add_source(config, init='winning_ticket')
+

@@ -14,7 +14,11 @@ From the command line, one `--curve name=workdir,workdir,...` per curve:
       --curve=labels=/w/labels_s0,/w/labels_s1,/w/labels_s2 \
       --curve=rotnet=/w/rotnet_s0,/w/rotnet_s1,/w/rotnet_s2
 
-writes /tmp/fig/test_accuracy.csv, .md and .png.
+writes /tmp/fig/test_accuracy.csv, .md and .png. A workdir may be a glob
+(`--curve='rotnet=/w/rotnet_s*'`, quoted for the shell). Runs of a curve
+with the same seed are one run split by rounds (an evaluation re-training
+each source round in its own workdir, `launch/sweep.py --rounds`): their
+rows are put together, and a round found twice is refused.
 """
 
 import csv
@@ -22,6 +26,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 
 from etils import epath
 from absl import app
@@ -31,9 +36,12 @@ import numpy as np
 from sslprune_jax import checkpoint
 
 # Config fields that may differ between the seeds of one curve (dotted for
-# nested ones: each seed's evaluation reads its own seed's pruning run).
+# nested ones: each seed's evaluation reads its own seed's pruning run, and
+# may have re-trained other source rounds: rounds are matched by number).
 SEED_FIELDS = ('seed', *checkpoint.RESTART_MAY_CHANGE, 'source.workdir',
-               'init_from.workdir')
+               'init_from.workdir', 'source.rounds')
+# Fields in which the runs of one seed, split by rounds, may differ.
+SPLIT_FIELDS = (*checkpoint.RESTART_MAY_CHANGE, 'source.rounds')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +65,10 @@ def load_run(workdir: str) -> Run:
   return Run(workdir=str(workdir), config=config, rows=rows)
 
 
-def check_same_config(runs: list[Run], allowed=SEED_FIELDS) -> None:
-  """Raises ValueError, naming the fields, if the runs' configs differ."""
+def check_same_config(runs: list[Run], allowed=SEED_FIELDS,
+                      why='the seed, so they cannot be averaged') -> None:
+  """Raises ValueError, naming the fields, if the runs' configs differ in
+  more than the `allowed` fields (`why`: what those are, for the message)."""
 
   def strip(config, prefix=''):
     return {k: strip(v, f'{prefix}{k}.') if isinstance(v, dict) else v
@@ -69,30 +79,80 @@ def check_same_config(runs: list[Run], allowed=SEED_FIELDS) -> None:
     diffs = checkpoint.config_diff(strip(first.config), strip(run.config))
     if diffs:
       raise ValueError(
-          f'Runs {first.workdir} and {run.workdir} differ in more than the '
-          'seed, so they cannot be averaged:\n  ' + '\n  '.join(diffs))
+          f'Runs {first.workdir} and {run.workdir} differ in more than '
+          f'{why}:\n  ' + '\n  '.join(diffs))
+
+
+def _by_round(run: Run) -> dict[int, dict]:
+  """A run's rows by their round number."""
+  return {int(row['round']): row for row in run.rows}
+
+
+def merge_split_run(runs: list[Run]) -> Run:
+  """One run of a seed that was split by rounds, from its parts.
+
+  Args:
+    runs: runs with one config but for the source rounds they re-trained
+      (`source.rounds`), e.g. one per round.
+
+  Returns:
+    A run holding all their rows, by round; its workdir names the parts
+    (comma-separated) and its config's `source.rounds` lists the rounds.
+
+  Raises:
+    ValueError: the configs differ in more than that, or two runs have a
+      round in common.
+  """
+  if len(runs) == 1:
+    return runs[0]
+  check_same_config(runs, allowed=SPLIT_FIELDS,
+                    why='their rounds, so they are not one split run')
+  rows, where = {}, {}
+  for run in runs:
+    for r, row in _by_round(run).items():
+      if r in rows:
+        raise ValueError(f'Round {r} of seed {run.config.get("seed")} is in '
+                         f'both {where[r]} and {run.workdir}; a curve takes '
+                         'one run per seed and round.')
+      rows[r], where[r] = row, run.workdir
+  config = json.loads(json.dumps(runs[0].config))
+  if 'source' in config:
+    config['source']['rounds'] = sorted(rows)
+  return Run(workdir=','.join(run.workdir for run in runs), config=config,
+             rows=[rows[r] for r in sorted(rows)])
+
+
+def merge_by_seed(runs: list[Run]) -> list[Run]:
+  """The runs of a curve, one per seed: runs of a seed split by rounds
+  are merged (`merge_split_run`), in the order the seeds first appear."""
+  check_same_config(runs)
+  seeds: dict = {}
+  for run in runs:
+    seeds.setdefault(run.config.get('seed'), []).append(run)
+  return [merge_split_run(parts) for parts in seeds.values()]
 
 
 def summarize(runs: list[Run], metric: str) -> list[dict]:
   """Mean and standard error of `metric` per round over the runs.
 
   Returns:
-    One dict per round that every run has finished: round, fraction_left,
-    mean, sem, n.
+    One dict per round that every run has finished, by round number:
+    round, fraction_left, mean, sem, n.
   """
   check_same_config(runs)
   for run in runs:
     if run.rows and metric not in run.rows[0]:
       raise ValueError(f'{run.workdir}/results.csv has no column {metric!r}; '
                        f'it has {sorted(run.rows[0])}.')
-  num_rounds = min(len(run.rows) for run in runs)
+  by_round = [_by_round(run) for run in runs]
+  rounds = sorted(set.intersection(*(set(rows) for rows in by_round)))
   out = []
-  for r in range(num_rounds):
-    values = np.array([float(run.rows[r][metric]) for run in runs])
+  for r in rounds:
+    values = np.array([float(rows[r][metric]) for rows in by_round])
     n = len(values)
     out.append({
         'round': r,
-        'fraction_left': float(runs[0].rows[r]['fraction_left']),
+        'fraction_left': float(by_round[0][r]['fraction_left']),
         'mean': float(values.mean()),
         'sem': (float(values.std(ddof=1) / math.sqrt(n)) if n > 1
                 else math.nan),
@@ -119,15 +179,15 @@ def tables(curves: dict[str, list[Run]], metric: str) -> tuple[str, str]:
   writer.writeheader()
   for name, rows in summaries.items():
     writer.writerows({'curve': name, **row} for row in rows)
-  num_rounds = max(len(rows) for rows in summaries.values())
+  by_round = [{row['round']: row for row in rows}
+              for rows in summaries.values()]
   lines = ['| weights left | ' + ' | '.join(summaries) + ' |',
            '|---' * (len(summaries) + 1) + '|']
-  for r in range(num_rounds):
-    left = next(rows[r]['fraction_left'] for rows in summaries.values()
-                if len(rows) > r)
+  for r in sorted(set().union(*by_round)):
+    left = next(rows[r]['fraction_left'] for rows in by_round if r in rows)
     cells = []
-    for rows in summaries.values():
-      if len(rows) <= r:
+    for rows in by_round:
+      if r not in rows:
         cells.append('')
       elif math.isnan(rows[r]['sem']):
         cells.append(f"{rows[r]['mean']:.4f}")
@@ -188,22 +248,43 @@ def write(curves: dict[str, list[Run]], metric: str, out_dir: str) -> dict:
   return {k: str(v) for k, v in paths.items()}
 
 
+def expand_workdirs(pattern: str) -> list[str]:
+  """The workdirs a glob (`*`, `?`, `[...]`) matches, sorted; a workdir
+  without wildcards is itself."""
+  parts = pattern.split('/')
+  wild = next((i for i, part in enumerate(parts)
+               if re.search(r'[*?[]', part)), None)
+  if wild is None:
+    return [pattern]
+  base = epath.Path('/'.join(parts[:wild]) or
+                    ('/' if pattern.startswith('/') else '.'))
+  found = sorted(str(p) for p in base.glob('/'.join(parts[wild:]))
+                 if p.is_dir())
+  if not found:
+    raise FileNotFoundError(f'{pattern} matches no directory.')
+  return found
+
+
 def parse_curves(specs: list[str]) -> dict[str, list[Run]]:
-  """'name=workdir,workdir,...' strings -> curve name -> runs."""
+  """'name=workdir,workdir,...' strings -> curve name -> runs, one per seed
+  (workdirs may be globs; see the module docstring)."""
   curves = {}
   for spec in specs:
     name, sep, dirs = spec.partition('=')
     if not sep or not name or not dirs:
       raise ValueError(f'--curve takes name=workdir[,workdir...], got '
                        f'{spec!r}.')
-    curves[name] = [load_run(d) for d in dirs.split(',') if d]
+    curves[name] = merge_by_seed([load_run(d) for pattern in dirs.split(',')
+                                  if pattern
+                                  for d in expand_workdirs(pattern)])
   if not curves:
     raise ValueError('Give at least one --curve.')
   return curves
 
 
 _CURVES = flags.DEFINE_multi_string(
-    'curve', [], 'name=workdir,workdir,...: the runs (seeds) of one curve.')
+    'curve', [], 'name=workdir,workdir,...: the runs (seeds) of one curve; '
+    'workdirs may be globs.')
 _METRIC = flags.DEFINE_string('metric', 'test_accuracy',
                               'A column of the runs\' results.csv.')
 _OUT = flags.DEFINE_string('out', None, 'Where the table and plot go.')

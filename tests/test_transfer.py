@@ -276,28 +276,25 @@ def test_pruning_during_transfer_starts_from_the_pretrained_network(
 
 def test_figure3_runs_every_curve_and_reports(data_dir, tmp_path,
                                               monkeypatch):
-  small = figure3._small  # pylint: disable=protected-access
+  load = figure3.load_config
 
-  def tiny(config, seed, train_images):
-    small(config, seed, train_images)
+  def tiny(name, seed):
+    config = load(name, seed)
+    images = 3000 if name == 'rotnet' else 6000
     config.update_from_flattened_dict({
         **{k: v for k, v in OVERRIDES.items() if k != 'data.train_split'},
-        'data.train_split': f'train[:{train_images // 12}]',
+        'data.train_split': f'train[:{images // 12}]',
         'data.eval_split': 'test[:200]', 'train.num_epochs': 1.0,
         'data.data_dir': data_dir, 'pruning.num_rounds': 1,
         'pruning.rewind_samples': 128,
         'checkpoint_every_steps': 0})
+    if name == 'rotnet':
+      # The variant's batch; 200 test images over eight devices.
+      config.train.batch_size = 32
+      config.train.eval_batch_size = 200
     return config
 
-  pruning_configs = figure3.pruning_configs
-
-  def eight_device_batches(seed):
-    configs = pruning_configs(seed)
-    configs['rotnet'].train.eval_batch_size = 200
-    return configs
-
-  monkeypatch.setattr(figure3, '_small', tiny)
-  monkeypatch.setattr(figure3, 'pruning_configs', eight_device_batches)
+  monkeypatch.setattr(figure3, 'load_config', tiny)
   # One seed keeps this affordable; means over seeds are tested in
   # tests/test_evaluation.py.
   paths = figure3.run(str(tmp_path), seeds=1)

@@ -15,12 +15,13 @@ can be stopped and started again. It ends by writing, under
 the seeds at each fraction of weights left, one column per objective and
 initialisation) and `.png` (the paper's form of the plot).
 
-Scale (kept small for a CPU): ResNet-10 at width 1/4 (CIFAR form), 6,000
-training images for labels (3,000 for RotNet, seen at 4 rotations), 2
-epochs per round, evaluation on 5,000 test images, rewind to 1,280
-samples. With the default 3 seeds it takes about 55 minutes on 2 CPU cores
-with nothing else running (a re-training run of 6 rounds took 105-110 s,
-a RotNet pruning run twice that); measured end to end it took 1 h 41 min
+Scale (kept small for a CPU; the `figure3` variants of configs/labels.py,
+configs/rotnet.py and configs/retrain.py): ResNet-10 at width 1/4 (CIFAR
+form), 6,000 training images for labels (3,000 for RotNet, seen at 4
+rotations), 2 epochs per round, evaluation on 5,000 test images, rewind to
+1,280 samples. With the default 3 seeds it takes about 55 minutes on 2 CPU
+cores with nothing else running (a re-training run of 6 rounds took 105-110
+s, a RotNet pruning run twice that); measured end to end it took 1 h 41 min
 while other jobs shared the two cores.
 
 What it showed (3 seeds; accuracy on 5,000 test images, mean ± s.e.):
@@ -29,16 +30,36 @@ at 1.02% of the weights left, RotNet masks re-trained reach 0.747 ± 0.006
 0.723 ± 0.010 for random masks and 0.750 ± 0.006 / 0.742 ± 0.003 for label
 masks; the winning ticket lifts label masks by 2-3 points from 40% to 2.56%
 left, and RotNet masks not at all.
+
+The same runs as a sweep (launch/sweep.py), e.g. to spread them over a
+cluster with `--write` instead of `--local`; its --help has the report
+command that ends it:
+
+  python launch/sweep.py --config='configs/{objective}.py:figure3' \
+      --objectives=labels,rotnet --seeds=0,1,2 --workdir=/tmp/fig3/prune \
+      --local
+  python launch/sweep.py --config=configs/retrain.py:figure3 \
+      --objectives=labels,rotnet --seeds=0,1,2 \
+      --inits=winning_ticket,reinit \
+      --set='source.workdir={root}/../prune/{objective}_seed{seed}' \
+      --workdir=/tmp/fig3/retrain --local
+  python launch/sweep.py --config=configs/retrain.py:figure3 \
+      --seeds=0,1,2 --inits=winning_ticket,reinit \
+      --set=source.mask=random_like \
+      --set='source.workdir={root}/../prune/labels_seed{seed}' \
+      --workdir=/tmp/fig3/random --local
 """
 
 from __future__ import annotations
+
+import importlib.util
+import pathlib
 
 from absl import app
 from absl import flags
 from etils import epath
 import ml_collections
 
-from sslprune_jax import config_lib
 from sslprune_jax import imp
 from sslprune_jax import report
 from sslprune_jax.evaluation import retrain
@@ -47,37 +68,38 @@ SOURCES = ('labels', 'rotnet')
 INITS = {'winning ticket': 'winning_ticket', 'reinit': 'reinit'}
 
 
-def _small(config: ml_collections.ConfigDict, seed: int, train_images: int
-           ) -> ml_collections.ConfigDict:
-  config_lib.quick(config)
+# The checkout's configs/: Figure 3's runs are their `figure3` variants.
+CONFIGS = pathlib.Path(__file__).resolve().parents[2] / 'configs'
+
+
+def load_config(name: str, seed: int) -> ml_collections.ConfigDict:
+  """configs/<name>.py:figure3 for `seed`: what `python -m sslprune_jax.main
+  --config=configs/<name>.py:figure3 --config.seed=<seed>` runs."""
+  path = CONFIGS / f'{name}.py'
+  if not path.exists():
+    raise FileNotFoundError(
+        f'{path} does not exist: Figure 3 reads its configs from the source '
+        'checkout (pip install -e .).')
+  spec = importlib.util.spec_from_file_location(f'{name}_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config('figure3')
   config.seed = seed
-  config.data.train_split = f'train[:{train_images}]'
-  config.data.eval_split = 'test[:5000]'
-  config.train.eval_batch_size = 1000
-  config.pruning.fraction = 0.6
-  config.pruning.num_rounds = 5
-  config.pruning.rewind_samples = 1280
-  config.log_every_steps = 100
-  config.checkpoint_every_steps = 0
   return config
 
 
 def pruning_configs(seed: int) -> dict[str, ml_collections.ConfigDict]:
   """The two pruning runs of a seed: labels and RotNet."""
-  labels = _small(config_lib.base('labels'), seed, 6000)
-  rotnet = _small(config_lib.base('rotnet'), seed, 3000)
-  # Four rotated copies per image: a quarter of the images per step.
-  rotnet.train.batch_size = 32
-  rotnet.train.eval_batch_size = 500
-  return {'labels': labels, 'rotnet': rotnet}
+  return {name: load_config(name, seed) for name in SOURCES}
 
 
 def retrain_config(seed: int, source_workdir: str, init: str,
                    mask: str = 'source') -> ml_collections.ConfigDict:
   """Training a source run's masks again on labels."""
-  config = _small(config_lib.base('labels'), seed, 6000)
-  retrain.add_source(config, init=init, mask=mask)
+  config = load_config('retrain', seed)
   config.source.workdir = source_workdir
+  config.source.init = init
+  config.source.mask = mask
   return config
 
 
