@@ -101,9 +101,8 @@ def main(argv):
   try:
     runner.run(FLAGS.config, FLAGS.workdir)
   except preemption.Preempted as e:
-    logging.warning('Preempted: %s', e)
-    print(f'Preempted; checkpoint saved in {FLAGS.workdir}. Run the same '
-          'command again to resume.', file=sys.stderr, flush=True)
+    print(f'Preempted: {e} Run the same command again to resume from '
+          f'{FLAGS.workdir}.', file=sys.stderr, flush=True)
     sys.exit(preemption.EXIT_CODE)
   except data.DatasetNotFoundError as e:
     config_file = config_flags.get_config_filename(FLAGS['config'])

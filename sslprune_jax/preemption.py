@@ -42,8 +42,8 @@ def _on_sigterm(signum, frame):
   del signum, frame  # Unused.
   _requested.set()
   if not _listening.is_set():
-    raise Preempted('SIGTERM received outside the train loop; the run '
-                    'resumes from its last checkpoint.')
+    raise Preempted('SIGTERM outside the train loop; the last checkpoint '
+                    'is kept.')
 
 
 def install() -> None:

@@ -336,8 +336,8 @@ def train_round(
       if preempted:
         writer.flush()
         raise preemption.Preempted(
-            f'{description}: preempted at step {step}/{num_steps}; its '
-            'checkpoint is being written.')
+            f'{description}: SIGTERM at step {step}/{num_steps}, '
+            'checkpointed there.')
   with report.timed('eval'):
     eval_metrics = evaluate(eval_step, state, eval_batches(), mesh, task)
   writer.write_scalars(num_steps, {f'eval_{k}': v
