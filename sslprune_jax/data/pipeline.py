@@ -1540,6 +1540,8 @@ def train_iterator(
     DatasetNotFoundError: the dataset could not be obtained.
   """
   config = _resolve_config(data_config)
+  # Checked for its errors (a positive multiple of the number of processes);
+  # batches are assembled from the read shards' batches.
   _local_batch_size(global_batch_size)
   num_shards, shards = _read_shards(config)
   shard_batch = _shard_batch_size(global_batch_size, num_shards)

@@ -60,9 +60,8 @@ from absl import flags
 from etils import epath
 import ml_collections
 
-from sslprune_jax import imp
 from sslprune_jax import report
-from sslprune_jax.evaluation import retrain
+from sslprune_jax import runner
 
 SOURCES = ('labels', 'rotnet')
 INITS = {'winning ticket': 'winning_ticket', 'reinit': 'reinit'}
@@ -133,10 +132,7 @@ def run(workdir: str, seeds: int = 3) -> dict[str, str]:
   for name, runs in all_runs.items():
     for config, directory in runs:
       print(f'\n== {name}: {directory}', flush=True)
-      if config.run == 'retrain':
-        retrain.run(config, directory)
-      else:
-        imp.run(config, directory)
+      runner.run(config, directory)
   retrained = {name: [report.load_run(d) for _, d in runs]
                for name, runs in all_runs.items()
                if not name.startswith('prune ')}
