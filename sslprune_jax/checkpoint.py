@@ -7,6 +7,8 @@ Layout of a workdir:
                      at the rewind point of round 0
   round_RR/<step>/   the latest in-round state of round RR, for resumption
   rounds/<RR>/       end of round RR: params, batch_stats, mask, metrics
+  export/round_RR/   end of round RR without its pruned weights
+                     (network.npz; see sslprune_jax.export)
   results.csv        one line per finished round
   tb/                TensorBoard events (round_RR/ per round, rounds/ summary)
 
@@ -134,8 +136,16 @@ def _manager(directory: epath.Path, max_to_keep: int | None = None,
 class RunCheckpoints:
   """The checkpoints of one pruning run, under `workdir`."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, in_round_keep: int = 1):
+    """Opens (or creates) the checkpoints of the run in `workdir`.
+
+    Args:
+      workdir: the run's directory.
+      in_round_keep: how many in-round checkpoints each round keeps (the
+        seeds of a run with several keep 2; see `imp.run_rounds`).
+    """
     self.workdir = epath.Path(workdir)
+    self._in_round_keep = in_round_keep
     self._in_round: dict[int, ocp.CheckpointManager] = {}
     # Rewind and end-of-round checkpoints are few, small next to a round, and
     # everything after them depends on them: write them synchronously.
@@ -146,7 +156,8 @@ class RunCheckpoints:
   def _round_manager(self, round_idx: int) -> ocp.CheckpointManager:
     if round_idx not in self._in_round:
       self._in_round[round_idx] = _manager(
-          self.workdir / f'round_{round_idx:02d}', max_to_keep=1)
+          self.workdir / f'round_{round_idx:02d}',
+          max_to_keep=self._in_round_keep)
     return self._in_round[round_idx]
 
   def save_in_round(self, round_idx: int, state: PyTree) -> None:
@@ -154,13 +165,21 @@ class RunCheckpoints:
     self._round_manager(round_idx).save(
         int(state.step), args=ocp.args.StandardSave(state))
 
-  def restore_in_round(self, round_idx: int, target: PyTree) -> PyTree | None:
-    """The latest in-round state of the round, or None if there is none."""
+  def in_round_steps(self, round_idx: int) -> list[int]:
+    """The steps of the round's in-round checkpoints."""
+    if not (self.workdir / f'round_{round_idx:02d}').exists():
+      return []
+    return sorted(self._round_manager(round_idx).all_steps())
+
+  def restore_in_round(self, round_idx: int, target: PyTree,
+                       step: int | None = None) -> PyTree | None:
+    """The round's in-round state at `step` (default: the latest), or None
+    if the round has none."""
     directory = self.workdir / f'round_{round_idx:02d}'
     if not directory.exists():
       return None
     manager = self._round_manager(round_idx)
-    step = manager.latest_step()
+    step = manager.latest_step() if step is None else step
     if step is None:
       return None
     return manager.restore(step, args=ocp.args.StandardRestore(

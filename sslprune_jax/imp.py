@@ -31,6 +31,7 @@ import numpy as np
 
 from sslprune_jax import checkpoint
 from sslprune_jax import data
+from sslprune_jax import export
 from sslprune_jax import models
 from sslprune_jax import parallel
 from sslprune_jax import pruning
@@ -40,7 +41,8 @@ from sslprune_jax import train
 PyTree = Any
 RESETS = ('rewind', 'reinit')
 RESULT_FIELDS = ('round', 'fraction_left', 'remaining', 'test_accuracy',
-                 'test_loss', 'train_accuracy', 'train_loss', 'seconds')
+                 'test_loss', 'train_accuracy', 'train_loss', 'export_bytes',
+                 'seconds')
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -353,8 +355,42 @@ def train_batches(config: ml_collections.ConfigDict, task, *, seed: int,
       start_step=start_step, only_labelled=task.stream == 'labelled')
 
 
-def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
+def seed_configs(config: ml_collections.ConfigDict
+                 ) -> list[ml_collections.ConfigDict]:
+  """The configs of the `num_seeds` runs that one config trains together.
+
+  Seed i's config is `config` with `seed = config.seed + i` and
+  `num_seeds = 1`: exactly the config of a separate run of that seed, so
+  that its workdir (`seed_workdir`) can be read, resumed or evaluated like
+  any other run's.
+  """
+  num_seeds = config.get('num_seeds', 1)
+  if not isinstance(num_seeds, int) or num_seeds < 1:
+    raise ValueError(
+        f'Invalid config: num_seeds must be a positive int, got {num_seeds!r}.')
+  if num_seeds == 1:
+    return [config]
+  configs = []
+  for i in range(num_seeds):
+    c = ml_collections.ConfigDict(config.to_dict())
+    c.seed = config.seed + i
+    c.num_seeds = 1
+    configs.append(c)
+  return configs
+
+
+def seed_workdir(workdir: str, seed: int) -> str:
+  """Where seed `seed` of a run with several seeds keeps its state."""
+  return str(epath.Path(workdir) / f'seed_{seed}')
+
+
+def run(config: ml_collections.ConfigDict, workdir: str
+        ) -> list[dict] | list[list[dict]]:
   """Runs (or resumes) the pruning rounds of `config` in `workdir`.
+
+  With `config.num_seeds` = k > 1, the k seeds `config.seed`, ...,
+  `config.seed + k - 1` are trained together, in one step vmapped over the
+  seeds; seed s keeps its checkpoints and results in `workdir/seed_<s>/`.
 
   Args:
     config: an experiment config (see configs/labels.py).
@@ -362,22 +398,34 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
   Returns:
     One dict per round: round, fraction_left (of the prunable weights),
-    remaining, test/train accuracy and loss, seconds, sparsity.
+    remaining, test/train accuracy and loss, seconds, sparsity; with
+    several seeds, one such list per seed.
   """
-  exp = build(config)
+  exps = [build(c) for c in seed_configs(config)]
   return run_rounds(
-      exp, workdir, rounds=range(config.pruning.num_rounds + 1),
-      start=functools.partial(round_start, exp),
+      exps if len(exps) > 1 else exps[0], workdir,
+      rounds=range(config.pruning.num_rounds + 1), start=round_start,
       save_rewind=config.pruning.reset == 'rewind',
       stop=functools.partial(_target_reached, config))
 
 
-def run_rounds(exp: Experiment, workdir: str, *, rounds,
-               start: Callable[[checkpoint.RunCheckpoints, int],
+@dataclasses.dataclass
+class _Member:
+  """One seed of the runs that `run_rounds` trains together."""
+  exp: Experiment
+  workdir: epath.Path
+  ckpts: checkpoint.RunCheckpoints
+  summary_writer: Any
+  completed: list[int]
+  results: list[dict] = dataclasses.field(default_factory=list)
+
+
+def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
+               start: Callable[[Experiment, checkpoint.RunCheckpoints, int],
                                train.TrainState],
                save_rewind: bool = False,
                stop: Callable[[dict], bool] = lambda row: False
-               ) -> list[dict]:
+               ) -> list[dict] | list[list[dict]]:
   """Trains one round after another, each resumable, and records them.
 
   The round loop of a pruning run, and of the evaluations that train a
@@ -385,92 +433,202 @@ def run_rounds(exp: Experiment, workdir: str, *, rounds,
   round starts from differs.
 
   Args:
-    exp: the experiment.
+    exp: the experiment, or the experiments of several seeds
+      (`seed_configs`) to train together in one vmapped step; each keeps
+      its state in `seed_workdir(workdir, seed)`.
     workdir: where checkpoints, metrics and results.csv go.
     rounds: the round numbers, in order.
-    start: (checkpoints, round) -> the replicated state the round trains
-      from (resuming from an in-round checkpoint if there is one).
+    start: (experiment, its checkpoints, round) -> the replicated state the
+      round trains from (resuming from an in-round checkpoint if there is
+      one).
     save_rewind: whether round 0 saves the rewind point.
-    stop: row -> whether no further round is needed.
+    stop: row -> whether no further round is needed (asked of the first
+      seed; every seed has the same pruning schedule).
 
   Returns:
-    One dict per round (see `run`).
+    One dict per round (see `run`); with several seeds, a list per seed.
   """
-  config = exp.config
-  workdir = epath.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  checkpoint.check_or_write_config(str(workdir), config)
-  ckpts = checkpoint.RunCheckpoints(str(workdir))
-  train_step = train.make_train_step(exp.task, exp.mesh,
-                                    config.train.get('exact_reduction', False))
-  eval_step = train.make_eval_step(exp.task, exp.mesh)
+  exps = exp if isinstance(exp, list) else [exp]
+  num_seeds = len(exps)
+  config, lead = exps[0].config, exps[0]
+  top = epath.Path(workdir)
+  top.mkdir(parents=True, exist_ok=True)
+  if num_seeds > 1:
+    # The top directory records the whole config (num_seeds included), so
+    # that resuming it with other seeds is refused too.
+    checkpoint.check_or_write_config(
+        str(top), ml_collections.ConfigDict(
+            {**config.to_dict(), 'seed': exps[0].config.seed,
+             'num_seeds': num_seeds}))
   is_main = jax.process_index() == 0
-  summary_writer = metric_writers.create_default_writer(
-      str(workdir / 'tb' / 'rounds'), just_logging=not is_main)
-  completed = ckpts.completed_rounds()
-  results: list[dict] = []
+  members = []
   try:
+    for e in exps:
+      where = (top if num_seeds == 1
+               else epath.Path(seed_workdir(workdir, e.config.seed)))
+      where.mkdir(parents=True, exist_ok=True)
+      checkpoint.check_or_write_config(str(where), e.config)
+      ckpts = checkpoint.RunCheckpoints(str(where),
+                                        in_round_keep=min(num_seeds, 2))
+      members.append(_Member(
+          exp=e, workdir=where, ckpts=ckpts,
+          summary_writer=metric_writers.create_default_writer(
+              str(where / 'tb' / 'rounds'), just_logging=not is_main),
+          completed=ckpts.completed_rounds()))
+    train_step = train.make_train_step(
+        lead.task, lead.mesh, config.train.get('exact_reduction', False),
+        num_seeds=num_seeds)
+    eval_step = train.make_eval_step(lead.task, lead.mesh)
     for r in rounds:
-      if r in completed:
-        results.append(restore(lambda: ckpts.round_metrics(r),
-                                f'end of round {r}', workdir / 'rounds'))
-        if stop(results[-1]):
+      if all(r in m.completed for m in members):
+        for m in members:
+          m.results.append(restore(lambda: m.ckpts.round_metrics(r),
+                                   f'end of round {r}',
+                                   m.workdir / 'rounds'))
+        if stop(members[0].results[-1]):
           break
         continue
-      state = start(ckpts, r)
-      remaining, total = pruning.count(state.mask, exp.prunable)
-      hooks = {}
-      if r == 0 and save_rewind:
-        hooks[exp.rewind_step] = lambda s: ckpts.save_rewind(
-            exp.rewind_step,
-            {'params': s.params, 'batch_stats': s.batch_stats,
-             'task_state': s.task_state})
-      writer = metric_writers.create_default_writer(
-          str(workdir / 'tb' / f'round_{r:02d}'), just_logging=not is_main)
-      result = train.train_round(
-          state,
-          train_step=train_step, eval_step=eval_step,
-          train_batches=train_batches(config, exp.task,
-                                      seed=_data_seed(config.seed, r),
-                                      start_step=int(state.step)),
-          eval_batches=lambda: data.eval_iterator(
-              config.data, global_batch_size=config.train.eval_batch_size),
-          mesh=exp.mesh, num_steps=exp.num_steps, task=exp.task,
-          writer=writer,
-          log_every_steps=config.log_every_steps,
-          checkpoint_every_steps=config.checkpoint_every_steps,
-          save_checkpoint=lambda s, r=r: ckpts.save_in_round(r, s),
-          hooks=hooks,
-          description=f'round {r} ({100 * remaining / total:.2f}% left)')
-      writer.close()
+      row = _train_round(members, r, start, train_step, eval_step,
+                         save_rewind)
+      if stop(row):
+        break
+  finally:
+    for m in members:
+      m.ckpts.close()
+      m.summary_writer.close()
+  if num_seeds == 1:
+    return members[0].results
+  return [m.results for m in members]
+
+
+def _train_round(members: list[_Member], r: int, start, train_step,
+                 eval_step, save_rewind: bool) -> dict:
+  """Trains round `r` of every member at once; returns the first's row."""
+  num_seeds = len(members)
+  lead = members[0].exp
+  config = lead.config
+  is_main = jax.process_index() == 0
+  states = _start_states(members, r, start)
+  counts = [pruning.count(s.mask, m.exp.prunable)
+            for s, m in zip(states, members)]
+  state = (states[0] if num_seeds == 1 else
+           parallel.replicate(train.stack_trees(states), lead.mesh))
+  del states
+  seed_state = ((lambda s, i: s) if num_seeds == 1 else train.seed_slice)
+  hooks = {}
+  if r == 0 and save_rewind:
+
+    def save_rewind_point(s):
+      for i, m in enumerate(members):
+        own = seed_state(s, i)
+        m.ckpts.save_rewind(lead.rewind_step,
+                            {'params': own.params,
+                             'batch_stats': own.batch_stats,
+                             'task_state': own.task_state})
+
+    hooks[lead.rewind_step] = save_rewind_point
+
+  def save_in_round(s):
+    for i, m in enumerate(members):
+      m.ckpts.save_in_round(r, seed_state(s, i))
+
+  writers = [metric_writers.create_default_writer(
+      str(m.workdir / 'tb' / f'round_{r:02d}'), just_logging=not is_main)
+             for m in members]
+  batches = [train_batches(m.exp.config, m.exp.task,
+                           seed=_data_seed(m.exp.config.seed, r),
+                           start_step=int(np.asarray(state.step).ravel()[0]))
+             for m in members]
+  remaining, total = counts[0]
+  seeds = f', {num_seeds} seeds' if num_seeds > 1 else ''
+  try:
+    result = train.train_round(
+        state,
+        train_step=train_step, eval_step=eval_step,
+        train_batches=(batches[0] if num_seeds == 1
+                       else _stacked_batches(batches)),
+        eval_batches=lambda: data.eval_iterator(
+            config.data, global_batch_size=config.train.eval_batch_size),
+        mesh=lead.mesh, num_steps=lead.num_steps, task=lead.task,
+        writer=writers[0] if num_seeds == 1 else writers,
+        log_every_steps=config.log_every_steps,
+        checkpoint_every_steps=config.checkpoint_every_steps,
+        save_checkpoint=save_in_round, hooks=hooks,
+        description=f'round {r} ({100 * remaining / total:.2f}% left{seeds})')
+  finally:
+    for w in writers:
+      w.close()
+  for i, m in enumerate(members):
+    final = seed_state(result.state, i)
+    remaining, total = counts[i]
+    if r in m.completed:  # Trained again only alongside the other seeds.
+      row = restore(lambda: m.ckpts.round_metrics(r), f'end of round {r}',
+                    m.workdir / 'rounds')
+    else:
       row = {
           'round': r, 'fraction_left': remaining / total,
           'remaining': remaining,
           # Every task reports an accuracy or a loss or both; NaN if not.
           **{f'test_{k}': math.nan for k in ('accuracy', 'loss')},
-          **{f'test_{k}': v for k, v in result.eval_metrics.items()},
+          **{f'test_{k}': v for k, v in result.eval_metrics[i].items()},
           **{f'train_{k}': math.nan for k in ('accuracy', 'loss')},
-          **{f'train_{k}': v for k, v in result.train_metrics.items()},
+          **{f'train_{k}': v for k, v in result.train_metrics[i].items()},
+          # The size of the round's compact export (only the weights left).
+          'export_bytes': export.save(
+              str(m.workdir / 'export' / f'round_{r:02d}'),
+              {'params': final.params, 'batch_stats': final.batch_stats},
+              final.mask),
           'seconds': result.seconds,
-          'sparsity': pruning.sparsity_report(result.state.mask,
-                                              exp.prunable),
+          'sparsity': pruning.sparsity_report(final.mask, m.exp.prunable),
       }
-      ckpts.save_round(r, {'params': result.state.params,
-                           'batch_stats': result.state.batch_stats,
-                           'mask': result.state.mask}, row)
-      ckpts.clear_in_round(r)
-      results.append(row)
-      summary_writer.write_scalars(
-          r, {k: row[k] for k in _result_fields([row])[1:]})
-      write_results_csv(workdir, results)
-      if is_main:
-        print(f'\nRound {r} done.\n' + _results_table(results), flush=True)
-      if stop(row):
-        break
-  finally:
-    ckpts.close()
-    summary_writer.close()
-  return results
+      m.ckpts.save_round(r, {'params': final.params,
+                             'batch_stats': final.batch_stats,
+                             'mask': final.mask}, row)
+    m.ckpts.clear_in_round(r)
+    m.results.append(row)
+    m.summary_writer.write_scalars(
+        r, {k: row[k] for k in _result_fields([row])[1:]})
+    write_results_csv(m.workdir, m.results)
+    if is_main:
+      seed = (f' (seed {m.exp.config.seed}, {m.workdir})'
+              if num_seeds > 1 else '')
+      print(f'\nRound {r} done{seed}.\n' + _results_table(m.results),
+            flush=True)
+  return members[0].results[-1]
+
+
+def _start_states(members: list[_Member], r: int, start
+                  ) -> list[train.TrainState]:
+  """Every member's start of round `r`, resumed at one common step.
+
+  Seeds save their in-round checkpoints one after another, so a run killed
+  in between leaves some a checkpoint ahead; each keeps its previous one
+  too, and all resume from the latest step they share.
+  """
+  states = [start(m.exp, m.ckpts, r) for m in members]
+  steps = [int(s.step) for s in states]
+  if len(set(steps)) == 1:
+    return states
+  common = min(steps)
+  if common and all(common in m.ckpts.in_round_steps(r) for m in members):
+    logging.info('Round %d: seeds saved up to steps %s; resuming all at '
+                 'step %d.', r, steps, common)
+    return [s if step == common else
+            restore(lambda m=m, s=s: m.ckpts.restore_in_round(r, s, common),
+                    f'in-round state of round {r}',
+                    m.workdir / f'round_{r:02d}')
+            for s, step, m in zip(states, steps, members)]
+  logging.warning('Round %d: the seeds\' in-round checkpoints (steps %s) '
+                  'share no step; restarting the round.', r, steps)
+  for m in members:
+    m.ckpts.clear_in_round(r)
+  return [start(m.exp, m.ckpts, r) for m in members]
+
+
+def _stacked_batches(iterators):
+  """One batch of every seed's iterator per step, stacked along axis 0."""
+  for batches in zip(*iterators):
+    yield jax.tree.map(lambda *xs: np.stack(xs), *batches)
 
 
 def source_config(workdir: str) -> ml_collections.ConfigDict:

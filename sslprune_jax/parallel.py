@@ -29,8 +29,9 @@ def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 
 
-def batch_sharding(mesh: Mesh) -> NamedSharding:
-  return NamedSharding(mesh, P(AXIS))
+def batch_sharding(mesh: Mesh, num_seeds: int = 1) -> NamedSharding:
+  """Batches split along 'data': axis 0, or axis 1 after a seed axis."""
+  return NamedSharding(mesh, P(AXIS) if num_seeds == 1 else P(None, AXIS))
 
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
@@ -42,18 +43,20 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
   return jax.device_put(jax.tree.map(np.array, tree), replicated(mesh))
 
 
-def shard_batch(local_batch: dict, mesh: Mesh) -> dict:
+def shard_batch(local_batch: dict, mesh: Mesh, num_seeds: int = 1) -> dict:
   """Turns this host's batch into global arrays split along 'data'.
 
   Args:
     local_batch: numpy arrays whose leading dimension is this host's share of
-      the global batch.
+      the global batch; with `num_seeds` > 1, arrays of shape (num_seeds,
+      this host's share, ...), one batch per seed.
     mesh: the data mesh.
+    num_seeds: seeds trained together (see `train.make_train_step`).
 
   Returns:
     jax.Arrays of the global batch shape, sharded over the mesh.
   """
-  sharding = batch_sharding(mesh)
+  sharding = batch_sharding(mesh, num_seeds)
   return jax.tree.map(
       lambda x: jax.make_array_from_process_local_data(sharding, x),
       local_batch)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from absl import logging
 from clu import metric_writers
@@ -29,6 +29,7 @@ from sslprune_jax import preemption
 from sslprune_jax import pruning
 
 PyTree = Any
+Writer = metric_writers.MetricWriter
 SCHEDULES = ('step', 'cosine', 'constant')
 
 
@@ -175,17 +176,48 @@ def per_device_train_step(task, exact_reduction: bool = False) -> Callable:
   return step
 
 
-def make_train_step(task, mesh, exact_reduction: bool = False) -> Callable:
+def make_train_step(task, mesh, exact_reduction: bool = False,
+                    num_seeds: int = 1) -> Callable:
   """The jitted data-parallel train step: (state, batch) -> (state, metrics).
 
   `per_device_train_step` under `shard_map` over the mesh; the batch is split
   along 'data', the state is replicated and donated.
+
+  With `num_seeds` = k > 1 the step trains k independent networks at once:
+  every leaf of the state has a leading axis of size k (`stack_trees`), every
+  batch leaf has shape (k, global batch, ...) and is split along its second
+  axis (`parallel.shard_batch(..., num_seeds=k)`), and the per-device step
+  is `jax.vmap`ped over the seeds, so that each device holds its share of
+  every seed's batch; the metrics get the leading seed axis too.
   """
-  sharded = jax.shard_map(per_device_train_step(task, exact_reduction),
-                          mesh=mesh,
-                          in_specs=(P(), P(parallel.AXIS)),
+  step = per_device_train_step(task, exact_reduction)
+  batch_spec = P(parallel.AXIS)
+  if num_seeds > 1:
+    step = jax.vmap(step)
+    batch_spec = P(None, parallel.AXIS)
+  sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), batch_spec),
                           out_specs=(P(), P()))
   return jax.jit(sharded, donate_argnums=0)
+
+
+def stack_trees(trees) -> PyTree:
+  """Pytrees of one structure stacked leaf by leaf along a new axis 0.
+
+  The state of k seeds trained by one `make_train_step(num_seeds=k)` is the
+  stack of their k states, as numpy arrays; static fields (a state's model
+  and optimiser) are the first tree's.
+  """
+  treedef = jax.tree.structure(trees[0])
+  leaves = [jax.tree.leaves(t) for t in trees]
+  if any(len(ls) != len(leaves[0]) for ls in leaves):
+    raise ValueError('The trees to stack differ in structure.')
+  return jax.tree.unflatten(
+      treedef, [np.stack([np.asarray(x) for x in xs]) for xs in zip(*leaves)])
+
+
+def seed_slice(tree: PyTree, i: int) -> PyTree:
+  """Seed `i`'s tree out of a stacked one (`stack_trees`)."""
+  return jax.tree.map(lambda x: x[i], tree)
 
 
 def make_eval_step(task, mesh) -> Callable:
@@ -241,9 +273,18 @@ class NonFiniteLossError(FloatingPointError):
 
 @dataclasses.dataclass
 class RoundResult:
+  """A trained round: its final state and, seed by seed, its metrics.
+
+  Attributes:
+    state: the final (replicated) state; with several seeds, stacked.
+    train_metrics: one dict per seed (one for an ordinary run) of the train
+      metrics of the last logged steps.
+    eval_metrics: one dict per seed of the metrics on the eval split.
+    seconds: wall time of the round (training and evaluation).
+  """
   state: TrainState
-  train_metrics: dict[str, float]
-  eval_metrics: dict[str, float]
+  train_metrics: list[dict[str, float]]
+  eval_metrics: list[dict[str, float]]
   seconds: float
 
 
@@ -257,7 +298,7 @@ def train_round(
     mesh,
     num_steps: int,
     task=None,
-    writer: metric_writers.MetricWriter,
+    writer: Writer | Sequence[Writer],
     log_every_steps: int,
     checkpoint_every_steps: int,
     save_checkpoint: Callable[[TrainState], None],
@@ -275,7 +316,9 @@ def train_round(
     mesh: the data mesh.
     num_steps: length of the round in steps.
     task: the task, for its whole-split eval metrics (`eval_summary`).
-    writer: clu metric writer (per-round step axis).
+    writer: clu metric writer (per-round step axis); for a stacked state of
+      k seeds (`make_train_step(num_seeds=k)`), a list of k writers, one
+      per seed, and the batches are stacked likewise.
     log_every_steps: how often train metrics are written.
     checkpoint_every_steps: how often `save_checkpoint(state)` is called.
     save_checkpoint: saves a resumable in-round checkpoint.
@@ -284,28 +327,32 @@ def train_round(
     description: prefix of log lines.
 
   Returns:
-    The final state and its train and eval metrics.
+    The final state and, per seed, its train and eval metrics.
 
   Raises:
-    NonFiniteLossError: the loss became NaN/inf. The state that produced it
+    NonFiniteLossError: the loss (of any seed) became NaN/inf. The state
+      that produced it
       is not checkpointed; earlier checkpoints are kept.
     preemption.Preempted: a preemption notice (SIGTERM) came; the state was
       passed to `save_checkpoint` first, so the caller must wait for that
       save to finish (closing the checkpoint managers does).
   """
   hooks = dict(hooks or {})
-  start = int(state.step)
+  writers = list(writer) if isinstance(writer, Sequence) else [writer]
+  num_seeds = len(writers)
+  start = int(np.asarray(state.step).reshape(-1)[0])
   t0 = time.time()
   report = periodic_actions.ReportProgress(num_train_steps=num_steps,
-                                           writer=writer,
+                                           writer=writers[0],
                                            every_steps=log_every_steps)
   if start == 0 and 0 in hooks:
     hooks[0](state)
-  accumulated, last_train = None, {}
+  accumulated, last_train = None, [{} for _ in writers]
   with preemption.listening():
     for step in range(start + 1, num_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = parallel.shard_batch(next(train_batches), mesh)
+        batch = parallel.shard_batch(next(train_batches), mesh,
+                                     num_seeds=num_seeds)
         state, metrics = train_step(state, batch)
       accumulated = metrics if accumulated is None else accumulated.merge(
           metrics)
@@ -317,31 +364,47 @@ def train_round(
       if is_log or is_ckpt or step in hooks:
         # Metrics are fetched (a host sync) only here; the NaN check
         # piggybacks on that so that a non-finite state is never saved.
-        last_train = {k: float(v) for k, v in accumulated.compute().items()}
+        last_train = _per_seed(accumulated, num_seeds)
         accumulated = None
-        if not math.isfinite(last_train['loss']):
-          raise NonFiniteLossError(
-              f'{description}: training loss is {last_train["loss"]} at '
-              f'step {step}. Stopped; the checkpoints written so far are '
-              'kept. Lower the learning rate or check the data.')
+        for i, metrics in enumerate(last_train):
+          if not math.isfinite(metrics['loss']):
+            seed = f' (seed {i} of {num_seeds})' if num_seeds > 1 else ''
+            raise NonFiniteLossError(
+                f'{description}: training loss{seed} is {metrics["loss"]} '
+                f'at step {step}. Stopped; the checkpoints written so far '
+                'are kept. Lower the learning rate or check the data.')
         if is_log:
-          writer.write_scalars(step, {f'train_{k}': v
-                                      for k, v in last_train.items()})
+          for w, metrics in zip(writers, last_train):
+            w.write_scalars(step, {f'train_{k}': v
+                                   for k, v in metrics.items()})
           logging.info('%s step %d/%d: %s', description, step, num_steps,
-                       last_train)
+                       last_train[0] if num_seeds == 1 else last_train)
       if step in hooks:
         hooks[step](state)
       if is_ckpt and (step < num_steps or preempted):
         save_checkpoint(state)
       if preempted:
-        writer.flush()
+        for w in writers:
+          w.flush()
         raise preemption.Preempted(
             f'{description}: SIGTERM at step {step}/{num_steps}, '
             'checkpointed there.')
+  eval_metrics = []
   with report.timed('eval'):
-    eval_metrics = evaluate(eval_step, state, eval_batches(), mesh, task)
-  writer.write_scalars(num_steps, {f'eval_{k}': v
-                                   for k, v in eval_metrics.items()})
-  writer.flush()
+    for i, w in enumerate(writers):
+      seed_state = state if num_seeds == 1 else seed_slice(state, i)
+      eval_metrics.append(
+          evaluate(eval_step, seed_state, eval_batches(), mesh, task))
+      w.write_scalars(num_steps, {f'eval_{k}': v
+                                  for k, v in eval_metrics[-1].items()})
+      w.flush()
   return RoundResult(state=state, train_metrics=last_train,
                      eval_metrics=eval_metrics, seconds=time.time() - t0)
+
+
+def _per_seed(metrics, num_seeds: int) -> list[dict[str, float]]:
+  """A clu metrics collection (stacked over seeds if several) computed, as a
+  dict per seed."""
+  per_seed = ([metrics] if num_seeds == 1 else
+              [seed_slice(metrics, i) for i in range(num_seeds)])
+  return [{k: float(v) for k, v in m.compute().items()} for m in per_seed]

@@ -8,6 +8,7 @@ same masks.
 """
 
 import importlib.util
+import json
 import os
 import pathlib
 import shutil
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 
 from sslprune_jax import checkpoint
+from sslprune_jax import export
 from sslprune_jax import imp
 from sslprune_jax import preemption
 from sslprune_jax import pruning
@@ -117,11 +119,77 @@ def test_saved_params_are_zero_where_masked(finished_run):
   for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)):
     p, m = np.asarray(p), np.asarray(m)
     assert np.all(p[~m] == 0.0)
+  # Each round's compact export holds the same network, and shrinks.
+  exported, exported_mask = export.load(str(workdir / 'export' / 'round_02'))
+  for a, b in zip(jax.tree.leaves(exported['params']),
+                  jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  for a, b in zip(jax.tree.leaves(exported_mask), jax.tree.leaves(mask)):
+    np.testing.assert_array_equal(a, np.asarray(b))
+  sizes = [r['export_bytes'] for r in finished_run[2]]
+  assert sizes == sorted(sizes, reverse=True) and sizes[2] < sizes[0]
+  for r, size in enumerate(sizes):
+    assert (workdir / 'export' / f'round_{r:02d}' / 'network.npz'
+            ).stat().st_size == size
   masks = round_masks(workdir)
   for r in (1, 2):
     for old, new in zip(jax.tree.leaves(masks[r - 1]),
                         jax.tree.leaves(masks[r])):
       assert not np.any(new & ~old)
+
+
+def _leaves(tree):
+  return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_seeds_in_one_run_match_separate_runs(finished_run, data_dir,
+                                              tmp_path):
+  # Seeds 0 and 1 trained together against seed 0's ordinary run (the
+  # session's) and a separate run of seed 1, over rounds 0 and 1.
+  rounds = {'pruning.num_rounds': 1}
+  together = tmp_path / 'seeds'
+  results = imp.run(tiny_config(data_dir, num_seeds=2, **rounds),
+                    str(together))
+  seed1 = tmp_path / 'seed1'
+  separate = [finished_run[2][:2],
+              imp.run(tiny_config(data_dir, seed=1, **rounds), str(seed1))]
+  assert json.loads((together / 'config.json').read_text())['num_seeds'] == 2
+  # Seed 1's workdir is that of a run of seed 1 alone.
+  assert ((together / 'seed_1' / 'config.json').read_text()
+          == (seed1 / 'config.json').read_text())
+  rewinds = []
+  for seed, alone in zip((0, 1), (finished_run[1], seed1)):
+    mine = together / f'seed_{seed}'
+    ckpts, theirs = (checkpoint.RunCheckpoints(str(d)) for d in (mine, alone))
+    try:
+      # 4 steps in, the seeds' own init and batches give the same weights,
+      # to rounding: the seeds' convolutions run as one grouped convolution,
+      # which adds in another order, and training amplifies that (to ~3e-5
+      # here; another seed's init or batches differ by ~1e-1).
+      rewinds.append(_leaves(ckpts.load_rewind()))
+      for a, b in zip(rewinds[-1], _leaves(theirs.load_rewind())):
+        np.testing.assert_allclose(a, b, rtol=0, atol=2e-4)
+      masks = [_leaves(c.load_round(1)['mask']) for c in (ckpts, theirs)]
+    finally:
+      ckpts.close()
+      theirs.close()
+    same = sum(int(np.sum(a == b)) for a, b in zip(*masks))
+    total = sum(a.size for a in masks[0])
+    assert same / total > 0.98, same / total
+    for row, other in zip(results[seed], separate[seed]):
+      assert row['remaining'] == other['remaining']
+      assert row['test_accuracy'] == pytest.approx(other['test_accuracy'],
+                                                   abs=0.03)
+      assert row['train_loss'] == pytest.approx(other['train_loss'],
+                                                rel=0.05)
+    assert (mine / 'results.csv').exists()
+    assert (mine / 'export' / 'round_01' / 'network.npz').exists()
+  # The seeds really are different runs.
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(*rewinds)) > 1e-2
+  assert results[0][0]['test_accuracy'] != results[1][0]['test_accuracy']
+  # Resuming the finished run does no work and gives the same rows.
+  assert imp.run(tiny_config(data_dir, num_seeds=2, **rounds),
+                 str(together)) == results
 
 
 def test_rerun_of_a_finished_run_does_no_work(finished_run):

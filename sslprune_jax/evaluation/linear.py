@@ -53,6 +53,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   """Refuses bad `source` / `linear` values before anything is read."""
   s, lin = config.get('source'), config.get('linear')
   problems = []
+  if config.get('num_seeds', 1) != 1:
+    problems.append('num_seeds must be 1 for a linear evaluation (run one '
+                    'per seed).')
   if s is None or not s.get('workdir'):
     problems.append('source.workdir must name a finished pruning run.')
   elif any(not isinstance(r, int) or r < 0 for r in s.rounds):

@@ -101,12 +101,13 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """
   validate(config)
   rounds = imp.source_rounds(config.source.workdir, config.source.rounds)
-  exp = imp.build(config)
 
-  def start(ckpts, r):
+  def start(exp, ckpts, r):
     return imp.start_state(exp, ckpts, r, *round_start(exp, ckpts, r))
 
-  return imp.run_rounds(exp, workdir, rounds=rounds, start=start)
+  exps = [imp.build(c) for c in imp.seed_configs(config)]
+  return imp.run_rounds(exps if len(exps) > 1 else exps[0], workdir,
+                        rounds=rounds, start=start)
 
 
 def add_source(config: ml_collections.ConfigDict, *, init: str,
