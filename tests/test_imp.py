@@ -17,7 +17,9 @@ import subprocess
 import sys
 import time
 
+import flax
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -432,3 +434,40 @@ def test_natural_sparsity_of_a_finished_run(finished_run):
   assert reports[0]['near_zero'] == small > 0
   with pytest.raises(ValueError, match='no finished round'):
     natural_sparsity.of_run(str(workdir), rounds=[5])
+
+
+@flax.struct.dataclass
+class _Counter:
+  step: jax.Array
+  value: jax.Array
+
+
+def test_seeds_resume_at_the_step_they_all_saved(tmp_path):
+  # Killed between two seeds' saves: seed 0 saved step 8, seed 1 only 4.
+  members = []
+  for seed, steps in ((0, (4, 8)), (1, (4,))):
+    ckpts = checkpoint.RunCheckpoints(str(tmp_path / f'seed_{seed}'),
+                                      in_round_keep=2)
+    for step in steps:
+      ckpts.save_in_round(1, _Counter(step=jnp.asarray(step),
+                                      value=jnp.asarray(10. * step + seed)))
+    ckpts.close()
+    members.append(imp._Member(
+        exp=None, workdir=tmp_path / f'seed_{seed}', summary_writer=None,
+        completed=[], ckpts=checkpoint.RunCheckpoints(
+            str(tmp_path / f'seed_{seed}'), in_round_keep=2)))
+
+  def start(exp, ckpts, r):
+    fresh = _Counter(step=jnp.asarray(0), value=jnp.asarray(-1.))
+    return ckpts.restore_in_round(r, fresh) or fresh
+
+  states = imp._start_states(members, 1, start)
+  assert [(int(s.step), float(s.value)) for s in states] == [(4, 40.),
+                                                             (4, 41.)]
+  # With no step in common, the round starts over for every seed.
+  members[1].ckpts.clear_in_round(1)
+  states = imp._start_states(members, 1, start)
+  assert [int(s.step) for s in states] == [0, 0]
+  assert not (tmp_path / 'seed_0' / 'round_01').exists()
+  for m in members:
+    m.ckpts.close()
