@@ -61,7 +61,11 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
       # Average gradients and batch-norm statistics over devices in a fixed
       # order (`parallel.exact_pmean`): bit-identical training whatever the
       # processes the devices belong to, at ~1.5x the all-reduce traffic.
-      exact_reduction=False))
+      exact_reduction=False,
+      # How one step trains config.num_seeds > 1 seeds: 'vmap' (one
+      # batched program), 'unroll' (the step once per seed, bit-identical to
+      # separate runs), or 'auto': 'unroll' on CPU, 'vmap' elsewhere.
+      seed_batching='auto'))
   config.pruning = ml_collections.ConfigDict(dict(
       # Global magnitude pruning of 20% of the remaining prunable weights.
       method='magnitude', fraction=0.2, num_rounds=30,

@@ -93,6 +93,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.data.name not in data.DATASETS:
     problems.append(f'Unknown data.name {config.data.name!r}; valid: '
                     f'{data.DATASETS}.')
+  if t.get('seed_batching', 'auto') not in train.SEED_BATCHINGS:
+    problems.append(f'Unknown train.seed_batching {t.seed_batching!r}; '
+                    f'valid: {train.SEED_BATCHINGS}.')
   if t.schedule not in train.SCHEDULES:
     problems.append(f'Unknown train.schedule {t.schedule!r}; valid: '
                     f'{train.SCHEDULES}.')
@@ -477,7 +480,8 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
           completed=ckpts.completed_rounds()))
     train_step = train.make_train_step(
         lead.task, lead.mesh, config.train.get('exact_reduction', False),
-        num_seeds=num_seeds)
+        num_seeds=num_seeds,
+        seed_batching=config.train.get('seed_batching', 'auto'))
     eval_step = train.make_eval_step(lead.task, lead.mesh)
     for r in rounds:
       if all(r in m.completed for m in members):

@@ -14,6 +14,7 @@ them knows how the network is trained.
 from __future__ import annotations
 
 import fractions
+import functools
 import math
 import re
 from typing import Any, Callable, Sequence
@@ -100,13 +101,34 @@ def restrict_to_layers(prunable: PyTree, layers: Sequence[Path]) -> PyTree:
 
 def init_mask(params: PyTree) -> PyTree:
   """A mask keeping every weight."""
-  return jax.tree.map(lambda p: jnp.ones(jnp.shape(p), dtype=jnp.bool_),
-                      params)
+  # Built on the host and transferred: `jnp.ones` would compile a program
+  # per leaf shape.
+  return jax.tree.map(
+      lambda p: jnp.asarray(np.ones(jnp.shape(p), dtype=np.bool_)), params)
 
 
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
   """`params * mask`, leaf by leaf; pruned weights become exactly zero."""
   return jax.tree.map(lambda p, m: p * m.astype(p.dtype), params, mask)
+
+
+def _kept_counts(leaves: Sequence[Any]) -> list[int]:
+  """The number of True entries of each boolean mask leaf, as Python ints.
+
+  Leaves readable from this host are counted there (no program to compile
+  per leaf shape, no sync per leaf); others, e.g. sharded over several
+  hosts, on device, with a single transfer for all of them.
+  """
+  counts: list[Any] = []
+  for m in leaves:
+    local = not isinstance(m, jax.Array) or (
+        m.is_fully_addressable or m.is_fully_replicated)
+    dtype = m.dtype if hasattr(m, 'dtype') else np.asarray(m).dtype
+    if local and dtype == np.bool_:
+      counts.append(np.count_nonzero(np.asarray(m)))
+    else:
+      counts.append(jnp.sum(m))
+  return [int(c) for c in jax.device_get(counts)]
 
 
 def count(mask: PyTree, prunable: PyTree) -> tuple[int, int]:
@@ -115,12 +137,9 @@ def count(mask: PyTree, prunable: PyTree) -> tuple[int, int]:
   Returns:
     (remaining, total) as Python ints.
   """
-  remaining = total = 0
-  for m, ok in zip(jax.tree.leaves(mask), jax.tree.leaves(prunable)):
-    if ok:
-      remaining += int(jnp.sum(m))
-      total += int(np.size(m))
-  return remaining, total
+  leaves = [m for m, ok in zip(jax.tree.leaves(mask),
+                               jax.tree.leaves(prunable)) if ok]
+  return sum(_kept_counts(leaves)), sum(int(np.size(m)) for m in leaves)
 
 
 def num_to_prune(fraction: float, remaining: int) -> int:
@@ -142,19 +161,158 @@ def num_to_prune(fraction: float, remaining: int) -> int:
   return math.ceil(fractions.Fraction(repr(float(fraction))) * remaining)
 
 
+# Scores are ranked through uint32 keys that order as the float32 scores do
+# (`_order_keys`). On CPU the k-th smallest key is found by a two-pass radix
+# selection (16-bit histograms), ~30x faster than XLA's CPU sort of a
+# ResNet-50's 25M scores; elsewhere by sorting, which GPUs and TPUs do fast
+# and which avoids scatters (slow on TPU).
+_SIGN_BIT = 0x80000000
+_RADIX_BITS = 16
+# Ties at the threshold are resolved block by block (`_first_true`).
+_TIE_BLOCK = 4096
+
+
+def _order_keys(x: jax.Array) -> jax.Array:
+  """uint32 keys of float32 `x`, ordered as `jnp.sort` orders `x`.
+
+  Non-negative floats get their bits with the sign bit set, negative ones
+  their bits inverted, so that unsigned comparison of keys is numeric
+  comparison of values; every NaN gets the largest key (sorted last).
+  """
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  sign = jnp.uint32(_SIGN_BIT)
+  keys = jnp.where(bits >= sign, ~bits, bits | sign)
+  return jnp.where(jnp.isnan(x), jnp.uint32(0xFFFFFFFF), keys)
+
+
+def _from_order_key(key: jax.Array) -> jax.Array:
+  """The float32 value of an `_order_keys` key (a NaN for the NaN key)."""
+  sign = jnp.uint32(_SIGN_BIT)
+  bits = jnp.where(key >= sign, key ^ sign, ~key)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _kth_smallest_by_radix(scores: jax.Array, k: jax.Array) -> jax.Array:
+  """The k-th smallest (1-based, 1 <= k <= size) of float32 `scores`.
+
+  Radix selection on the order keys: a histogram of the top 16 bits finds
+  the bucket holding the k-th key, a histogram of the low 16 bits within
+  that bucket finds the key. Two passes over the data whatever its values.
+  """
+  keys = _order_keys(scores)
+  buckets = 1 << _RADIX_BITS
+  high = (keys >> _RADIX_BITS).astype(jnp.int32)
+  counts = jnp.zeros(buckets, jnp.int32).at[high].add(1)
+  cumulative = jnp.cumsum(counts)
+  top = jnp.searchsorted(cumulative, k, side='left')
+  rank_in_bucket = k - (cumulative[top] - counts[top])
+  low = jnp.where(high == top, (keys & (buckets - 1)).astype(jnp.int32),
+                  buckets)
+  counts = jnp.zeros(buckets, jnp.int32).at[low].add(1, mode='drop')
+  bottom = jnp.searchsorted(jnp.cumsum(counts), rank_in_bucket, side='left')
+  key = (top.astype(jnp.uint32) << _RADIX_BITS) | bottom.astype(jnp.uint32)
+  return _from_order_key(key)
+
+
+def _kth_smallest_by_sort(scores: jax.Array, k: jax.Array) -> jax.Array:
+  """The k-th smallest (1-based) of `scores`, by sorting them."""
+  return jnp.sort(scores)[k - 1]
+
+
+def _first_true(flags: jax.Array, n: jax.Array) -> jax.Array:
+  """`flags & (cumsum(flags) <= n)`: only the first `n` True entries.
+
+  Without a cumulative sum over the whole vector (slow on CPU): per-block
+  counts locate the block holding the n-th True entry, and only that block
+  is summed cumulatively.
+  """
+  size = flags.shape[0]
+  block = min(size, _TIE_BLOCK)
+  num_blocks = -(-size // block)
+  blocks = jnp.pad(flags, (0, num_blocks * block - size)).reshape(
+      num_blocks, block)
+  per_block = jnp.sum(blocks, axis=1, dtype=jnp.int32)
+  cumulative = jnp.cumsum(per_block)
+  b = jnp.minimum(jnp.searchsorted(cumulative, n, side='left'),
+                  num_blocks - 1)
+  before = cumulative[b] - per_block[b]
+  row = jax.lax.dynamic_index_in_dim(blocks, b, keepdims=False)
+  j = jnp.searchsorted(jnp.cumsum(row, dtype=jnp.int32), n - before,
+                       side='left')
+  # Index of the n-th True entry (or past the end if there are fewer).
+  last = b * block + j
+  return flags & (jnp.arange(size) <= last) & (n > 0)
+
+
+def _keep_above_rank_impl(scores: jax.Array,
+                          num_pruned: jax.Array) -> jax.Array:
+  """See `_keep_above_rank` (unjitted, to be fused into a larger jit)."""
+  size = scores.shape[0]
+  k = jnp.clip(num_pruned, 1, size).astype(jnp.int32)
+  scores = scores.astype(jnp.float32)
+  threshold = jax.lax.platform_dependent(
+      scores, k, cpu=_kth_smallest_by_radix, default=_kth_smallest_by_sort)
+  below = scores < threshold
+  tied = scores == threshold
+  still_needed = num_pruned - jnp.sum(below, dtype=jnp.int32)
+  pruned = below | _first_true(tied, still_needed)
+  return jnp.where(num_pruned > 0, ~pruned, True)
+
+
 @jax.jit
 def _keep_above_rank(scores: jax.Array, num_pruned: jax.Array) -> jax.Array:
   """Boolean keep-vector removing the `num_pruned` lowest scores.
 
   Ties at the threshold are broken by position (earlier entries go first), so
-  exactly `num_pruned` entries are removed whatever the values.
+  exactly `num_pruned` entries are removed whatever the values. The
+  threshold is the `num_pruned`-th smallest score (as `jnp.sort` orders
+  them: NaNs last, -0.0 equal to 0.0); scores below it are removed, then
+  the first entries equal to it until `num_pruned` are.
   """
-  threshold = jnp.sort(scores)[jnp.maximum(num_pruned - 1, 0)]
-  below = scores < threshold
-  tied = scores == threshold
-  still_needed = num_pruned - jnp.sum(below)
-  pruned = below | (tied & (jnp.cumsum(tied) <= still_needed))
-  return jnp.where(num_pruned > 0, ~pruned, True)
+  return _keep_above_rank_impl(scores, num_pruned)
+
+
+@functools.partial(jax.jit, static_argnames=('magnitude',))
+def _prune_leaves(scores: list[jax.Array], masks: list[jax.Array],
+                  target: jax.Array, magnitude: bool) -> list[jax.Array]:
+  """The new masks of the prunable leaves, in one compiled program.
+
+  Args:
+    scores: score leaves (weights if `magnitude`, scored by |w|).
+    masks: their current masks.
+    target: how many of their weights are pruned afterwards in total.
+    magnitude: score by the absolute value of `scores`.
+
+  Returns:
+    One boolean mask per leaf.
+  """
+  # Weights already pruned score -inf so that they are counted first in the
+  # rank and stay pruned.
+  flat = jnp.concatenate([
+      jnp.where(m, (jnp.abs(s) if magnitude else s).astype(jnp.float32),
+                -jnp.inf).ravel() for m, s in zip(masks, scores)])
+  keep = _keep_above_rank_impl(flat, target)
+  out, offset = [], 0
+  for m in masks:
+    out.append(keep[offset:offset + m.size].reshape(m.shape))
+    offset += m.size
+  return out
+
+
+def _prune(scores: PyTree, mask: PyTree, prunable: PyTree, fraction: float,
+           magnitude: bool) -> PyTree:
+  """`prune_by_score`, scoring by |scores| if `magnitude`."""
+  remaining, total = count(mask, prunable)
+  target = (total - remaining) + num_to_prune(fraction, remaining)
+  leaves, treedef = jax.tree.flatten(mask)
+  flags = jax.tree.leaves(prunable)
+  score_leaves = treedef.flatten_up_to(scores)
+  new = iter(_prune_leaves(
+      [s for s, ok in zip(score_leaves, flags) if ok],
+      [m for m, ok in zip(leaves, flags) if ok],
+      jnp.asarray(target, jnp.int32), magnitude=magnitude))
+  return jax.tree.unflatten(
+      treedef, [next(new) if ok else m for m, ok in zip(leaves, flags)])
 
 
 def prune_by_score(scores: PyTree, mask: PyTree, prunable: PyTree,
@@ -162,7 +320,9 @@ def prune_by_score(scores: PyTree, mask: PyTree, prunable: PyTree,
   """Removes the lowest-scoring kept weights, over all prunable leaves at once.
 
   This is the shared core of every global pruning method: magnitude pruning
-  scores a weight by |w|, random pruning by a uniform draw.
+  scores a weight by |w|, random pruning by a uniform draw. The prunable
+  leaves are ranked together, in tree order; ties are broken by position
+  (see `_keep_above_rank`).
 
   Args:
     scores: pytree like `params` of float scores (only prunable leaves used).
@@ -175,24 +335,7 @@ def prune_by_score(scores: PyTree, mask: PyTree, prunable: PyTree,
     The new mask. Already-pruned weights stay pruned; exactly
     `num_to_prune(fraction, remaining)` more are pruned.
   """
-  remaining, total = count(mask, prunable)
-  target = (total - remaining) + num_to_prune(fraction, remaining)
-  leaves, treedef = jax.tree.flatten(mask)
-  flags = jax.tree.leaves(prunable)
-  score_leaves = treedef.flatten_up_to(scores)
-  # Weights already pruned score -inf so that they are counted first in the
-  # rank and stay pruned.
-  flat = [jnp.where(m, s.astype(jnp.float32), -jnp.inf).ravel()
-          for m, s, ok in zip(leaves, score_leaves, flags) if ok]
-  keep = _keep_above_rank(jnp.concatenate(flat), jnp.asarray(target))
-  new_leaves, offset = [], 0
-  for m, ok in zip(leaves, flags):
-    if ok:
-      new_leaves.append(keep[offset:offset + m.size].reshape(m.shape))
-      offset += m.size
-    else:
-      new_leaves.append(m)
-  return jax.tree.unflatten(treedef, new_leaves)
+  return _prune(scores, mask, prunable, fraction, magnitude=False)
 
 
 def magnitude_prune(params: PyTree, mask: PyTree, prunable: PyTree,
@@ -203,8 +346,8 @@ def magnitude_prune(params: PyTree, mask: PyTree, prunable: PyTree,
   lose different shares of their weights. For layerwise pruning pass a
   `prunable` restricted with `restrict_to_layers`.
   """
-  return prune_by_score(jax.tree.map(jnp.abs, params), mask, prunable,
-                        fraction)
+  # |w| is taken inside the compiled program (one pass, no copy of |params|).
+  return _prune(params, mask, prunable, fraction, magnitude=True)
 
 
 def _uniform_scores(rng: jax.Array, tree: PyTree) -> PyTree:
@@ -307,13 +450,14 @@ def sparsity_report(mask: PyTree, prunable: PyTree) -> dict:
      'remaining', 'total', 'fraction_left'} over the prunable leaves, layers
     in tree order.
   """
+  flat_mask = [(path, m) for (path, m), ok in zip(
+      jax.tree_util.tree_flatten_with_path(mask)[0],
+      jax.tree.leaves(prunable)) if ok]
   layers = []
-  flat_mask = jax.tree_util.tree_flatten_with_path(mask)[0]
-  for (path, m), ok in zip(flat_mask, jax.tree.leaves(prunable)):
-    if ok:
-      kept = int(jnp.sum(m))
-      layers.append({'name': path_name(path_tuple(path)), 'remaining': kept,
-                     'total': int(m.size), 'fraction_left': kept / m.size})
+  for (path, m), kept in zip(flat_mask,
+                             _kept_counts([m for _, m in flat_mask])):
+    layers.append({'name': path_name(path_tuple(path)), 'remaining': kept,
+                   'total': int(m.size), 'fraction_left': kept / m.size})
   remaining = sum(l['remaining'] for l in layers)
   total = sum(l['total'] for l in layers)
   return {'layers': layers, 'remaining': remaining, 'total': total,

@@ -1,8 +1,10 @@
 """One round of training: the train state, pure jitted steps, and the loop.
 
-The forward pass always sees `params * mask`, so masked weights get zero
-gradient; after each update the params are masked again so that neither
-weight decay nor momentum can bring a pruned weight back.
+Pruned weights are exactly zero from `create_train_state` on, and stay so
+with one masking pass a step: the gradients are masked before the optimiser,
+and SGD's update of a weight whose gradient, momentum and value are zero is
+zero (weight decay adds zero times the weight). So the forward pass sees
+`params * mask` without multiplying by the mask.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from sslprune_jax import pruning
 PyTree = Any
 Writer = metric_writers.MetricWriter
 SCHEDULES = ('step', 'cosine', 'constant')
+SEED_BATCHINGS = ('auto', 'vmap', 'unroll')
 
 
 class TrainState(train_state.TrainState):
@@ -50,9 +53,9 @@ class TrainState(train_state.TrainState):
   task_state: PyTree = flax.struct.field(default_factory=dict)
 
   def apply_gradients(self, *, grads, **kwargs):
-    new_state = super().apply_gradients(grads=grads, **kwargs)
-    return new_state.replace(
-        params=pruning.apply_mask(new_state.params, new_state.mask))
+    # Pruned weights get no gradient, hence no momentum and no update.
+    return super().apply_gradients(
+        grads=pruning.apply_mask(grads, self.mask), **kwargs)
 
 
 def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
@@ -122,8 +125,8 @@ def create_train_state(model, variables: dict, mask: PyTree,
 
 
 def _forward(state: TrainState, params, images, train: bool, rng=None):
-  variables = {'params': pruning.apply_mask(params, state.mask),
-               'batch_stats': state.batch_stats}
+  # `params` are zero where pruned (see the module docstring).
+  variables = {'params': params, 'batch_stats': state.batch_stats}
   if not train:
     return state.apply_fn(variables, images, train=False), state.batch_stats
   outputs, updates = state.apply_fn(
@@ -176,8 +179,31 @@ def per_device_train_step(task, exact_reduction: bool = False) -> Callable:
   return step
 
 
+def seed_batching_for(seed_batching: str, platform: str | None = None
+                      ) -> str:
+  """'vmap' or 'unroll': how one step trains several seeds.
+
+  'auto' is 'unroll' on CPU and 'vmap' elsewhere. `jax.vmap` turns the
+  seeds' convolutions into one grouped convolution: one kernel launch for
+  all seeds on GPU and TPU, but on XLA:CPU 3-4x slower than the separate
+  convolutions (`python -m sslprune_jax.bench --sections=seeds`), and
+  adding in another order (equal to separate runs to rounding only).
+  'unroll' traces the step once per seed into the same program: on CPU as
+  fast as separate runs, and computing what they compute (bit for bit in
+  the tests' runs; XLA may fuse the larger program differently).
+  """
+  if seed_batching not in SEED_BATCHINGS:
+    raise ValueError(f'Unknown train.seed_batching {seed_batching!r}; '
+                     f'valid: {SEED_BATCHINGS}.')
+  if seed_batching != 'auto':
+    return seed_batching
+  platform = platform or jax.default_backend()
+  return 'unroll' if platform == 'cpu' else 'vmap'
+
+
 def make_train_step(task, mesh, exact_reduction: bool = False,
-                    num_seeds: int = 1) -> Callable:
+                    num_seeds: int = 1,
+                    seed_batching: str = 'auto') -> Callable:
   """The jitted data-parallel train step: (state, batch) -> (state, metrics).
 
   `per_device_train_step` under `shard_map` over the mesh; the batch is split
@@ -186,33 +212,49 @@ def make_train_step(task, mesh, exact_reduction: bool = False,
   With `num_seeds` = k > 1 the step trains k independent networks at once:
   every leaf of the state has a leading axis of size k (`stack_trees`), every
   batch leaf has shape (k, global batch, ...) and is split along its second
-  axis (`parallel.shard_batch(..., num_seeds=k)`), and the per-device step
-  is `jax.vmap`ped over the seeds, so that each device holds its share of
-  every seed's batch; the metrics get the leading seed axis too.
+  axis (`parallel.shard_batch(..., num_seeds=k)`), so that each device holds
+  its share of every seed's batch, and the per-device step is `jax.vmap`ped
+  over the seeds, or unrolled (`seed_batching_for`); the metrics get the
+  leading seed axis too.
   """
   step = per_device_train_step(task, exact_reduction)
   batch_spec = P(parallel.AXIS)
   if num_seeds > 1:
-    step = jax.vmap(step)
     batch_spec = P(None, parallel.AXIS)
+    if seed_batching_for(seed_batching, mesh.devices.flat[0].platform
+                         ) == 'vmap':
+      step = jax.vmap(step)
+    else:
+      step = _unrolled(step, num_seeds)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), batch_spec),
                           out_specs=(P(), P()))
   return jax.jit(sharded, donate_argnums=0)
 
 
-def stack_trees(trees) -> PyTree:
+def _unrolled(step: Callable, num_seeds: int) -> Callable:
+  """`step` over a stacked state and batch, seed after seed."""
+
+  def unrolled(state, batch):
+    outs = [step(seed_slice(state, i), seed_slice(batch, i))
+            for i in range(num_seeds)]
+    return stack_trees(outs, jnp.stack)
+
+  return unrolled
+
+
+def stack_trees(trees, stack: Callable = np.stack) -> PyTree:
   """Pytrees of one structure stacked leaf by leaf along a new axis 0.
 
   The state of k seeds trained by one `make_train_step(num_seeds=k)` is the
-  stack of their k states, as numpy arrays; static fields (a state's model
-  and optimiser) are the first tree's.
+  stack of their k states (`np.stack`: on the host; `jnp.stack` in a jitted
+  function); static fields (a state's model and optimiser) are the first
+  tree's.
   """
   treedef = jax.tree.structure(trees[0])
   leaves = [jax.tree.leaves(t) for t in trees]
   if any(len(ls) != len(leaves[0]) for ls in leaves):
     raise ValueError('The trees to stack differ in structure.')
-  return jax.tree.unflatten(
-      treedef, [np.stack([np.asarray(x) for x in xs]) for xs in zip(*leaves)])
+  return jax.tree.unflatten(treedef, [stack(xs) for xs in zip(*leaves)])
 
 
 def seed_slice(tree: PyTree, i: int) -> PyTree:

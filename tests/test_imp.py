@@ -147,7 +147,10 @@ def _leaves(tree):
 def test_seeds_in_one_run_match_separate_runs(finished_run, data_dir,
                                               tmp_path):
   # Seeds 0 and 1 trained together against seed 0's ordinary run (the
-  # session's) and a separate run of seed 1, over rounds 0 and 1.
+  # session's) and a separate run of seed 1, over rounds 0 and 1. On CPU
+  # the seeds' step is unrolled (train.seed_batching='auto'): the weights
+  # and masks are the same to the bit; XLA fuses the batch-norm statistics
+  # differently in the larger program, to an ulp (they only feed eval).
   rounds = {'pruning.num_rounds': 1}
   together = tmp_path / 'seeds'
   results = imp.run(tiny_config(data_dir, num_seeds=2, **rounds),
@@ -159,35 +162,30 @@ def test_seeds_in_one_run_match_separate_runs(finished_run, data_dir,
   # Seed 1's workdir is that of a run of seed 1 alone.
   assert ((together / 'seed_1' / 'config.json').read_text()
           == (seed1 / 'config.json').read_text())
-  rewinds = []
   for seed, alone in zip((0, 1), (finished_run[1], seed1)):
     mine = together / f'seed_{seed}'
     ckpts, theirs = (checkpoint.RunCheckpoints(str(d)) for d in (mine, alone))
     try:
-      # 4 steps in, the seeds' own init and batches give the same weights,
-      # to rounding: the seeds' convolutions run as one grouped convolution,
-      # which adds in another order, and training amplifies that (to ~3e-5
-      # here; another seed's init or batches differ by ~1e-1).
-      rewinds.append(_leaves(ckpts.load_rewind()))
-      for a, b in zip(rewinds[-1], _leaves(theirs.load_rewind())):
-        np.testing.assert_allclose(a, b, rtol=0, atol=2e-4)
-      masks = [_leaves(c.load_round(1)['mask']) for c in (ckpts, theirs)]
+      saved = [[ckpts.load_rewind(), theirs.load_rewind()]]
+      saved += [[c.load_round(r) for c in (ckpts, theirs)] for r in (0, 1)]
     finally:
       ckpts.close()
       theirs.close()
-    same = sum(int(np.sum(a == b)) for a, b in zip(*masks))
-    total = sum(a.size for a in masks[0])
-    assert same / total > 0.98, same / total
+    for a, b in saved:
+      for key in ('params', 'mask'):
+        for x, y in zip(_leaves(a.get(key, {})), _leaves(b.get(key, {}))):
+          np.testing.assert_array_equal(x, y)
+      for x, y in zip(_leaves(a['batch_stats']), _leaves(b['batch_stats'])):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-8)
     for row, other in zip(results[seed], separate[seed]):
-      assert row['remaining'] == other['remaining']
-      assert row['test_accuracy'] == pytest.approx(other['test_accuracy'],
-                                                   abs=0.03)
-      assert row['train_loss'] == pytest.approx(other['train_loss'],
-                                                rel=0.05)
+      for key in ('remaining', 'fraction_left', 'export_bytes', 'sparsity',
+                  'train_loss', 'train_accuracy'):
+        assert row[key] == other[key], key
+      for key in ('test_accuracy', 'test_loss'):
+        assert row[key] == pytest.approx(other[key], rel=1e-4), key
     assert (mine / 'results.csv').exists()
     assert (mine / 'export' / 'round_01' / 'network.npz').exists()
   # The seeds really are different runs.
-  assert max(float(np.max(np.abs(a - b))) for a, b in zip(*rewinds)) > 1e-2
   assert results[0][0]['test_accuracy'] != results[1][0]['test_accuracy']
   # Resuming the finished run does no work and gives the same rows.
   assert imp.run(tiny_config(data_dir, num_seeds=2, **rounds),

@@ -302,3 +302,28 @@ def test_natural_sparsity_counts_only_kept_weights():
   report = pruning.natural_sparsity(params, prunable, 1e-3, mask)
   # The pruned zero is not natural: 2 of the 3 kept weights are near zero.
   assert (report['near_zero'], report['total']) == (2, 3)
+
+
+def _reference_keep(scores, num_pruned):
+  """Removes the `num_pruned` smallest scores, ties in position order."""
+  keep = np.ones(scores.shape, bool)
+  keep[np.argsort(scores, kind='stable')[:num_pruned]] = False
+  return keep
+
+
+@pytest.mark.parametrize('case', range(12))
+def test_rank_selection_matches_a_stable_sort(case):
+  # On CPU the threshold comes from a radix selection on the float bits;
+  # it must remove exactly what a stable sort removes: heavy ties, signed
+  # zeros, infinities and pruned (-inf) entries included.
+  rng = np.random.default_rng(case)
+  n = int(rng.integers(1, 5000))
+  pool = np.array([0.0, -0.0, 1.0, -1.0, 0.5, np.inf, -np.inf, 1e-30, 3.0],
+                  np.float32)
+  scores = (rng.choice(pool, n) if case % 2 else
+            rng.normal(size=n).astype(np.float32))
+  scores[rng.random(n) < 0.2] = -np.inf
+  for num_pruned in {0, 1, n // 3, n // 2, n - 1, n}:
+    keep = np.asarray(pruning._keep_above_rank(  # pylint: disable=protected-access
+        jnp.asarray(scores), jnp.asarray(num_pruned)))
+    np.testing.assert_array_equal(keep, _reference_keep(scores, num_pruned))

@@ -1,0 +1,1122 @@
+"""Benchmarks: train-step speed, masking cost, FLOP/s, pruning, IO, seeds.
+
+  python -m sslprune_jax.bench                    # everything, defaults
+  python -m sslprune_jax.bench | head -1          # only the JSON line
+  python -m sslprune_jax.bench --sections=step,unmasked --models=resnet18 \\
+      --steps=10 --json_out=/tmp/bench.json
+
+Stdout gets exactly one line, the JSON object of the results; a readable
+summary goes to stderr (and everything libraries print goes there too).
+Everything runs on the machine's devices (CPU, GPU or TPU), all of them, on
+the data mesh of `parallel.create_mesh()`.
+
+Sections (`--sections`, by name or number):
+
+  1 step      the masked train step, built as training builds it
+              (`train.make_train_step`, labels task, a state whose mask has
+              `--fraction_pruned` of the prunable weights pruned by
+              magnitude), fed one random batch already on the devices, so
+              that the step alone is timed: images/s per model.
+  2 unmasked  the same step without masks (the gradients are not masked;
+              `UnmaskedTrainState`), timed in
+              blocks alternating with the masked one; the ratio masked /
+              unmasked throughput.
+  3 flops     FLOPs of the compiled step from XLA's cost analysis, divided by
+              the step time, as a fraction of the measured peak of a large
+              float32 matmul on one device (timed between the step's
+              blocks).
+  4 prune     global magnitude pruning of a ResNet-50-sized tree (its real
+              parameter shapes, random values) and rewinding it.
+  5 round     the between-round work of a `configs/labels.py:quick` run
+              (end-of-round checkpoint, restoring it and the rewind point,
+              pruning, rewinding) against the round's estimated time.
+  6 pipeline  the input pipelines alone, against the step they feed.
+  7 seeds     k seeds trained by one program (`make_train_step(...,
+              num_seeds=k)`), images/s summed over seeds and per seed.
+
+The JSON's keys: 'environment' (backend, device kind and count, versions),
+'settings', one key per section run ('step' holds sections 1-2, per
+network), 'targets' (every project target the run measured: its value,
+the target, the comparison and whether it is met) and 'seconds'.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import importlib.util
+import json
+import math
+import os
+import pathlib
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+from absl import logging
+import flax
+from flax.training import train_state
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow as tf
+
+from sslprune_jax import checkpoint
+from sslprune_jax import config_lib
+from sslprune_jax import data
+from sslprune_jax import imp
+from sslprune_jax import models
+from sslprune_jax import parallel
+from sslprune_jax import pruning
+from sslprune_jax import tasks
+from sslprune_jax import train
+from sslprune_jax.data import augment as augment_lib
+
+PyTree = Any
+
+SECTIONS = ('step', 'unmasked', 'flops', 'prune', 'round', 'pipeline',
+            'seeds')
+# The networks: CIFAR ResNet-18 at full and small width, ResNet-50, and
+# the network of configs/labels.py:quick (which sections 5-7 use).
+NETWORKS = ('resnet18', 'resnet18_small', 'resnet50', 'quick')
+MODELS = NETWORKS[:3]
+
+# The project's performance targets: name -> (comparison, target).
+TARGETS = {
+    'masked_over_unmasked': ('>=', 0.97),
+    'fraction_of_peak_resnet18': ('>=', 0.60),
+    'prune_seconds': ('<=', 1.0),
+    'round_overhead_fraction': ('<=', 0.02),
+    'pipeline_over_step': ('>=', 2.0),
+}
+
+_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass
+class Settings:
+  """What to measure and how long (the command-line flags).
+
+  Attributes:
+    models: which of `NETWORKS` the step sections measure.
+    sections: which of `SECTIONS` to run.
+    cifar_batch_size: global batch of the CIFAR ResNet-18s.
+    imagenet_batch_size: global batch of ResNet-50 (0: 8 on CPU, else 128).
+    quick_batch_size: global batch of the quick network (0: its config's).
+    small_width: width multiplier of 'resnet18_small'.
+    steps: train steps per timed block (at least).
+    min_block_s: more steps per block if needed for a block to last this
+      long (estimated from one step), against the noise of a shared
+      machine.
+    warmup: untimed steps after compilation.
+    repeats: timed blocks per step (masked and unmasked alternate); the
+      fastest block counts.
+    fraction_pruned: share of the prunable weights the masked state has
+      pruned (by magnitude).
+    matmul_size: n of the n x n float32 matmul measuring the peak.
+    matmul_repeats: timed matmul blocks; the fastest counts.
+    prune_model: whose parameter shapes the prune section prunes.
+    prune_repeats: timed prunings and rewinds; the fastest counts.
+    pipeline_batches: batches timed per input pipeline.
+    pipeline_warmup: batches read before the timing starts.
+    seeds: numbers of seeds trained together in the seeds section.
+    data_dir: TFDS data dir holding Fashion-MNIST (None: TFDS's default).
+    eval_repeats: timed eval steps in the round section.
+  """
+  models: tuple[str, ...] = MODELS
+  sections: tuple[str, ...] = SECTIONS
+  cifar_batch_size: int = 128
+  imagenet_batch_size: int = 0
+  quick_batch_size: int = 0
+  small_width: float = 0.25
+  steps: int = 3
+  min_block_s: float = 2.0
+  warmup: int = 1
+  repeats: int = 3
+  fraction_pruned: float = 0.8
+  matmul_size: int = 4096
+  matmul_repeats: int = 3
+  prune_model: str = 'resnet50'
+  prune_repeats: int = 3
+  pipeline_batches: int = 300
+  pipeline_warmup: int = 20
+  seeds: tuple[int, ...] = (1, 2, 4)
+  data_dir: str | None = None
+  eval_repeats: int = 3
+
+
+# ---------------------------------------------------------------------------
+# Configs and networks.
+
+
+def quick_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
+  """The `configs/labels.py:quick` config.
+
+  Read from configs/ next to the package when it is there (as the tests
+  load configs), else rebuilt from `config_lib` as that file builds it.
+  """
+  path = _ROOT / 'configs' / 'labels.py'
+  if path.exists():
+    spec = importlib.util.spec_from_file_location('labels_config', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config('quick')
+  else:
+    config = config_lib.quick(config_lib.base('labels'))
+  if data_dir:
+    config.data.data_dir = data_dir
+  return config
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A network to benchmark and the config its optimiser comes from."""
+  name: str
+  model: dict
+  image_shape: tuple[int, int, int]
+  num_classes: int
+  batch_size: int
+  config: ml_collections.ConfigDict
+
+  def describe(self) -> dict:
+    return {'model': dict(self.model), 'image_shape': list(self.image_shape),
+            'num_classes': self.num_classes, 'batch_size': self.batch_size}
+
+
+def get_spec(name: str, settings: Settings) -> Spec:
+  """The network `name` ('resnet18', 'resnet18_small', 'resnet50', 'quick').
+
+  Raises:
+    ValueError: unknown name, or a batch the devices do not divide.
+  """
+  cifar = config_lib.base('labels')
+  if name in ('resnet18', 'resnet18_small'):
+    width = 1.0 if name == 'resnet18' else settings.small_width
+    spec = Spec(name, dict(name='resnet_cifar', depth=18, width=width),
+                (32, 32, 3), 10, settings.cifar_batch_size, cifar)
+  elif name == 'resnet50':
+    batch = settings.imagenet_batch_size or (
+        8 if jax.default_backend() == 'cpu' else 128)
+    spec = Spec(name, dict(name='resnet', depth=50, width=1.0),
+                (224, 224, 3), 1000, batch, config_lib.imagenet(cifar))
+  elif name == 'quick':
+    config = quick_config(settings.data_dir)
+    if settings.quick_batch_size:
+      config.train.batch_size = settings.quick_batch_size
+    spec = Spec(name, {k: config.model[k] for k in ('name', 'depth',
+                                                   'width')},
+                (28, 28, 1), 10, config.train.batch_size, config)
+  else:
+    raise ValueError(f'Unknown model {name!r}; valid: {NETWORKS}.')
+  parallel.check_batch_size(spec.batch_size, parallel.create_mesh())
+  return spec
+
+
+def _model(spec: Spec):
+  return models.create_model(ml_collections.ConfigDict(spec.model),
+                             spec.num_classes)
+
+
+def _optimizer(spec: Spec):
+  train_config = spec.config.train
+  return train.create_optimizer(
+      train_config, train.create_learning_rate_fn(train_config, 1000))
+
+
+# Jitted initialisations, one per network (compiled once).
+_INIT_FNS: dict[str, Callable] = {}
+
+
+def _pruned_variables(spec: Spec, model, seed: int, fraction: float
+                      ) -> tuple[dict, PyTree]:
+  """Fresh variables of the network and a mask pruning `fraction` of its
+  prunable weights by magnitude (in one go)."""
+  key = json.dumps([spec.model, spec.image_shape, spec.num_classes])
+  if key not in _INIT_FNS:
+    _INIT_FNS[key] = jax.jit(functools.partial(
+        train.init_variables, model, image_shape=spec.image_shape))
+  variables = _INIT_FNS[key](jax.random.PRNGKey(seed))
+  params = variables['params']
+  prunable = pruning.prunable_tree(params)
+  mask = pruning.init_mask(params)
+  if fraction > 0:
+    mask = pruning.magnitude_prune(params, mask, prunable, fraction)
+  return variables, mask
+
+
+def random_batch(spec: Spec, seed: int = 0, num_seeds: int = 1,
+                 batch_size: int | None = None, eval_mask: bool = False
+                 ) -> dict:
+  """This host's share of a random batch, as numpy (see `train_iterator`).
+
+  With `num_seeds` > 1 every array gets a leading seed axis.
+  """
+  rng = np.random.default_rng(seed)
+  batch = (batch_size or spec.batch_size) // jax.process_count()
+  lead = (num_seeds,) if num_seeds > 1 else ()
+  out = {
+      'image': rng.standard_normal((*lead, batch, *spec.image_shape),
+                                   np.float32),
+      'label': rng.integers(0, spec.num_classes, (*lead, batch), np.int32),
+  }
+  if eval_mask:
+    out['mask'] = np.ones((*lead, batch), bool)
+  else:
+    out['index'] = np.broadcast_to(np.arange(batch, dtype=np.int32),
+                                   (*lead, batch)).copy()
+    out['labelled'] = np.ones((*lead, batch), bool)
+  return out
+
+
+# ---------------------------------------------------------------------------
+# The step without masks.
+
+
+class UnmaskedTrainState(train.TrainState):
+  """A train state without masks: flax's plain `apply_gradients`.
+
+  `train.TrainState` differs from it only in masking the gradients, so
+  `train.make_train_step` over this state is the step without masks.
+  """
+
+  def apply_gradients(self, *, grads, **kwargs):
+    return train_state.TrainState.apply_gradients(self, grads=grads,
+                                                  **kwargs)
+
+
+def create_unmasked_state(model, variables: dict, tx, rng: jax.Array
+                          ) -> UnmaskedTrainState:
+  """A fresh `UnmaskedTrainState` (empty mask) at step 0."""
+  return UnmaskedTrainState.create(
+      apply_fn=model.apply, params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}), mask={}, rng=rng, tx=tx,
+      task_state={})
+
+
+# ---------------------------------------------------------------------------
+# Timing.
+
+
+class _Stepper:
+  """A compiled step with its (donated, so carried along) state."""
+
+  def __init__(self, step: Callable, state, batch: dict):
+    t0 = time.perf_counter()
+    self.compiled = step.lower(state, batch).compile()
+    self.compile_s = time.perf_counter() - t0
+    self.state, self.batch = state, batch
+
+  def run(self, n: int) -> float:
+    """Seconds for `n` steps, the last one's results ready."""
+    t0 = time.perf_counter()
+    metrics = None
+    for _ in range(n):
+      self.state, metrics = self.compiled(self.state, self.batch)
+    jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - t0
+
+  def flops(self) -> float | None:
+    return compiled_flops(self.compiled)
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of a compiled program by XLA's cost analysis, or None.
+
+  `cost_analysis()` gives a dict, or in older JAX versions a list with one
+  dict per program. For a `shard_map` (SPMD) program the module analysed is
+  the per-device one, so the FLOPs are those of one device.
+  """
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # Not every backend implements it.
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  if not cost or not cost.get('flops'):
+    return None
+  return float(cost['flops'])
+
+
+def _timed(steppers: dict[str, _Stepper], settings: Settings,
+           peak: _MatmulPeak | None = None) -> dict:
+  """Warms every stepper up, then times them in alternating blocks.
+
+  Returns:
+    Per stepper, the seconds per step of each block; 'steps_per_block';
+    with `peak`, also 'peak': the matmul FLOP/s measured after each round
+    of blocks (under the same load as the steps, on a machine shared with
+    other work).
+  """
+  for s in steppers.values():
+    s.run(max(settings.warmup, 0))
+  steps = settings.steps
+  if settings.min_block_s > 0:
+    one = min(s.run(1) for s in steppers.values())
+    steps = max(steps, math.ceil(settings.min_block_s / max(one, 1e-9)))
+  blocks = {name: [] for name in steppers}
+  peaks = []
+  for _ in range(max(settings.repeats, 1)):
+    for name, s in steppers.items():
+      blocks[name].append(s.run(steps) / steps)
+    if peak is not None:
+      peaks.append(peak.measure())
+  if peaks:
+    blocks['peak'] = peaks
+  blocks['steps_per_block'] = steps
+  return blocks
+
+
+def _step_stats(seconds: list[float], images: int, compile_s: float
+                ) -> dict:
+  best = min(seconds)
+  return {'step_s': best, 'images_per_s': images / best,
+          'step_s_median': statistics.median(seconds),
+          'step_s_blocks': seconds, 'compile_s': compile_s}
+
+
+class _Cache:
+  """Step measurements shared between sections (measured at most once)."""
+
+  def __init__(self, settings: Settings):
+    self.settings = settings
+    self.steps: dict[str, dict] = {}
+    self.mesh = parallel.create_mesh()
+    self.with_peak = 'flops' in parse_sections(settings.sections)
+    self._peak: _MatmulPeak | None = None
+
+  def step(self, name: str, unmasked: bool = False) -> dict:
+    """Masked (and optionally unmasked) step results of network `name`."""
+    have = self.steps.get(name)
+    if have is None or (unmasked and 'unmasked' not in have):
+      self.steps[name] = measure_step(
+          get_spec(name, self.settings), self.settings, self.mesh, unmasked,
+          self.peak() if self.with_peak and name in self.settings.models
+          else None)
+    return self.steps[name]
+
+  def peak(self) -> _MatmulPeak:
+    if self._peak is None:
+      self._peak = _MatmulPeak(self.settings.matmul_size)
+    return self._peak
+
+
+def measure_step(spec: Spec, settings: Settings, mesh,
+                 unmasked: bool = False, peak: _MatmulPeak | None = None
+                 ) -> dict:
+  """Times the masked train step of `spec` (and the unmasked one).
+
+  Returns:
+    {'network', 'fraction_pruned', 'masked': {step_s, images_per_s, ...},
+     'flops_per_device'}; with `unmasked`, 'unmasked' and
+    'masked_over_unmasked' (throughput ratio); with `peak`,
+    'peak_flops_per_s_per_device', the best matmul rate measured between
+    the step's timed blocks.
+  """
+  model = _model(spec)
+  tx = _optimizer(spec)
+  task = tasks.get_task('labels')
+  variables, mask = _pruned_variables(spec, model, 0, settings.fraction_pruned)
+  rng = jax.random.PRNGKey(1)
+  batch = parallel.shard_batch(random_batch(spec), mesh)
+  steppers = {'masked': _Stepper(
+      train.make_train_step(task, mesh),
+      parallel.replicate(train.create_train_state(model, variables, mask, tx,
+                                                  rng), mesh), batch)}
+  if unmasked:
+    steppers['unmasked'] = _Stepper(
+        train.make_train_step(task, mesh),
+        parallel.replicate(create_unmasked_state(model, variables, tx, rng),
+                           mesh), batch)
+  blocks = _timed(steppers, settings, peak)
+  kept, total = pruning.count(mask, pruning.prunable_tree(variables['params']))
+  out = {'network': spec.describe(),
+         'steps_per_block': blocks['steps_per_block'],
+         'fraction_pruned': 1 - kept / total,
+         'num_params': int(sum(np.size(x) for x in
+                               jax.tree.leaves(variables['params']))),
+         'flops_per_device': steppers['masked'].flops()}
+  for name, s in steppers.items():
+    out[name] = _step_stats(blocks[name], spec.batch_size, s.compile_s)
+  if 'peak' in blocks:
+    out['peak_flops_per_s_per_device'] = max(blocks['peak'])
+  if unmasked:
+    out['unmasked']['flops_per_device'] = steppers['unmasked'].flops()
+    out['masked_over_unmasked'] = (out['unmasked']['step_s']
+                                   / out['masked']['step_s'])
+  del steppers
+  return out
+
+
+class _MatmulPeak:
+  """The FLOP/s of an n x n @ n x n float32 matmul on one device.
+
+  Each `measure` times a block of back-to-back matmuls lasting ~0.2 s or
+  one matmul, counting 2 n^3 FLOPs each; the peak is the best block.
+  """
+
+  def __init__(self, n: int):
+    self.n = n
+    self.device = jax.devices()[0]
+    ka, kb = jax.random.split(jax.random.PRNGKey(0))
+    self.a = jax.device_put(jax.random.normal(ka, (n, n)), self.device)
+    self.b = jax.device_put(jax.random.normal(kb, (n, n)), self.device)
+    self.matmul = jax.jit(jnp.matmul)
+    jax.block_until_ready(self.matmul(self.a, self.b))
+    t0 = time.perf_counter()
+    jax.block_until_ready(self.matmul(self.a, self.b))
+    self.inner = max(1, int(0.2 / max(time.perf_counter() - t0, 1e-6)))
+    self.rates: list[float] = []
+
+  def measure(self) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready([self.matmul(self.a, self.b)
+                           for _ in range(self.inner)])
+    seconds = (time.perf_counter() - t0) / self.inner
+    self.rates.append(2 * self.n ** 3 / seconds)
+    return self.rates[-1]
+
+  def result(self, repeats: int) -> dict:
+    """The best rate so far, measured `repeats` more times first."""
+    for _ in range(repeats):
+      self.measure()
+    best = max(self.rates)
+    return {'n': self.n, 'flops_per_s_per_device': best,
+            'seconds': 2 * self.n ** 3 / best,
+            'blocks': len(self.rates), 'device': str(self.device)}
+
+
+# ---------------------------------------------------------------------------
+# Sections.
+
+
+def section_step(cache: _Cache, unmasked: bool) -> dict:
+  """Sections 1 and 2: the masked (and unmasked) step of every model."""
+  return {name: cache.step(name, unmasked) for name in cache.settings.models}
+
+
+def section_flops(cache: _Cache) -> dict:
+  """Section 3: achieved FLOP/s of the masked step against a matmul's.
+
+  FLOPs are the per-device program's (see `compiled_flops`) and the peak
+  is one device's, so the fraction compares one device with itself; the
+  totals over the mesh are both `num_devices` times larger. The peak of
+  `fraction_of_peak` is the best matmul timed between the model's step
+  blocks (the same load, on a machine shared with other work);
+  `fraction_of_best_peak` uses the best matmul of the whole run.
+  """
+  n = jax.device_count()
+  out = {'models': {}}
+  for name in cache.settings.models:
+    step = cache.step(name)
+    flops = step['flops_per_device']
+    seconds = step['masked']['step_s']
+    if flops is None:
+      out['models'][name] = {'flops_per_device': None,
+                             'note': 'no cost analysis on this backend'}
+      continue
+    achieved = flops / seconds
+    peak = step['peak_flops_per_s_per_device']
+    out['models'][name] = {
+        'flops_per_device': flops,
+        'flops_per_step': flops * n,
+        'flops_per_image': flops * n / step['network']['batch_size'],
+        'flops_per_s_per_device': achieved,
+        'flops_per_s': achieved * n,
+        'peak_flops_per_s_per_device': peak,
+        'fraction_of_peak': achieved / peak,
+    }
+  out['matmul_peak'] = cache.peak().result(cache.settings.matmul_repeats)
+  for f in out['models'].values():
+    if f.get('flops_per_device'):
+      f['fraction_of_best_peak'] = (
+          f['flops_per_s_per_device']
+          / out['matmul_peak']['flops_per_s_per_device'])
+  return out
+
+
+def _random_params(spec: Spec) -> dict:
+  """The network's parameter shapes (no init computed), random normal."""
+  model = _model(spec)
+  shapes = jax.eval_shape(functools.partial(
+      train.init_variables, model, image_shape=spec.image_shape),
+                          jax.random.PRNGKey(0))['params']
+  rng = np.random.default_rng(0)
+  return jax.tree.map(
+      lambda x: jnp.asarray(rng.standard_normal(x.shape, np.float32),
+                            x.dtype), shapes)
+
+
+def _times(fn: Callable[[], Any], n: int) -> list[float]:
+  """Seconds of `n` calls of `fn`, each waited for."""
+  times = []
+  for _ in range(n):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t0)
+  return times
+
+
+def section_prune(settings: Settings) -> dict:
+  """Section 4: global magnitude pruning and rewinding of a big tree.
+
+  The tree has the prune model's real parameter shapes with random normal
+  values. JAX's caches are cleared first, so that the first pruning (of
+  the full mask, 20%) compiles, as a run's first pruning does; it is
+  reported apart. The timed ones prune 20% of what that left. Rewinding
+  is timed likewise: its first call apart, then the fastest of the others.
+  """
+  jax.clear_caches()
+  spec = get_spec(settings.prune_model, settings)
+  params = _random_params(spec)
+  saved = jax.tree.map(lambda x: x * 0.5, params)
+  prunable = pruning.prunable_tree(params)
+  full = pruning.init_mask(params)
+  jax.block_until_ready((params, saved, full))
+  [prune_first] = _times(
+      lambda: pruning.magnitude_prune(params, full, prunable, 0.2), 1)
+  mask = pruning.magnitude_prune(params, full, prunable, 0.2)
+  remaining, total = pruning.count(mask, prunable)
+  new_mask = pruning.magnitude_prune(params, mask, prunable, 0.2)
+  repeats = max(settings.prune_repeats, 1)
+  prune_all = _times(
+      lambda: pruning.magnitude_prune(params, mask, prunable, 0.2), repeats)
+  rewind_first, *rewind_all = _times(
+      lambda: pruning.rewind(saved, new_mask), repeats + 1)
+  return {
+      'tree': settings.prune_model,
+      'num_weights': int(sum(x.size for x in jax.tree.leaves(params))),
+      'num_prunable': total, 'remaining_before': remaining,
+      'remaining_after': pruning.count(new_mask, prunable)[0],
+      'prune_s': min(prune_all), 'prune_s_all': prune_all,
+      'prune_s_first_call': prune_first,
+      'rewind_s': min(rewind_all), 'rewind_s_all': rewind_all,
+      'rewind_s_first_call': rewind_first,
+  }
+
+
+def section_round(cache: _Cache) -> dict:
+  """Section 5: the per-round overhead of a quick run.
+
+  A quick run's between-round work done for real on its network (in a
+  temporary workdir, through `imp.round_start` as `imp.run` does it): save
+  the end-of-round checkpoint, then start the next round (restore that
+  checkpoint, prune, restore the rewind point, rewind, build and replicate
+  the state). JAX's caches are cleared first, so that the first round
+  transition compiles what a fresh run compiles. The round's time is the
+  measured step time x the round's steps + the measured eval step time x
+  the eval batches.
+  """
+  settings = cache.settings
+  step = cache.step('quick')
+  config = quick_config(settings.data_dir)
+  config.train.batch_size = step['network']['batch_size']
+  jax.clear_caches()
+  exp = imp.build(config)
+  num_steps, _ = imp.round_schedule(config, exp.info.num_train_examples)
+  eval_batch = config.train.eval_batch_size
+  num_eval_batches = math.ceil(exp.info.num_eval_examples / eval_batch)
+  transitions = []
+  with tempfile.TemporaryDirectory() as workdir:
+    ckpts = checkpoint.RunCheckpoints(workdir)
+    try:
+      state = imp.round_start(exp, ckpts, 0)
+      pruning.count(state.mask, exp.prunable)
+      ckpts.save_rewind(exp.rewind_step, {
+          'params': state.params, 'batch_stats': state.batch_stats,
+          'task_state': state.task_state})
+      for r in range(config.pruning.num_rounds):
+        t0 = time.perf_counter()
+        ckpts.save_round(r, {'params': state.params,
+                             'batch_stats': state.batch_stats,
+                             'mask': state.mask},
+                         {'round': r, 'test_accuracy': 0.0})
+        t1 = time.perf_counter()
+        state = jax.block_until_ready(imp.round_start(exp, ckpts, r + 1))
+        t2 = time.perf_counter()
+        transitions.append({'save_round_s': t1 - t0,
+                            'round_start_s': t2 - t1,
+                            'total_s': t2 - t0})
+      pieces = _round_pieces(exp, ckpts, config, settings.prune_repeats)
+    finally:
+      ckpts.close()
+    eval_s = _eval_step_seconds(exp, state, eval_batch, settings)
+  overhead = statistics.mean(t['total_s'] for t in transitions)
+  train_s = step['masked']['step_s'] * num_steps
+  round_s = train_s + eval_s * num_eval_batches
+  return {
+      'network': step['network'],
+      'num_steps': num_steps, 'train_examples': exp.info.num_train_examples,
+      'step_s': step['masked']['step_s'],
+      'eval_step_s': eval_s, 'eval_batch_size': eval_batch,
+      'num_eval_batches': num_eval_batches,
+      'round_s': round_s,
+      'transitions': transitions,
+      'overhead_s': overhead,
+      'overhead_fraction': overhead / round_s,
+      'pieces_warm': pieces,
+      'note': ('overhead_s: mean over the quick run\'s round transitions '
+               '(the first compiles the pruning program); not counted: '
+               'in-round checkpoints (asynchronous) and the one-off rewind '
+               'point save.'),
+  }
+
+
+def _round_pieces(exp, ckpts, config, repeats: int) -> dict:
+  """Warm times of the parts of a round transition (best of `repeats`)."""
+  r = config.pruning.num_rounds
+  target = exp.round_target()
+  prev = ckpts.restore_round(r - 1, target)
+  rewind_target = {'params': target['params'],
+                   'batch_stats': target['batch_stats'],
+                   'task_state': exp.task_state}
+  mask = pruning.magnitude_prune(prev['params'], prev['mask'], exp.prunable,
+                                 config.pruning.fraction)
+  saved = ckpts.restore_rewind(rewind_target)
+  parts = {
+      'restore_round_s': lambda: ckpts.restore_round(r - 1, target),
+      'prune_s': lambda: pruning.magnitude_prune(
+          prev['params'], prev['mask'], exp.prunable,
+          config.pruning.fraction),
+      'restore_rewind_s': lambda: ckpts.restore_rewind(rewind_target),
+      'rewind_s': lambda: pruning.rewind(saved['params'], mask),
+  }
+  return {name: min(_times(fn, max(repeats, 1)))
+          for name, fn in parts.items()}
+
+
+def _eval_step_seconds(exp, state, eval_batch: int, settings: Settings
+                       ) -> float:
+  """Best time of one eval step on a random batch (after compiling)."""
+  spec = get_spec('quick', settings)
+  eval_step = train.make_eval_step(exp.task, exp.mesh)
+  batch = parallel.shard_batch(
+      random_batch(spec, batch_size=eval_batch, eval_mask=True), exp.mesh)
+  fn = lambda: eval_step(state, batch)[0]
+  jax.block_until_ready(fn())
+  return min(_times(fn, max(settings.eval_repeats, 1)))
+
+
+def _time_iterator(iterator, warmup: int, batches: int) -> dict:
+  t0 = time.perf_counter()
+  first = next(iterator)
+  first_s = time.perf_counter() - t0
+  for _ in range(max(warmup - 1, 0)):
+    next(iterator)
+  t0 = time.perf_counter()
+  images = 0
+  for _ in range(batches):
+    images += len(next(iterator)['image'])
+  seconds = time.perf_counter() - t0
+  return {'images_per_s': images / seconds, 'seconds': seconds,
+          'images': images, 'first_batch_s': first_s,
+          'batch_shape': list(first['image'].shape)}
+
+
+def cifar_like_batches(batch_size: int, seed: int = 0,
+                       num_images: int = 50_000):
+  """CIFAR-10's training pipeline over synthetic 32x32x3 uint8 images.
+
+  The structure of `data.train_iterator` for a cached dataset (shuffle,
+  per-example stateless seeds, the project's 'cifar' augmentation: pad 4,
+  random crop, random flip; normalisation; batching, prefetching), on
+  random images in memory, since CIFAR-10 cannot be downloaded here.
+  """
+  rng = np.random.default_rng(seed)
+  images = rng.integers(0, 256, (num_images, 32, 32, 3), np.uint8)
+  labels = rng.integers(0, 10, num_images, np.int64)
+  mean, std = augment_lib.MEAN_STD['cifar10']
+  key = tf.constant([seed, 1], tf.int64)
+
+  def prepare(position, example):
+    example_seed = tf.random.experimental.stateless_fold_in(
+        key, position, alg='philox')
+    image = augment_lib.preprocess_train(
+        example['image'], example_seed, augment='cifar', image_size=32,
+        channels=3, shape=(32, 32, 3))
+    return {'image': augment_lib.normalize(image, mean, std),
+            'label': tf.cast(example['label'], tf.int32)}
+
+  ds = tf.data.Dataset.from_tensor_slices({'image': images,
+                                           'label': labels})
+  ds = ds.shuffle(num_images, seed=seed).repeat().enumerate()
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  options.autotune.enabled = True
+  return iter(ds.with_options(options).as_numpy_iterator())
+
+
+def section_pipeline(cache: _Cache) -> dict:
+  """Section 6: input pipelines alone against the steps they feed.
+
+  Fashion-MNIST: the real `data.train_iterator` of the quick config (its
+  data config; unaugmented) against the quick network's step. CIFAR-like:
+  `cifar_like_batches` (the 'cifar' augmentation on synthetic images)
+  against CIFAR ResNet-18's step (or the first CIFAR model measured).
+  """
+  settings = cache.settings
+  quick = cache.step('quick')
+  config = quick_config(settings.data_dir)
+  batch = quick['network']['batch_size']
+  fmnist = _time_iterator(
+      data.train_iterator(config.data, global_batch_size=batch, seed=0),
+      settings.pipeline_warmup, settings.pipeline_batches)
+  fmnist.update(source='data.train_iterator, configs/labels.py:quick data',
+                step='quick', step_images_per_s=quick['masked']
+                ['images_per_s'])
+  cifar_models = [m for m in settings.models if m.startswith('resnet18')]
+  step_name = ('resnet18' if 'resnet18' in cifar_models or not cifar_models
+               else cifar_models[0])
+  step = cache.step(step_name)
+  cifar = _time_iterator(
+      cifar_like_batches(step['network']['batch_size']),
+      settings.pipeline_warmup, settings.pipeline_batches)
+  cifar.update(source=('synthetic uint8 32x32x3 images through '
+                       "augment.preprocess_train(augment='cifar') "
+                       '(CIFAR-10 is not on disk)'),
+               step=step_name,
+               step_images_per_s=step['masked']['images_per_s'])
+  for result in (fmnist, cifar):
+    result['pipeline_over_step'] = (result['images_per_s']
+                                    / result['step_images_per_s'])
+  return {'fashion_mnist': fmnist, 'cifar_like': cifar}
+
+
+def section_seeds(cache: _Cache) -> dict:
+  """Section 7: k seeds in one program, on the quick network.
+
+  Each k > 1 is timed with both ways the step trains several seeds
+  (`train.seed_batching_for`): 'vmap' and 'unroll'; 'auto' says which one
+  runs do on this backend.
+  """
+  settings = cache.settings
+  spec = get_spec('quick', settings)
+  mesh = cache.mesh
+  model, tx, task = _model(spec), _optimizer(spec), tasks.get_task('labels')
+  auto = train.seed_batching_for('auto', mesh.devices.flat[0].platform)
+  out = {'network': spec.describe(), 'auto': auto, 'by_seeds': {}}
+  one = dict(cache.step('quick')['masked'])
+  base = one['images_per_s']
+  for k in settings.seeds:
+    if k == 1:
+      # The quick network's masked step: one seed, the usual program.
+      out['by_seeds']['1'] = dict(one, images_per_s_per_seed=base,
+                                  speedup_over_one_seed=1.0)
+      continue
+    states = []
+    for i in range(k):
+      variables, mask = _pruned_variables(spec, model, i,
+                                          settings.fraction_pruned)
+      states.append(train.create_train_state(
+          model, variables, mask, tx, jax.random.PRNGKey(100 + i)))
+    by_batching = {}
+    for batching in ('vmap', 'unroll'):
+      step = train.make_train_step(task, mesh, num_seeds=k,
+                                   seed_batching=batching)
+      state = parallel.replicate(train.stack_trees(states), mesh)
+      batch = parallel.shard_batch(random_batch(spec, num_seeds=k), mesh,
+                                   num_seeds=k)
+      stepper = _Stepper(step, state, batch)
+      timed = _timed({'s': stepper}, settings)
+      result = _step_stats(timed['s'], k * spec.batch_size,
+                           stepper.compile_s)
+      result['steps_per_block'] = timed['steps_per_block']
+      result['images_per_s_per_seed'] = result['images_per_s'] / k
+      result['speedup_over_one_seed'] = result['images_per_s'] / base
+      by_batching[batching] = result
+      del stepper
+    out['by_seeds'][str(k)] = by_batching
+  return out
+
+
+# ---------------------------------------------------------------------------
+# The whole benchmark.
+
+
+def environment() -> dict:
+  devices = jax.devices()
+  return {
+      'backend': jax.default_backend(),
+      'device_kind': devices[0].device_kind,
+      'num_devices': len(devices),
+      'num_processes': jax.process_count(),
+      'jax_version': jax.__version__,
+      'flax_version': flax.__version__,
+      'python': platform.python_version(),
+      'host_cpus': os.cpu_count(),
+  }
+
+
+def _target(value: float | None, key: str, **extra) -> dict:
+  comparison, target = TARGETS[key]
+  met = None
+  if value is not None:
+    met = value >= target if comparison == '>=' else value <= target
+  return {'value': value, 'target': target, 'comparison': comparison,
+          'met': met, **extra}
+
+
+def targets_of(results: dict) -> dict:
+  """Every project target the results say something about."""
+  out = {}
+  for name, step in results.get('step', {}).items():
+    if 'masked_over_unmasked' in step:
+      out[f'masked_over_unmasked_{name}'] = _target(
+          step['masked_over_unmasked'], 'masked_over_unmasked')
+  flops = results.get('flops', {}).get('models', {})
+  if 'resnet18' in flops:
+    out['fraction_of_peak_resnet18'] = _target(
+        flops['resnet18'].get('fraction_of_peak'),
+        'fraction_of_peak_resnet18')
+  if 'prune' in results:
+    out['prune_seconds'] = _target(
+        results['prune']['prune_s'], 'prune_seconds',
+        tree=results['prune']['tree'],
+        note='the target is for a ResNet-50 tree on a 2-core CPU')
+  if 'overhead_fraction' in results.get('round', {}):
+    out['round_overhead_fraction'] = _target(
+        results['round']['overhead_fraction'], 'round_overhead_fraction')
+  for name, result in results.get('pipeline', {}).items():
+    if isinstance(result, dict) and 'pipeline_over_step' in result:
+      out[f'pipeline_over_step_{name}'] = _target(
+          result['pipeline_over_step'], 'pipeline_over_step')
+  return out
+
+
+def parse_sections(names) -> tuple[str, ...]:
+  """Section names (or their numbers, 1-based), checked."""
+  out = []
+  for name in names:
+    name = str(name).strip()
+    if name.isdigit() and 1 <= int(name) <= len(SECTIONS):
+      name = SECTIONS[int(name) - 1]
+    if name not in SECTIONS:
+      raise ValueError(f'Unknown section {name!r}; valid: {SECTIONS} or '
+                       f'1-{len(SECTIONS)}.')
+    out.append(name)
+  return tuple(out)
+
+
+def run(settings: Settings) -> dict:
+  """Runs the selected sections; returns the JSON-able results."""
+  sections = parse_sections(settings.sections)
+  for name in (*settings.models, settings.prune_model):
+    if name not in NETWORKS:
+      raise ValueError(f'Unknown network {name!r}; valid: {NETWORKS}.')
+  if not 0 <= settings.fraction_pruned < 1:
+    raise ValueError('fraction_pruned must be in [0, 1), got '
+                     f'{settings.fraction_pruned}.')
+  if settings.steps < 1:
+    raise ValueError(f'steps must be >= 1, got {settings.steps}.')
+  t0 = time.perf_counter()
+  cache = _Cache(settings)
+  results: dict[str, Any] = {'environment': environment(),
+                             'settings': _jsonable(
+                                 dataclasses.asdict(settings))}
+  if 'step' in sections or 'unmasked' in sections:
+    results['step'] = section_step(cache, 'unmasked' in sections)
+  if 'flops' in sections:
+    results['flops'] = section_flops(cache)
+  if 'prune' in sections:
+    # It clears JAX's caches: steps measured later compile again.
+    results['prune'] = section_prune(settings)
+  if 'pipeline' in sections:
+    results['pipeline'] = _unless_no_data(section_pipeline, cache)
+  if 'seeds' in sections:
+    results['seeds'] = section_seeds(cache)
+  if 'round' in sections:
+    # Last: it clears JAX's caches.
+    results['round'] = _unless_no_data(section_round, cache)
+  if 'quick' in cache.steps and 'quick' not in results.get('step', {}):
+    results.setdefault('step', {})['quick'] = cache.steps['quick']
+  results['targets'] = targets_of(results)
+  results['seconds'] = time.perf_counter() - t0
+  return _jsonable(results)
+
+
+def _unless_no_data(section: Callable[[_Cache], dict], cache: _Cache
+                    ) -> dict:
+  """The section's results, or why it could not run without the data."""
+  try:
+    return section(cache)
+  except data.DatasetNotFoundError as e:
+    return {'available': False, 'reason': str(e)}
+
+
+def _jsonable(tree):
+  if isinstance(tree, dict):
+    return {str(k): _jsonable(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_jsonable(v) for v in tree]
+  if isinstance(tree, (np.integer,)):
+    return int(tree)
+  if isinstance(tree, (np.floating, float)):
+    return None if not math.isfinite(float(tree)) else float(tree)
+  return tree
+
+
+def summary(results: dict) -> str:
+  """A readable table of the headline numbers."""
+  lines = [f"{results['environment']['device_kind']} x "
+           f"{results['environment']['num_devices']} "
+           f"({results['environment']['backend']}, jax "
+           f"{results['environment']['jax_version']})"]
+  for name, step in results.get('step', {}).items():
+    line = (f"  step {name:<15} batch {step['network']['batch_size']:>4} "
+            f"masked {step['masked']['step_s'] * 1e3:9.1f} ms "
+            f"{step['masked']['images_per_s']:9.1f} img/s")
+    if 'unmasked' in step:
+      line += (f" | unmasked {step['unmasked']['images_per_s']:9.1f} img/s"
+               f" ratio {step['masked_over_unmasked']:.3f}")
+    lines.append(line)
+  flops = results.get('flops')
+  if flops:
+    lines.append(f"  matmul peak "
+                 f"{flops['matmul_peak']['flops_per_s_per_device'] / 1e9:.1f}"
+                 ' GFLOP/s per device')
+    for name, f in flops['models'].items():
+      if f.get('flops_per_device'):
+        lines.append(f"  flops {name:<14} "
+                     f"{f['flops_per_s_per_device'] / 1e9:8.1f} GFLOP/s per "
+                     f"device, {f['fraction_of_peak']:.2f} of peak")
+  if 'prune' in results:
+    p = results['prune']
+    lines.append(f"  prune {p['tree']} ({p['num_prunable']} prunable): "
+                 f"{p['prune_s']:.3f} s, rewind {p['rewind_s']:.3f} s")
+  if 'overhead_fraction' in results.get('round', {}):
+    r = results['round']
+    lines.append(f"  round: {r['round_s']:.1f} s, overhead "
+                 f"{r['overhead_s']:.3f} s = "
+                 f"{100 * r['overhead_fraction']:.2f}%")
+  for name, p in results.get('pipeline', {}).items():
+    if not isinstance(p, dict) or 'pipeline_over_step' not in p:
+      continue
+    lines.append(f"  pipeline {name}: {p['images_per_s']:.0f} img/s = "
+                 f"{p['pipeline_over_step']:.1f} x the {p['step']} step")
+  for name in ('round', 'pipeline'):
+    if results.get(name, {}).get('available') is False:
+      lines.append(f"  {name}: unavailable ({results[name]['reason']})")
+  seeds = results.get('seeds')
+  if seeds:
+    for k, by in seeds['by_seeds'].items():
+      if k == '1':
+        lines.append(f"  seeds 1: {by['images_per_s']:.1f} img/s")
+        continue
+      lines.append(f'  seeds {k}: ' + ', '.join(
+          f"{name} {r['images_per_s']:.1f} img/s "
+          f"({r['speedup_over_one_seed']:.2f} x one seed)"
+          for name, r in by.items()) + f" (auto: {seeds['auto']})")
+  lines.append('  targets:')
+  for name, t in results['targets'].items():
+    value = 'n/a' if t['value'] is None else f"{t['value']:.4g}"
+    met = {True: 'met', False: 'NOT met', None: 'n/a'}[t['met']]
+    lines.append(f"    {name:<40} {value:>10} {t['comparison']} "
+                 f"{t['target']:<6} {met}")
+  lines.append(f"  total {results['seconds']:.0f} s")
+  return '\n'.join(lines)
+
+
+# ---------------------------------------------------------------------------
+# Command line.
+
+
+def _define_flags() -> None:
+  defaults = Settings()
+  flags.DEFINE_list('models', list(defaults.models),
+                    f'Networks of the step sections, of {NETWORKS}.')
+  flags.DEFINE_list('sections', list(defaults.sections),
+                    f'Sections to run, by name {SECTIONS} or number 1-7.')
+  flags.DEFINE_integer('batch_size', 0, 'If > 0, the batch of every model '
+                       '(overrides the per-model batch flags).')
+  flags.DEFINE_integer('cifar_batch_size', defaults.cifar_batch_size,
+                       'Global batch of the CIFAR ResNet-18s.')
+  flags.DEFINE_integer('imagenet_batch_size', defaults.imagenet_batch_size,
+                       'Global batch of ResNet-50 (0: 8 on CPU, else 128).')
+  flags.DEFINE_integer('quick_batch_size', defaults.quick_batch_size,
+                       "Global batch of the quick network (0: its config's).")
+  flags.DEFINE_float('small_width', defaults.small_width,
+                     "Width multiplier of 'resnet18_small'.")
+  flags.DEFINE_integer('steps', defaults.steps,
+                       'Steps per timed block (at least).')
+  flags.DEFINE_float('min_block_s', defaults.min_block_s,
+                     'More steps per block if needed for it to last this '
+                     'long (0: exactly --steps).')
+  flags.DEFINE_integer('warmup', defaults.warmup,
+                       'Untimed steps after compilation.')
+  flags.DEFINE_integer('repeats', defaults.repeats,
+                       'Timed blocks per step; the fastest counts.')
+  flags.DEFINE_float('fraction_pruned', defaults.fraction_pruned,
+                     'Share of prunable weights pruned in the masked state.')
+  flags.DEFINE_integer('matmul_size', defaults.matmul_size,
+                       'n of the n x n float32 matmul of the peak.')
+  flags.DEFINE_integer('matmul_repeats', defaults.matmul_repeats,
+                       'Timed matmul blocks; the fastest counts.')
+  flags.DEFINE_enum('prune_model', defaults.prune_model, list(NETWORKS),
+                    'Whose parameter shapes the prune section prunes.')
+  flags.DEFINE_integer('prune_repeats', defaults.prune_repeats,
+                       'Timed prunings and rewinds; the fastest counts.')
+  flags.DEFINE_integer('pipeline_batches', defaults.pipeline_batches,
+                       'Batches timed per input pipeline.')
+  flags.DEFINE_integer('pipeline_warmup', defaults.pipeline_warmup,
+                       'Batches read before timing a pipeline.')
+  flags.DEFINE_list('seeds', [str(k) for k in defaults.seeds],
+                    'Numbers of seeds trained together (section seeds).')
+  flags.DEFINE_string('data_dir', None, 'TFDS data dir with Fashion-MNIST '
+                      '(default: TFDS_DATA_DIR or ~/tensorflow_datasets).')
+  flags.DEFINE_integer('eval_repeats', defaults.eval_repeats,
+                       'Timed eval steps (section round).')
+  flags.DEFINE_string('json_out', None, 'Also write the JSON here.')
+
+
+def settings_from_flags(values) -> Settings:
+  batch = values.batch_size
+  return Settings(
+      models=tuple(values.models), sections=tuple(values.sections),
+      cifar_batch_size=batch or values.cifar_batch_size,
+      imagenet_batch_size=batch or values.imagenet_batch_size,
+      quick_batch_size=batch or values.quick_batch_size,
+      small_width=values.small_width, steps=values.steps,
+      min_block_s=values.min_block_s,
+      warmup=values.warmup, repeats=values.repeats,
+      fraction_pruned=values.fraction_pruned,
+      matmul_size=values.matmul_size, matmul_repeats=values.matmul_repeats,
+      prune_model=values.prune_model, prune_repeats=values.prune_repeats,
+      pipeline_batches=values.pipeline_batches,
+      pipeline_warmup=values.pipeline_warmup,
+      seeds=tuple(int(k) for k in values.seeds), data_dir=values.data_dir,
+      eval_repeats=values.eval_repeats)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  settings = settings_from_flags(flags.FLAGS)
+  if not flags.FLAGS['verbosity'].present:
+    # Orbax logs every save and restore at INFO.
+    logging.set_verbosity(logging.WARNING)
+  stdout = sys.stdout
+  # Stdout carries only the JSON line; whatever libraries print goes to
+  # stderr.
+  with contextlib.redirect_stdout(sys.stderr):
+    results = run(settings)
+  text = json.dumps(results)
+  if flags.FLAGS.json_out:
+    path = pathlib.Path(flags.FLAGS.json_out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + '\n')
+  stdout.write(text + '\n')
+  stdout.flush()
+  print(summary(results), file=sys.stderr)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

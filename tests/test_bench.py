@@ -1,0 +1,137 @@
+"""The benchmark command, on tiny settings: its JSON and its unmasked step.
+
+Speed itself is not tested (see DESIGN.md): only that every section runs,
+reports sane positive numbers and the targets, and that the mask-free step
+the masked one is compared with computes the same update.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from sslprune_jax import bench
+from sslprune_jax import parallel
+from sslprune_jax import pruning
+from sslprune_jax import tasks
+from sslprune_jax import train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# The quick network (ResNet-10 at width 1/4) at batch 8 everywhere.
+TINY = dict(models=('quick',), quick_batch_size=8, steps=2,
+            min_block_s=0.0, warmup=1,
+            repeats=1, matmul_size=256, matmul_repeats=1,
+            prune_model='quick', prune_repeats=1, seeds=(1, 2))
+
+
+def _positive(x) -> bool:
+  return isinstance(x, (int, float)) and x > 0 and np.isfinite(x)
+
+
+def test_tiny_run_reports_every_section(num_devices):
+  results = bench.run(bench.Settings(
+      sections=('step', 'unmasked', 'flops', 'prune', 'seeds'), **TINY))
+  json.dumps(results)  # JSON-able as it is.
+  env = results['environment']
+  assert env['num_devices'] == num_devices
+  assert env['backend'] == jax.default_backend()
+  assert {'device_kind', 'jax_version'} <= set(env)
+
+  step = results['step']['quick']
+  assert step['network']['batch_size'] == 8
+  assert step['steps_per_block'] == 2
+  assert step['fraction_pruned'] == pytest.approx(0.8, abs=1e-3)
+  for variant in ('masked', 'unmasked'):
+    assert _positive(step[variant]['step_s'])
+    assert step[variant]['images_per_s'] == pytest.approx(
+        8 / step[variant]['step_s'])
+  assert _positive(step['masked_over_unmasked'])
+
+  flops = results['flops']
+  assert _positive(flops['matmul_peak']['flops_per_s_per_device'])
+  f = flops['models']['quick']
+  assert _positive(f['flops_per_device'])
+  assert f['flops_per_step'] == pytest.approx(
+      f['flops_per_device'] * num_devices)
+  assert _positive(f['fraction_of_peak'])
+
+  prune = results['prune']
+  assert prune['tree'] == 'quick'
+  assert prune['remaining_after'] == prune['remaining_before'] - (
+      pruning.num_to_prune(0.2, prune['remaining_before']))
+  assert _positive(prune['prune_s']) and _positive(prune['rewind_s'])
+
+  seeds = results['seeds']
+  assert seeds['auto'] == train.seed_batching_for('auto')
+  assert set(seeds['by_seeds']) == {'1', '2'}
+  assert _positive(seeds['by_seeds']['1']['images_per_s'])
+  for batching in ('vmap', 'unroll'):
+    s = seeds['by_seeds']['2'][batching]
+    assert s['images_per_s'] == pytest.approx(16 / s['step_s'])
+    assert s['images_per_s_per_seed'] == pytest.approx(
+        s['images_per_s'] / 2)
+
+  targets = results['targets']
+  assert {'masked_over_unmasked_quick', 'prune_seconds'} <= set(
+      targets)
+  for t in targets.values():
+    assert {'value', 'target', 'comparison', 'met'} <= set(t)
+    assert isinstance(t['met'], bool)
+
+
+def test_unmasked_step_matches_masked_step_under_a_full_mask():
+  spec = bench.get_spec('quick', bench.Settings(**TINY))
+  mesh = parallel.create_mesh()
+  model, tx = bench._model(spec), bench._optimizer(spec)  # pylint: disable=protected-access
+  task = tasks.get_task('labels')
+  # Nothing pruned: the mask keeps every weight.
+  variables, mask = bench._pruned_variables(spec, model, 0, 0.0)  # pylint: disable=protected-access
+  assert all(np.asarray(m).all() for m in jax.tree.leaves(mask))
+  rng = jax.random.PRNGKey(1)
+  batch = parallel.shard_batch(bench.random_batch(spec), mesh)
+  masked = parallel.replicate(
+      train.create_train_state(model, variables, mask, tx, rng), mesh)
+  unmasked = parallel.replicate(
+      bench.create_unmasked_state(model, variables, tx, rng), mesh)
+  masked_step = train.make_train_step(task, mesh)
+  unmasked_step = train.make_train_step(task, mesh)
+  for _ in range(2):
+    masked, m_metrics = masked_step(masked, batch)
+    unmasked, u_metrics = unmasked_step(unmasked, batch)
+  assert unmasked.mask == {}
+  for name in ('params', 'batch_stats', 'opt_state'):
+    for a, b in zip(jax.tree.leaves(getattr(masked, name)),
+                    jax.tree.leaves(getattr(unmasked, name))):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
+                                 atol=1e-6)
+  for k, v in m_metrics.compute().items():
+    np.testing.assert_allclose(float(v), float(u_metrics.compute()[k]),
+                               rtol=1e-5)
+
+
+def test_command_prints_one_json_line_then_the_summary(tmp_path):
+  out = tmp_path / 'bench.json'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'sslprune_jax.bench', '--sections=4',
+       '--prune_model=quick', '--prune_repeats=1', f'--json_out={out}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env={**os.environ, 'PYTHONPATH': os.pathsep.join(
+          [str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])])})
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  lines = proc.stdout.splitlines()
+  assert len(lines) == 1
+  results = json.loads(lines[0])
+  assert results == json.loads(out.read_text())
+  assert results['targets']['prune_seconds']['met'] in (True, False)
+  assert 'prune quick' in proc.stderr
+  with pytest.raises(ValueError, match='Unknown section'):
+    bench.parse_sections(['nope'])
+  assert bench.parse_sections(['1', 'seeds']) == ('step', 'seeds')
