@@ -533,11 +533,60 @@ def section_flops(cache: _Cache) -> dict:
         'fraction_of_peak': achieved / peak,
     }
   out['matmul_peak'] = cache.peak().result(cache.settings.matmul_repeats)
+  peak = out['matmul_peak']['flops_per_s_per_device']
   for f in out['models'].values():
     if f.get('flops_per_device'):
-      f['fraction_of_best_peak'] = (
-          f['flops_per_s_per_device']
-          / out['matmul_peak']['flops_per_s_per_device'])
+      f['fraction_of_best_peak'] = f['flops_per_s_per_device'] / peak
+  if 'resnet18' in cache.settings.models:
+    out['resnet18_convs'] = conv_profile(
+        cache.step('resnet18')['network']['batch_size'] // n, peak)
+  return out
+
+
+# CIFAR ResNet-18's 3x3 convolutions, stage by stage: (side, channels).
+_RESNET18_CONVS = ((32, 64), (16, 128), (8, 256), (4, 512))
+
+
+def conv_profile(batch_size: int, peak: float, repeats: int = 3) -> dict:
+  """FLOP/s of CIFAR ResNet-18's 3x3 convolutions, alone, on one device.
+
+  For each stage's convolution (stride 1, 'SAME', float32, NHWC) at the
+  per-device batch: the forward pass, the input gradient and the weight
+  gradient, each jitted alone and timed (best of `repeats`), as GFLOP/s
+  and as a fraction of the matmul `peak`. Where the train step falls short
+  of the peak, this says which convolutions hold it back.
+  """
+  dims = ('NHWC', 'HWIO', 'NHWC')
+
+  def conv(x, w):
+    return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                        dimension_numbers=dims)
+
+  programs = {
+      'forward': jax.jit(lambda x, w, g: conv(x, w)),
+      'input_grad': jax.jit(
+          lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
+      'weight_grad': jax.jit(
+          lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
+  }
+  out = {}
+  for side, channels in _RESNET18_CONVS:
+    keys = jax.random.split(jax.random.PRNGKey(side), 3)
+    x = jax.random.normal(keys[0], (batch_size, side, side, channels))
+    w = jax.random.normal(keys[1], (3, 3, channels, channels))
+    g = jax.random.normal(keys[2], (batch_size, side, side, channels))
+    flops = 2 * batch_size * side * side * 9 * channels * channels
+    row = {'flops': flops}
+    for name, program in programs.items():
+      jax.block_until_ready(program(x, w, g))
+      best = math.inf
+      for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(program(x, w, g))
+        best = min(best, time.perf_counter() - t0)
+      row[f'{name}_flops_per_s'] = flops / best
+      row[f'{name}_fraction_of_peak'] = flops / best / peak
+    out[f'{side}x{side}x{channels}'] = row
   return out
 
 
@@ -987,6 +1036,10 @@ def summary(results: dict) -> str:
         lines.append(f"  flops {name:<14} "
                      f"{f['flops_per_s_per_device'] / 1e9:8.1f} GFLOP/s per "
                      f"device, {f['fraction_of_peak']:.2f} of peak")
+    for shape, c in flops.get('resnet18_convs', {}).items():
+      lines.append(f"    resnet18 conv {shape:<12} of peak: " + ', '.join(
+          f"{name} {c[f'{name}_fraction_of_peak']:.2f}"
+          for name in ('forward', 'input_grad', 'weight_grad')))
   if 'prune' in results:
     p = results['prune']
     lines.append(f"  prune {p['tree']} ({p['num_prunable']} prunable): "

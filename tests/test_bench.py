@@ -135,3 +135,14 @@ def test_command_prints_one_json_line_then_the_summary(tmp_path):
   with pytest.raises(ValueError, match='Unknown section'):
     bench.parse_sections(['nope'])
   assert bench.parse_sections(['1', 'seeds']) == ('step', 'seeds')
+
+
+def test_conv_profile_counts_every_stage():
+  profile = bench.conv_profile(batch_size=2, peak=1e9, repeats=1)
+  assert list(profile) == ['32x32x64', '16x16x128', '8x8x256', '4x4x512']
+  row = profile['8x8x256']
+  assert row['flops'] == 2 * 2 * 8 * 8 * 9 * 256 * 256
+  for name in ('forward', 'input_grad', 'weight_grad'):
+    assert _positive(row[f'{name}_flops_per_s'])
+    assert row[f'{name}_fraction_of_peak'] == pytest.approx(
+        row[f'{name}_flops_per_s'] / 1e9)
