@@ -60,6 +60,7 @@ from typing import Any, Callable
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 import flax
 from flax.training import train_state
 import jax
@@ -71,6 +72,7 @@ import tensorflow as tf
 from sslprune_jax import checkpoint
 from sslprune_jax import config_lib
 from sslprune_jax import data
+from sslprune_jax import export
 from sslprune_jax import imp
 from sslprune_jax import models
 from sslprune_jax import parallel
@@ -655,12 +657,12 @@ def section_round(cache: _Cache) -> dict:
 
   A quick run's between-round work done for real on its network (in a
   temporary workdir, through `imp.round_start` as `imp.run` does it): save
-  the end-of-round checkpoint, then start the next round (restore that
-  checkpoint, prune, restore the rewind point, rewind, build and replicate
-  the state). JAX's caches are cleared first, so that the first round
-  transition compiles what a fresh run compiles. The round's time is the
-  measured step time x the round's steps + the measured eval step time x
-  the eval batches.
+  the end-of-round checkpoint and the compact export, then start the next
+  round (restore that checkpoint, prune, restore the rewind point, rewind,
+  build and replicate the state). JAX's caches are cleared first, so that
+  the first round transition compiles what a fresh run compiles. The
+  round's time is the measured step time x the round's steps + the
+  measured eval step time x the eval batches.
   """
   settings = cache.settings
   step = cache.step('quick')
@@ -682,10 +684,15 @@ def section_round(cache: _Cache) -> dict:
           'task_state': state.task_state})
       for r in range(config.pruning.num_rounds):
         t0 = time.perf_counter()
+        size = export.save(
+            str(epath.Path(workdir) / 'export' / f'round_{r:02d}'),
+            {'params': state.params, 'batch_stats': state.batch_stats},
+            state.mask)
         ckpts.save_round(r, {'params': state.params,
                              'batch_stats': state.batch_stats,
                              'mask': state.mask},
-                         {'round': r, 'test_accuracy': 0.0})
+                         {'round': r, 'test_accuracy': 0.0,
+                          'export_bytes': size})
         t1 = time.perf_counter()
         state = jax.block_until_ready(imp.round_start(exp, ckpts, r + 1))
         t2 = time.perf_counter()
