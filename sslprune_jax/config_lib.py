@@ -46,8 +46,8 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
   config.run = 'prune'
   config.seed = 0
   # Train the seeds seed, seed + 1, ..., seed + num_seeds - 1 together, in
-  # one train step vmapped over the seeds; each keeps its own checkpoints
-  # and results in <workdir>/seed_<s>/ (see imp.run).
+  # one train step over all of them (train.seed_batching); each keeps its
+  # own checkpoints and results in <workdir>/seed_<s>/ (see imp.run).
   config.num_seeds = 1
   config.task = ml_collections.ConfigDict(dict(name=task, **task_fields))
   config.data = data_pipeline.default_data_config('cifar10')

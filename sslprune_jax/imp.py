@@ -392,8 +392,9 @@ def run(config: ml_collections.ConfigDict, workdir: str
   """Runs (or resumes) the pruning rounds of `config` in `workdir`.
 
   With `config.num_seeds` = k > 1, the k seeds `config.seed`, ...,
-  `config.seed + k - 1` are trained together, in one step vmapped over the
-  seeds; seed s keeps its checkpoints and results in `workdir/seed_<s>/`.
+  `config.seed + k - 1` are trained together, in one step over all seeds
+  (`train.seed_batching`); seed s keeps its checkpoints and results in
+  `workdir/seed_<s>/`.
 
   Args:
     config: an experiment config (see configs/labels.py).
@@ -437,8 +438,9 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
 
   Args:
     exp: the experiment, or the experiments of several seeds
-      (`seed_configs`) to train together in one vmapped step; each keeps
-      its state in `seed_workdir(workdir, seed)`.
+      (`seed_configs`) to train together in one step (vmapped or unrolled:
+      `train.seed_batching`); each keeps its state in
+      `seed_workdir(workdir, seed)`.
     workdir: where checkpoints, metrics and results.csv go.
     rounds: the round numbers, in order.
     start: (experiment, its checkpoints, round) -> the replicated state the
