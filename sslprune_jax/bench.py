@@ -45,7 +45,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -72,7 +71,6 @@ import tensorflow as tf
 from sslprune_jax import checkpoint
 from sslprune_jax import config_lib
 from sslprune_jax import data
-from sslprune_jax import export
 from sslprune_jax import imp
 from sslprune_jax import models
 from sslprune_jax import parallel
@@ -98,8 +96,6 @@ TARGETS = {
     'round_overhead_fraction': ('<=', 0.02),
     'pipeline_over_step': ('>=', 2.0),
 }
-
-_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass
@@ -161,16 +157,12 @@ class Settings:
 def quick_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
   """The `configs/labels.py:quick` config.
 
-  Read from configs/ next to the package when it is there (as the tests
-  load configs), else rebuilt from `config_lib` as that file builds it.
+  Read from configs/ next to the package when it is there, else rebuilt
+  from `config_lib` as that file builds it.
   """
-  path = _ROOT / 'configs' / 'labels.py'
-  if path.exists():
-    spec = importlib.util.spec_from_file_location('labels_config', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    config = module.get_config('quick')
-  else:
+  try:
+    config = config_lib.load('labels', 'quick')
+  except FileNotFoundError:
     config = config_lib.quick(config_lib.base('labels'))
   if data_dir:
     config.data.data_dir = data_dir
@@ -580,12 +572,8 @@ def conv_profile(batch_size: int, peak: float, repeats: int = 3) -> dict:
     flops = 2 * batch_size * side * side * 9 * channels * channels
     row = {'flops': flops}
     for name, program in programs.items():
-      jax.block_until_ready(program(x, w, g))
-      best = math.inf
-      for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(program(x, w, g))
-        best = min(best, time.perf_counter() - t0)
+      jax.block_until_ready(program(x, w, g))  # Compiles.
+      best = min(_times(functools.partial(program, x, w, g), repeats))
       row[f'{name}_flops_per_s'] = flops / best
       row[f'{name}_fraction_of_peak'] = flops / best / peak
     out[f'{side}x{side}x{channels}'] = row
@@ -684,15 +672,8 @@ def section_round(cache: _Cache) -> dict:
           'task_state': state.task_state})
       for r in range(config.pruning.num_rounds):
         t0 = time.perf_counter()
-        size = export.save(
-            str(epath.Path(workdir) / 'export' / f'round_{r:02d}'),
-            {'params': state.params, 'batch_stats': state.batch_stats},
-            state.mask)
-        ckpts.save_round(r, {'params': state.params,
-                             'batch_stats': state.batch_stats,
-                             'mask': state.mask},
-                         {'round': r, 'test_accuracy': 0.0,
-                          'export_bytes': size})
+        imp.save_round_end(ckpts, epath.Path(workdir), r, state,
+                           {'round': r, 'test_accuracy': 0.0})
         t1 = time.perf_counter()
         state = jax.block_until_ready(imp.round_start(exp, ckpts, r + 1))
         t2 = time.perf_counter()

@@ -6,9 +6,33 @@ ImageNet ResNet-50 setting or to the small Fashion-MNIST one. Each file in
 configs/ starts from these and states what its task changes.
 """
 
+import importlib.util
+import pathlib
+
 import ml_collections
 
 from sslprune_jax.data import pipeline as data_pipeline
+
+# The config files, in the source checkout (pip install -e .).
+CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+
+
+def load(name: str, arg: str = '') -> ml_collections.ConfigDict:
+  """configs/<name>.py's config for variant `arg`: what
+  `--config=configs/<name>.py:<arg>` gives `main.py`.
+
+  Raises:
+    FileNotFoundError: the package is not run from a source checkout.
+  """
+  path = CONFIGS / f'{name}.py'
+  if not path.exists():
+    raise FileNotFoundError(
+        f'{path} does not exist: the config files are read from the source '
+        'checkout (pip install -e .).')
+  spec = importlib.util.spec_from_file_location(f'{name}_config', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
 
 
 def variant(arg: str | None, variants: tuple[str, ...],

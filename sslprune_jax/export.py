@@ -61,7 +61,8 @@ from absl import app
 from absl import flags
 from absl import logging
 from etils import epath
-from jax.experimental import multihost_utils
+
+from sslprune_jax import parallel
 
 PyTree = Any
 
@@ -108,13 +109,6 @@ def _storable(values: np.ndarray) -> np.ndarray:
   if values.dtype.kind not in 'biufc':
     raise ValueError(f'Cannot export arrays of dtype {values.dtype}.')
   return values
-
-
-def _to_host(x) -> np.ndarray:
-  """A leaf as a NumPy array, gathered from all processes if sharded."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    x = multihost_utils.process_allgather(x, tiled=True)
-  return np.asarray(x)
 
 
 def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()
@@ -205,7 +199,7 @@ def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
         f'{sorted(param_paths - set(mask_leaves))}.')
   pools, manifest = _Pools(), []
   for path, leaf in leaves:
-    values = _to_host(leaf)
+    values = parallel.to_host(leaf)
     entry = {'path': list(path), 'shape': list(values.shape),
              'dtype': values.dtype.name}
     flat = _storable(values).reshape(-1)
@@ -215,7 +209,7 @@ def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
                    values=pools.add(pool, flat))
       manifest.append(entry)
       continue
-    keep = _to_host(mask_leaves[path])
+    keep = parallel.to_host(mask_leaves[path])
     if keep.dtype != np.bool_ or keep.shape != values.shape:
       raise ValueError(
           f'The mask of {"/".join(path)} must be a boolean array of shape '

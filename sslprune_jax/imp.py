@@ -517,6 +517,7 @@ def _train_round(members: list[_Member], r: int, start, train_step,
   states = _start_states(members, r, start)
   counts = [pruning.count(s.mask, m.exp.prunable)
             for s, m in zip(states, members)]
+  start_step = int(states[0].step)  # Every member's (`_start_states`).
   state = (states[0] if num_seeds == 1 else
            parallel.replicate(train.stack_trees(states), lead.mesh))
   del states
@@ -543,7 +544,7 @@ def _train_round(members: list[_Member], r: int, start, train_step,
              for m in members]
   batches = [train_batches(m.exp.config, m.exp.task,
                            seed=_data_seed(m.exp.config.seed, r),
-                           start_step=int(np.asarray(state.step).ravel()[0]))
+                           start_step=start_step)
              for m in members]
   remaining, total = counts[0]
   seeds = f', {num_seeds} seeds' if num_seeds > 1 else ''
@@ -579,17 +580,10 @@ def _train_round(members: list[_Member], r: int, start, train_step,
           **{f'test_{k}': v for k, v in result.eval_metrics[i].items()},
           **{f'train_{k}': math.nan for k in ('accuracy', 'loss')},
           **{f'train_{k}': v for k, v in result.train_metrics[i].items()},
-          # The size of the round's compact export (only the weights left).
-          'export_bytes': export.save(
-              str(m.workdir / 'export' / f'round_{r:02d}'),
-              {'params': final.params, 'batch_stats': final.batch_stats},
-              final.mask),
           'seconds': result.seconds,
           'sparsity': pruning.sparsity_report(final.mask, m.exp.prunable),
       }
-      m.ckpts.save_round(r, {'params': final.params,
-                             'batch_stats': final.batch_stats,
-                             'mask': final.mask}, row)
+      row = save_round_end(m.ckpts, m.workdir, r, final, row)
     m.ckpts.clear_in_round(r)
     m.results.append(row)
     m.summary_writer.write_scalars(
@@ -601,6 +595,23 @@ def _train_round(members: list[_Member], r: int, start, train_step,
       print(f'\nRound {r} done{seed}.\n' + _results_table(m.results),
             flush=True)
   return members[0].results[-1]
+
+
+def save_round_end(ckpts: checkpoint.RunCheckpoints, workdir: epath.Path,
+                   round_idx: int, state: train.TrainState,
+                   row: dict) -> dict:
+  """Saves a finished round: its compact export, then its checkpoint.
+
+  Returns:
+    `row` with 'export_bytes', the size of the export (only the weights
+    left; see `sslprune_jax.export`), as saved with the checkpoint.
+  """
+  network = {'params': state.params, 'batch_stats': state.batch_stats}
+  row = {**row, 'export_bytes': export.save(
+      str(workdir / 'export' / f'round_{round_idx:02d}'), network,
+      state.mask)}
+  ckpts.save_round(round_idx, {**network, 'mask': state.mask}, row)
+  return row
 
 
 def _start_states(members: list[_Member], r: int, start
@@ -634,7 +645,7 @@ def _start_states(members: list[_Member], r: int, start
 def _stacked_batches(iterators):
   """One batch of every seed's iterator per step, stacked along axis 0."""
   for batches in zip(*iterators):
-    yield jax.tree.map(lambda *xs: np.stack(xs), *batches)
+    yield train.stack_trees(batches)
 
 
 def source_config(workdir: str) -> ml_collections.ConfigDict:

@@ -110,8 +110,11 @@ def exact_pmean(tree: Any) -> Any:
   return unravel(sums.reshape(-1)[:flat.size] / n)
 
 
-def to_host(x: jax.Array) -> np.ndarray:
-  """A batch-sharded global array as one numpy array, on every host."""
-  if x.is_fully_addressable:
+def to_host(x) -> np.ndarray:
+  """A global array (e.g. batch-sharded) as one numpy array, on every host.
+
+  Arrays this process holds whole (and numpy arrays) are not communicated.
+  """
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
     return np.asarray(x)
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))

@@ -7,7 +7,6 @@ checkpoint, and SIGTERM (preemption), kill -9 and restarts ending with the
 same masks.
 """
 
-import importlib.util
 import json
 import os
 import pathlib
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 
 from sslprune_jax import checkpoint
+from sslprune_jax import config_lib
 from sslprune_jax import export
 from sslprune_jax import imp
 from sslprune_jax import preemption
@@ -55,11 +55,7 @@ OVERRIDES = {
 
 
 def load_config(arg='quick', name='labels'):
-  spec = importlib.util.spec_from_file_location(f'{name}_config',
-                                                ROOT / 'configs' / f'{name}.py')
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return config_lib.load(name, arg)
 
 
 def tiny_config(data_dir, **extra):

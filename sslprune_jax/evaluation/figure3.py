@@ -52,14 +52,13 @@ command that ends it:
 
 from __future__ import annotations
 
-import importlib.util
-import pathlib
 
 from absl import app
 from absl import flags
 from etils import epath
 import ml_collections
 
+from sslprune_jax import config_lib
 from sslprune_jax import report
 from sslprune_jax import runner
 
@@ -67,22 +66,11 @@ SOURCES = ('labels', 'rotnet')
 INITS = {'winning ticket': 'winning_ticket', 'reinit': 'reinit'}
 
 
-# The checkout's configs/: Figure 3's runs are their `figure3` variants.
-CONFIGS = pathlib.Path(__file__).resolve().parents[2] / 'configs'
-
 
 def load_config(name: str, seed: int) -> ml_collections.ConfigDict:
   """configs/<name>.py:figure3 for `seed`: what `python -m sslprune_jax.main
   --config=configs/<name>.py:figure3 --config.seed=<seed>` runs."""
-  path = CONFIGS / f'{name}.py'
-  if not path.exists():
-    raise FileNotFoundError(
-        f'{path} does not exist: Figure 3 reads its configs from the source '
-        'checkout (pip install -e .).')
-  spec = importlib.util.spec_from_file_location(f'{name}_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config('figure3')
+  config = config_lib.load(name, 'figure3')
   config.seed = seed
   return config
 
