@@ -30,6 +30,10 @@ Variants (the part after the colon):
                                to ~0.34 at 51% of the weights (chance
                                0.001).
 
+The rewind point counts images, not augmented copies: 1,281,167 images =
+step 5,004 of 450,360 (ImageNet), 50,000 = step 390 of 62,400 (CIFAR-10),
+6,400 = step 100 of 468 (:quick).
+
 Launch:
 
   python -m sslprune_jax.main --config=configs/exemplar.py:quick \

@@ -24,6 +24,14 @@ Variants (the part after the colon):
                              rewind to 1,280 samples, evaluation on 5,000
                              test images; about 2 minutes on 2 CPU cores.
 
+The rewind point, in dataset images seen (rounds after the first rewind to
+round 0's state there and train on from that step to the end of the run,
+see sslprune_jax/imp.py): 50,000 images = step 390 of 62,400 (CIFAR-10),
+1,281,167 = step 5,004 of 450,360 (ImageNet), 6,400 = step 50 of 936
+(:quick), 1,280 = step 10 of 92 (:figure3). Batch-norm scales start at
+U[0, 1) as in open_lth's CIFAR models (`model.bn_scale_init`); ImageNet's
+ResNet-50 at 1, as torchvision's.
+
 Launch:
 
   python -m sslprune_jax.main --config=configs/labels.py:quick \

@@ -19,6 +19,9 @@ Variants (the part after the colon):
                                     2 CPU cores.
   configs/layerwise.py:rotnet_quick the same with configs/rotnet.py:quick.
 
+The rewind point is that of configs/labels.py and configs/rotnet.py: step
+5,004 on ImageNet, step 50 (labels) and 100 (RotNet) for the quick variants.
+
 Launch:
 
   python -m sslprune_jax.main --config=configs/layerwise.py:quick \

@@ -5,9 +5,15 @@ the round's mask is trained from scratch on labels (mask fixed) and its
 top-1 accuracy recorded; `results.csv` has one line per source round, so
 `python -m sslprune_jax.report` plots it against the fraction of weights
 left. `source.init` picks where the weights start ('winning_ticket': the
-source's rewind point; 'reinit': a fresh initialisation), `source.mask`
-the mask ('source'; 'random_like': random with the same per-layer rates;
-'random_natural': the same, adjusted for natural sparsity). The model must
+source's rewind point, training on from the step at which this config has
+seen the source's `pruning.rewind_samples` images, as a rewound pruning
+round does: step 10 of 92 for :figure3, 50 of 936 for :quick; 'reinit': a
+fresh initialisation, from step 0), `source.mask` the mask ('source';
+'random_global_natural': the paper's random baseline, one global mask from
+the source's dense network with the round's number of weights, naturally
+near-zero weights first, the rest at random; 'random_like': random with the
+same per-layer rates; 'random_natural': the same, adjusted for natural
+sparsity layer by layer). The model must
 be the source's; a self-supervised source's head gives way to a fresh
 classifier (see sslprune_jax/evaluation/retrain.py).
 

@@ -1,20 +1,35 @@
 """Iterative magnitude pruning of a network trained with RotNet (no labels).
 
 The network predicts which of 4 rotations (0, 90, 180, 270 degrees) was
-applied; every image appears at all four in the same batch, so a step sees
-4 x `train.batch_size` images. The head is a 4-way classifier; the reported
+applied; every image appears at all four in the same batch (as Gidaris et
+al.'s code does), so a step sees 4 x `train.batch_size` copies of
+`train.batch_size` images. The head is a 4-way classifier; the reported
 accuracy is rotation accuracy.
+
+The rewind point counts images, not rotated copies: 1,281,167 images = step
+5,004 of 175,140 (ImageNet), 50,000 = step 390 of 62,400 (CIFAR-10), 6,400 =
+step 100 of 468 (:quick), 1,280 = step 40 of 186 (:figure3).
 
 Variants (the part after the colon):
 
   configs/rotnet.py          ImageNet, ResNet-50: 35 epochs, batch 256 (x4
                              rotated), lr 0.1 warmed up over 5 epochs, x0.1
                              at epochs 15, 25 and 30, wd 1e-4, 30 rounds of
-                             20%, rewind to ~1 epoch. The paper's text lost
-                             these numbers (and SETTINGS.md does not list
-                             them); they follow Gidaris et al.'s schedule,
-                             so check them before comparing to the paper.
-                             Needs imagenet2012 prepared for tfds.
+                             20%, rewind to ~1 epoch. The paper's appendix
+                             keeps the shape of its RotNet ResNet-50
+                             schedule (a warm-up, then three decays) but
+                             lost its numbers, and SETTINGS.md does not list
+                             them: these values are this project's choice
+                             of that shape, from no reference file. They are
+                             not Gidaris et al.'s ImageNet schedule
+                             (FeatureLearningRotNet config/
+                             ImageNet_RotNet_AlexNet.py: 50 epochs, batch
+                             192, lr 0.1, x0.1 at 15, 30 and 45, wd 5e-4,
+                             Nesterov, no warm-up) nor VISSL's
+                             (rotnet_8gpu_resnet.yaml: 105 epochs, x0.1 at
+                             30, 60, 90 and 100); check them before
+                             comparing to the paper. Needs imagenet2012
+                             prepared for tfds.
   configs/rotnet.py:cifar10  CIFAR-10, ResNet-18 (CIFAR form), the paper's
                              CIFAR-10 RotNet setting (as for labels: 160
                              epochs, batch 128, lr 0.1, x0.1 at 80 and 120).

@@ -43,9 +43,10 @@ What it does with the runs:
 
 Figure 3 at small scale (the runs of sslprune_jax/evaluation/figure3.py:
 prune with labels and with RotNet, re-train every round's mask on labels
-from the winning ticket and re-initialised, random masks of the label
-masks' per-layer sparsity; 3 seeds, about an hour on 2 CPU cores), from the
-repository root, each sweep after the one before:
+from the winning ticket and re-initialised, the paper's random baseline
+(re-initialised) and random masks of the label masks' per-layer sparsity;
+3 seeds, about an hour on 2 CPU cores), from the repository root, each
+sweep after the one before:
 
   python launch/sweep.py --config='configs/{objective}.py:figure3' \\
       --objectives=labels,rotnet --seeds=0,1,2 --workdir=/tmp/fig3/prune \\
@@ -56,17 +57,23 @@ repository root, each sweep after the one before:
       --set='source.workdir={root}/../prune/{objective}_seed{seed}' \\
       --workdir=/tmp/fig3/retrain --local
   python launch/sweep.py --config=configs/retrain.py:figure3 \\
+      --seeds=0,1,2 --inits=reinit \\
+      --set=source.mask=random_global_natural \\
+      --set='source.workdir={root}/../prune/labels_seed{seed}' \\
+      --workdir=/tmp/fig3/random --local
+  python launch/sweep.py --config=configs/retrain.py:figure3 \\
       --seeds=0,1,2 --inits=winning_ticket,reinit \\
       --set=source.mask=random_like \\
       --set='source.workdir={root}/../prune/labels_seed{seed}' \\
-      --workdir=/tmp/fig3/random --local
+      --workdir=/tmp/fig3/random_per_layer --local
   (cd /tmp/fig3 && python -m sslprune_jax.report --out=report \\
       --curve='labels, winning ticket=retrain/labels_seed*_winning_ticket' \\
       --curve='labels, reinit=retrain/labels_seed*_reinit' \\
       --curve='rotnet, winning ticket=retrain/rotnet_seed*_winning_ticket' \\
       --curve='rotnet, reinit=retrain/rotnet_seed*_reinit' \\
-      --curve='random, winning ticket=random/seed*_winning_ticket' \\
-      --curve='random, reinit=random/seed*_reinit')
+      --curve='random, reinit=random/seed*_reinit' \\
+      --curve='random per-layer, winning ticket=random_per_layer/seed*_winning_ticket' \\
+      --curve='random per-layer, reinit=random_per_layer/seed*_reinit')
 
 The last writes /tmp/fig3/report/test_accuracy.{csv,md,png}. On a cluster,
 `--write=FILE` in place of `--local` and the sbatch command it prints, one

@@ -76,7 +76,10 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
   config.task = ml_collections.ConfigDict(dict(name=task, **task_fields))
   config.data = data_pipeline.default_data_config('cifar10')
   config.model = ml_collections.ConfigDict(dict(
-      name='resnet_cifar', depth=18, width=1.0, dtype='float32'))
+      name='resnet_cifar', depth=18, width=1.0, dtype='float32',
+      # Batch-norm scales start at U[0, 1), as in open_lth's CIFAR models
+      # (models/bn_initializers.py); 'ones' is torchvision's.
+      bn_scale_init='uniform'))
   config.train = ml_collections.ConfigDict(dict(
       num_epochs=160.0, batch_size=128, eval_batch_size=1000,
       schedule='step', learning_rate=0.1, decay_epochs=(80, 120),
@@ -107,9 +110,19 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
       # method='random_like': random masks with, round by round, the
       # per-layer sparsity of this finished run's masks.
       reference_workdir=_placeholder(str),
-      # 'rewind' to the weights after `rewind_samples` samples of round 0
-      # (0: the original initialisation), or 'reinit' with fresh weights.
-      reset='rewind', rewind_samples=50_000))
+      # How rounds after the first start (see sslprune_jax/imp.py):
+      # 'rewind' to round 0's state after `rewind_samples` samples (step k;
+      # 0: the initialisation) and train steps k..T-1; 'reinit': fresh
+      # weights, steps 0..T-1; 'lr_rewind': the previous round's final
+      # weights, the schedule of steps k..T-1; 'finetune': the final
+      # weights, T-k steps at the schedule's last rate. Samples are dataset
+      # images (RotNet's rotations count once; S4L counts its labelled and
+      # unlabelled images).
+      reset='rewind', rewind_samples=50_000,
+      # 'per_round': each round draws its own data order (open_lth's
+      # default); 'same': every round reads round 0's (open_lth with a
+      # data_order_seed).
+      data_order='per_round'))
   # Start round 0 from round `round` of the pruning run in `workdir` (its
   # trained weights and mask) instead of a fresh network: pruning during
   # transfer starts from a pre-trained, unpruned network (round 0).
@@ -125,6 +138,8 @@ def imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   config.data = data_pipeline.default_data_config('imagenet2012')
   config.model.name = 'resnet'
   config.model.depth = 50
+  # torchvision's ResNet-50 (the paper's ImageNet network).
+  config.model.bn_scale_init = 'ones'
   config.train.num_epochs = 90.0
   config.train.batch_size = 256
   config.train.decay_epochs = (30, 60, 80)

@@ -1,10 +1,24 @@
 """Iterative magnitude pruning: train -> prune -> reset, round after round.
 
-Round 0 trains the dense network. Every later round starts from a mask made
-by pruning the previous round's final weights, and from weights reset under
-that mask: rewound to those saved in round 0 after `rewind_samples` samples,
-or freshly re-initialised. The optimiser state and the learning-rate schedule
-start over each round.
+Round 0 trains the dense network for T steps. Every later round starts from
+a mask made by pruning the previous round's final weights, and from weights
+reset under that mask (`pruning.reset`):
+
+  rewind     the training state of round 0 at step k (after
+             `pruning.rewind_samples` samples): weights, batch-norm statistics
+             and task state; the round continues that training run from step
+             k to T, its learning-rate schedule included (late rewinding,
+             Frankle et al. 2020; as open_lth's `lottery/runner.py`, which
+             trains every level from the rewind step to the end).
+  reinit     fresh weights; the round trains T steps from step 0.
+  lr_rewind  the previous round's final weights (and statistics and task
+             state); the schedule is replayed from step k to T (learning-rate
+             rewinding, Renda et al. 2020).
+  finetune   the previous round's final weights; T - k steps at the
+             schedule's final learning rate (Renda et al. 2020's
+             fine-tuning).
+
+Every round starts with fresh optimiser momentum, as open_lth's levels do.
 
 Everything a round needs is recomputed from the checkpoints of the rounds
 before it, so a run killed at any point and started again with the same
@@ -28,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from sslprune_jax import checkpoint
 from sslprune_jax import data
@@ -39,7 +54,10 @@ from sslprune_jax import tasks
 from sslprune_jax import train
 
 PyTree = Any
-RESETS = ('rewind', 'reinit')
+RESETS = ('rewind', 'reinit', 'lr_rewind', 'finetune')
+# Resets that start a round from the previous round's final state.
+KEEPS_FINAL = ('lr_rewind', 'finetune')
+DATA_ORDERS = ('per_round', 'same')
 RESULT_FIELDS = ('round', 'fraction_left', 'remaining', 'test_accuracy',
                  'test_loss', 'train_accuracy', 'train_loss', 'export_bytes',
                  'seconds')
@@ -65,6 +83,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if p.rewind_samples < 0:
     problems.append(
         f'pruning.rewind_samples must be >= 0, got {p.rewind_samples}.')
+  if p.get('data_order', 'per_round') not in DATA_ORDERS:
+    problems.append(f'Unknown pruning.data_order {p.data_order!r}; valid: '
+                    f'{DATA_ORDERS}.')
   if p.layers < 0:
     problems.append(f'pruning.layers must be >= 0 (0 = all), got {p.layers}.')
   if p.natural_threshold < 0:
@@ -113,16 +134,37 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
 
 
+def images_per_step(config) -> int:
+  """The samples one step sees, as the rewind point counts them.
+
+  A sample is a dataset image: RotNet's four rotations, Exemplar's and
+  NPID's augmented copies are made inside the step and count once; S4L's
+  step sees `train.labelled_batch_size` labelled images on top of
+  `train.batch_size` unlabelled ones, and counts both.
+  """
+  images = config.train.batch_size
+  if tasks.TASKS[config.task.name].stream == 'mixed':
+    images += config.train.labelled_batch_size
+  return images
+
+
+def rewind_step_of(config, rewind_samples: int) -> int:
+  """The step after which `rewind_samples` samples have been seen (rounded
+  down), with `config`'s images per step."""
+  return rewind_samples // images_per_step(config)
+
+
 def round_schedule(config, num_train_examples: int) -> tuple[int, int]:
-  """Steps per round and the rewind step, checked against each other.
+  """Steps of a training run and the rewind step, checked together.
 
   Args:
     config: the experiment config.
     num_train_examples: examples of an epoch (of the task's stream).
 
   Returns:
-    (num_steps, rewind_step): rewind_step is the number of steps after which
-    `rewind_samples` samples have been seen (rounded down).
+    (num_steps, rewind_step): T, the step every round ends at, and k, the
+    step after which `pruning.rewind_samples` samples have been seen
+    (`rewind_step_of`), where rewound rounds start.
   """
   steps_per_epoch = num_train_examples // config.train.batch_size
   if steps_per_epoch == 0:
@@ -130,12 +172,13 @@ def round_schedule(config, num_train_examples: int) -> tuple[int, int]:
         f'train.batch_size {config.train.batch_size} exceeds the '
         f'{num_train_examples} training examples.')
   num_steps = max(1, int(round(config.train.num_epochs * steps_per_epoch)))
-  rewind_step = config.pruning.rewind_samples // config.train.batch_size
-  if config.pruning.reset == 'rewind' and rewind_step > num_steps:
+  rewind_step = rewind_step_of(config, config.pruning.rewind_samples)
+  if config.pruning.reset != 'reinit' and rewind_step >= num_steps:
     raise ValueError(
-        f'pruning.rewind_samples={config.pruning.rewind_samples} is beyond '
-        f'the round ({num_steps} steps x {config.train.batch_size} = '
-        f'{num_steps * config.train.batch_size} samples).')
+        f'pruning.rewind_samples={config.pruning.rewind_samples} is step '
+        f'{rewind_step} ({images_per_step(config)} images a step), not '
+        f'before the end of the run (step {num_steps}): rounds after the '
+        f'first would not train (pruning.reset={config.pruning.reset!r}).')
   return num_steps, rewind_step
 
 
@@ -212,9 +255,12 @@ class Experiment:
       from a pruned network).
     task_state: the task's initial state (round 0's starting point).
     prunable: pytree of bools, the leaves pruning may touch.
-    tx: the optimiser (its schedule restarts with every round's state).
-    num_steps: steps per round.
-    rewind_step: step of round 0 whose weights later rounds rewind to.
+    optimizer: the config's optimiser and its learning-rate schedule.
+    final_rate_optimizer: the same optimiser at the schedule's final rate
+      (rounds after the first under `pruning.reset='finetune'`).
+    num_steps: T, the step every round ends at.
+    rewind_step: k, the step of round 0 whose state `rewind` restores and
+      where `rewind`, `lr_rewind` and `finetune` rounds start.
     rngs: keys for the train state, pruning and re-initialisation.
   """
   config: ml_collections.ConfigDict
@@ -227,16 +273,28 @@ class Experiment:
   start_mask: PyTree
   task_state: PyTree
   prunable: PyTree
-  tx: Any
+  optimizer: train.Optimizer
+  final_rate_optimizer: train.Optimizer
   num_steps: int
   rewind_step: int
   rngs: dict[str, jax.Array]
 
   def round_target(self) -> PyTree:
     """Structure (and placement) of an end-of-round checkpoint."""
-    return {'params': self.variables['params'],
-            'batch_stats': self.variables.get('batch_stats', {}),
-            'mask': self.start_mask}
+    target = {'params': self.variables['params'],
+              'batch_stats': self.variables.get('batch_stats', {}),
+              'mask': self.start_mask}
+    if saves_task_state(self.config, self.task_state):
+      target['task_state'] = self.task_state
+    return target
+
+
+def saves_task_state(config, task_state: PyTree) -> bool:
+  """Whether ends of rounds keep the task's state: only where the next
+  round starts from it (`KEEPS_FINAL`) and there is one (NPID's memory
+  bank, 0.6 GB on ImageNet, is not saved 30 times otherwise)."""
+  return (config.pruning.reset in KEEPS_FINAL
+          and bool(jax.tree.leaves(task_state)))
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -281,13 +339,19 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                  'params': pruning.apply_mask(variables['params'],
                                               start_mask)}
   steps_per_epoch = epoch_examples // config.train.batch_size
-  tx = train.create_optimizer(
-      config.train,
-      train.create_learning_rate_fn(config.train, steps_per_epoch))
+  learning_rate_fn = train.create_learning_rate_fn(config.train,
+                                                   steps_per_epoch)
+  final_rate = optax.constant_schedule(
+      float(learning_rate_fn(num_steps - 1)))
   return Experiment(
       config=config, mesh=mesh, info=info, model=model, task=task,
       init_fn=init_fn, variables=variables, start_mask=start_mask,
-      task_state=task.init_state(task_rng), prunable=prunable, tx=tx,
+      task_state=task.init_state(task_rng), prunable=prunable,
+      optimizer=train.Optimizer(
+          train.create_optimizer(config.train, learning_rate_fn),
+          learning_rate_fn),
+      final_rate_optimizer=train.Optimizer(
+          train.create_optimizer(config.train, final_rate), final_rate),
       num_steps=num_steps, rewind_step=rewind_step,
       rngs={'state': state_rng, 'prune': prune_rng, 'reinit': reinit_rng,
             'task': task_rng})
@@ -297,11 +361,14 @@ def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
                 round_idx: int) -> train.TrainState:
   """The replicated state round `round_idx` trains from.
 
-  Round 0 starts from the initial variables. A later round prunes the end of
-  the previous round and resets the survivors. Either way, an in-round
-  checkpoint of this round, if any, takes over (resumption).
+  Round 0 starts from the initial variables at step 0. A later round prunes
+  the end of the previous round and resets the survivors
+  (`pruning.reset`, see the module docstring), at step 0 (`reinit`) or k.
+  Either way, an in-round checkpoint of this round, if any, takes over
+  (resumption).
   """
   workdir = ckpts.workdir
+  reset = exp.config.pruning.reset
   if round_idx == 0:
     mask, variables = exp.start_mask, exp.variables
     task_state = exp.task_state
@@ -313,20 +380,41 @@ def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
                      jax.random.fold_in(exp.rngs['prune'], round_idx),
                      round_idx)
     variables, task_state = _reset(
-        exp, ckpts, mask, jax.random.fold_in(exp.rngs['reinit'], round_idx),
-        round_idx)
-  return start_state(exp, ckpts, round_idx, variables, mask, task_state)
+        exp, ckpts, prev, mask,
+        jax.random.fold_in(exp.rngs['reinit'], round_idx), round_idx)
+  later = round_idx > 0 and reset != 'reinit'
+  return start_state(
+      exp, ckpts, round_idx, variables, mask, task_state,
+      step=exp.rewind_step if later else 0,
+      optimizer=(exp.final_rate_optimizer
+                 if later and reset == 'finetune' else None))
 
 
 def start_state(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
                 round_idx: int, variables: dict, mask: PyTree,
-                task_state: PyTree) -> train.TrainState:
+                task_state: PyTree, *, step: int = 0,
+                optimizer: train.Optimizer | None = None
+                ) -> train.TrainState:
   """The replicated train state of a round that starts from `variables`
-  under `mask`, or the round's in-round checkpoint if it has one."""
+  under `mask` at global step `step`, or the round's in-round checkpoint if
+  it has one.
+
+  Args:
+    exp: the experiment.
+    ckpts: its checkpoints.
+    round_idx: the round.
+    variables: 'params' and 'batch_stats' to start from.
+    mask: the round's mask.
+    task_state: the task's state to start from.
+    step: the global step the round starts at (its schedule's too).
+    optimizer: the round's optimiser (default: `exp.optimizer`).
+  """
+  optimizer = optimizer or exp.optimizer
   state = parallel.replicate(
       train.create_train_state(
-          exp.model, variables, mask, exp.tx,
-          jax.random.fold_in(exp.rngs['state'], round_idx), task_state),
+          exp.model, variables, mask, optimizer.tx,
+          jax.random.fold_in(exp.rngs['state'], round_idx), task_state,
+          step=step, learning_rate_fn=optimizer.learning_rate_fn),
       exp.mesh)
   workdir = ckpts.workdir
   restored = restore(lambda: ckpts.restore_in_round(round_idx, state),
@@ -543,7 +631,7 @@ def _train_round(members: list[_Member], r: int, start, train_step,
       str(m.workdir / 'tb' / f'round_{r:02d}'), just_logging=not is_main)
              for m in members]
   batches = [train_batches(m.exp.config, m.exp.task,
-                           seed=_data_seed(m.exp.config.seed, r),
+                           seed=_data_seed(m.exp.config, r),
                            start_step=start_step)
              for m in members]
   remaining, total = counts[0]
@@ -583,7 +671,9 @@ def _train_round(members: list[_Member], r: int, start, train_step,
           'seconds': result.seconds,
           'sparsity': pruning.sparsity_report(final.mask, m.exp.prunable),
       }
-      row = save_round_end(m.ckpts, m.workdir, r, final, row)
+      row = save_round_end(
+          m.ckpts, m.workdir, r, final, row,
+          with_task_state=saves_task_state(m.exp.config, m.exp.task_state))
     m.ckpts.clear_in_round(r)
     m.results.append(row)
     m.summary_writer.write_scalars(
@@ -599,8 +689,11 @@ def _train_round(members: list[_Member], r: int, start, train_step,
 
 def save_round_end(ckpts: checkpoint.RunCheckpoints, workdir: epath.Path,
                    round_idx: int, state: train.TrainState,
-                   row: dict) -> dict:
+                   row: dict, *, with_task_state: bool = False) -> dict:
   """Saves a finished round: its compact export, then its checkpoint.
+
+  With `with_task_state`, the checkpoint keeps the task's state too (for a
+  next round that starts from it: `saves_task_state`).
 
   Returns:
     `row` with 'export_bytes', the size of the export (only the weights
@@ -610,7 +703,10 @@ def save_round_end(ckpts: checkpoint.RunCheckpoints, workdir: epath.Path,
   row = {**row, 'export_bytes': export.save(
       str(workdir / 'export' / f'round_{round_idx:02d}'), network,
       state.mask)}
-  ckpts.save_round(round_idx, {**network, 'mask': state.mask}, row)
+  saved = {**network, 'mask': state.mask}
+  if with_task_state:
+    saved['task_state'] = state.task_state
+  ckpts.save_round(round_idx, saved, row)
   return row
 
 
@@ -801,19 +897,38 @@ def _target_reached(config, row: dict) -> bool:
   return bool(target) and row['fraction_left'] <= target
 
 
-def _data_seed(seed: int, round_idx: int) -> int:
-  return int(np.random.SeedSequence([seed, round_idx]).generate_state(1)[0])
+def _data_seed(config, round_idx: int) -> int:
+  """The seed of round `round_idx`'s data order and augmentation.
+
+  `pruning.data_order='per_round'` (the default): each round draws its own
+  order, as open_lth does unless a `data_order_seed` is set (its
+  `training/train.py`), but reproducibly, so that resumption is exact.
+  'same': every round reads round 0's stream, as open_lth with a
+  `data_order_seed`, so a rewound round sees at steps k..T-1 the batches
+  round 0 saw there. Either way a round that starts at step k reads its
+  stream from position k, so epochs end where they ended in round 0.
+  """
+  if config.pruning.get('data_order', 'per_round') == 'same':
+    round_idx = 0
+  return int(np.random.SeedSequence([config.seed, round_idx]
+                                    ).generate_state(1)[0])
 
 
-def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, mask: PyTree,
-           rng: jax.Array, round_idx: int) -> tuple[dict, PyTree]:
+def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, prev: dict,
+           mask: PyTree, rng: jax.Array, round_idx: int
+           ) -> tuple[dict, PyTree]:
   """Variables and task state a round > 0 starts from, under its new mask.
 
   Rewinding restores the whole training state of the rewind point (the
   weights, batch-norm statistics and the task's state, such as NPID's
-  memory bank); re-initialising draws them afresh.
+  memory bank); `lr_rewind` and `finetune` keep those the previous round
+  (`prev`) ended with; re-initialising draws them afresh.
   """
   initial = exp.round_target()
+  if exp.config.pruning.reset in KEEPS_FINAL:
+    return ({'params': pruning.apply_mask(prev['params'], mask),
+             'batch_stats': prev['batch_stats']},
+            prev.get('task_state', exp.task_state))
   if exp.config.pruning.reset == 'rewind':
     saved = restore(
         lambda: ckpts.restore_rewind({'params': initial['params'],

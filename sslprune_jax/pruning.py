@@ -304,6 +304,13 @@ def _prune(scores: PyTree, mask: PyTree, prunable: PyTree, fraction: float,
   """`prune_by_score`, scoring by |scores| if `magnitude`."""
   remaining, total = count(mask, prunable)
   target = (total - remaining) + num_to_prune(fraction, remaining)
+  return _prune_to(scores, mask, prunable, target, magnitude)
+
+
+def _prune_to(scores: PyTree, mask: PyTree, prunable: PyTree, target: int,
+              magnitude: bool) -> PyTree:
+  """The mask with exactly `target` prunable weights pruned in all: those
+  already pruned, then the lowest-scoring kept ones."""
   leaves, treedef = jax.tree.flatten(mask)
   flags = jax.tree.leaves(prunable)
   score_leaves = treedef.flatten_up_to(scores)
@@ -384,17 +391,57 @@ def random_natural_prune(rng: jax.Array, params: PyTree, mask: PyTree,
   Returns:
     The new mask.
   """
+  return prune_by_score(_natural_scores(rng, params, threshold), mask,
+                        prunable, fraction)
+
+
+def _natural_scores(rng: jax.Array, params: PyTree,
+                    threshold: float) -> PyTree:
+  """Random scores that rank naturally-zero weights first.
+
+  A weight with |w| < threshold scores |w| / threshold - 1, in [-1, 0) and
+  increasing with |w|; any other weight a uniform draw in [0, 1).
+  """
   if threshold < 0:
     raise ValueError(f'threshold must be >= 0, got {threshold}.')
   uniform = _uniform_scores(rng, params)
 
   def score(p, u):
-    # Near-zero weights score in [-1, 0), below every random score in [0, 1).
     a = jnp.abs(p).astype(jnp.float32)
     return jnp.where(a < threshold, a / max(threshold, 1e-30) - 1.0, u)
 
-  return prune_by_score(jax.tree.map(score, params, uniform), mask, prunable,
-                        fraction)
+  return jax.tree.map(score, params, uniform)
+
+
+def random_natural_oneshot(rng: jax.Array, params: PyTree, prunable: PyTree,
+                           num_kept: int, threshold: float) -> PyTree:
+  """The paper's random baseline (Caron et al. 2020, section 4.3, Fig. 3).
+
+  One global mask, in one shot, from a dense trained network: the weights
+  that converged to |w| < `threshold` are removed first (smallest first),
+  then weights drawn uniformly at random from all the other prunable
+  weights of every layer together, until exactly `num_kept` prunable
+  weights are left. ("We remove this effect by first pruning the weights
+  that naturally converge to zero after training. Then, we randomly mask
+  the remaining non-zeroed weights to get different final desired pruning
+  rates.") The survivors are then re-initialised by the caller.
+
+  Args:
+    rng: PRNG key of the random draw.
+    params: the dense network's trained weights (round 0's end).
+    prunable: pytree of bools.
+    num_kept: how many prunable weights the mask keeps.
+    threshold: magnitude under which a weight counts as naturally zero.
+
+  Returns:
+    The mask; non-prunable leaves keep everything.
+  """
+  mask = init_mask(params)
+  _, total = count(mask, prunable)
+  if not 0 <= num_kept <= total:
+    raise ValueError(f'num_kept must be in [0, {total}], got {num_kept}.')
+  return _prune_to(_natural_scores(rng, params, threshold), mask, prunable,
+                   total - num_kept, magnitude=False)
 
 
 def random_prune_like(rng: jax.Array, reference_mask: PyTree,

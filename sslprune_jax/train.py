@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Sequence
 
 from absl import logging
 from clu import metric_writers
@@ -51,6 +51,10 @@ class TrainState(train_state.TrainState):
   mask: PyTree
   rng: jax.Array
   task_state: PyTree = flax.struct.field(default_factory=dict)
+  # The schedule `tx` follows (step -> learning rate), for logging; static,
+  # like `tx`.
+  learning_rate_fn: Callable[[int], Any] | None = flax.struct.field(
+      pytree_node=False, default=None)
 
   def apply_gradients(self, *, grads, **kwargs):
     # Pruned weights get no gradient, hence no momentum and no update.
@@ -93,6 +97,12 @@ def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
   return optax.join_schedules([ramp, main], [warmup])
 
 
+class Optimizer(NamedTuple):
+  """An optimiser and the learning-rate schedule it follows."""
+  tx: optax.GradientTransformation
+  learning_rate_fn: optax.Schedule
+
+
 def create_optimizer(train_config: ml_collections.ConfigDict,
                      learning_rate_fn: optax.Schedule
                      ) -> optax.GradientTransformation:
@@ -114,14 +124,49 @@ def init_variables(model, rng: jax.Array, image_shape) -> dict:
 def create_train_state(model, variables: dict, mask: PyTree,
                        tx: optax.GradientTransformation,
                        rng: jax.Array,
-                       task_state: PyTree | None = None) -> TrainState:
-  """A fresh state at step 0 (the optimiser state starts empty)."""
-  return TrainState.create(
+                       task_state: PyTree | None = None, *,
+                       step: int = 0,
+                       learning_rate_fn: optax.Schedule | None = None
+                       ) -> TrainState:
+  """A fresh optimiser state (no momentum) at global step `step`.
+
+  Starting at `step` > 0 continues a training run from there, as
+  open_lth's `training/train.py` does for a rewound level: the
+  learning-rate schedule resumes at `step` (the next update uses
+  `learning_rate_fn(step)`), and the data stream, the step's random keys
+  and the logs count from `step` too.
+
+  Args:
+    model: the network.
+    variables: its 'params' (and 'batch_stats').
+    mask: boolean pytree like the params; the params are masked.
+    tx: the optimiser.
+    rng: the key of the run (folded with the step inside the step).
+    task_state: the task's own state.
+    step: the global step the state starts at.
+    learning_rate_fn: the schedule inside `tx`, kept for logging.
+  """
+  state = TrainState.create(
       apply_fn=model.apply,
       params=pruning.apply_mask(variables['params'], mask),
       batch_stats=variables.get('batch_stats', {}),
-      mask=mask, rng=rng, tx=tx,
+      mask=mask, rng=rng, tx=tx, learning_rate_fn=learning_rate_fn,
       task_state={} if task_state is None else task_state)
+  return at_step(state, step) if step else state
+
+
+def at_step(state: TrainState, step: int) -> TrainState:
+  """`state` moved to global step `step`, its schedule's counters too.
+
+  optax's schedules count their own steps in the optimiser state
+  (`ScaleByScheduleState.count`); each such counter is set to `step`.
+  """
+  opt_state = state.opt_state
+  if optax.tree_utils.tree_get_all_with_path(opt_state, 'count'):
+    opt_state = optax.tree_utils.tree_set(
+        opt_state, count=jnp.asarray(step, jnp.int32))
+  return state.replace(step=jnp.asarray(step, jnp.asarray(state.step).dtype),
+                       opt_state=opt_state)
 
 
 def _forward(state: TrainState, params, images, train: bool, rng=None):
@@ -356,11 +401,13 @@ def train_round(
     train_batches: this host's batches, starting at `state.step`.
     eval_batches: returns a fresh pass over the eval split.
     mesh: the data mesh.
-    num_steps: length of the round in steps.
+    num_steps: the global step the round ends at (T: a round that starts
+      at a rewind step k trains T - k steps).
     task: the task, for its whole-split eval metrics (`eval_summary`).
-    writer: clu metric writer (per-round step axis); for a stacked state of
-      k seeds (`make_train_step(num_seeds=k)`), a list of k writers, one
-      per seed, and the batches are stacked likewise.
+    writer: clu metric writer, written at the global step of the training
+      run (with the learning rate, if the state has its schedule); for a
+      stacked state of k seeds (`make_train_step(num_seeds=k)`), a list of
+      k writers, one per seed, and the batches are stacked likewise.
     log_every_steps: how often train metrics are written.
     checkpoint_every_steps: how often `save_checkpoint(state)` is called.
     save_checkpoint: saves a resumable in-round checkpoint.
@@ -416,9 +463,12 @@ def train_round(
                 f'at step {step}. Stopped; the checkpoints written so far '
                 'are kept. Lower the learning rate or check the data.')
         if is_log:
+          # Update `step` (1-based) used the schedule's rate at step - 1.
+          rate = ({} if state.learning_rate_fn is None else
+                  {'learning_rate': float(state.learning_rate_fn(step - 1))})
           for w, metrics in zip(writers, last_train):
-            w.write_scalars(step, {f'train_{k}': v
-                                   for k, v in metrics.items()})
+            w.write_scalars(step, {**{f'train_{k}': v
+                                      for k, v in metrics.items()}, **rate})
           logging.info('%s step %d/%d: %s', description, step, num_steps,
                        last_train[0] if num_seeds == 1 else last_train)
       if step in hooks:

@@ -96,8 +96,9 @@ def test_quick_run_reports_every_round(finished_run):
       expected_fractions(total, 2))
   assert results[1]['remaining'] == total - pruning.num_to_prune(0.2, total)
   for r in results:
-    # 32 steps on 2048 images: far from converged, but well above chance.
-    assert r['test_accuracy'] > 0.5, r
+    # 32 steps on 2048 images, batch-norm scales starting at U[0, 1): far
+    # from converged (0.42-0.53), but well above chance (0.1).
+    assert r['test_accuracy'] > 0.3, r
     assert np.isfinite(r['test_loss'])
   lines = (workdir / 'results.csv').read_text().strip().splitlines()
   assert lines[0].startswith('round,fraction_left,remaining,test_accuracy')
@@ -316,7 +317,7 @@ def test_layerwise_pruning_targets_the_first_layers(data_dir):
     ('pruning.method', 'taylor', 'Unknown pruning.method'),
     ('pruning.reset', 'none', 'Unknown pruning.reset'),
     ('pruning.method', 'random_like', 'needs pruning.reference_workdir'),
-    ('pruning.rewind_samples', 10**6, 'beyond the round'),
+    ('pruning.rewind_samples', 10**6, 'not before the end of the run'),
     ('train.batch_size', 100, 'multiple of the number of devices'),
     ('task.name', 'jigsaw', 'Unknown task'),
 ])

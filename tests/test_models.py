@@ -501,3 +501,34 @@ def test_kernel_order_accepts_shape_dtype_struct():
   order = models.kernel_order(
       model, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
   assert order[0] == ('conv0', 'kernel')
+
+
+@pytest.mark.parametrize('name,depth', [('resnet_cifar', 10), ('vgg', 11)])
+def test_batch_norm_scales_start_as_configured(name, depth):
+  def scales(**kwargs):
+    model = models.create_model(
+        make_config(name, depth=depth, width=0.25, **kwargs), 10)
+    variables = model.init(RNGS, jnp.zeros((1, 32, 32, 3)), train=False)
+    leaves = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
+    return [(jax.tree_util.keystr(path), np.asarray(x)) for path, x in leaves
+            if 'bn' in jax.tree_util.keystr(path)]
+
+  # open_lth's CIFAR models: scales from U[0, 1), offsets zero.
+  uniform = scales(bn_scale_init='uniform')
+  values = np.concatenate([x for path, x in uniform if 'scale' in path])
+  assert values.min() >= 0 and values.max() < 1 and values.std() > 0.2
+  assert all(not x.any() for path, x in uniform if 'bias' in path)
+  # PyTorch's default, and the default here.
+  for ones in (scales(bn_scale_init='ones'), scales()):
+    assert all(np.all(x == 1) for path, x in ones if 'scale' in path)
+  with pytest.raises(ValueError, match='Unknown bn_scale_init'):
+    scales(bn_scale_init='normal')
+
+
+def test_cifar_configs_take_open_lth_batch_norm_init():
+  from sslprune_jax import config_lib  # pylint: disable=import-outside-toplevel
+  assert config_lib.load('labels', '').model.bn_scale_init == 'uniform'
+  assert config_lib.load('labels', 'vgg19').model.bn_scale_init == 'uniform'
+  assert config_lib.load('labels', 'quick').model.bn_scale_init == 'uniform'
+  # ImageNet ResNet-50: torchvision's.
+  assert config_lib.load('labels', 'imagenet').model.bn_scale_init == 'ones'

@@ -193,6 +193,42 @@ def test_random_natural_prunes_near_zero_weights_first():
   assert new['conv']['kernel'][0, 3]
 
 
+def test_paper_random_baseline_is_one_global_natural_adjusted_mask():
+  params = small_params()
+  prunable = pruning.prunable_tree(params)
+  # Below 0.06 of the 16 prunable weights: 0.01 (conv), 0.02 (dense), 0.05
+  # (conv); the classifier's tiny weights are not prunable.
+  seen = set()
+  for seed in range(20):
+    mask = as_np(pruning.random_natural_oneshot(
+        jax.random.PRNGKey(seed), params, prunable, num_kept=10,
+        threshold=0.06))
+    # Exactly 10 kept, counted over both kernels together.
+    assert pruning.count(mask, prunable) == (10, 16)
+    assert not mask['conv']['kernel'][0, 3]
+    assert not mask['conv']['kernel'][1, 4]
+    assert not mask['dense']['kernel'][1, 0]
+    assert mask['classifier']['kernel'].all() and mask['bn']['scale'].all()
+    seen.add(int(mask['conv']['kernel'].sum()))
+  # The other 3 removed weights fall on either kernel: the layers' shares
+  # vary from draw to draw (a per-layer draw would fix them).
+  assert len(seen) > 1
+  # Fewer to remove than naturally-zero weights: the smallest go.
+  mask = as_np(pruning.random_natural_oneshot(
+      jax.random.PRNGKey(0), params, prunable, num_kept=14, threshold=0.06))
+  assert not mask['conv']['kernel'][1, 4] and not mask['dense']['kernel'][1, 0]
+  assert mask['conv']['kernel'][0, 3]
+  # Everything kept, or nothing.
+  for kept in (16, 0):
+    mask = pruning.random_natural_oneshot(
+        jax.random.PRNGKey(0), params, prunable, num_kept=kept,
+        threshold=0.06)
+    assert pruning.count(mask, prunable) == (kept, 16)
+  with pytest.raises(ValueError, match='num_kept'):
+    pruning.random_natural_oneshot(jax.random.PRNGKey(0), params, prunable,
+                                   num_kept=17, threshold=0.06)
+
+
 def test_random_prune_like_keeps_per_layer_counts():
   rng = np.random.default_rng(1)
   params = {'a': {'kernel': jnp.asarray(rng.normal(size=(20, 10)))},

@@ -317,7 +317,7 @@ def _documented_commands():
 
 def test_figure3_sweeps_make_the_runs_of_figure3_py():
   sweeps, _ = _documented_commands()
-  assert len(sweeps) == 3 and all('--local' in argv for argv in sweeps)
+  assert len(sweeps) == 4 and all('--local' in argv for argv in sweeps)
   ours = [(run.workdir, sweep.parse_config(run.config, run.overrides))
           for argv in sweeps for run in plan(*argv)]
   theirs = [(workdir, config)
@@ -336,7 +336,7 @@ def test_figure3_sweeps_make_the_runs_of_figure3_py():
       out.append(repr(config))
     return sorted(out)
 
-  assert len(ours) == len(theirs) == 24
+  assert len(ours) == len(theirs) == 27
   assert canonical(ours) == canonical(theirs)
 
 
@@ -432,9 +432,11 @@ def test_documented_report_command_finds_the_sweeps_runs(tmp_path,
   specs = [arg.split('=', 1)[1] for arg in command
            if arg.startswith('--curve=')]
   curves = report.parse_curves(specs)
-  assert list(curves) == [f'{source}, {init}'
-                          for source in ('labels', 'rotnet', 'random')
-                          for init in ('winning ticket', 'reinit')]
+  assert list(curves) == [
+      f'{source}, {init}'
+      for source in ('labels', 'rotnet', 'random', 'random per-layer')
+      for init in ('winning ticket', 'reinit')
+      if (source, init) != ('random', 'winning ticket')]
   for runs in curves.values():
     assert sorted(run.config['seed'] for run in runs) == [0, 1, 2]
     assert len({run.config['source']['init'] for run in runs}) == 1

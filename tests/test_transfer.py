@@ -52,7 +52,8 @@ def rotnet_run(data_dir, tmp_path_factory):
   imp.run(shrunk('rotnet', data_dir, **{'pruning.num_rounds': 1,
                                         'data.train_split': 'train[:512]',
                                         'train.num_epochs': 1.0,
-                                        'train.batch_size': 32}),
+                                        'train.batch_size': 32,
+                                        'pruning.rewind_samples': 128}),
           str(workdir))
   return workdir
 
@@ -241,7 +242,8 @@ def test_linear_probe_of_every_round(labels_run, data_dir, tmp_path):
 def test_layerwise_sweep_prunes_only_the_first_k_layers(data_dir, tmp_path):
   config = shrunk('layerwise', data_dir, **{
       'layerwise.layers': (1, 3), 'pruning.num_rounds': 1,
-      'data.train_split': 'train[:512]', 'train.num_epochs': 1.0})
+      'data.train_split': 'train[:512]', 'train.num_epochs': 1.0,
+      'pruning.rewind_samples': 128})
   results = layerwise.run(config, str(tmp_path))
   assert sorted(results) == [1, 3]
   exp = imp.build(config)
@@ -301,12 +303,14 @@ def test_figure3_runs_every_curve_and_reports(data_dir, tmp_path,
   table = pathlib.Path(paths['md']).read_text()
   for curve in ('labels, winning ticket', 'labels, reinit',
                 'rotnet, winning ticket', 'rotnet, reinit',
-                'random, winning ticket', 'random, reinit'):
+                'random, reinit', 'random per-layer, winning ticket',
+                'random per-layer, reinit'):
     assert curve in table
+  assert 'random, winning ticket' not in table
   assert pathlib.Path(paths['png']).stat().st_size > 0
   rows = list(csv.DictReader(io.StringIO(
       pathlib.Path(paths['csv']).read_text())))
-  assert len(rows) == 6 * 2 and all(r['n'] == '1' for r in rows)
+  assert len(rows) == 7 * 2 and all(r['n'] == '1' for r in rows)
   assert len({r['fraction_left'] for r in rows}) == 2
 
 

@@ -5,15 +5,19 @@
 For each seed: prune a network trained with labels and one trained with
 RotNet (5 rounds, 60% of the remaining weights per round: 100% -> 1.02%
 left); then train each round's mask again on labels, from the winning
-ticket (the source's weights at the rewind point) and from a random
-re-initialisation. Random pruning is the baseline: random masks with, layer
-by layer, the sparsity of the label-trained masks, from the label run's
-winning ticket and from a re-initialisation. That is 8 runs of 6 rounds per
-seed, each a normal resumable run under `<workdir>/seed_<s>/`; the command
-can be stopped and started again. It ends by writing, under
-`<workdir>/report/`, `test_accuracy.csv`, `.md` (mean ± standard error over
-the seeds at each fraction of weights left, one column per objective and
-initialisation) and `.png` (the paper's form of the plot).
+ticket (the source's weights at the rewind point, trained on from the
+rewind step as a rewound round is) and from a random re-initialisation.
+The baselines are random masks re-trained likewise: the paper's (section
+4.3: for each fraction, one global mask drawn from the label-trained dense
+network, the weights that converged near zero removed first, the rest at
+random; re-initialised) and, as an extra curve, random masks with the
+label masks' per-layer sparsity, from the winning ticket and re-initialised.
+That is 9 runs of 6 rounds per seed, each a normal resumable run under
+`<workdir>/seed_<s>/`; the command can be stopped and started again. It
+ends by writing, under `<workdir>/report/`, `test_accuracy.csv`, `.md`
+(mean ± standard error over the seeds at each fraction of weights left, one
+column per objective and initialisation) and `.png` (the paper's form of
+the plot).
 
 Scale (kept small for a CPU; the `figure3` variants of configs/labels.py,
 configs/rotnet.py and configs/retrain.py): ResNet-10 at width 1/4 (CIFAR
@@ -44,10 +48,15 @@ command that ends it:
       --set='source.workdir={root}/../prune/{objective}_seed{seed}' \
       --workdir=/tmp/fig3/retrain --local
   python launch/sweep.py --config=configs/retrain.py:figure3 \
+      --seeds=0,1,2 --inits=reinit \
+      --set=source.mask=random_global_natural \
+      --set='source.workdir={root}/../prune/labels_seed{seed}' \
+      --workdir=/tmp/fig3/random --local
+  python launch/sweep.py --config=configs/retrain.py:figure3 \
       --seeds=0,1,2 --inits=winning_ticket,reinit \
       --set=source.mask=random_like \
       --set='source.workdir={root}/../prune/labels_seed{seed}' \
-      --workdir=/tmp/fig3/random --local
+      --workdir=/tmp/fig3/random_per_layer --local
 """
 
 from __future__ import annotations
@@ -64,6 +73,13 @@ from sslprune_jax import runner
 
 SOURCES = ('labels', 'rotnet')
 INITS = {'winning ticket': 'winning_ticket', 'reinit': 'reinit'}
+# (curve, source.mask, initialisations) of the re-training runs. 'random' is
+# the paper's baseline (global, one shot, adjusted for natural sparsity,
+# re-initialised: section 4.3); 'random per-layer' keeps the label masks'
+# per-layer sparsity.
+CURVES = (('labels', 'source', INITS), ('rotnet', 'source', INITS),
+          ('random', 'random_global_natural', {'reinit': 'reinit'}),
+          ('random per-layer', 'random_like', INITS))
 
 
 
@@ -100,15 +116,15 @@ def curves(workdir: str, seeds: int) -> dict[str, list[tuple]]:
     for name, config in pruning_configs(seed).items():
       runs.setdefault(f'prune {name}', []).append(
           (config, str(base / f'prune_{name}')))
-    for source in ('labels', 'rotnet', 'random'):
-      # Random masks take the label-trained masks' per-layer sparsity.
+    for source, mask, inits in CURVES:
+      # Random masks take their counts from the label-trained run (the
+      # paper's from its dense network, the per-layer ones from its masks).
       source_dir = str(base / ('prune_rotnet' if source == 'rotnet'
                                else 'prune_labels'))
-      mask = 'random_like' if source == 'random' else 'source'
-      for label, init in INITS.items():
+      for label, init in inits.items():
         runs.setdefault(f'{source}, {label}', []).append(
             (retrain_config(seed, source_dir, init, mask),
-             str(base / f'retrain_{source}_{init}')))
+             str(base / f"retrain_{source.replace(' ', '_')}_{init}")))
   return runs
 
 

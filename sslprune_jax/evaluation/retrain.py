@@ -10,14 +10,24 @@ weights left.
 What the subnetwork is made of (`config.source`):
 
   init   'winning_ticket': the source's rewind-point weights under the mask
-         (late rewinding); 'reinit': a fresh random initialisation under
-         the mask; 'final': the weights round r ended with (finetuning a
-         pruned network on another task, e.g. VOC07).
-  mask   'source': round r's mask; 'random_like': random, with round r's
-         number of weights in every layer; 'random_natural': the same, but
-         each layer first loses the weights that converged to |w| <
-         `pruning.natural_threshold` in the source's dense network (round
-         0), the rest of its quota being random.
+         (late rewinding); the run continues from the rewind step, as a
+         rewound pruning round does (see `sslprune_jax.imp`): it starts at
+         the step k after which this config has seen the source's
+         `pruning.rewind_samples` samples, with the schedule's rate of step
+         k, and trains steps k..T-1. 'reinit': a fresh random
+         initialisation under the mask, trained from step 0; 'final': the
+         weights round r ended with (finetuning a pruned network on another
+         task, e.g. VOC07), from step 0.
+  mask   'source': round r's mask; 'random_global_natural': the paper's
+         random baseline (section 4.3, Fig. 3): one global mask drawn in one
+         shot from the source's dense trained network (round 0) with round
+         r's number of weights, the weights that converged to |w| <
+         `pruning.natural_threshold` removed first and the rest at random
+         across all layers (`pruning.random_natural_oneshot`);
+         'random_like': random, with round r's number of weights in every
+         layer; 'random_natural': the same, but each layer first loses the
+         weights that converged to |w| < `pruning.natural_threshold` in the
+         source's dense network, the rest of its quota being random.
 
 The head is the source's when the source was trained on the same task and
 data (a label-trained winning ticket keeps its classifier), otherwise a
@@ -36,7 +46,7 @@ from sslprune_jax import imp
 from sslprune_jax import pruning
 
 INITS = ('winning_ticket', 'reinit', 'final')
-MASKS = ('source', 'random_like', 'random_natural')
+MASKS = ('source', 'random_global_natural', 'random_like', 'random_natural')
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -68,15 +78,21 @@ def round_start(exp: imp.Experiment, ckpts: checkpoint.RunCheckpoints,
            'reinit': 'final'}[s.init]
   variables, mask = imp.load_source(config, exp.variables, s.workdir,
                                     round_idx, point=point)
-  if s.mask != 'source':
-    rng = jax.random.fold_in(exp.rngs['prune'], round_idx)
+  rng = jax.random.fold_in(exp.rngs['prune'], round_idx)
+  threshold = config.pruning.natural_threshold
+  if s.mask == 'random_global_natural':
+    dense = imp.load_source(config, exp.variables, s.workdir, 0)[0]
+    mask = pruning.random_natural_oneshot(
+        rng, dense['params'], exp.prunable,
+        pruning.count(mask, exp.prunable)[0], threshold)
+  elif s.mask != 'source':
     dense = None
     if s.mask == 'random_natural':
       dense = imp.load_source(config, exp.variables, s.workdir, 0)[0]
     mask = pruning.random_prune_like(
         rng, mask, exp.prunable,
         params=None if dense is None else dense['params'],
-        threshold=config.pruning.natural_threshold if dense else 0.0)
+        threshold=threshold if dense else 0.0)
   if s.init == 'reinit':
     variables = {
         'params': pruning.reinit(
@@ -102,12 +118,31 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   validate(config)
   rounds = imp.source_rounds(config.source.workdir, config.source.rounds)
 
-  def start(exp, ckpts, r):
-    return imp.start_state(exp, ckpts, r, *round_start(exp, ckpts, r))
-
   exps = [imp.build(c) for c in imp.seed_configs(config)]
+  step = start_step(exps[0])
+
+  def start(exp, ckpts, r):
+    return imp.start_state(exp, ckpts, r, *round_start(exp, ckpts, r),
+                           step=step)
+
   return imp.run_rounds(exps if len(exps) > 1 else exps[0], workdir,
                         rounds=rounds, start=start)
+
+
+def start_step(exp: imp.Experiment) -> int:
+  """The global step the re-training rounds start at: the source's rewind
+  step under this config for a winning ticket, else 0."""
+  s = exp.config.source
+  if s.init != 'winning_ticket':
+    return 0
+  source = imp.source_config(s.workdir)
+  step = imp.rewind_step_of(exp.config, source.pruning.rewind_samples)
+  if step >= exp.num_steps:
+    raise ValueError(
+        f'The winning ticket of {s.workdir} was saved after '
+        f'{source.pruning.rewind_samples} samples, step {step} of this '
+        f'config, which trains only {exp.num_steps} steps.')
+  return step
 
 
 def add_source(config: ml_collections.ConfigDict, *, init: str,

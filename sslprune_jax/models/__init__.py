@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from sslprune_jax.models.alexnet import AlexNet
 from sslprune_jax.models.alexnet import alexnet
+from sslprune_jax.models.resnet import BN_SCALE_INITS
 from sslprune_jax.models.resnet import BasicBlock
 from sslprune_jax.models.resnet import BottleneckBlock
 from sslprune_jax.models.resnet import ResNet
@@ -79,7 +80,9 @@ def create_model(model_config: Mapping[str, Any],
   Args:
     model_config: ``ml_collections.ConfigDict`` (or mapping) with ``name``
       (one of ``MODELS``), ``depth`` (ignored by alexnet), ``width`` and
-      optionally ``dtype`` ('float32' default, 'bfloat16'), and for alexnet
+      optionally ``dtype`` ('float32' default, 'bfloat16') and
+      ``bn_scale_init`` ('ones' default, 'uniform'; resnets and vgg, see
+      ``resnet.BN_SCALE_INITS``), and for alexnet
       ``batch_norm`` (False), ``dropout_rate`` (0.5) and ``cifar_stem``
       (None: chosen from the input size).
     num_classes: classifier outputs, or None for the trunk only.
@@ -93,15 +96,20 @@ def create_model(model_config: Mapping[str, Any],
   name = model_config['name']
   width = float(model_config.get('width', 1.0))
   dtype = parse_dtype(model_config.get('dtype', None))
+  bn_scale_init = model_config.get('bn_scale_init', 'ones')
+  if bn_scale_init not in BN_SCALE_INITS:
+    raise ValueError(f'Unknown bn_scale_init {bn_scale_init!r}; valid: '
+                     f'{sorted(BN_SCALE_INITS)}.')
   if name in ('resnet_cifar', 'resnet'):
     return resnet(
         model_config['depth'],
         num_classes,
         width=width,
         cifar_stem=name == 'resnet_cifar',
-        dtype=dtype)
+        dtype=dtype, bn_scale_init=bn_scale_init)
   if name == 'vgg':
-    return vgg(model_config['depth'], num_classes, width=width, dtype=dtype)
+    return vgg(model_config['depth'], num_classes, width=width, dtype=dtype,
+               bn_scale_init=bn_scale_init)
   if name == 'alexnet':
     return alexnet(
         num_classes,

@@ -50,8 +50,17 @@ def scale_width(base: int, width: float) -> int:
   return max(1, int(round(base * width)))
 
 
-def batch_norm_layer(train: bool, dtype: Any,
-                     name: str) -> nn.BatchNorm:
+# How batch-norm scales start. 'ones' is PyTorch's (and torchvision's)
+# default; 'uniform' draws each scale from U[0, 1), as open_lth's CIFAR
+# models do by default (`batchnorm_init='uniform'` in the default hparams of
+# its models/cifar_resnet.py and cifar_vgg.py; models/bn_initializers.py).
+# Offsets start at zero either way.
+BN_SCALE_INITS = {'ones': nn.initializers.ones,
+                  'uniform': nn.initializers.uniform(scale=1.0)}
+
+
+def batch_norm_layer(train: bool, dtype: Any, name: str,
+                     scale_init: str = 'ones') -> nn.BatchNorm:
   """Builds a batch norm layer with PyTorch's defaults.
 
   No ``axis_name`` is given: statistics come from the local (per-device)
@@ -62,6 +71,7 @@ def batch_norm_layer(train: bool, dtype: Any,
       averages) instead of the running averages.
     dtype: computation dtype.
     name: submodule name.
+    scale_init: a key of ``BN_SCALE_INITS``.
 
   Returns:
     An unbound ``nn.BatchNorm``.
@@ -72,6 +82,7 @@ def batch_norm_layer(train: bool, dtype: Any,
       use_running_average=not train,
       momentum=0.9,
       epsilon=1e-5,
+      scale_init=BN_SCALE_INITS[scale_init],
       dtype=dtype,
       name=name)
 
@@ -107,7 +118,7 @@ def conv(features: int, kernel: int, stride: int, dtype: Any,
 
 
 def shortcut(x: jnp.ndarray, features: int, stride: int, dtype: Any,
-             train: bool) -> jnp.ndarray:
+             train: bool, bn_scale_init: str = 'ones') -> jnp.ndarray:
   """The residual path of a block.
 
   The identity, or a 1x1 projection and batch norm where the block changes
@@ -116,7 +127,7 @@ def shortcut(x: jnp.ndarray, features: int, stride: int, dtype: Any,
   if stride == 1 and x.shape[-1] == features:
     return x
   x = conv(features, 1, stride, dtype, 'downsample_conv')(x)
-  return batch_norm_layer(train, dtype, 'downsample_bn')(x)
+  return batch_norm_layer(train, dtype, 'downsample_bn', bn_scale_init)(x)
 
 
 class BasicBlock(nn.Module):
@@ -126,10 +137,12 @@ class BasicBlock(nn.Module):
     features: output channels.
     stride: stride of the first convolution (and of the shortcut).
     dtype: computation dtype.
+    bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
   """
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
+  bn_scale_init: str = 'ones'
 
   expansion = 1
 
@@ -145,12 +158,12 @@ class BasicBlock(nn.Module):
       NHWC output with ``features`` channels.
     """
     y = conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
-    y = batch_norm_layer(train, self.dtype, 'bn1')(y)
+    y = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(y)
     y = nn.relu(y)
     y = conv(self.features, 3, 1, self.dtype, 'conv2')(y)
-    y = batch_norm_layer(train, self.dtype, 'bn2')(y)
+    y = batch_norm_layer(train, self.dtype, 'bn2', self.bn_scale_init)(y)
     return nn.relu(y + shortcut(x, self.features, self.stride, self.dtype,
-                                train))
+                                train, self.bn_scale_init))
 
 
 class BottleneckBlock(nn.Module):
@@ -160,10 +173,12 @@ class BottleneckBlock(nn.Module):
     features: bottleneck channels; the block outputs ``4 * features``.
     stride: stride of the 3x3 convolution (and of the shortcut).
     dtype: computation dtype.
+    bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
   """
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
+  bn_scale_init: str = 'ones'
 
   expansion = 4
 
@@ -180,15 +195,15 @@ class BottleneckBlock(nn.Module):
     """
     out_features = self.features * self.expansion
     y = conv(self.features, 1, 1, self.dtype, 'conv1')(x)
-    y = batch_norm_layer(train, self.dtype, 'bn1')(y)
+    y = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(y)
     y = nn.relu(y)
     y = conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
-    y = batch_norm_layer(train, self.dtype, 'bn2')(y)
+    y = batch_norm_layer(train, self.dtype, 'bn2', self.bn_scale_init)(y)
     y = nn.relu(y)
     y = conv(out_features, 1, 1, self.dtype, 'conv3')(y)
-    y = batch_norm_layer(train, self.dtype, 'bn3')(y)
+    y = batch_norm_layer(train, self.dtype, 'bn3', self.bn_scale_init)(y)
     return nn.relu(y + shortcut(x, out_features, self.stride, self.dtype,
-                                train))
+                                train, self.bn_scale_init))
 
 
 class ResNet(nn.Module):
@@ -203,6 +218,7 @@ class ResNet(nn.Module):
     cifar_stem: True for the CIFAR stem (3x3 stride-1 conv, no max-pool);
       False for the ImageNet stem (7x7 stride-2 conv, 3x3 stride-2 max-pool).
     dtype: computation dtype; parameters stay float32.
+    bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
   """
   stage_sizes: Sequence[int]
   block_cls: type[nn.Module]
@@ -210,6 +226,7 @@ class ResNet(nn.Module):
   width: float = 1.0
   cifar_stem: bool = False
   dtype: Any = jnp.float32
+  bn_scale_init: str = 'ones'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -227,11 +244,11 @@ class ResNet(nn.Module):
     widths = [scale_width(w, self.width) for w in BASE_WIDTHS]
     if self.cifar_stem:
       x = conv(widths[0], 3, 1, self.dtype, 'conv1')(x)
-      x = batch_norm_layer(train, self.dtype, 'bn1')(x)
+      x = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(x)
       x = nn.relu(x)
     else:
       x = conv(widths[0], 7, 2, self.dtype, 'conv1')(x)
-      x = batch_norm_layer(train, self.dtype, 'bn1')(x)
+      x = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(x)
       x = nn.relu(x)
       # flax pads max-pool windows with -inf, matching PyTorch's padding=1.
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
@@ -243,6 +260,7 @@ class ResNet(nn.Module):
             features=features,
             stride=stride,
             dtype=self.dtype,
+            bn_scale_init=self.bn_scale_init,
             name=f'layer{stage + 1}_{block}')(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
@@ -266,7 +284,8 @@ def resnet(depth: int,
            num_classes: int | None,
            width: float = 1.0,
            cifar_stem: bool = False,
-           dtype: Any = jnp.float32) -> ResNet:
+           dtype: Any = jnp.float32,
+           bn_scale_init: str = 'ones') -> ResNet:
   """Builds a ResNet of a standard depth.
 
   Args:
@@ -275,6 +294,7 @@ def resnet(depth: int,
     width: multiplier of the channel counts.
     cifar_stem: use the CIFAR stem (see ``ResNet``).
     dtype: computation dtype.
+    bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
 
   Returns:
     An unbound ``ResNet``.
@@ -292,4 +312,5 @@ def resnet(depth: int,
       num_classes=num_classes,
       width=width,
       cifar_stem=cifar_stem,
-      dtype=dtype)
+      dtype=dtype,
+      bn_scale_init=bn_scale_init)

@@ -42,11 +42,13 @@ class VGG(nn.Module):
       features instead.
     width: multiplier of every conv width.
     dtype: computation dtype; parameters stay float32.
+    bn_scale_init: how batch-norm scales start (``resnet.BN_SCALE_INITS``).
   """
   layers: Sequence[int | str]
   num_classes: int | None
   width: float = 1.0
   dtype: Any = jnp.float32
+  bn_scale_init: str = 'ones'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -73,7 +75,8 @@ class VGG(nn.Module):
           kernel_init=conv_kernel_init,
           dtype=self.dtype,
           name=f'conv{index}')(x)
-      x = batch_norm_layer(train, self.dtype, f'bn{index}')(x)
+      x = batch_norm_layer(train, self.dtype, f'bn{index}',
+                           self.bn_scale_init)(x)
       x = nn.relu(x)
       index += 1
     # Global rather than fixed 2x2 average pooling, so that inputs other than
@@ -87,7 +90,8 @@ class VGG(nn.Module):
 def vgg(depth: int,
         num_classes: int | None,
         width: float = 1.0,
-        dtype: Any = jnp.float32) -> VGG:
+        dtype: Any = jnp.float32,
+        bn_scale_init: str = 'ones') -> VGG:
   """Builds a CIFAR VGG of a standard depth.
 
   Args:
@@ -95,6 +99,7 @@ def vgg(depth: int,
     num_classes: classifier outputs, or None for the trunk only.
     width: multiplier of the channel counts.
     dtype: computation dtype.
+    bn_scale_init: how batch-norm scales start (``resnet.BN_SCALE_INITS``).
 
   Returns:
     An unbound ``VGG``.
@@ -109,4 +114,5 @@ def vgg(depth: int,
       layers=VGG_CONFIGS[depth],
       num_classes=num_classes,
       width=width,
-      dtype=dtype)
+      dtype=dtype,
+      bn_scale_init=bn_scale_init)
