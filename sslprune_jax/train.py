@@ -464,8 +464,9 @@ def train_round(
                 'are kept. Lower the learning rate or check the data.')
         if is_log:
           # Update `step` (1-based) used the schedule's rate at step - 1.
-          rate = ({} if state.learning_rate_fn is None else
-                  {'learning_rate': float(state.learning_rate_fn(step - 1))})
+          rate_fn = getattr(state, 'learning_rate_fn', None)
+          rate = ({} if rate_fn is None else
+                  {'learning_rate': float(rate_fn(step - 1))})
           for w, metrics in zip(writers, last_train):
             w.write_scalars(step, {**{f'train_{k}': v
                                       for k, v in metrics.items()}, **rate})

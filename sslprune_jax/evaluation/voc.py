@@ -5,6 +5,9 @@ class, is ignored for that class if its only objects of that class are
 marked difficult, and is a negative otherwise (the VOC devkit's 1 / 0 / -1).
 Average precision is the VOC 2007 rule: the mean, over the 11 recall levels
 0, 0.1, ..., 1, of the highest precision reached at that recall or above.
+This is the finetuning metric (`tasks.multilabel`). The linear-SVM probe
+reports Goyal et al.'s benchmark AP instead (`svm.average_precision`: the
+area under the precision envelope, all points), as its reference does.
 """
 
 import numpy as np
