@@ -238,11 +238,14 @@ def test_s4l_loss_is_the_sum_of_its_parts():
   assert batch['image'].shape == (16, 5, 5, 1)
   outputs = jnp.asarray(rng.normal(size=(16, 7)).astype(np.float32))
   loss, _ = task.loss(outputs, batch, {}, None)
-  # By hand: class cross-entropy on the upright rows 0 and 2, rotation
-  # cross-entropy on all 16 rows (rotation k on rows 4k..4k+3).
+  # By hand: class cross-entropy on every rotated copy of the labelled
+  # images 0 and 2 (rotation k of image i on row 4k + i), rotation
+  # cross-entropy on all 16 rows (as many labelled as unlabelled images, so
+  # S4L's mean of the two streams' means is the mean over all rows).
   log_softmax = lambda x: x - np.log(np.sum(np.exp(x), -1, keepdims=True))
   out = np.asarray(outputs)
-  supervised = -np.mean([log_softmax(out[i, :3])[labels[i]] for i in (0, 2)])
+  supervised = -np.mean([log_softmax(out[4 * k + i, :3])[labels[i]]
+                         for k in range(4) for i in (0, 2)])
   rotation = -np.mean([log_softmax(out[i, 3:])[i // 4] for i in range(16)])
   np.testing.assert_allclose(float(loss), supervised + 0.7 * rotation,
                              rtol=1e-5)
