@@ -137,8 +137,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 def images_per_step(config) -> int:
   """The samples one step sees, as the rewind point counts them.
 
-  A sample is a dataset image: RotNet's four rotations, Exemplar's and
-  NPID's augmented copies are made inside the step and count once; S4L's
+  A sample is a dataset image: RotNet's four rotations and Exemplar's
+  augmented copies are made inside the step and count once, as does NPID's
+  one augmented view of an image; S4L's
   step sees `train.labelled_batch_size` labelled images on top of
   `train.batch_size` unlabelled ones, and counts both.
   """
