@@ -23,17 +23,18 @@ Scale (kept small for a CPU; the `figure3` variants of configs/labels.py,
 configs/rotnet.py and configs/retrain.py): ResNet-10 at width 1/4 (CIFAR
 form), 6,000 training images for labels (3,000 for RotNet, seen at 4
 rotations), 2 epochs per round, evaluation on 5,000 test images, rewind to
-1,280 samples. With the default 3 seeds it takes about 55 minutes on 2 CPU
-cores with nothing else running (a re-training run of 6 rounds took 105-110
-s, a RotNet pruning run twice that); measured end to end it took 1 h 41 min
-while other jobs shared the two cores.
+1,280 samples (step 10 of 92 for labels, 40 of 186 for RotNet). Seed 0
+took 28.5 minutes and seeds 1-2 another 49, on 2 CPU cores shared with
+other jobs for much of the time.
 
-What it showed (3 seeds; accuracy on 5,000 test images, mean ± s.e.):
-at 1.02% of the weights left, RotNet masks re-trained reach 0.747 ± 0.006
-(winning ticket) and 0.750 ± 0.006 (reinit) against 0.724 ± 0.003 and
-0.723 ± 0.010 for random masks and 0.750 ± 0.006 / 0.742 ± 0.003 for label
-masks; the winning ticket lifts label masks by 2-3 points from 40% to 2.56%
-left, and RotNet masks not at all.
+What it showed (3 seeds; accuracy on 5,000 test images, mean ± s.e.; the
+table is docs/figure3/test_accuracy.md): at 1.02% of the weights left the
+paper's random baseline re-trained reaches 0.696 ± 0.003, RotNet masks
+0.694 ± 0.011 (reinit) and 0.665 ± 0.006 (winning ticket), label masks
+0.684 ± 0.005 and 0.677 ± 0.011, per-layer random masks 0.675 ± 0.012 and
+0.632 ± 0.010: at this scale masks found with or without labels are no
+better than the paper's random masks. The winning ticket lifts label masks
+by 1-4 points from 40% to 2.56% left, and RotNet masks not at all.
 
 The same runs as a sweep (launch/sweep.py), e.g. to spread them over a
 cluster with `--write` instead of `--local`; its --help has the report
