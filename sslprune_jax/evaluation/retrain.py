@@ -78,21 +78,8 @@ def round_start(exp: imp.Experiment, ckpts: checkpoint.RunCheckpoints,
            'reinit': 'final'}[s.init]
   variables, mask = imp.load_source(config, exp.variables, s.workdir,
                                     round_idx, point=point)
-  rng = jax.random.fold_in(exp.rngs['prune'], round_idx)
-  threshold = config.pruning.natural_threshold
-  if s.mask == 'random_global_natural':
-    dense = imp.load_source(config, exp.variables, s.workdir, 0)[0]
-    mask = pruning.random_natural_oneshot(
-        rng, dense['params'], exp.prunable,
-        pruning.count(mask, exp.prunable)[0], threshold)
-  elif s.mask != 'source':
-    dense = None
-    if s.mask == 'random_natural':
-      dense = imp.load_source(config, exp.variables, s.workdir, 0)[0]
-    mask = pruning.random_prune_like(
-        rng, mask, exp.prunable,
-        params=None if dense is None else dense['params'],
-        threshold=threshold if dense else 0.0)
+  if s.mask != 'source':
+    mask = _random_mask(exp, mask, round_idx)
   if s.init == 'reinit':
     variables = {
         'params': pruning.reinit(
@@ -102,6 +89,24 @@ def round_start(exp: imp.Experiment, ckpts: checkpoint.RunCheckpoints,
   variables = {**variables,
                'params': pruning.apply_mask(variables['params'], mask)}
   return variables, mask, exp.task_state
+
+
+def _random_mask(exp: imp.Experiment, source_mask, round_idx: int):
+  """The random baseline `config.source.mask` draws for a source round
+  whose mask is `source_mask` (see the module docstring)."""
+  config, s = exp.config, exp.config.source
+  rng = jax.random.fold_in(exp.rngs['prune'], round_idx)
+  if s.mask == 'random_like':
+    return pruning.random_prune_like(rng, source_mask, exp.prunable)
+  # The other baselines start from the source's dense trained network.
+  dense = imp.load_source(config, exp.variables, s.workdir, 0)[0]['params']
+  threshold = config.pruning.natural_threshold
+  if s.mask == 'random_natural':
+    return pruning.random_prune_like(rng, source_mask, exp.prunable,
+                                     params=dense, threshold=threshold)
+  return pruning.random_natural_oneshot(
+      rng, dense, exp.prunable, pruning.count(source_mask, exp.prunable)[0],
+      threshold)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
