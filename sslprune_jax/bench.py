@@ -33,6 +33,15 @@ Sections (`--sections`, by name or number):
   6 pipeline  the input pipelines alone, against the step they feed.
   7 seeds     k seeds trained by one program (`make_train_step(...,
               num_seeds=k)`), images/s summed over seeds and per seed.
+  8 options   the masked step of every model compiled with each of
+              `xla_options.PRESETS`, timed in alternating blocks: images/s
+              and the speedup over XLA's defaults ('none'); which preset
+              'auto' picks on this platform; and 3x3 convolutions written
+              as matmuls against XLA's own (`conv_forms`).
+  9 startup   time to the first step of a `configs/labels.py:quick` run,
+              caches cleared: building the experiment, compiling the train
+              and eval steps; and the whole `imp.run` of a finished run
+              (what resuming one costs when there is nothing left to do).
 
 The JSON's keys: 'environment' (backend, device kind and count, versions),
 'settings', one key per section run ('step' holds sections 1-2, per
@@ -77,21 +86,28 @@ from sslprune_jax import parallel
 from sslprune_jax import pruning
 from sslprune_jax import tasks
 from sslprune_jax import train
+from sslprune_jax import xla_options as xla_options_lib
 from sslprune_jax.data import augment as augment_lib
+from sslprune_jax.models.resnet import scale_width
 
 PyTree = Any
 
 SECTIONS = ('step', 'unmasked', 'flops', 'prune', 'round', 'pipeline',
-            'seeds')
+            'seeds', 'options', 'startup')
 # The networks: CIFAR ResNet-18 at full and small width, ResNet-50, and
 # the network of configs/labels.py:quick (which sections 5-7 use).
 NETWORKS = ('resnet18', 'resnet18_small', 'resnet50', 'quick')
-MODELS = NETWORKS[:3]
+MODELS = NETWORKS
 
 # The project's performance targets: name -> (comparison, target).
+# The step targets are PyTorch's speed on the project's 2-core AVX-512 CPU
+# (oneDNN, channels-last, weights masked every step): about 1.0 of the
+# matmul peak at width 1 and 0.8 at width 1/4.
 TARGETS = {
     'masked_over_unmasked': ('>=', 0.97),
-    'fraction_of_peak_resnet18': ('>=', 0.60),
+    'fraction_of_peak_resnet18': ('>=', 0.95),
+    'fraction_of_peak_resnet18_small': ('>=', 0.85),
+    'fraction_of_peak_quick': ('>=', 0.85),
     'prune_seconds': ('<=', 1.0),
     'round_overhead_fraction': ('<=', 0.02),
     'pipeline_over_step': ('>=', 2.0),
@@ -127,6 +143,8 @@ class Settings:
     seeds: numbers of seeds trained together in the seeds section.
     data_dir: TFDS data dir holding Fashion-MNIST (None: TFDS's default).
     eval_repeats: timed eval steps in the round section.
+    xla_options: compiler options of the timed steps and convolutions
+      (`xla_options.CHOICES`).
   """
   models: tuple[str, ...] = MODELS
   sections: tuple[str, ...] = SECTIONS
@@ -148,6 +166,7 @@ class Settings:
   seeds: tuple[int, ...] = (1, 2, 4)
   data_dir: str | None = None
   eval_repeats: int = 3
+  xla_options: str = 'auto'
 
 
 # ---------------------------------------------------------------------------
@@ -420,12 +439,12 @@ def measure_step(spec: Spec, settings: Settings, mesh,
   rng = jax.random.PRNGKey(1)
   batch = parallel.shard_batch(random_batch(spec), mesh)
   steppers = {'masked': _Stepper(
-      train.make_train_step(task, mesh),
+      train.make_train_step(task, mesh, xla_options=settings.xla_options),
       parallel.replicate(train.create_train_state(model, variables, mask, tx,
                                                   rng), mesh), batch)}
   if unmasked:
     steppers['unmasked'] = _Stepper(
-        train.make_train_step(task, mesh),
+        train.make_train_step(task, mesh, xla_options=settings.xla_options),
         parallel.replicate(create_unmasked_state(model, variables, tx, rng),
                            mesh), batch)
   blocks = _timed(steppers, settings, peak)
@@ -531,40 +550,52 @@ def section_flops(cache: _Cache) -> dict:
   for f in out['models'].values():
     if f.get('flops_per_device'):
       f['fraction_of_best_peak'] = f['flops_per_s_per_device'] / peak
-  if 'resnet18' in cache.settings.models:
-    out['resnet18_convs'] = conv_profile(
-        cache.step('resnet18')['network']['batch_size'] // n, peak)
+  for name in ('resnet18', 'resnet18_small'):
+    if name in cache.settings.models:
+      step = cache.step(name)
+      out[f'{name}_convs'] = conv_profile(
+          step['network']['batch_size'] // n, peak,
+          width=step['network']['model']['width'],
+          xla_options=cache.settings.xla_options)
   return out
 
 
-# CIFAR ResNet-18's 3x3 convolutions, stage by stage: (side, channels).
+# CIFAR ResNet-18's 3x3 convolutions at width 1, stage by stage:
+# (side, channels).
 _RESNET18_CONVS = ((32, 64), (16, 128), (8, 256), (4, 512))
 
 
-def conv_profile(batch_size: int, peak: float, repeats: int = 3) -> dict:
+def conv_profile(batch_size: int, peak: float, repeats: int = 3,
+                 width: float = 1.0, xla_options: str = 'auto') -> dict:
   """FLOP/s of CIFAR ResNet-18's 3x3 convolutions, alone, on one device.
 
   For each stage's convolution (stride 1, 'SAME', float32, NHWC) at the
-  per-device batch: the forward pass, the input gradient and the weight
-  gradient, each jitted alone and timed (best of `repeats`), as GFLOP/s
-  and as a fraction of the matmul `peak`. Where the train step falls short
-  of the peak, this says which convolutions hold it back.
+  per-device batch and the network's `width`: the forward pass, the input
+  gradient and the weight gradient, each jitted alone with the step's
+  compiler options and timed (best of `repeats`), as GFLOP/s and as a
+  fraction of the matmul `peak`. Where the train step falls short of the
+  peak, this says which convolutions hold it back: the step cannot beat
+  its convolutions.
   """
   dims = ('NHWC', 'HWIO', 'NHWC')
+  options = xla_options_lib.compiler_options(xla_options,
+                                             jax.default_backend())
+  jit = functools.partial(jax.jit, compiler_options=options)
 
   def conv(x, w):
     return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
                                         dimension_numbers=dims)
 
   programs = {
-      'forward': jax.jit(lambda x, w, g: conv(x, w)),
-      'input_grad': jax.jit(
+      'forward': jit(lambda x, w, g: conv(x, w)),
+      'input_grad': jit(
           lambda x, w, g: jax.vjp(lambda x: conv(x, w), x)[1](g)[0]),
-      'weight_grad': jax.jit(
+      'weight_grad': jit(
           lambda x, w, g: jax.vjp(lambda w: conv(x, w), w)[1](g)[0]),
   }
   out = {}
-  for side, channels in _RESNET18_CONVS:
+  for side, base in _RESNET18_CONVS:
+    channels = scale_width(base, width)
     keys = jax.random.split(jax.random.PRNGKey(side), 3)
     x = jax.random.normal(keys[0], (batch_size, side, side, channels))
     w = jax.random.normal(keys[1], (3, 3, channels, channels))
@@ -857,7 +888,8 @@ def section_seeds(cache: _Cache) -> dict:
     by_batching = {}
     for batching in ('vmap', 'unroll'):
       step = train.make_train_step(task, mesh, num_seeds=k,
-                                   seed_batching=batching)
+                                   seed_batching=batching,
+                                   xla_options=settings.xla_options)
       state = parallel.replicate(train.stack_trees(states), mesh)
       batch = parallel.shard_batch(random_batch(spec, num_seeds=k), mesh,
                                    num_seeds=k)
@@ -876,6 +908,163 @@ def section_seeds(cache: _Cache) -> dict:
 
 # ---------------------------------------------------------------------------
 # The whole benchmark.
+
+
+def section_options(cache: _Cache) -> dict:
+  """Section 8: the masked step under each preset of compiler options.
+
+  Per model, one program per `xla_options.PRESETS` entry that applies to
+  this platform, all from the same state and batch, timed in alternating
+  blocks (so that the machine's load falls on each alike).
+  """
+  settings, mesh = cache.settings, cache.mesh
+  platform = mesh.devices.flat[0].platform
+  presets = []
+  for name in xla_options_lib.PRESETS:
+    try:
+      xla_options_lib.preset_for(name, platform)
+    except ValueError:
+      continue
+    presets.append(name)
+  out = {'platform': platform, 'presets': presets,
+         'auto': xla_options_lib.preset_for('auto', platform),
+         'models': {}}
+  task = tasks.get_task('labels')
+  for name in settings.models:
+    spec = get_spec(name, settings)
+    model = _model(spec)
+    variables, mask = _pruned_variables(spec, model, 0,
+                                        settings.fraction_pruned)
+    batch = parallel.shard_batch(random_batch(spec), mesh)
+    state = train.create_train_state(model, variables, mask,
+                                     _optimizer(spec), jax.random.PRNGKey(1))
+    steppers = {
+        preset: _Stepper(train.make_train_step(task, mesh,
+                                               xla_options=preset),
+                         parallel.replicate(state, mesh), batch)
+        for preset in presets}
+    blocks = _timed(steppers, settings)
+    rows = {preset: _step_stats(blocks[preset], spec.batch_size,
+                                s.compile_s)
+            for preset, s in steppers.items()}
+    for row in rows.values():
+      row['speedup_over_none'] = (rows['none']['step_s'] / row['step_s'])
+    out['models'][name] = {'network': spec.describe(),
+                           'steps_per_block': blocks['steps_per_block'],
+                           **rows}
+    del steppers
+  batch = get_spec('resnet18', settings).batch_size // jax.device_count()
+  out['conv_forms_fraction_of_peak'] = conv_forms(
+      batch, ((32, 16), (32, 64), (16, 128)),
+      cache.peak().result(settings.matmul_repeats)['flops_per_s_per_device'],
+      settings.xla_options)
+  return out
+
+
+def _shifted_windows(x: jnp.ndarray) -> list[jnp.ndarray]:
+  """The nine 3x3-window shifts of an NHWC batch, zero-padded by one."""
+  h, w = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  return [padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)]
+
+
+# A 3x3 stride-1 convolution written three ways (x NHWC, w HWIO).
+CONV_FORMS = {
+    'conv': lambda x, w: jax.lax.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
+    # Patches (im2col), then one matmul of depth 9 C.
+    'im2col_matmul': lambda x, w: jnp.einsum(
+        'nhwk,ko->nhwo', jnp.concatenate(_shifted_windows(x), axis=-1),
+        w.reshape(-1, w.shape[-1])),
+    # Nine 1x1 convolutions (matmuls of depth C) of shifted inputs, summed.
+    'shifted_matmuls': lambda x, w: sum(
+        jnp.einsum('nhwc,co->nhwo', s, w.reshape(9, *w.shape[2:])[k])
+        for k, s in enumerate(_shifted_windows(x))),
+}
+
+
+def conv_forms(batch_size: int, shapes, peak: float,
+               xla_options: str = 'auto', repeats: int = 3) -> dict:
+  """Forward + backward FLOP/s of each of `CONV_FORMS`, as fractions of
+  `peak`, for (side, channels) in `shapes`: whether a convolution written
+  as matmuls beats XLA's own on this backend (their backward passes are
+  matmuls too, the weight gradient included)."""
+  options = xla_options_lib.compiler_options(xla_options,
+                                             jax.default_backend())
+  out = {}
+  for side, channels in shapes:
+    keys = jax.random.split(jax.random.PRNGKey(side + channels), 3)
+    x = jax.random.normal(keys[0], (batch_size, side, side, channels))
+    w = jax.random.normal(keys[1], (3, 3, channels, channels))
+    g = jax.random.normal(keys[2], (batch_size, side, side, channels))
+    # Forward, input gradient and weight gradient: 3 x the forward's FLOPs.
+    flops = 3 * 2 * batch_size * side * side * 9 * channels * channels
+    row = {}
+    for name, form in CONV_FORMS.items():
+      program = jax.jit(
+          lambda x, w, g, form=form: jax.vjp(form, x, w)[1](g),
+          compiler_options=options)
+      jax.block_until_ready(program(x, w, g))  # Compiles.
+      best = min(_times(functools.partial(program, x, w, g), repeats))
+      row[name] = flops / best / peak
+    out[f'{side}x{side}x{channels}'] = row
+  return out
+
+
+def section_startup(cache: _Cache) -> dict:
+  """Section 9: time to the first step, and a finished run's whole cost.
+
+  On the `configs/labels.py:quick` config, with JAX's caches cleared
+  before each part so that everything compiles as in a fresh process:
+  `imp.build` (config checks, dataset metadata, model, shapes), compiling
+  the train step and the eval step (`.lower().compile()` on the first
+  round's state), and `imp.run` over a run whose every round is finished
+  (it restores each round's metrics and trains nothing).
+  """
+  settings = cache.settings
+  config = quick_config(settings.data_dir)
+  if settings.quick_batch_size:
+    config.train.batch_size = settings.quick_batch_size
+  out = {}
+  jax.clear_caches()
+  t0 = time.perf_counter()
+  exp = imp.build(config)
+  out['build_s'] = time.perf_counter() - t0
+  with tempfile.TemporaryDirectory() as workdir:
+    ckpts = checkpoint.RunCheckpoints(workdir)
+    try:
+      t0 = time.perf_counter()
+      state = jax.block_until_ready(imp.round_start(exp, ckpts, 0))
+      out['first_state_s'] = time.perf_counter() - t0
+      batch = parallel.shard_batch(
+          random_batch(Spec('quick', {}, exp.info.image_shape,
+                            exp.info.num_classes, config.train.batch_size,
+                            config)), exp.mesh)
+      eval_batch = parallel.shard_batch(
+          random_batch(Spec('quick', {}, exp.info.image_shape,
+                            exp.info.num_classes,
+                            config.train.eval_batch_size, config),
+                       eval_mask=True), exp.mesh)
+      for name, make, b in (
+          ('train_step_compile_s', train.make_train_step, batch),
+          ('eval_step_compile_s', train.make_eval_step, eval_batch)):
+        step = make(exp.task, exp.mesh, xla_options=settings.xla_options)
+        t0 = time.perf_counter()
+        step.lower(state, b).compile()
+        out[name] = time.perf_counter() - t0
+      for r in range(config.pruning.num_rounds + 1):
+        imp.save_round_end(ckpts, epath.Path(workdir), r, state,
+                           {'round': r, 'test_accuracy': 0.0})
+    finally:
+      ckpts.close()
+    checkpoint.check_or_write_config(workdir, config)
+    jax.clear_caches()
+    t0 = time.perf_counter()
+    imp.run(config, workdir)
+    out['finished_run_s'] = time.perf_counter() - t0
+  out['to_first_step_s'] = (out['build_s'] + out['first_state_s']
+                            + out['train_step_compile_s'])
+  return out
 
 
 def environment() -> dict:
@@ -909,10 +1098,10 @@ def targets_of(results: dict) -> dict:
       out[f'masked_over_unmasked_{name}'] = _target(
           step['masked_over_unmasked'], 'masked_over_unmasked')
   flops = results.get('flops', {}).get('models', {})
-  if 'resnet18' in flops:
-    out['fraction_of_peak_resnet18'] = _target(
-        flops['resnet18'].get('fraction_of_peak'),
-        'fraction_of_peak_resnet18')
+  for name in ('resnet18', 'resnet18_small', 'quick'):
+    if name in flops:
+      out[f'fraction_of_peak_{name}'] = _target(
+          flops[name].get('fraction_of_peak'), f'fraction_of_peak_{name}')
   if 'prune' in results:
     out['prune_seconds'] = _target(
         results['prune']['prune_s'], 'prune_seconds',
@@ -969,9 +1158,13 @@ def run(settings: Settings) -> dict:
     results['pipeline'] = _unless_no_data(section_pipeline, cache)
   if 'seeds' in sections:
     results['seeds'] = section_seeds(cache)
+  if 'options' in sections:
+    results['options'] = section_options(cache)
   if 'round' in sections:
-    # Last: it clears JAX's caches.
+    # Near the end: it clears JAX's caches.
     results['round'] = _unless_no_data(section_round, cache)
+  if 'startup' in sections:
+    results['startup'] = _unless_no_data(section_startup, cache)
   if 'quick' in cache.steps and 'quick' not in results.get('step', {}):
     results.setdefault('step', {})['quick'] = cache.steps['quick']
   results['targets'] = targets_of(results)
@@ -1024,10 +1217,11 @@ def summary(results: dict) -> str:
         lines.append(f"  flops {name:<14} "
                      f"{f['flops_per_s_per_device'] / 1e9:8.1f} GFLOP/s per "
                      f"device, {f['fraction_of_peak']:.2f} of peak")
-    for shape, c in flops.get('resnet18_convs', {}).items():
-      lines.append(f"    resnet18 conv {shape:<12} of peak: " + ', '.join(
-          f"{name} {c[f'{name}_fraction_of_peak']:.2f}"
-          for name in ('forward', 'input_grad', 'weight_grad')))
+    for model in ('resnet18', 'resnet18_small'):
+      for shape, c in flops.get(f'{model}_convs', {}).items():
+        lines.append(f"    {model} conv {shape:<12} of peak: " + ', '.join(
+            f"{name} {c[f'{name}_fraction_of_peak']:.2f}"
+            for name in ('forward', 'input_grad', 'weight_grad')))
   if 'prune' in results:
     p = results['prune']
     lines.append(f"  prune {p['tree']} ({p['num_prunable']} prunable): "
@@ -1055,6 +1249,24 @@ def summary(results: dict) -> str:
           f"{name} {r['images_per_s']:.1f} img/s "
           f"({r['speedup_over_one_seed']:.2f} x one seed)"
           for name, r in by.items()) + f" (auto: {seeds['auto']})")
+  options = results.get('options')
+  if options:
+    for name, by in options['models'].items():
+      lines.append(f'  options {name}: ' + ', '.join(
+          f"{p} {by[p]['images_per_s']:.1f} img/s "
+          f"({by[p]['speedup_over_none']:.2f} x)"
+          for p in options['presets']) + f" (auto: {options['auto']})")
+    for shape, row in options['conv_forms_fraction_of_peak'].items():
+      lines.append(f'    conv {shape:<10} fwd+bwd of peak: ' + ', '.join(
+          f'{form} {v:.2f}' for form, v in row.items()))
+  startup = results.get('startup')
+  if startup and 'build_s' in startup:
+    lines.append(
+        f"  startup quick: build {startup['build_s']:.1f} s, first state "
+        f"{startup['first_state_s']:.1f} s, train step compile "
+        f"{startup['train_step_compile_s']:.1f} s, eval step compile "
+        f"{startup['eval_step_compile_s']:.1f} s; a finished run "
+        f"{startup['finished_run_s']:.1f} s")
   lines.append('  targets:')
   for name, t in results['targets'].items():
     value = 'n/a' if t['value'] is None else f"{t['value']:.4g}"
@@ -1114,6 +1326,9 @@ def _define_flags() -> None:
                       '(default: TFDS_DATA_DIR or ~/tensorflow_datasets).')
   flags.DEFINE_integer('eval_repeats', defaults.eval_repeats,
                        'Timed eval steps (section round).')
+  flags.DEFINE_enum('xla_options', defaults.xla_options,
+                    list(xla_options_lib.CHOICES),
+                    'Compiler options of the timed steps and convolutions.')
   flags.DEFINE_string('json_out', None, 'Also write the JSON here.')
 
 
@@ -1133,7 +1348,7 @@ def settings_from_flags(values) -> Settings:
       pipeline_batches=values.pipeline_batches,
       pipeline_warmup=values.pipeline_warmup,
       seeds=tuple(int(k) for k in values.seeds), data_dir=values.data_dir,
-      eval_repeats=values.eval_repeats)
+      eval_repeats=values.eval_repeats, xla_options=values.xla_options)
 
 
 def main(argv) -> None:

@@ -31,7 +31,12 @@ PyTree = Any
 
 # Config fields that may change between a run and its restart: they do not
 # change what is computed.
-RESTART_MAY_CHANGE = ('log_every_steps', 'checkpoint_every_steps')
+# Config fields (dotted names) a resumed run may change: how often it logs
+# and checkpoints, and its compiler options (which change the speed, and the
+# results only by float rounding; a run moved to another platform gets
+# other options anyway).
+RESTART_MAY_CHANGE = ('log_every_steps', 'checkpoint_every_steps',
+                      'train.xla_options')
 
 
 class ConfigMismatchError(ValueError):
@@ -61,8 +66,14 @@ def _saved_replicated(item_dir: epath.Path) -> PyTree:
       metadata)
 
 
-def _comparable(config: dict) -> dict:
-  return {k: v for k, v in config.items() if k not in RESTART_MAY_CHANGE}
+def _comparable(config: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in config.items():
+    name = prefix + k
+    if name in RESTART_MAY_CHANGE:
+      continue
+    out[k] = _comparable(v, name + '.') if isinstance(v, dict) else v
+  return out
 
 
 def check_or_write_config(workdir: str,

@@ -92,7 +92,11 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
       # How one step trains config.num_seeds > 1 seeds: 'vmap' (one
       # batched program), 'unroll' (the step once per seed, bit-identical to
       # separate runs), or 'auto': 'unroll' on CPU, 'vmap' elsewhere.
-      seed_batching='auto'))
+      seed_batching='auto',
+      # XLA compiler options of the train and eval steps
+      # (sslprune_jax/xla_options.py): 'auto' (the measured best per
+      # platform), 'none' (XLA's defaults) or a preset's name.
+      xla_options='auto'))
   config.pruning = ml_collections.ConfigDict(dict(
       # Global magnitude pruning of 20% of the remaining prunable weights.
       method='magnitude', fraction=0.2, num_rounds=30,

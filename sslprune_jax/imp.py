@@ -52,6 +52,7 @@ from sslprune_jax import parallel
 from sslprune_jax import pruning
 from sslprune_jax import tasks
 from sslprune_jax import train
+from sslprune_jax import xla_options
 
 PyTree = Any
 RESETS = ('rewind', 'reinit', 'lr_rewind', 'finetune')
@@ -117,6 +118,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if t.get('seed_batching', 'auto') not in train.SEED_BATCHINGS:
     problems.append(f'Unknown train.seed_batching {t.seed_batching!r}; '
                     f'valid: {train.SEED_BATCHINGS}.')
+  try:
+    xla_options.preset_for(t.get('xla_options', 'auto'),
+                           jax.default_backend())
+  except ValueError as e:
+    problems.append(str(e))
   if t.schedule not in train.SCHEDULES:
     problems.append(f'Unknown train.schedule {t.schedule!r}; valid: '
                     f'{train.SCHEDULES}.')
@@ -251,7 +257,9 @@ class Experiment:
     model: the network (trunk + the task's head).
     task: the training objective.
     init_fn: rng -> fresh variables (jitted).
-    variables: the initial variables (round 0's starting point).
+    init_rng: the key of round 0's initial variables (`variables`).
+    source_variables: round 0's starting point when `init_from` names
+      another run's network (else None: `init_fn(init_rng)`).
     start_mask: round 0's mask (all ones, unless `init_from` starts the run
       from a pruned network).
     task_state: the task's initial state (round 0's starting point).
@@ -270,7 +278,8 @@ class Experiment:
   model: Any
   task: Any
   init_fn: Callable[[jax.Array], PyTree]
-  variables: PyTree
+  init_rng: jax.Array
+  source_variables: PyTree | None
   start_mask: PyTree
   task_state: PyTree
   prunable: PyTree
@@ -280,10 +289,33 @@ class Experiment:
   rewind_step: int
   rngs: dict[str, jax.Array]
 
+  @functools.cached_property
+  def variables(self) -> PyTree:
+    """The initial variables (round 0's starting point).
+
+    Computed on first use: a resumed or finished run restores everything
+    from its checkpoints and never compiles `init_fn`.
+    """
+    if self.source_variables is not None:
+      return self.source_variables
+    return self.init_fn(self.init_rng)
+
+  @functools.cached_property
+  def variable_shapes(self) -> PyTree:
+    """Shapes, dtypes and placement of `variables`, without computing
+    them (what restoring a checkpoint needs)."""
+    if self.source_variables is not None:
+      return self.source_variables
+    # Where `init_fn`'s outputs land: the default device.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        jax.eval_shape(self.init_fn, self.init_rng))
+
   def round_target(self) -> PyTree:
     """Structure (and placement) of an end-of-round checkpoint."""
-    target = {'params': self.variables['params'],
-              'batch_stats': self.variables.get('batch_stats', {}),
+    target = {'params': self.variable_shapes['params'],
+              'batch_stats': self.variable_shapes.get('batch_stats', {}),
               'mask': self.start_mask}
     if saves_task_state(self.config, self.task_state):
       target['task_state'] = self.task_state
@@ -320,7 +352,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       jax.random.PRNGKey(config.seed), 5)
   init_fn = jax.jit(functools.partial(train.init_variables, model,
                                       image_shape=info.image_shape))
-  variables = init_fn(init_rng)
+  # Shapes only: nothing is compiled or computed that a resumed run does
+  # not need (`Experiment.variables`).
+  variables = jax.eval_shape(init_fn, init_rng)
   prunable = pruning.prunable_tree(variables['params'],
                                    exclude=tuple(config.pruning.exclude),
                                    min_ndim=config.pruning.min_ndim)
@@ -333,12 +367,15 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     prunable = pruning.restrict_to_layers(prunable,
                                           order[:config.pruning.layers])
   start_mask = pruning.init_mask(variables['params'])
+  source_variables = None
   if config.init_from.workdir:
-    variables, start_mask = load_source(
-        config, variables, config.init_from.workdir, config.init_from.round)
-    variables = {**variables,
-                 'params': pruning.apply_mask(variables['params'],
-                                              start_mask)}
+    source_variables, start_mask = load_source(
+        config, init_fn(init_rng), config.init_from.workdir,
+        config.init_from.round)
+    source_variables = {
+        **source_variables,
+        'params': pruning.apply_mask(source_variables['params'],
+                                     start_mask)}
   steps_per_epoch = epoch_examples // config.train.batch_size
   learning_rate_fn = train.create_learning_rate_fn(config.train,
                                                    steps_per_epoch)
@@ -346,7 +383,8 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
       float(learning_rate_fn(num_steps - 1)))
   return Experiment(
       config=config, mesh=mesh, info=info, model=model, task=task,
-      init_fn=init_fn, variables=variables, start_mask=start_mask,
+      init_fn=init_fn, init_rng=init_rng, source_variables=source_variables,
+      start_mask=start_mask,
       task_state=task.init_state(task_rng), prunable=prunable,
       optimizer=train.Optimizer(
           train.create_optimizer(config.train, learning_rate_fn),
@@ -572,8 +610,10 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
     train_step = train.make_train_step(
         lead.task, lead.mesh, config.train.get('exact_reduction', False),
         num_seeds=num_seeds,
-        seed_batching=config.train.get('seed_batching', 'auto'))
-    eval_step = train.make_eval_step(lead.task, lead.mesh)
+        seed_batching=config.train.get('seed_batching', 'auto'),
+        xla_options=config.train.get('xla_options', 'auto'))
+    eval_step = train.make_eval_step(
+        lead.task, lead.mesh, config.train.get('xla_options', 'auto'))
     for r in rounds:
       if all(r in m.completed for m in members):
         for m in members:

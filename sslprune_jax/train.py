@@ -29,6 +29,7 @@ from jax.sharding import PartitionSpec as P
 from sslprune_jax import parallel
 from sslprune_jax import preemption
 from sslprune_jax import pruning
+from sslprune_jax import xla_options as xla_options_lib
 
 PyTree = Any
 Writer = metric_writers.MetricWriter
@@ -248,7 +249,8 @@ def seed_batching_for(seed_batching: str, platform: str | None = None
 
 def make_train_step(task, mesh, exact_reduction: bool = False,
                     num_seeds: int = 1,
-                    seed_batching: str = 'auto') -> Callable:
+                    seed_batching: str = 'auto',
+                    xla_options: str = 'auto') -> Callable:
   """The jitted data-parallel train step: (state, batch) -> (state, metrics).
 
   `per_device_train_step` under `shard_map` over the mesh; the batch is split
@@ -261,6 +263,10 @@ def make_train_step(task, mesh, exact_reduction: bool = False,
   its share of every seed's batch, and the per-device step is `jax.vmap`ped
   over the seeds, or unrolled (`seed_batching_for`); the metrics get the
   leading seed axis too.
+
+  `xla_options` names the compiler options of the program
+  (`xla_options.CHOICES`; 'auto': the measured best for the mesh's
+  platform).
   """
   step = per_device_train_step(task, exact_reduction)
   batch_spec = P(parallel.AXIS)
@@ -273,7 +279,13 @@ def make_train_step(task, mesh, exact_reduction: bool = False,
       step = _unrolled(step, num_seeds)
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), batch_spec),
                           out_specs=(P(), P()))
-  return jax.jit(sharded, donate_argnums=0)
+  return jax.jit(sharded, donate_argnums=0,
+                 compiler_options=_compiler_options(xla_options, mesh))
+
+
+def _compiler_options(choice: str, mesh) -> dict | None:
+  return xla_options_lib.compiler_options(choice,
+                                          mesh.devices.flat[0].platform)
 
 
 def _unrolled(step: Callable, num_seeds: int) -> Callable:
@@ -307,12 +319,12 @@ def seed_slice(tree: PyTree, i: int) -> PyTree:
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def make_eval_step(task, mesh) -> Callable:
+def make_eval_step(task, mesh, xla_options: str = 'auto') -> Callable:
   """The data-parallel eval step: (state, batch) -> (metrics, outputs).
 
   `batch['mask']` marks real examples; padding does not count. `outputs`
   are the task's per-example `eval_outputs` (with the mask), sharded like
-  the batch.
+  the batch. `xla_options` as in `make_train_step`.
   """
 
   def step(state: TrainState, batch: dict):
@@ -326,7 +338,8 @@ def make_eval_step(task, mesh) -> Callable:
 
   return jax.jit(jax.shard_map(step, mesh=mesh,
                                in_specs=(P(), P(parallel.AXIS)),
-                               out_specs=(P(), P(parallel.AXIS))))
+                               out_specs=(P(), P(parallel.AXIS))),
+                 compiler_options=_compiler_options(xla_options, mesh))
 
 
 def evaluate(eval_step: Callable, state: TrainState,

@@ -22,6 +22,7 @@ from sslprune_jax import parallel
 from sslprune_jax import pruning
 from sslprune_jax import tasks
 from sslprune_jax import train
+from sslprune_jax import xla_options
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -85,6 +86,27 @@ def test_tiny_run_reports_every_section(num_devices):
   for t in targets.values():
     assert {'value', 'target', 'comparison', 'met'} <= set(t)
     assert isinstance(t['met'], bool)
+
+
+def test_options_and_startup_sections(num_devices, data_dir):
+  results = bench.run(bench.Settings(sections=('options', 'startup'),
+                                     data_dir=data_dir, **TINY))
+  json.dumps(results)
+  options = results['options']
+  assert options['auto'] == xla_options.preset_for('auto',
+                                                   jax.default_backend())
+  assert 'none' in options['presets'] and options['auto'] in (
+      options['presets'])
+  by = options['models']['quick']
+  for preset in options['presets']:
+    assert by[preset]['images_per_s'] == pytest.approx(
+        8 / by[preset]['step_s'])
+  assert by['none']['speedup_over_none'] == 1.0
+  startup = results['startup']
+  for key in ('build_s', 'first_state_s', 'train_step_compile_s',
+              'eval_step_compile_s', 'finished_run_s', 'to_first_step_s'):
+    assert _positive(startup[key]), key
+  assert 'startup quick' in bench.summary(results)
 
 
 def test_unmasked_step_matches_masked_step_under_a_full_mask():

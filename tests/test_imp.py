@@ -320,6 +320,7 @@ def test_layerwise_pruning_targets_the_first_layers(data_dir):
     ('pruning.rewind_samples', 10**6, 'not before the end of the run'),
     ('train.batch_size', 100, 'multiple of the number of devices'),
     ('task.name', 'jigsaw', 'Unknown task'),
+    ('train.xla_options', 'fastest', 'Unknown train.xla_options'),
 ])
 def test_bad_config_is_refused_before_compute(data_dir, tmp_path, key,
                                               value, message):

@@ -1,0 +1,62 @@
+"""XLA compiler options of the train and eval steps, chosen per backend.
+
+Every option set here was measured with `python -m sslprune_jax.bench
+--sections=options` (masked train step, alternating blocks in one process)
+and kept only where it won; the bench's README table has the figures.
+
+On CPU, XLA's default leaves convolutions, the elementwise work around them
+(batch norm, ReLU, the masked SGD update) and reductions to its own emitters
+and Eigen. Turning on XLA:CPU's YNNPACK fusions of dots, elementwise ops and
+reductions (`xla_cpu_experimental_ynn_fusion_type`) hands those fusions to
+YNNPACK, and with them the layout work of the convolutions; on the 2-core
+AVX-512 machine the CIFAR ResNet-18 step runs 1.5x faster at width 1 and
+1.2x at width 1/4, and the `:quick` network's step about the same.
+Results equal the default's to float rounding (tests/test_xla_options.py).
+
+GPU and TPU keep XLA's defaults: no measurement there says otherwise.
+
+Options travel with each program (`jax.jit(..., compiler_options=...)`),
+not through the process-wide `XLA_FLAGS`, so a notebook that has already
+started JAX gets them too, and other programs in the process are untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# `xla_cpu_experimental_ynn_fusion_type` takes a comma-separated list of the
+# proto enum's names (the short forms only work in XLA_FLAGS).
+_YNN_FUSIONS = ','.join(f'LIBRARY_FUSION_TYPE_{kind}'
+                        for kind in ('DOT', 'ELTWISE', 'REDUCE'))
+
+# Named option sets; 'auto' picks one per platform (`AUTO`).
+PRESETS: dict[str, dict[str, Any]] = {
+    'none': {},
+    'cpu_ynn': {'xla_cpu_experimental_ynn_fusion_type': _YNN_FUSIONS},
+}
+AUTO = {'cpu': 'cpu_ynn'}
+CHOICES = ('auto', *PRESETS)
+
+
+def preset_for(choice: str, platform: str) -> str:
+  """The preset `choice` means on `platform` ('cpu', 'gpu', 'tpu', ...).
+
+  Raises:
+    ValueError: an unknown choice, or a CPU preset forced on another
+      platform (its options mean nothing there).
+  """
+  if choice not in CHOICES:
+    raise ValueError(f'Unknown train.xla_options {choice!r}; valid: '
+                     f'{CHOICES}.')
+  if choice == 'auto':
+    return AUTO.get(platform, 'none')
+  if choice.startswith('cpu_') and platform != 'cpu':
+    raise ValueError(f'train.xla_options={choice!r} is for the CPU; the '
+                     f'devices are {platform!r}.')
+  return choice
+
+
+def compiler_options(choice: str, platform: str) -> dict[str, Any] | None:
+  """`jax.jit`'s `compiler_options` for `choice` on `platform` (None: XLA's
+  defaults)."""
+  return dict(PRESETS[preset_for(choice, platform)]) or None
