@@ -350,8 +350,10 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                               task.num_outputs(info.num_classes))
   init_rng, state_rng, prune_rng, reinit_rng, task_rng = jax.random.split(
       jax.random.PRNGKey(config.seed), 5)
-  init_fn = jax.jit(functools.partial(train.init_variables, model,
-                                      image_shape=info.image_shape))
+  init_fn = jax.jit(
+      functools.partial(train.init_variables, model,
+                        image_shape=info.image_shape),
+      compiler_options=xla_options.one_off_options(jax.default_backend()))
   # Shapes only: nothing is compiled or computed that a resumed run does
   # not need (`Experiment.variables`).
   variables = jax.eval_shape(init_fn, init_rng)

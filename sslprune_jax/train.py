@@ -149,11 +149,16 @@ def create_train_state(model, variables: dict, mask: PyTree,
   """
   state = TrainState.create(
       apply_fn=model.apply,
-      params=pruning.apply_mask(variables['params'], mask),
+      params=_apply_mask(variables['params'], mask),
       batch_stats=variables.get('batch_stats', {}),
       mask=mask, rng=rng, tx=tx, learning_rate_fn=learning_rate_fn,
       task_state={} if task_state is None else task_state)
   return at_step(state, step) if step else state
+
+
+# One program for the whole tree: leaf by leaf, eager multiplications
+# compile one program per leaf shape (38 for the :quick network, 1.3 s).
+_apply_mask = jax.jit(pruning.apply_mask)
 
 
 def at_step(state: TrainState, step: int) -> TrainState:
