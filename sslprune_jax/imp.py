@@ -983,7 +983,7 @@ def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, prev: dict,
   # Batch-norm statistics start at their initial values either way.
   return ({'params': pruning.reinit(
       lambda k: exp.init_fn(k)['params'], rng, mask),
-           'batch_stats': initial['batch_stats']},
+           'batch_stats': exp.variables.get('batch_stats', {})},
           exp.task.init_state(jax.random.fold_in(exp.rngs['task'],
                                                  round_idx)))
 
