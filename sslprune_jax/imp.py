@@ -306,8 +306,8 @@ class Experiment:
     them (what restoring a checkpoint needs)."""
     if self.source_variables is not None:
       return self.source_variables
-    # Where `init_fn`'s outputs land: the default device.
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # Where `init_fn`'s outputs land: this process's first device.
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
         jax.eval_shape(self.init_fn, self.init_rng))

@@ -44,3 +44,14 @@ def labels_run(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('run') / 'labels_quick'
   config = tiny_config(data_dir)
   return config, workdir, imp.run(config, str(workdir))
+
+
+@pytest.fixture(scope='session')
+def labels_run_xla_defaults(data_dir, tmp_path_factory):
+  """The run of `labels_run`, compiled with XLA's default options
+  (`train.xla_options='none'`) instead of the platform's measured ones."""
+  from sslprune_jax import imp
+  from test_imp import tiny_config
+  workdir = tmp_path_factory.mktemp('run') / 'labels_quick_xla_defaults'
+  config = tiny_config(data_dir, **{'train.xla_options': 'none'})
+  return config, workdir, imp.run(config, str(workdir))
