@@ -29,12 +29,10 @@ from etils import epath
 
 PyTree = Any
 
-# Config fields that may change between a run and its restart: they do not
-# change what is computed.
-# Config fields (dotted names) a resumed run may change: how often it logs
-# and checkpoints, and its compiler options (which change the speed, and the
-# results only by float rounding; a run moved to another platform gets
-# other options anyway).
+# Config fields (dotted names) a run's restart may change: how often it
+# logs and checkpoints, which change nothing computed, and its compiler
+# options, which change the speed and the results by float rounding only
+# (a run moved to another platform gets other options anyway).
 RESTART_MAY_CHANGE = ('log_every_steps', 'checkpoint_every_steps',
                       'train.xla_options')
 
