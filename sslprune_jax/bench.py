@@ -577,15 +577,8 @@ def conv_profile(batch_size: int, peak: float, repeats: int = 3,
   peak, this says which convolutions hold it back: the step cannot beat
   its convolutions.
   """
-  dims = ('NHWC', 'HWIO', 'NHWC')
-  options = xla_options_lib.compiler_options(xla_options,
-                                             jax.default_backend())
-  jit = functools.partial(jax.jit, compiler_options=options)
-
-  def conv(x, w):
-    return jax.lax.conv_general_dilated(x, w, (1, 1), 'SAME',
-                                        dimension_numbers=dims)
-
+  jit = _jit_with(xla_options)
+  conv = CONV_FORMS['conv']
   programs = {
       'forward': jit(lambda x, w, g: conv(x, w)),
       'input_grad': jit(
@@ -919,14 +912,8 @@ def section_options(cache: _Cache) -> dict:
   """
   settings, mesh = cache.settings, cache.mesh
   platform = mesh.devices.flat[0].platform
-  presets = []
-  for name in xla_options_lib.PRESETS:
-    try:
-      xla_options_lib.preset_for(name, platform)
-    except ValueError:
-      continue
-    presets.append(name)
-  out = {'platform': platform, 'presets': presets,
+  presets = xla_options_lib.presets_for(platform)
+  out = {'platform': platform, 'presets': list(presets),
          'auto': xla_options_lib.preset_for('auto', platform),
          'models': {}}
   task = tasks.get_task('labels')
@@ -961,6 +948,12 @@ def section_options(cache: _Cache) -> dict:
   return out
 
 
+def _jit_with(xla_options: str) -> Callable:
+  """`jax.jit` with the compiler options `xla_options` names here."""
+  return functools.partial(jax.jit, compiler_options=(
+      xla_options_lib.compiler_options(xla_options, jax.default_backend())))
+
+
 def _shifted_windows(x: jnp.ndarray) -> list[jnp.ndarray]:
   """The nine 3x3-window shifts of an NHWC batch, zero-padded by one."""
   h, w = x.shape[1:3]
@@ -989,8 +982,7 @@ def conv_forms(batch_size: int, shapes, peak: float,
   `peak`, for (side, channels) in `shapes`: whether a convolution written
   as matmuls beats XLA's own on this backend (their backward passes are
   matmuls too, the weight gradient included)."""
-  options = xla_options_lib.compiler_options(xla_options,
-                                             jax.default_backend())
+  jit = _jit_with(xla_options)
   out = {}
   for side, channels in shapes:
     keys = jax.random.split(jax.random.PRNGKey(side + channels), 3)
@@ -1001,9 +993,7 @@ def conv_forms(batch_size: int, shapes, peak: float,
     flops = 3 * 2 * batch_size * side * side * 9 * channels * channels
     row = {}
     for name, form in CONV_FORMS.items():
-      program = jax.jit(
-          lambda x, w, g, form=form: jax.vjp(form, x, w)[1](g),
-          compiler_options=options)
+      program = jit(lambda x, w, g, form=form: jax.vjp(form, x, w)[1](g))
       jax.block_until_ready(program(x, w, g))  # Compiles.
       best = min(_times(functools.partial(program, x, w, g), repeats))
       row[name] = flops / best / peak
@@ -1022,9 +1012,8 @@ def section_startup(cache: _Cache) -> dict:
   (it restores each round's metrics and trains nothing).
   """
   settings = cache.settings
-  config = quick_config(settings.data_dir)
-  if settings.quick_batch_size:
-    config.train.batch_size = settings.quick_batch_size
+  spec = get_spec('quick', settings)
+  config = spec.config
   out = {}
   jax.clear_caches()
   t0 = time.perf_counter()
@@ -1036,14 +1025,9 @@ def section_startup(cache: _Cache) -> dict:
       t0 = time.perf_counter()
       state = jax.block_until_ready(imp.round_start(exp, ckpts, 0))
       out['first_state_s'] = time.perf_counter() - t0
-      batch = parallel.shard_batch(
-          random_batch(Spec('quick', {}, exp.info.image_shape,
-                            exp.info.num_classes, config.train.batch_size,
-                            config)), exp.mesh)
+      batch = parallel.shard_batch(random_batch(spec), exp.mesh)
       eval_batch = parallel.shard_batch(
-          random_batch(Spec('quick', {}, exp.info.image_shape,
-                            exp.info.num_classes,
-                            config.train.eval_batch_size, config),
+          random_batch(spec, batch_size=config.train.eval_batch_size,
                        eval_mask=True), exp.mesh)
       for name, make, b in (
           ('train_step_compile_s', train.make_train_step, batch),

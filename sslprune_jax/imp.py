@@ -609,13 +609,13 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
           summary_writer=metric_writers.create_default_writer(
               str(where / 'tb' / 'rounds'), just_logging=not is_main),
           completed=ckpts.completed_rounds()))
+    options = config.train.get('xla_options', 'auto')
     train_step = train.make_train_step(
         lead.task, lead.mesh, config.train.get('exact_reduction', False),
         num_seeds=num_seeds,
         seed_batching=config.train.get('seed_batching', 'auto'),
-        xla_options=config.train.get('xla_options', 'auto'))
-    eval_step = train.make_eval_step(
-        lead.task, lead.mesh, config.train.get('xla_options', 'auto'))
+        xla_options=options)
+    eval_step = train.make_eval_step(lead.task, lead.mesh, options)
     for r in rounds:
       if all(r in m.completed for m in members):
         for m in members:
@@ -967,12 +967,12 @@ def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, prev: dict,
   memory bank); `lr_rewind` and `finetune` keep those the previous round
   (`prev`) ended with; re-initialising draws them afresh.
   """
-  initial = exp.round_target()
   if exp.config.pruning.reset in KEEPS_FINAL:
     return ({'params': pruning.apply_mask(prev['params'], mask),
              'batch_stats': prev['batch_stats']},
             prev.get('task_state', exp.task_state))
   if exp.config.pruning.reset == 'rewind':
+    initial = exp.round_target()
     saved = restore(
         lambda: ckpts.restore_rewind({'params': initial['params'],
                                       'batch_stats': initial['batch_stats'],

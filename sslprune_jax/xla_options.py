@@ -62,10 +62,17 @@ def preset_for(choice: str, platform: str) -> str:
                      f'{CHOICES}.')
   if choice == 'auto':
     return AUTO.get(platform, 'none')
-  if choice.startswith('cpu_') and platform != 'cpu':
+  if choice not in presets_for(platform):
     raise ValueError(f'train.xla_options={choice!r} is for the CPU; the '
                      f'devices are {platform!r}.')
   return choice
+
+
+def presets_for(platform: str) -> tuple[str, ...]:
+  """The presets that mean something on `platform` (the `cpu_` ones only
+  on the CPU)."""
+  return tuple(name for name in PRESETS
+               if not name.startswith('cpu_') or platform == 'cpu')
 
 
 def compiler_options(choice: str, platform: str) -> dict[str, Any] | None:

@@ -39,19 +39,21 @@ def labels_run(data_dir, tmp_path_factory):
   Returns:
     (config, workdir, results). Tests read it and must not change it.
   """
-  from sslprune_jax import imp
-  from test_imp import tiny_config
-  workdir = tmp_path_factory.mktemp('run') / 'labels_quick'
-  config = tiny_config(data_dir)
-  return config, workdir, imp.run(config, str(workdir))
+  return _tiny_run(data_dir, tmp_path_factory, 'labels_quick')
 
 
 @pytest.fixture(scope='session')
 def labels_run_xla_defaults(data_dir, tmp_path_factory):
   """The run of `labels_run`, compiled with XLA's default options
   (`train.xla_options='none'`) instead of the platform's measured ones."""
+  return _tiny_run(data_dir, tmp_path_factory, 'labels_quick_xla_defaults',
+                   **{'train.xla_options': 'none'})
+
+
+def _tiny_run(data_dir, tmp_path_factory, name, **overrides):
+  """(config, workdir, results) of tests/test_imp.py's shrunk quick run."""
   from sslprune_jax import imp
   from test_imp import tiny_config
-  workdir = tmp_path_factory.mktemp('run') / 'labels_quick_xla_defaults'
-  config = tiny_config(data_dir, **{'train.xla_options': 'none'})
+  workdir = tmp_path_factory.mktemp('run') / name
+  config = tiny_config(data_dir, **overrides)
   return config, workdir, imp.run(config, str(workdir))
