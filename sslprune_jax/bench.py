@@ -24,7 +24,9 @@ Sections (`--sections`, by name or number):
   3 flops     FLOPs of the compiled step from XLA's cost analysis, divided by
               the step time, as a fraction of the measured peak of a large
               float32 matmul on one device (timed between the step's
-              blocks).
+              blocks). Where the step's convolutions are custom calls
+              (oneDNN), the FLOPs are those of the same step with XLA's
+              convolutions.
   4 prune     global magnitude pruning of a ResNet-50-sized tree (its real
               parameter shapes, random values) and rewinding it.
   5 round     the between-round work of a `configs/labels.py:quick` run
@@ -42,6 +44,10 @@ Sections (`--sections`, by name or number):
               caches cleared: building the experiment, compiling the train
               and eval steps; and the whole `imp.run` of a finished run
               (what resuming one costs when there is nothing left to do).
+  10 kernels  the masked step of every model with each convolution
+              implementation this platform can run (`model.conv_impl`:
+              XLA's, oneDNN's), timed in alternating blocks: images/s and
+              the speedup over XLA's; which one 'auto' picks.
 
 The JSON's keys: 'environment' (backend, device kind and count, versions),
 'settings', one key per section run ('step' holds sections 1-2, per
@@ -81,6 +87,7 @@ from sslprune_jax import checkpoint
 from sslprune_jax import config_lib
 from sslprune_jax import data
 from sslprune_jax import imp
+from sslprune_jax import kernels
 from sslprune_jax import models
 from sslprune_jax import parallel
 from sslprune_jax import pruning
@@ -88,12 +95,13 @@ from sslprune_jax import tasks
 from sslprune_jax import train
 from sslprune_jax import xla_options as xla_options_lib
 from sslprune_jax.data import augment as augment_lib
+from sslprune_jax.kernels import onednn_conv
 from sslprune_jax.models.resnet import scale_width
 
 PyTree = Any
 
 SECTIONS = ('step', 'unmasked', 'flops', 'prune', 'round', 'pipeline',
-            'seeds', 'options', 'startup')
+            'seeds', 'options', 'startup', 'kernels')
 # The networks: CIFAR ResNet-18 at full and small width, ResNet-50, and
 # the network of configs/labels.py:quick (which sections 5-7 use).
 NETWORKS = ('resnet18', 'resnet18_small', 'resnet50', 'quick')
@@ -145,6 +153,7 @@ class Settings:
     eval_repeats: timed eval steps in the round section.
     xla_options: compiler options of the timed steps and convolutions
       (`xla_options.CHOICES`).
+    conv_impl: the networks' convolutions (`kernels.CONV_IMPLS`).
   """
   models: tuple[str, ...] = MODELS
   sections: tuple[str, ...] = SECTIONS
@@ -167,14 +176,16 @@ class Settings:
   data_dir: str | None = None
   eval_repeats: int = 3
   xla_options: str = 'auto'
+  conv_impl: str = 'auto'
 
 
 # ---------------------------------------------------------------------------
 # Configs and networks.
 
 
-def quick_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
-  """The `configs/labels.py:quick` config.
+def quick_config(data_dir: str | None = None,
+                 conv_impl: str = 'auto') -> ml_collections.ConfigDict:
+  """The `configs/labels.py:quick` config, with `conv_impl`'s convolutions.
 
   Read from configs/ next to the package when it is there, else rebuilt
   from `config_lib` as that file builds it.
@@ -185,6 +196,7 @@ def quick_config(data_dir: str | None = None) -> ml_collections.ConfigDict:
     config = config_lib.quick(config_lib.base('labels'))
   if data_dir:
     config.data.data_dir = data_dir
+  config.model.conv_impl = conv_impl
   return config
 
 
@@ -220,7 +232,7 @@ def get_spec(name: str, settings: Settings) -> Spec:
     spec = Spec(name, dict(name='resnet', depth=50, width=1.0),
                 (224, 224, 3), 1000, batch, config_lib.imagenet(cifar))
   elif name == 'quick':
-    config = quick_config(settings.data_dir)
+    config = quick_config(settings.data_dir, settings.conv_impl)
     if settings.quick_batch_size:
       config.train.batch_size = settings.quick_batch_size
     spec = Spec(name, {k: config.model[k] for k in ('name', 'depth',
@@ -229,7 +241,9 @@ def get_spec(name: str, settings: Settings) -> Spec:
   else:
     raise ValueError(f'Unknown model {name!r}; valid: {NETWORKS}.')
   parallel.check_batch_size(spec.batch_size, parallel.create_mesh())
-  return spec
+  return dataclasses.replace(spec, model={
+      **spec.model,
+      'conv_impl': kernels.resolve_conv_impl(settings.conv_impl)})
 
 
 def _model(spec: Spec):
@@ -321,6 +335,7 @@ class _Stepper:
   """A compiled step with its (donated, so carried along) state."""
 
   def __init__(self, step: Callable, state, batch: dict):
+    self.step = step
     t0 = time.perf_counter()
     self.compiled = step.lower(state, batch).compile()
     self.compile_s = time.perf_counter() - t0
@@ -337,6 +352,18 @@ class _Stepper:
 
   def flops(self) -> float | None:
     return compiled_flops(self.compiled)
+
+
+def xla_conv_flops(step: Callable, state, batch) -> float | None:
+  """FLOPs of `step` with XLA's convolutions in place of custom calls.
+
+  XLA's cost analysis counts nothing for a custom call, so a step whose
+  convolutions run through oneDNN is counted as the same step with
+  XLA's (compiled, not run).
+  """
+  model = state.apply_fn.__self__
+  xla_state = state.replace(apply_fn=model.clone(conv_impl='xla').apply)
+  return compiled_flops(step.lower(xla_state, batch).compile())
 
 
 def compiled_flops(compiled) -> float | None:
@@ -439,12 +466,14 @@ def measure_step(spec: Spec, settings: Settings, mesh,
   rng = jax.random.PRNGKey(1)
   batch = parallel.shard_batch(random_batch(spec), mesh)
   steppers = {'masked': _Stepper(
-      train.make_train_step(task, mesh, xla_options=settings.xla_options),
+      train.make_train_step(task, mesh, xla_options=settings.xla_options,
+                            conv_impl=model.conv_impl),
       parallel.replicate(train.create_train_state(model, variables, mask, tx,
                                                   rng), mesh), batch)}
   if unmasked:
     steppers['unmasked'] = _Stepper(
-        train.make_train_step(task, mesh, xla_options=settings.xla_options),
+        train.make_train_step(task, mesh, xla_options=settings.xla_options,
+                            conv_impl=model.conv_impl),
         parallel.replicate(create_unmasked_state(model, variables, tx, rng),
                            mesh), batch)
   blocks = _timed(steppers, settings, peak)
@@ -454,7 +483,10 @@ def measure_step(spec: Spec, settings: Settings, mesh,
          'fraction_pruned': 1 - kept / total,
          'num_params': int(sum(np.size(x) for x in
                                jax.tree.leaves(variables['params']))),
-         'flops_per_device': steppers['masked'].flops()}
+         'flops_per_device': (
+             steppers['masked'].flops() if model.conv_impl == 'xla' else
+             xla_conv_flops(steppers['masked'].step, steppers['masked'].state,
+                            batch))}
   for name, s in steppers.items():
     out[name] = _step_stats(blocks[name], spec.batch_size, s.compile_s)
   if 'peak' in blocks:
@@ -556,7 +588,8 @@ def section_flops(cache: _Cache) -> dict:
       out[f'{name}_convs'] = conv_profile(
           step['network']['batch_size'] // n, peak,
           width=step['network']['model']['width'],
-          xla_options=cache.settings.xla_options)
+          xla_options=cache.settings.xla_options,
+          conv_impl=step['network']['model']['conv_impl'])
   return out
 
 
@@ -566,19 +599,21 @@ _RESNET18_CONVS = ((32, 64), (16, 128), (8, 256), (4, 512))
 
 
 def conv_profile(batch_size: int, peak: float, repeats: int = 3,
-                 width: float = 1.0, xla_options: str = 'auto') -> dict:
+                 width: float = 1.0, xla_options: str = 'auto',
+                 conv_impl: str = 'xla') -> dict:
   """FLOP/s of CIFAR ResNet-18's 3x3 convolutions, alone, on one device.
 
   For each stage's convolution (stride 1, 'SAME', float32, NHWC) at the
   per-device batch and the network's `width`: the forward pass, the input
   gradient and the weight gradient, each jitted alone with the step's
-  compiler options and timed (best of `repeats`), as GFLOP/s and as a
-  fraction of the matmul `peak`. Where the train step falls short of the
-  peak, this says which convolutions hold it back: the step cannot beat
-  its convolutions.
+  compiler options and convolution implementation (`conv_impl`, 'xla' or
+  'onednn') and timed (best of `repeats`), as GFLOP/s and as a fraction of
+  the matmul `peak`. Where the train step falls short of the peak, this
+  says which convolutions hold it back: the step cannot beat its
+  convolutions.
   """
-  jit = _jit_with(xla_options)
-  conv = CONV_FORMS['conv']
+  jit = _jit_with(xla_options, conv_impl)
+  conv = CONV_FORMS['conv' if conv_impl == 'xla' else conv_impl]
   programs = {
       'forward': jit(lambda x, w, g: conv(x, w)),
       'input_grad': jit(
@@ -678,7 +713,7 @@ def section_round(cache: _Cache) -> dict:
   """
   settings = cache.settings
   step = cache.step('quick')
-  config = quick_config(settings.data_dir)
+  config = quick_config(settings.data_dir, settings.conv_impl)
   config.train.batch_size = step['network']['batch_size']
   jax.clear_caches()
   exp = imp.build(config)
@@ -756,7 +791,9 @@ def _eval_step_seconds(exp, state, eval_batch: int, settings: Settings
                        ) -> float:
   """Best time of one eval step on a random batch (after compiling)."""
   spec = get_spec('quick', settings)
-  eval_step = train.make_eval_step(exp.task, exp.mesh)
+  eval_step = train.make_eval_step(
+      exp.task, exp.mesh, settings.xla_options,
+      models.conv_impl_of(exp.config.model))
   batch = parallel.shard_batch(
       random_batch(spec, batch_size=eval_batch, eval_mask=True), exp.mesh)
   fn = lambda: eval_step(state, batch)[0]
@@ -825,7 +862,7 @@ def section_pipeline(cache: _Cache) -> dict:
   """
   settings = cache.settings
   quick = cache.step('quick')
-  config = quick_config(settings.data_dir)
+  config = quick_config(settings.data_dir, settings.conv_impl)
   batch = quick['network']['batch_size']
   fmnist = _time_iterator(
       data.train_iterator(config.data, global_batch_size=batch, seed=0),
@@ -882,7 +919,8 @@ def section_seeds(cache: _Cache) -> dict:
     for batching in ('vmap', 'unroll'):
       step = train.make_train_step(task, mesh, num_seeds=k,
                                    seed_batching=batching,
-                                   xla_options=settings.xla_options)
+                                   xla_options=settings.xla_options,
+                                   conv_impl=model.conv_impl)
       state = parallel.replicate(train.stack_trees(states), mesh)
       batch = parallel.shard_batch(random_batch(spec, num_seeds=k), mesh,
                                    num_seeds=k)
@@ -914,7 +952,9 @@ def section_options(cache: _Cache) -> dict:
   platform = mesh.devices.flat[0].platform
   presets = xla_options_lib.presets_for(platform)
   out = {'platform': platform, 'presets': list(presets),
-         'auto': xla_options_lib.preset_for('auto', platform),
+         'conv_impl': kernels.resolve_conv_impl(settings.conv_impl),
+         'auto': xla_options_lib.preset_for(
+             'auto', platform, kernels.resolve_conv_impl(settings.conv_impl)),
          'models': {}}
   task = tasks.get_task('labels')
   for name in settings.models:
@@ -927,7 +967,8 @@ def section_options(cache: _Cache) -> dict:
                                      _optimizer(spec), jax.random.PRNGKey(1))
     steppers = {
         preset: _Stepper(train.make_train_step(task, mesh,
-                                               xla_options=preset),
+                                               xla_options=preset,
+                                               conv_impl=model.conv_impl),
                          parallel.replicate(state, mesh), batch)
         for preset in presets}
     blocks = _timed(steppers, settings)
@@ -948,10 +989,56 @@ def section_options(cache: _Cache) -> dict:
   return out
 
 
-def _jit_with(xla_options: str) -> Callable:
-  """`jax.jit` with the compiler options `xla_options` names here."""
+def section_kernels(cache: _Cache) -> dict:
+  """Section 10: the masked step with each convolution implementation.
+
+  Per model, one program per implementation this platform can run
+  (`kernels.CONV_IMPLS` less 'auto'), from the same state and batch, timed
+  in alternating blocks.
+  """
+  settings, mesh = cache.settings, cache.mesh
+  impls = [impl for impl in kernels.CONV_IMPLS[1:]
+           if kernels.check_conv_impl(impl) is None]
+  out = {'impls': impls, 'auto': kernels.resolve_conv_impl('auto'),
+         'unavailable': {impl: kernels.check_conv_impl(impl)
+                         for impl in kernels.CONV_IMPLS[1:]
+                         if impl not in impls},
+         'models': {}}
+  task = tasks.get_task('labels')
+  for name in settings.models:
+    spec = get_spec(name, settings)
+    model = _model(spec)
+    variables, mask = _pruned_variables(spec, model, 0,
+                                        settings.fraction_pruned)
+    batch = parallel.shard_batch(random_batch(spec), mesh)
+    state = train.create_train_state(model, variables, mask,
+                                     _optimizer(spec), jax.random.PRNGKey(1))
+    steppers = {
+        impl: _Stepper(
+            train.make_train_step(task, mesh,
+                                  xla_options=settings.xla_options,
+                                  conv_impl=impl),
+            parallel.replicate(state.replace(
+                apply_fn=model.clone(conv_impl=impl).apply), mesh), batch)
+        for impl in impls}
+    blocks = _timed(steppers, settings)
+    rows = {impl: _step_stats(blocks[impl], spec.batch_size, s.compile_s)
+            for impl, s in steppers.items()}
+    for row in rows.values():
+      row['speedup_over_xla'] = rows['xla']['step_s'] / row['step_s']
+    out['models'][name] = {'network': spec.describe(),
+                           'steps_per_block': blocks['steps_per_block'],
+                           **rows}
+    del steppers
+  return out
+
+
+def _jit_with(xla_options: str, conv_impl: str = 'xla') -> Callable:
+  """`jax.jit` with the compiler options `xla_options` names here for a
+  program whose convolutions are `conv_impl`'s."""
   return functools.partial(jax.jit, compiler_options=(
-      xla_options_lib.compiler_options(xla_options, jax.default_backend())))
+      xla_options_lib.compiler_options(xla_options, jax.default_backend(),
+                                       conv_impl)))
 
 
 def _shifted_windows(x: jnp.ndarray) -> list[jnp.ndarray]:
@@ -961,8 +1048,11 @@ def _shifted_windows(x: jnp.ndarray) -> list[jnp.ndarray]:
   return [padded[:, i:i + h, j:j + w] for i in range(3) for j in range(3)]
 
 
-# A 3x3 stride-1 convolution written three ways (x NHWC, w HWIO).
+# A 3x3 stride-1 convolution written four ways (x NHWC, w HWIO).
 CONV_FORMS = {
+    # oneDNN's direct convolution (`kernels.onednn_conv`; CPU only).
+    'onednn': lambda x, w: onednn_conv.conv_general_dilated(
+        x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
     'conv': lambda x, w: jax.lax.conv_general_dilated(
         x, w, (1, 1), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC')),
     # Patches (im2col), then one matmul of depth 9 C.
@@ -981,8 +1071,8 @@ def conv_forms(batch_size: int, shapes, peak: float,
   """Forward + backward FLOP/s of each of `CONV_FORMS`, as fractions of
   `peak`, for (side, channels) in `shapes`: whether a convolution written
   as matmuls beats XLA's own on this backend (their backward passes are
-  matmuls too, the weight gradient included)."""
-  jit = _jit_with(xla_options)
+  matmuls too, the weight gradient included), and whether oneDNN's
+  beats both."""
   out = {}
   for side, channels in shapes:
     keys = jax.random.split(jax.random.PRNGKey(side + channels), 3)
@@ -993,6 +1083,9 @@ def conv_forms(batch_size: int, shapes, peak: float,
     flops = 3 * 2 * batch_size * side * side * 9 * channels * channels
     row = {}
     for name, form in CONV_FORMS.items():
+      if name == 'onednn' and kernels.check_conv_impl(name) is not None:
+        continue
+      jit = _jit_with(xla_options, 'onednn' if name == 'onednn' else 'xla')
       program = jit(lambda x, w, g, form=form: jax.vjp(form, x, w)[1](g))
       jax.block_until_ready(program(x, w, g))  # Compiles.
       best = min(_times(functools.partial(program, x, w, g), repeats))
@@ -1032,7 +1125,8 @@ def section_startup(cache: _Cache) -> dict:
       for name, make, b in (
           ('train_step_compile_s', train.make_train_step, batch),
           ('eval_step_compile_s', train.make_eval_step, eval_batch)):
-        step = make(exp.task, exp.mesh, xla_options=settings.xla_options)
+        step = make(exp.task, exp.mesh, xla_options=settings.xla_options,
+                    conv_impl=models.conv_impl_of(config.model))
         t0 = time.perf_counter()
         step.lower(state, b).compile()
         out[name] = time.perf_counter() - t0
@@ -1149,6 +1243,8 @@ def run(settings: Settings) -> dict:
     results['round'] = _unless_no_data(section_round, cache)
   if 'startup' in sections:
     results['startup'] = _unless_no_data(section_startup, cache)
+  if 'kernels' in sections:
+    results['kernels'] = section_kernels(cache)
   if 'quick' in cache.steps and 'quick' not in results.get('step', {}):
     results.setdefault('step', {})['quick'] = cache.steps['quick']
   results['targets'] = targets_of(results)
@@ -1251,6 +1347,13 @@ def summary(results: dict) -> str:
         f"{startup['train_step_compile_s']:.1f} s, eval step compile "
         f"{startup['eval_step_compile_s']:.1f} s; a finished run "
         f"{startup['finished_run_s']:.1f} s")
+  kernel_rows = results.get('kernels')
+  if kernel_rows:
+    for name, by in kernel_rows['models'].items():
+      lines.append(f'  kernels {name}: ' + ', '.join(
+          f"{i} {by[i]['images_per_s']:.1f} img/s "
+          f"({by[i]['speedup_over_xla']:.2f} x)"
+          for i in kernel_rows['impls']) + f" (auto: {kernel_rows['auto']})")
   lines.append('  targets:')
   for name, t in results['targets'].items():
     value = 'n/a' if t['value'] is None else f"{t['value']:.4g}"
@@ -1270,7 +1373,8 @@ def _define_flags() -> None:
   flags.DEFINE_list('models', list(defaults.models),
                     f'Networks of the step sections, of {NETWORKS}.')
   flags.DEFINE_list('sections', list(defaults.sections),
-                    f'Sections to run, by name {SECTIONS} or number 1-7.')
+                    f'Sections to run, by name {SECTIONS} or number '
+                    f'1-{len(SECTIONS)}.')
   flags.DEFINE_integer('batch_size', 0, 'If > 0, the batch of every model '
                        '(overrides the per-model batch flags).')
   flags.DEFINE_integer('cifar_batch_size', defaults.cifar_batch_size,
@@ -1313,6 +1417,8 @@ def _define_flags() -> None:
   flags.DEFINE_enum('xla_options', defaults.xla_options,
                     list(xla_options_lib.CHOICES),
                     'Compiler options of the timed steps and convolutions.')
+  flags.DEFINE_enum('conv_impl', defaults.conv_impl, list(kernels.CONV_IMPLS),
+                    "The networks' convolutions (model.conv_impl).")
   flags.DEFINE_string('json_out', None, 'Also write the JSON here.')
 
 
@@ -1332,7 +1438,8 @@ def settings_from_flags(values) -> Settings:
       pipeline_batches=values.pipeline_batches,
       pipeline_warmup=values.pipeline_warmup,
       seeds=tuple(int(k) for k in values.seeds), data_dir=values.data_dir,
-      eval_repeats=values.eval_repeats, xla_options=values.xla_options)
+      eval_repeats=values.eval_repeats, xla_options=values.xla_options,
+      conv_impl=values.conv_impl)
 
 
 def main(argv) -> None:

@@ -31,10 +31,11 @@ PyTree = Any
 
 # Config fields (dotted names) a run's restart may change: how often it
 # logs and checkpoints, which change nothing computed, and its compiler
-# options, which change the speed and the results by float rounding only
-# (a run moved to another platform gets other options anyway).
+# options and convolution kernels, which change the speed and the results by
+# float rounding only (a run moved to another platform gets other ones
+# anyway).
 RESTART_MAY_CHANGE = ('log_every_steps', 'checkpoint_every_steps',
-                      'train.xla_options')
+                      'train.xla_options', 'model.conv_impl')
 
 
 class ConfigMismatchError(ValueError):

@@ -79,7 +79,10 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
       name='resnet_cifar', depth=18, width=1.0, dtype='float32',
       # Batch-norm scales start at U[0, 1), as in open_lth's CIFAR models
       # (models/bn_initializers.py); 'ones' is torchvision's.
-      bn_scale_init='uniform'))
+      bn_scale_init='uniform',
+      # Convolutions (sslprune_jax/kernels): 'auto' (oneDNN's on the CPU
+      # where it can be built, else XLA's), 'xla' or 'onednn'.
+      conv_impl='auto'))
   config.train = ml_collections.ConfigDict(dict(
       num_epochs=160.0, batch_size=128, eval_batch_size=1000,
       schedule='step', learning_rate=0.1, decay_epochs=(80, 120),

@@ -47,6 +47,7 @@ import optax
 from sslprune_jax import checkpoint
 from sslprune_jax import data
 from sslprune_jax import export
+from sslprune_jax import kernels
 from sslprune_jax import models
 from sslprune_jax import parallel
 from sslprune_jax import pruning
@@ -104,6 +105,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.model.name not in models.MODELS:
     problems.append(f'Unknown model.name {config.model.name!r}; valid: '
                     f'{models.MODELS}.')
+  try:
+    conv_problem = kernels.check_conv_impl(
+        config.model.get('conv_impl', 'auto'), jax.default_backend(),
+        models.parse_dtype(config.model.get('dtype', None)))
+  except ValueError as e:  # An unknown dtype.
+    conv_problem = str(e)
+  if conv_problem is not None:
+    problems.append(conv_problem)
   task_problems = tasks.check_fields(config.task)
   problems.extend(task_problems)
   mixed = (not task_problems
@@ -610,12 +619,14 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
               str(where / 'tb' / 'rounds'), just_logging=not is_main),
           completed=ckpts.completed_rounds()))
     options = config.train.get('xla_options', 'auto')
+    conv_impl = models.conv_impl_of(config.model)
     train_step = train.make_train_step(
         lead.task, lead.mesh, config.train.get('exact_reduction', False),
         num_seeds=num_seeds,
         seed_batching=config.train.get('seed_batching', 'auto'),
-        xla_options=options)
-    eval_step = train.make_eval_step(lead.task, lead.mesh, options)
+        xla_options=options, conv_impl=conv_impl)
+    eval_step = train.make_eval_step(lead.task, lead.mesh, options,
+                                     conv_impl)
     for r in rounds:
       if all(r in m.completed for m in members):
         for m in members:

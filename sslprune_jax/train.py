@@ -255,7 +255,8 @@ def seed_batching_for(seed_batching: str, platform: str | None = None
 def make_train_step(task, mesh, exact_reduction: bool = False,
                     num_seeds: int = 1,
                     seed_batching: str = 'auto',
-                    xla_options: str = 'auto') -> Callable:
+                    xla_options: str = 'auto',
+                    conv_impl: str = 'xla') -> Callable:
   """The jitted data-parallel train step: (state, batch) -> (state, metrics).
 
   `per_device_train_step` under `shard_map` over the mesh; the batch is split
@@ -271,7 +272,8 @@ def make_train_step(task, mesh, exact_reduction: bool = False,
 
   `xla_options` names the compiler options of the program
   (`xla_options.CHOICES`; 'auto': the measured best for the mesh's
-  platform).
+  platform and the network's convolutions, `conv_impl`: 'xla' or 'onednn',
+  as `models.conv_impl_of` resolves the model config's).
   """
   step = per_device_train_step(task, exact_reduction)
   batch_spec = P(parallel.AXIS)
@@ -285,12 +287,13 @@ def make_train_step(task, mesh, exact_reduction: bool = False,
   sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), batch_spec),
                           out_specs=(P(), P()))
   return jax.jit(sharded, donate_argnums=0,
-                 compiler_options=_compiler_options(xla_options, mesh))
+                 compiler_options=_compiler_options(xla_options, mesh,
+                                                    conv_impl))
 
 
-def _compiler_options(choice: str, mesh) -> dict | None:
-  return xla_options_lib.compiler_options(choice,
-                                          mesh.devices.flat[0].platform)
+def _compiler_options(choice: str, mesh, conv_impl: str) -> dict | None:
+  return xla_options_lib.compiler_options(
+      choice, mesh.devices.flat[0].platform, conv_impl)
 
 
 def _unrolled(step: Callable, num_seeds: int) -> Callable:
@@ -324,12 +327,13 @@ def seed_slice(tree: PyTree, i: int) -> PyTree:
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def make_eval_step(task, mesh, xla_options: str = 'auto') -> Callable:
+def make_eval_step(task, mesh, xla_options: str = 'auto',
+                   conv_impl: str = 'xla') -> Callable:
   """The data-parallel eval step: (state, batch) -> (metrics, outputs).
 
   `batch['mask']` marks real examples; padding does not count. `outputs`
   are the task's per-example `eval_outputs` (with the mask), sharded like
-  the batch. `xla_options` as in `make_train_step`.
+  the batch. `xla_options` and `conv_impl` as in `make_train_step`.
   """
 
   def step(state: TrainState, batch: dict):
@@ -344,7 +348,8 @@ def make_eval_step(task, mesh, xla_options: str = 'auto') -> Callable:
   return jax.jit(jax.shard_map(step, mesh=mesh,
                                in_specs=(P(), P(parallel.AXIS)),
                                out_specs=(P(), P(parallel.AXIS))),
-                 compiler_options=_compiler_options(xla_options, mesh))
+                 compiler_options=_compiler_options(xla_options, mesh,
+                                                    conv_impl))
 
 
 def evaluate(eval_step: Callable, state: TrainState,

@@ -9,9 +9,13 @@ On CPU, XLA's default leaves convolutions, the elementwise work around them
 and Eigen. Turning on XLA:CPU's YNNPACK fusions of dots, elementwise ops and
 reductions (`xla_cpu_experimental_ynn_fusion_type`) hands those fusions to
 YNNPACK, and with them the layout work of the convolutions; on the 2-core
-AVX-512 machine the CIFAR ResNet-18 step runs 1.6x faster at width 1 and
-1.2x at width 1/4, ResNet-50's 1.4x, and the `:quick` network's step at
-the same speed within noise.
+AVX-512 machine, with XLA's convolutions, the CIFAR ResNet-18 step runs
+1.6x faster at width 1 and 1.2x at width 1/4, ResNet-50's 1.4x, and the
+`:quick` network's step at the same speed within noise. Where the
+convolutions are oneDNN's custom calls (`model.conv_impl`, see
+`sslprune_jax.kernels`) what is left is elementwise work and reductions,
+which XLA's own fusions do faster than YNNPACK's (`--sections=kernels`
+with `--xla_options=none` and `cpu_ynn`): there 'auto' is XLA's defaults.
 Results equal the default's to float rounding (tests/test_xla_options.py).
 
 GPU and TPU keep XLA's defaults: no measurement there says otherwise.
@@ -30,12 +34,13 @@ from typing import Any
 _YNN_FUSIONS = ','.join(f'LIBRARY_FUSION_TYPE_{kind}'
                         for kind in ('DOT', 'ELTWISE', 'REDUCE'))
 
-# Named option sets; 'auto' picks one per platform (`AUTO`).
+# Named option sets; 'auto' picks one per platform and convolution
+# implementation (`AUTO`; XLA's defaults where it has no entry).
 PRESETS: dict[str, dict[str, Any]] = {
     'none': {},
     'cpu_ynn': {'xla_cpu_experimental_ynn_fusion_type': _YNN_FUSIONS},
 }
-AUTO = {'cpu': 'cpu_ynn'}
+AUTO = {('cpu', 'xla'): 'cpu_ynn'}
 CHOICES = ('auto', *PRESETS)
 
 
@@ -50,8 +55,9 @@ def one_off_options(platform: str) -> dict[str, Any] | None:
   return dict(_ONE_OFF.get(platform, {})) or None
 
 
-def preset_for(choice: str, platform: str) -> str:
-  """The preset `choice` means on `platform` ('cpu', 'gpu', 'tpu', ...).
+def preset_for(choice: str, platform: str, conv_impl: str = 'xla') -> str:
+  """The preset `choice` means on `platform` ('cpu', 'gpu', 'tpu', ...)
+  for a network whose convolutions are `conv_impl`'s ('xla', 'onednn').
 
   Raises:
     ValueError: an unknown choice, or a CPU preset forced on another
@@ -61,7 +67,7 @@ def preset_for(choice: str, platform: str) -> str:
     raise ValueError(f'Unknown train.xla_options {choice!r}; valid: '
                      f'{CHOICES}.')
   if choice == 'auto':
-    return AUTO.get(platform, 'none')
+    return AUTO.get((platform, conv_impl), 'none')
   if choice not in presets_for(platform):
     raise ValueError(f'train.xla_options={choice!r} is for the CPU; the '
                      f'devices are {platform!r}.')
@@ -75,7 +81,8 @@ def presets_for(platform: str) -> tuple[str, ...]:
                if not name.startswith('cpu_') or platform == 'cpu')
 
 
-def compiler_options(choice: str, platform: str) -> dict[str, Any] | None:
-  """`jax.jit`'s `compiler_options` for `choice` on `platform` (None: XLA's
-  defaults)."""
-  return dict(PRESETS[preset_for(choice, platform)]) or None
+def compiler_options(choice: str, platform: str,
+                     conv_impl: str = 'xla') -> dict[str, Any] | None:
+  """`jax.jit`'s `compiler_options` for `choice` on `platform` with
+  `conv_impl`'s convolutions (None: XLA's defaults)."""
+  return dict(PRESETS[preset_for(choice, platform, conv_impl)]) or None

@@ -44,10 +44,11 @@ def labels_run(data_dir, tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def labels_run_xla_defaults(data_dir, tmp_path_factory):
-  """The run of `labels_run`, compiled with XLA's default options
-  (`train.xla_options='none'`) instead of the platform's measured ones."""
+  """The run of `labels_run` with XLA's convolutions and default options
+  (`model.conv_impl='xla'`, `train.xla_options='none'`) instead of the
+  platform's measured choices."""
   return _tiny_run(data_dir, tmp_path_factory, 'labels_quick_xla_defaults',
-                   **{'train.xla_options': 'none'})
+                   **{'model.conv_impl': 'xla', 'train.xla_options': 'none'})
 
 
 def _tiny_run(data_dir, tmp_path_factory, name, **overrides):

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslprune_jax import kernels
 from sslprune_jax.models.alexnet import AlexNet
 from sslprune_jax.models.alexnet import alexnet
 from sslprune_jax.models.resnet import BN_SCALE_INITS
@@ -34,6 +35,7 @@ __all__ = [
     'ResNet',
     'VGG',
     'alexnet',
+    'conv_impl_of',
     'create_model',
     'kernel_order',
     'replace_head',
@@ -73,6 +75,18 @@ def parse_dtype(name: str | None) -> Any:
   return DTYPES[name]
 
 
+def conv_impl_of(model_config: Mapping[str, Any]) -> str:
+  """'xla' or 'onednn': the convolutions of the model a config builds.
+
+  Raises:
+    ValueError: an unknown ``conv_impl`` or dtype, or a ``conv_impl`` this
+      platform cannot run (see ``kernels.resolve_conv_impl``).
+  """
+  return kernels.resolve_conv_impl(
+      model_config.get('conv_impl', 'auto'),
+      dtype=parse_dtype(model_config.get('dtype', None)))
+
+
 def create_model(model_config: Mapping[str, Any],
                  num_classes: int | None) -> nn.Module:
   """Builds a model from its config.
@@ -84,14 +98,16 @@ def create_model(model_config: Mapping[str, Any],
       ``bn_scale_init`` ('ones' default, 'uniform'; resnets and vgg, see
       ``resnet.BN_SCALE_INITS``), and for alexnet
       ``batch_norm`` (False), ``dropout_rate`` (0.5) and ``cifar_stem``
-      (None: chosen from the input size).
+      (None: chosen from the input size); and ``conv_impl`` ('auto'
+      default, 'xla', 'onednn': see ``sslprune_jax.kernels``).
     num_classes: classifier outputs, or None for the trunk only.
 
   Returns:
     An unbound flax Module.
 
   Raises:
-    ValueError: for an unknown model name, depth or dtype.
+    ValueError: for an unknown model name, depth or dtype, or a
+      ``conv_impl`` this platform cannot run.
   """
   name = model_config['name']
   width = float(model_config.get('width', 1.0))
@@ -100,16 +116,17 @@ def create_model(model_config: Mapping[str, Any],
   if bn_scale_init not in BN_SCALE_INITS:
     raise ValueError(f'Unknown bn_scale_init {bn_scale_init!r}; valid: '
                      f'{sorted(BN_SCALE_INITS)}.')
+  conv_impl = conv_impl_of(model_config)
   if name in ('resnet_cifar', 'resnet'):
     return resnet(
         model_config['depth'],
         num_classes,
         width=width,
         cifar_stem=name == 'resnet_cifar',
-        dtype=dtype, bn_scale_init=bn_scale_init)
+        dtype=dtype, bn_scale_init=bn_scale_init, conv_impl=conv_impl)
   if name == 'vgg':
     return vgg(model_config['depth'], num_classes, width=width, dtype=dtype,
-               bn_scale_init=bn_scale_init)
+               bn_scale_init=bn_scale_init, conv_impl=conv_impl)
   if name == 'alexnet':
     return alexnet(
         num_classes,
@@ -117,7 +134,7 @@ def create_model(model_config: Mapping[str, Any],
         batch_norm=bool(model_config.get('batch_norm', False)),
         dropout_rate=float(model_config.get('dropout_rate', 0.5)),
         cifar_stem=model_config.get('cifar_stem', None),
-        dtype=dtype)
+        dtype=dtype, conv_impl=conv_impl)
   raise ValueError(f'Unknown model {name!r}; valid models are {MODELS}.')
 
 

@@ -13,6 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from sslprune_jax import kernels
 from sslprune_jax.models.resnet import batch_norm_layer
 from sslprune_jax.models.resnet import classifier
 from sslprune_jax.models.resnet import dense_kernel_init
@@ -74,6 +75,7 @@ class AlexNet(nn.Module):
       picks it automatically when the input is smaller than 63 pixels, the
       smallest size the ImageNet stem can process.
     dtype: computation dtype; parameters stay float32.
+    conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
   num_classes: int | None
   width: float = 1.0
@@ -81,6 +83,7 @@ class AlexNet(nn.Module):
   dropout_rate: float = 0.5
   cifar_stem: bool | None = None
   dtype: Any = jnp.float32
+  conv_impl: str = 'xla'
 
   def _conv_block(self, x, features, kernel, stride, pad, train, index):
     """Conv (+ BN) + ReLU, named ``conv{index}`` / ``bn{index}``."""
@@ -90,6 +93,7 @@ class AlexNet(nn.Module):
         padding=((pad, pad), (pad, pad)),
         kernel_init=conv_kernel_init,
         dtype=self.dtype,
+        conv_general_dilated=kernels.conv_general_dilated(self.conv_impl),
         name=f'conv{index}')(x)
     if self.batch_norm:
       x = batch_norm_layer(train, self.dtype, f'bn{index}')(x)
@@ -144,7 +148,8 @@ def alexnet(num_classes: int | None,
             batch_norm: bool = False,
             dropout_rate: float = 0.5,
             cifar_stem: bool | None = None,
-            dtype: Any = jnp.float32) -> AlexNet:
+            dtype: Any = jnp.float32,
+            conv_impl: str = 'xla') -> AlexNet:
   """Builds an AlexNet.
 
   Args:
@@ -154,6 +159,7 @@ def alexnet(num_classes: int | None,
     dropout_rate: dropout rate of the fc layers.
     cifar_stem: see ``AlexNet.cifar_stem``.
     dtype: computation dtype.
+    conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
 
   Returns:
     An unbound ``AlexNet``.
@@ -164,4 +170,5 @@ def alexnet(num_classes: int | None,
       batch_norm=batch_norm,
       dropout_rate=dropout_rate,
       cifar_stem=cifar_stem,
-      dtype=dtype)
+      dtype=dtype,
+      conv_impl=conv_impl)

@@ -14,6 +14,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sslprune_jax import kernels
+
 # Kaiming-normal on fan-out, the initialisation torchvision gives ResNet convs.
 conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
@@ -88,7 +90,7 @@ def batch_norm_layer(train: bool, dtype: Any, name: str,
 
 
 def conv(features: int, kernel: int, stride: int, dtype: Any,
-         name: str) -> nn.Conv:
+         name: str, conv_impl: str = 'xla') -> nn.Conv:
   """Builds a bias-free convolution with PyTorch-style symmetric padding.
 
   Explicit padding of ``kernel // 2`` is used rather than 'SAME' because for
@@ -101,6 +103,7 @@ def conv(features: int, kernel: int, stride: int, dtype: Any,
     stride: spatial stride.
     dtype: computation dtype.
     name: submodule name.
+    conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
 
   Returns:
     An unbound ``nn.Conv``.
@@ -114,11 +117,13 @@ def conv(features: int, kernel: int, stride: int, dtype: Any,
       use_bias=False,
       kernel_init=conv_kernel_init,
       dtype=dtype,
+      conv_general_dilated=kernels.conv_general_dilated(conv_impl),
       name=name)
 
 
 def shortcut(x: jnp.ndarray, features: int, stride: int, dtype: Any,
-             train: bool, bn_scale_init: str = 'ones') -> jnp.ndarray:
+             train: bool, bn_scale_init: str = 'ones',
+             conv_impl: str = 'xla') -> jnp.ndarray:
   """The residual path of a block.
 
   The identity, or a 1x1 projection and batch norm where the block changes
@@ -126,7 +131,7 @@ def shortcut(x: jnp.ndarray, features: int, stride: int, dtype: Any,
   """
   if stride == 1 and x.shape[-1] == features:
     return x
-  x = conv(features, 1, stride, dtype, 'downsample_conv')(x)
+  x = conv(features, 1, stride, dtype, 'downsample_conv', conv_impl)(x)
   return batch_norm_layer(train, dtype, 'downsample_bn', bn_scale_init)(x)
 
 
@@ -138,11 +143,13 @@ class BasicBlock(nn.Module):
     stride: stride of the first convolution (and of the shortcut).
     dtype: computation dtype.
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
+    conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
   bn_scale_init: str = 'ones'
+  conv_impl: str = 'xla'
 
   expansion = 1
 
@@ -157,13 +164,15 @@ class BasicBlock(nn.Module):
     Returns:
       NHWC output with ``features`` channels.
     """
-    y = conv(self.features, 3, self.stride, self.dtype, 'conv1')(x)
+    y = conv(self.features, 3, self.stride, self.dtype, 'conv1',
+             self.conv_impl)(x)
     y = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(y)
     y = nn.relu(y)
-    y = conv(self.features, 3, 1, self.dtype, 'conv2')(y)
+    y = conv(self.features, 3, 1, self.dtype, 'conv2',
+             self.conv_impl)(y)
     y = batch_norm_layer(train, self.dtype, 'bn2', self.bn_scale_init)(y)
     return nn.relu(y + shortcut(x, self.features, self.stride, self.dtype,
-                                train, self.bn_scale_init))
+                                train, self.bn_scale_init, self.conv_impl))
 
 
 class BottleneckBlock(nn.Module):
@@ -174,11 +183,13 @@ class BottleneckBlock(nn.Module):
     stride: stride of the 3x3 convolution (and of the shortcut).
     dtype: computation dtype.
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
+    conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
   bn_scale_init: str = 'ones'
+  conv_impl: str = 'xla'
 
   expansion = 4
 
@@ -194,16 +205,19 @@ class BottleneckBlock(nn.Module):
       NHWC output with ``4 * features`` channels.
     """
     out_features = self.features * self.expansion
-    y = conv(self.features, 1, 1, self.dtype, 'conv1')(x)
+    y = conv(self.features, 1, 1, self.dtype, 'conv1',
+             self.conv_impl)(x)
     y = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(y)
     y = nn.relu(y)
-    y = conv(self.features, 3, self.stride, self.dtype, 'conv2')(y)
+    y = conv(self.features, 3, self.stride, self.dtype, 'conv2',
+             self.conv_impl)(y)
     y = batch_norm_layer(train, self.dtype, 'bn2', self.bn_scale_init)(y)
     y = nn.relu(y)
-    y = conv(out_features, 1, 1, self.dtype, 'conv3')(y)
+    y = conv(out_features, 1, 1, self.dtype, 'conv3',
+             self.conv_impl)(y)
     y = batch_norm_layer(train, self.dtype, 'bn3', self.bn_scale_init)(y)
     return nn.relu(y + shortcut(x, out_features, self.stride, self.dtype,
-                                train, self.bn_scale_init))
+                                train, self.bn_scale_init, self.conv_impl))
 
 
 class ResNet(nn.Module):
@@ -219,6 +233,7 @@ class ResNet(nn.Module):
       False for the ImageNet stem (7x7 stride-2 conv, 3x3 stride-2 max-pool).
     dtype: computation dtype; parameters stay float32.
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
+    conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
   stage_sizes: Sequence[int]
   block_cls: type[nn.Module]
@@ -227,6 +242,7 @@ class ResNet(nn.Module):
   cifar_stem: bool = False
   dtype: Any = jnp.float32
   bn_scale_init: str = 'ones'
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -243,11 +259,13 @@ class ResNet(nn.Module):
     x = jnp.asarray(x, self.dtype)
     widths = [scale_width(w, self.width) for w in BASE_WIDTHS]
     if self.cifar_stem:
-      x = conv(widths[0], 3, 1, self.dtype, 'conv1')(x)
+      x = conv(widths[0], 3, 1, self.dtype, 'conv1',
+             self.conv_impl)(x)
       x = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(x)
       x = nn.relu(x)
     else:
-      x = conv(widths[0], 7, 2, self.dtype, 'conv1')(x)
+      x = conv(widths[0], 7, 2, self.dtype, 'conv1',
+             self.conv_impl)(x)
       x = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(x)
       x = nn.relu(x)
       # flax pads max-pool windows with -inf, matching PyTorch's padding=1.
@@ -261,6 +279,7 @@ class ResNet(nn.Module):
             stride=stride,
             dtype=self.dtype,
             bn_scale_init=self.bn_scale_init,
+            conv_impl=self.conv_impl,
             name=f'layer{stage + 1}_{block}')(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
@@ -285,7 +304,8 @@ def resnet(depth: int,
            width: float = 1.0,
            cifar_stem: bool = False,
            dtype: Any = jnp.float32,
-           bn_scale_init: str = 'ones') -> ResNet:
+           bn_scale_init: str = 'ones',
+           conv_impl: str = 'xla') -> ResNet:
   """Builds a ResNet of a standard depth.
 
   Args:
@@ -295,6 +315,7 @@ def resnet(depth: int,
     cifar_stem: use the CIFAR stem (see ``ResNet``).
     dtype: computation dtype.
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
+    conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
 
   Returns:
     An unbound ``ResNet``.
@@ -313,4 +334,5 @@ def resnet(depth: int,
       width=width,
       cifar_stem=cifar_stem,
       dtype=dtype,
-      bn_scale_init=bn_scale_init)
+      bn_scale_init=bn_scale_init,
+      conv_impl=conv_impl)

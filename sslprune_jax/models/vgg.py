@@ -14,6 +14,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from sslprune_jax import kernels
 from sslprune_jax.models.resnet import batch_norm_layer
 from sslprune_jax.models.resnet import classifier
 from sslprune_jax.models.resnet import scale_width
@@ -43,12 +44,14 @@ class VGG(nn.Module):
     width: multiplier of every conv width.
     dtype: computation dtype; parameters stay float32.
     bn_scale_init: how batch-norm scales start (``resnet.BN_SCALE_INITS``).
+    conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
   layers: Sequence[int | str]
   num_classes: int | None
   width: float = 1.0
   dtype: Any = jnp.float32
   bn_scale_init: str = 'ones'
+  conv_impl: str = 'xla'
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -74,6 +77,7 @@ class VGG(nn.Module):
           use_bias=True,
           kernel_init=conv_kernel_init,
           dtype=self.dtype,
+          conv_general_dilated=kernels.conv_general_dilated(self.conv_impl),
           name=f'conv{index}')(x)
       x = batch_norm_layer(train, self.dtype, f'bn{index}',
                            self.bn_scale_init)(x)
@@ -91,7 +95,8 @@ def vgg(depth: int,
         num_classes: int | None,
         width: float = 1.0,
         dtype: Any = jnp.float32,
-        bn_scale_init: str = 'ones') -> VGG:
+        bn_scale_init: str = 'ones',
+        conv_impl: str = 'xla') -> VGG:
   """Builds a CIFAR VGG of a standard depth.
 
   Args:
@@ -100,6 +105,7 @@ def vgg(depth: int,
     width: multiplier of the channel counts.
     dtype: computation dtype.
     bn_scale_init: how batch-norm scales start (``resnet.BN_SCALE_INITS``).
+    conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
 
   Returns:
     An unbound ``VGG``.
@@ -115,4 +121,5 @@ def vgg(depth: int,
       num_classes=num_classes,
       width=width,
       dtype=dtype,
-      bn_scale_init=bn_scale_init)
+      bn_scale_init=bn_scale_init,
+      conv_impl=conv_impl)
