@@ -200,23 +200,26 @@ def _explicit_padding(padding, x_shape, w_shape, strides):
   return tuple(tuple(int(p) for p in pair) for pair in padding)
 
 
-def _is_nhwc(dimension_numbers) -> bool:
-  if dimension_numbers is None or isinstance(dimension_numbers, tuple) and all(
-      isinstance(s, str) for s in dimension_numbers):
-    return tuple(dimension_numbers or ()) == NHWC
-  return dimension_numbers == lax.conv_dimension_numbers(
-      (1, 1, 1, 1), (1, 1, 1, 1), NHWC)
+def _is_nhwc(lhs: jax.Array, rhs: jax.Array, dimension_numbers) -> bool:
+  if lhs.ndim != 4 or rhs.ndim != 4:
+    return False
+  return (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+          == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
 
 
-def supported(lhs: jax.Array, rhs: jax.Array, lhs_dilation, rhs_dilation,
-              dimension_numbers, feature_group_count: int,
-              batch_group_count: int) -> bool:
+def supported(lhs: jax.Array, rhs: jax.Array,
+              lhs_dilation: Sequence[int] | None = None,
+              rhs_dilation: Sequence[int] | None = None,
+              dimension_numbers: Any = None, feature_group_count: int = 1,
+              batch_group_count: int = 1,
+              preferred_element_type: Any = None) -> bool:
   """Whether oneDNN takes this convolution (else XLA's is used)."""
-  ones = (None, (1, 1), [1, 1])
-  return (lhs.ndim == 4 and lhs.dtype == jnp.float32 and
-          rhs.dtype == jnp.float32 and _is_nhwc(dimension_numbers) and
-          lhs_dilation in ones and rhs_dilation in ones and
-          feature_group_count == 1 and batch_group_count == 1)
+  undilated = all(d is None or all(int(k) == 1 for k in d)
+                  for d in (lhs_dilation, rhs_dilation))
+  return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and
+          preferred_element_type in (None, jnp.float32) and undilated and
+          feature_group_count == 1 and batch_group_count == 1 and
+          _is_nhwc(lhs, rhs, dimension_numbers))
 
 
 def conv_general_dilated(lhs: jax.Array,
@@ -230,10 +233,14 @@ def conv_general_dilated(lhs: jax.Array,
                          batch_group_count: int = 1,
                          precision: Any = None,
                          preferred_element_type: Any = None) -> jax.Array:
-  """``lax.conv_general_dilated``, through oneDNN where it is supported."""
-  if not supported(lhs, rhs, tuple(lhs_dilation) if lhs_dilation else None,
-                   tuple(rhs_dilation) if rhs_dilation else None,
-                   dimension_numbers, feature_group_count, batch_group_count):
+  """``lax.conv_general_dilated``, through oneDNN where it is supported.
+
+  `precision` is moot on the CPU, where float32 convolutions are float32
+  whatever it says.
+  """
+  if not supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                   feature_group_count, batch_group_count,
+                   preferred_element_type):
     return lax.conv_general_dilated(
         lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
         rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
@@ -252,10 +259,7 @@ def _same_variance(*arrays: jax.Array) -> list[jax.Array]:
   transpose sums a replicated kernel's gradient over the axes, as XLA's own
   convolution does.
   """
-  axes = frozenset().union(
-      *(jax.typeof(a).manual_axis_type.varying for a in arrays))
-  return [
-      lax.pcast(a, tuple(sorted(axes - jax.typeof(a).manual_axis_type.varying)),
-                to='varying') if axes - jax.typeof(a).manual_axis_type.varying
-      else a for a in arrays
-  ]
+  varying = [jax.typeof(a).manual_axis_type.varying for a in arrays]
+  axes = frozenset().union(*varying)
+  return [lax.pcast(a, tuple(sorted(axes - v)), to='varying') if axes - v
+          else a for a, v in zip(arrays, varying)]
