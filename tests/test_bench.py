@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from sslprune_jax import bench
+from sslprune_jax import kernels
 from sslprune_jax import parallel
 from sslprune_jax import pruning
 from sslprune_jax import tasks
@@ -93,8 +94,8 @@ def test_options_and_startup_sections(num_devices, data_dir):
                                      data_dir=data_dir, **TINY))
   json.dumps(results)
   options = results['options']
-  assert options['auto'] == xla_options.preset_for('auto',
-                                                   jax.default_backend())
+  assert options['auto'] == xla_options.preset_for(
+      'auto', jax.default_backend(), kernels.resolve_conv_impl('auto'))
   assert 'none' in options['presets'] and options['auto'] in (
       options['presets'])
   by = options['models']['quick']
@@ -107,6 +108,33 @@ def test_options_and_startup_sections(num_devices, data_dir):
               'eval_step_compile_s', 'finished_run_s', 'to_first_step_s'):
     assert _positive(startup[key]), key
   assert 'startup quick' in bench.summary(results)
+
+
+def test_kernels_section_and_the_flops_of_custom_calls(num_devices):
+  """Each convolution implementation timed; a step whose convolutions are
+  oneDNN's custom calls is counted the FLOPs of the same step with XLA's."""
+  if kernels.check_conv_impl('onednn') is not None:
+    pytest.skip(kernels.check_conv_impl('onednn'))
+  results = bench.run(bench.Settings(sections=('kernels', 'flops'),
+                                     conv_impl='onednn', **TINY))
+  json.dumps(results)
+  section = results['kernels']
+  assert section['impls'] == ['xla', 'onednn']
+  assert section['auto'] == 'onednn'
+  by = section['models']['quick']
+  assert by['xla']['speedup_over_xla'] == 1.0
+  assert by['onednn']['speedup_over_xla'] == pytest.approx(
+      by['xla']['step_s'] / by['onednn']['step_s'])
+  assert 'kernels quick' in bench.summary(results)
+  assert results['step']['quick']['network']['model']['conv_impl'] == (
+      'onednn')
+  # With the same compiler options (XLA's defaults, which 'auto' gives
+  # oneDNN's steps): YNNPACK's fusions count a few elementwise FLOPs apart.
+  xla = bench.run(bench.Settings(sections=('flops',), conv_impl='xla',
+                                 xla_options='none', **TINY))
+  assert results['flops']['models']['quick']['flops_per_device'] == (
+      pytest.approx(xla['flops']['models']['quick']['flops_per_device'],
+                    rel=1e-6))
 
 
 def test_unmasked_step_matches_masked_step_under_a_full_mask():
