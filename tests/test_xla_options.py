@@ -2,8 +2,10 @@
 
 The same step compiled with XLA's defaults and with the CPU's measured
 options (`xla_options.AUTO`) computes the same thing to float rounding, and
-a short pruning run picks the same masks, but for weights tied with the
-pruning threshold to within the runs' rounding.
+a short pruning run with the platform's choices ('auto' options and
+convolutions) picks the same masks as one with XLA's defaults and
+convolutions, but for weights tied with the pruning threshold to within the
+runs' rounding.
 """
 
 import json
@@ -135,15 +137,18 @@ def _mask_differences(dir_a, dir_b, rounds) -> tuple[int, float]:
 
 def test_short_run_masks_differ_only_near_the_threshold(
     labels_run, labels_run_xla_defaults):
-  """A short run's masks with XLA's defaults and with the CPU options.
+  """A short run's masks with XLA's defaults and convolutions, and with
+  the platform's choices (on the CPU oneDNN's convolutions, which take
+  XLA's default options; with XLA's convolutions, YNNPACK's fusions).
 
-  One step agrees to rounding (above), but training amplifies rounding:
-  in this small network a difference of 1e-5 in one update is 4e-3 two
-  steps later, and after a 32-step round a few weights have moved by a
-  tenth of the threshold between the runs. So the masks may differ, but
-  only for a few weights, below twice the threshold (this run: 324 of
-  137,678 over two rounds, the farthest 57% of the threshold from it; the
-  same run from initial weights 1 ulp apart: 330, 22%).
+  One step agrees to rounding (above; tests/test_onednn_conv.py), but
+  training amplifies rounding: in this small network a difference of 1e-5
+  in one update is 4e-3 two steps later, and after a 32-step round a few
+  weights have moved by a tenth of the threshold between the runs. So the
+  masks may differ, but only for a few weights, below twice the threshold
+  (oneDNN against XLA: 344 of 137,678 over two rounds, the farthest 12% of
+  the threshold from it; YNNPACK's fusions against XLA's defaults: 324,
+  57%; the same run from initial weights 1 ulp apart: 330, 22%).
   """
   config, auto_dir, _ = labels_run
   assert config.train.xla_options == 'auto'
