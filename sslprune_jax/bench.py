@@ -951,36 +951,18 @@ def section_options(cache: _Cache) -> dict:
   settings, mesh = cache.settings, cache.mesh
   platform = mesh.devices.flat[0].platform
   presets = xla_options_lib.presets_for(platform)
+  conv_impl = kernels.resolve_conv_impl(settings.conv_impl)
   out = {'platform': platform, 'presets': list(presets),
-         'conv_impl': kernels.resolve_conv_impl(settings.conv_impl),
-         'auto': xla_options_lib.preset_for(
-             'auto', platform, kernels.resolve_conv_impl(settings.conv_impl)),
+         'conv_impl': conv_impl,
+         'auto': xla_options_lib.preset_for('auto', platform, conv_impl),
          'models': {}}
   task = tasks.get_task('labels')
   for name in settings.models:
-    spec = get_spec(name, settings)
-    model = _model(spec)
-    variables, mask = _pruned_variables(spec, model, 0,
-                                        settings.fraction_pruned)
-    batch = parallel.shard_batch(random_batch(spec), mesh)
-    state = train.create_train_state(model, variables, mask,
-                                     _optimizer(spec), jax.random.PRNGKey(1))
-    steppers = {
-        preset: _Stepper(train.make_train_step(task, mesh,
-                                               xla_options=preset,
-                                               conv_impl=model.conv_impl),
-                         parallel.replicate(state, mesh), batch)
-        for preset in presets}
-    blocks = _timed(steppers, settings)
-    rows = {preset: _step_stats(blocks[preset], spec.batch_size,
-                                s.compile_s)
-            for preset, s in steppers.items()}
-    for row in rows.values():
-      row['speedup_over_none'] = (rows['none']['step_s'] / row['step_s'])
-    out['models'][name] = {'network': spec.describe(),
-                           'steps_per_block': blocks['steps_per_block'],
-                           **rows}
-    del steppers
+    out['models'][name] = _time_variants(cache, name, 'none', {
+        preset: lambda model, state, preset=preset: (
+            train.make_train_step(task, mesh, xla_options=preset,
+                                  conv_impl=model.conv_impl), state)
+        for preset in presets})
   batch = get_spec('resnet18', settings).batch_size // jax.device_count()
   out['conv_forms_fraction_of_peak'] = conv_forms(
       batch, ((32, 16), (32, 64), (16, 128)),
@@ -1006,31 +988,53 @@ def section_kernels(cache: _Cache) -> dict:
          'models': {}}
   task = tasks.get_task('labels')
   for name in settings.models:
-    spec = get_spec(name, settings)
-    model = _model(spec)
-    variables, mask = _pruned_variables(spec, model, 0,
-                                        settings.fraction_pruned)
-    batch = parallel.shard_batch(random_batch(spec), mesh)
-    state = train.create_train_state(model, variables, mask,
-                                     _optimizer(spec), jax.random.PRNGKey(1))
-    steppers = {
-        impl: _Stepper(
+    out['models'][name] = _time_variants(cache, name, 'xla', {
+        impl: lambda model, state, impl=impl: (
             train.make_train_step(task, mesh,
                                   xla_options=settings.xla_options,
                                   conv_impl=impl),
-            parallel.replicate(state.replace(
-                apply_fn=model.clone(conv_impl=impl).apply), mesh), batch)
-        for impl in impls}
-    blocks = _timed(steppers, settings)
-    rows = {impl: _step_stats(blocks[impl], spec.batch_size, s.compile_s)
-            for impl, s in steppers.items()}
-    for row in rows.values():
-      row['speedup_over_xla'] = rows['xla']['step_s'] / row['step_s']
-    out['models'][name] = {'network': spec.describe(),
-                           'steps_per_block': blocks['steps_per_block'],
-                           **rows}
-    del steppers
+            state.replace(apply_fn=model.clone(conv_impl=impl).apply))
+        for impl in impls})
   return out
+
+
+def _time_variants(cache: _Cache, name: str, baseline: str,
+                   variants: dict[str, Callable]) -> dict:
+  """The masked step of network `name` built several ways, timed in
+  alternating blocks (so that the machine's load falls on each alike).
+
+  Args:
+    cache: the run's shared settings and mesh.
+    name: the network.
+    baseline: the variant the others' speedups are over.
+    variants: per name, (model, state) -> (step, state): how that variant
+      builds its step and state from the network's model and a fresh state
+      (the same mask and batch for all).
+
+  Returns:
+    {'network', 'steps_per_block', variant: {step_s, images_per_s, ...,
+     'speedup_over_<baseline>'}}.
+  """
+  settings, mesh = cache.settings, cache.mesh
+  spec = get_spec(name, settings)
+  model = _model(spec)
+  variables, mask = _pruned_variables(spec, model, 0,
+                                      settings.fraction_pruned)
+  batch = parallel.shard_batch(random_batch(spec), mesh)
+  state = train.create_train_state(model, variables, mask, _optimizer(spec),
+                                   jax.random.PRNGKey(1))
+  steppers = {}
+  for variant, build in variants.items():
+    step, start = build(model, state)
+    steppers[variant] = _Stepper(step, parallel.replicate(start, mesh), batch)
+  blocks = _timed(steppers, settings)
+  rows = {variant: _step_stats(blocks[variant], spec.batch_size, s.compile_s)
+          for variant, s in steppers.items()}
+  for row in rows.values():
+    row[f'speedup_over_{baseline}'] = (rows[baseline]['step_s']
+                                       / row['step_s'])
+  return {'network': spec.describe(),
+          'steps_per_block': blocks['steps_per_block'], **rows}
 
 
 def _jit_with(xla_options: str, conv_impl: str = 'xla') -> Callable:
