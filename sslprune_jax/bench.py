@@ -1277,6 +1277,15 @@ def _jsonable(tree):
   return tree
 
 
+def _variants_line(section: str, name: str, by: dict, variants, baseline: str,
+                   auto: str) -> str:
+  """One network's row of a `_time_variants` section."""
+  return f'  {section} {name}: ' + ', '.join(
+      f"{v} {by[v]['images_per_s']:.1f} img/s "
+      f"({by[v][f'speedup_over_{baseline}']:.2f} x)"
+      for v in variants) + f' (auto: {auto})'
+
+
 def summary(results: dict) -> str:
   """A readable table of the headline numbers."""
   lines = [f"{results['environment']['device_kind']} x "
@@ -1336,10 +1345,8 @@ def summary(results: dict) -> str:
   options = results.get('options')
   if options:
     for name, by in options['models'].items():
-      lines.append(f'  options {name}: ' + ', '.join(
-          f"{p} {by[p]['images_per_s']:.1f} img/s "
-          f"({by[p]['speedup_over_none']:.2f} x)"
-          for p in options['presets']) + f" (auto: {options['auto']})")
+      lines.append(_variants_line('options', name, by, options['presets'],
+                                  'none', options['auto']))
     for shape, row in options['conv_forms_fraction_of_peak'].items():
       lines.append(f'    conv {shape:<10} fwd+bwd of peak: ' + ', '.join(
           f'{form} {v:.2f}' for form, v in row.items()))
@@ -1354,10 +1361,8 @@ def summary(results: dict) -> str:
   kernel_rows = results.get('kernels')
   if kernel_rows:
     for name, by in kernel_rows['models'].items():
-      lines.append(f'  kernels {name}: ' + ', '.join(
-          f"{i} {by[i]['images_per_s']:.1f} img/s "
-          f"({by[i]['speedup_over_xla']:.2f} x)"
-          for i in kernel_rows['impls']) + f" (auto: {kernel_rows['auto']})")
+      lines.append(_variants_line('kernels', name, by, kernel_rows['impls'],
+                                  'xla', kernel_rows['auto']))
   lines.append('  targets:')
   for name, t in results['targets'].items():
     value = 'n/a' if t['value'] is None else f"{t['value']:.4g}"

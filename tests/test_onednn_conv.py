@@ -32,6 +32,8 @@ from sslprune_jax.kernels import onednn_conv
 
 from test_imp import tiny_config
 from test_xla_options import _state_and_batches
+from test_xla_options import assert_same_updates
+from test_xla_options import one_step_each
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
@@ -143,28 +145,15 @@ def test_step_with_onednn_matches_xla(onednn, num_devices):
   task = tasks.get_task('labels')
   state, batches = _state_and_batches()
   model = state.apply_fn.__self__
-  before = jax.tree.map(np.asarray, (state.params, state.batch_stats))
+  sharded = [parallel.shard_batch(b, mesh) for b in batches]
   results = {}
   for impl in ('xla', 'onednn'):
     step = train.make_train_step(task, mesh, conv_impl=impl)
     start = state.replace(apply_fn=model.clone(conv_impl=impl).apply)
-    sharded = [parallel.shard_batch(b, mesh) for b in batches]
     hlo = step.lower(parallel.replicate(start, mesh), sharded[0]).as_text()
     assert ('sslprune_onednn_conv' in hlo) == (impl == 'onednn')
-    results[impl] = []
-    for b in sharded:
-      # The step donates its state: a fresh copy each time.
-      after, metrics = step(parallel.replicate(start, mesh), b)
-      results[impl].append((
-          jax.tree.map(np.asarray, (after.params, after.batch_stats)),
-          {k: float(v) for k, v in metrics.compute().items()}))
-  for (want, want_metrics), (got, got_metrics) in zip(results['xla'],
-                                                      results['onednn']):
-    for a, b, start in zip(jax.tree.leaves(want), jax.tree.leaves(got),
-                           jax.tree.leaves(before)):
-      assert np.linalg.norm(b - a) <= 1e-4 * np.linalg.norm(a - start) + 1e-7
-    for k, v in want_metrics.items():
-      np.testing.assert_allclose(got_metrics[k], v, rtol=1e-5)
+    results[impl] = one_step_each(step, start, sharded, mesh)
+  assert_same_updates(results['xla'], results['onednn'], state)
 
 
 def test_auto_picks_onednn_on_the_cpu_only(onednn):

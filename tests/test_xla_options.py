@@ -68,6 +68,28 @@ def _state_and_batches(num_batches=3):
   return state, batches
 
 
+def one_step_each(step, state, sharded_batches, mesh) -> list:
+  """(params and batch stats, metrics) of one step from `state` on each
+  batch (the step donates its state: a fresh copy each time)."""
+  out = []
+  for b in sharded_batches:
+    after, metrics = step(parallel.replicate(state, mesh), b)
+    out.append((jax.tree.map(np.asarray, (after.params, after.batch_stats)),
+                {k: float(v) for k, v in metrics.compute().items()}))
+  return out
+
+
+def assert_same_updates(want_steps, got_steps, state) -> None:
+  """Each leaf's change agrees to 1e-4 of its size, the metrics to 1e-5."""
+  before = jax.tree.map(np.asarray, (state.params, state.batch_stats))
+  for (want, want_metrics), (got, got_metrics) in zip(want_steps, got_steps):
+    for a, b, start in zip(jax.tree.leaves(want), jax.tree.leaves(got),
+                           jax.tree.leaves(before)):
+      assert np.linalg.norm(b - a) <= 1e-4 * np.linalg.norm(a - start) + 1e-7
+    for k, v in want_metrics.items():
+      np.testing.assert_allclose(got_metrics[k], v, rtol=1e-5)
+
+
 def test_step_with_cpu_options_matches_xla_defaults(num_devices):
   """One step from the same state on each of a few batches: the updates
   agree to float rounding. (Chained steps drift apart as any two orders of
@@ -76,29 +98,16 @@ def test_step_with_cpu_options_matches_xla_defaults(num_devices):
   mesh = parallel.create_mesh()
   task = tasks.get_task('labels')
   state, batches = _state_and_batches()
-  before = jax.tree.map(np.asarray, (state.params, state.batch_stats))
+  sharded = [parallel.shard_batch(b, mesh) for b in batches]
   results, programs = {}, {}
   for choice in ('none', 'cpu_ynn'):
     step = train.make_train_step(task, mesh, xla_options=choice)
-    sharded = [parallel.shard_batch(b, mesh) for b in batches]
     programs[choice] = step.lower(parallel.replicate(state, mesh),
                                   sharded[0]).compile().as_text()
-    results[choice] = []
-    for b in sharded:
-      after, metrics = step(parallel.replicate(state, mesh), b)
-      results[choice].append((
-          jax.tree.map(np.asarray, (after.params, after.batch_stats)),
-          {k: float(v) for k, v in metrics.compute().items()}))
+    results[choice] = one_step_each(step, state, sharded, mesh)
   # The options reached the compiler: the programs differ.
   assert programs['none'] != programs['cpu_ynn']
-  for (want, want_metrics), (got, got_metrics) in zip(results['none'],
-                                                      results['cpu_ynn']):
-    for a, b, start in zip(jax.tree.leaves(want), jax.tree.leaves(got),
-                           jax.tree.leaves(before)):
-      # Each leaf's change agrees to 1e-4 of its size.
-      assert np.linalg.norm(b - a) <= 1e-4 * np.linalg.norm(a - start) + 1e-7
-    for k, v in want_metrics.items():
-      np.testing.assert_allclose(got_metrics[k], v, rtol=1e-5)
+  assert_same_updates(results['none'], results['cpu_ynn'], state)
 
 
 def _round(workdir, r):
