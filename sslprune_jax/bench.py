@@ -86,6 +86,7 @@ import tensorflow as tf
 from sslprune_jax import checkpoint
 from sslprune_jax import config_lib
 from sslprune_jax import data
+from sslprune_jax import host_memory
 from sslprune_jax import imp
 from sslprune_jax import kernels
 from sslprune_jax import models
@@ -1160,6 +1161,7 @@ def environment() -> dict:
       'flax_version': flax.__version__,
       'python': platform.python_version(),
       'host_cpus': os.cpu_count(),
+      'host_malloc': host_memory.applied(),
   }
 
 
