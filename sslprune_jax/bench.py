@@ -48,6 +48,10 @@ Sections (`--sections`, by name or number):
               implementation this platform can run (`model.conv_impl`:
               XLA's, oneDNN's), timed in alternating blocks: images/s and
               the speedup over XLA's; which one 'auto' picks.
+  11 pytorch  the masked step of every BasicBlock CIFAR network against
+              PyTorch's step of the same network (`bench_torch`: channels-
+              last, oneDNN, pruned weights zeroed after every update), in
+              alternating blocks; skipped where PyTorch is not installed.
 
 The JSON's keys: 'environment' (backend, device kind and count, versions),
 'settings', one key per section run ('step' holds sections 1-2, per
@@ -83,6 +87,7 @@ import ml_collections
 import numpy as np
 import tensorflow as tf
 
+from sslprune_jax import bench_torch
 from sslprune_jax import checkpoint
 from sslprune_jax import config_lib
 from sslprune_jax import data
@@ -97,12 +102,13 @@ from sslprune_jax import train
 from sslprune_jax import xla_options as xla_options_lib
 from sslprune_jax.data import augment as augment_lib
 from sslprune_jax.kernels import onednn_conv
+from sslprune_jax.models.resnet import BASE_WIDTHS
 from sslprune_jax.models.resnet import scale_width
 
 PyTree = Any
 
 SECTIONS = ('step', 'unmasked', 'flops', 'prune', 'round', 'pipeline',
-            'seeds', 'options', 'startup', 'kernels')
+            'seeds', 'options', 'startup', 'kernels', 'pytorch')
 # The networks: CIFAR ResNet-18 at full and small width, ResNet-50, and
 # the network of configs/labels.py:quick (which sections 5-7 use).
 NETWORKS = ('resnet18', 'resnet18_small', 'resnet50', 'quick')
@@ -120,6 +126,7 @@ TARGETS = {
     'prune_seconds': ('<=', 1.0),
     'round_overhead_fraction': ('<=', 0.02),
     'pipeline_over_step': ('>=', 2.0),
+    'jax_over_pytorch': ('>=', 1.0),
 }
 
 
@@ -460,22 +467,16 @@ def measure_step(spec: Spec, settings: Settings, mesh,
     'peak_flops_per_s_per_device', the best matmul rate measured between
     the step's timed blocks.
   """
-  model = _model(spec)
-  tx = _optimizer(spec)
-  task = tasks.get_task('labels')
-  variables, mask = _pruned_variables(spec, model, 0, settings.fraction_pruned)
-  rng = jax.random.PRNGKey(1)
-  batch = parallel.shard_batch(random_batch(spec), mesh)
-  steppers = {'masked': _Stepper(
-      train.make_train_step(task, mesh, xla_options=settings.xla_options,
-                            conv_impl=model.conv_impl),
-      parallel.replicate(train.create_train_state(model, variables, mask, tx,
-                                                  rng), mesh), batch)}
+  masked, model, variables, mask = _masked_stepper(spec, settings, mesh)
+  batch = masked.batch
+  steppers = {'masked': masked}
   if unmasked:
     steppers['unmasked'] = _Stepper(
-        train.make_train_step(task, mesh, xla_options=settings.xla_options,
-                            conv_impl=model.conv_impl),
-        parallel.replicate(create_unmasked_state(model, variables, tx, rng),
+        train.make_train_step(tasks.get_task('labels'), mesh,
+                              xla_options=settings.xla_options,
+                              conv_impl=model.conv_impl),
+        parallel.replicate(create_unmasked_state(
+            model, variables, _optimizer(spec), jax.random.PRNGKey(1)),
                            mesh), batch)
   blocks = _timed(steppers, settings, peak)
   kept, total = pruning.count(mask, pruning.prunable_tree(variables['params']))
@@ -498,6 +499,25 @@ def measure_step(spec: Spec, settings: Settings, mesh,
                                    / out['masked']['step_s'])
   del steppers
   return out
+
+
+def _masked_stepper(spec: Spec, settings: Settings, mesh):
+  """The masked train step of `spec` as training builds it, on one random
+  batch, with `settings.fraction_pruned` of its weights pruned.
+
+  Returns:
+    (stepper, model, variables, mask).
+  """
+  model = _model(spec)
+  variables, mask = _pruned_variables(spec, model, 0, settings.fraction_pruned)
+  step = train.make_train_step(tasks.get_task('labels'), mesh,
+                               xla_options=settings.xla_options,
+                               conv_impl=model.conv_impl)
+  state = train.create_train_state(model, variables, mask, _optimizer(spec),
+                                   jax.random.PRNGKey(1))
+  batch = parallel.shard_batch(random_batch(spec), mesh)
+  return (_Stepper(step, parallel.replicate(state, mesh), batch), model,
+          variables, mask)
 
 
 class _MatmulPeak:
@@ -999,6 +1019,53 @@ def section_kernels(cache: _Cache) -> dict:
   return out
 
 
+def section_pytorch(cache: _Cache) -> dict:
+  """Section 11: the masked step against PyTorch's (`bench_torch`).
+
+  Per BasicBlock CIFAR network among the models (the others are skipped),
+  the project's masked step as training builds it and PyTorch's, timed in
+  alternating blocks. PyTorch runs twice: as installed ('pytorch_system',
+  glibc's malloc defaults) and with the project's malloc policy
+  ('pytorch_retain', `host_memory`), which speeds it up too.
+  'jax_over_pytorch' is the project's images/s over the faster of the two.
+  Without PyTorch installed the section says so.
+  """
+  why = bench_torch.available()
+  if why:
+    return {'skipped': why}
+  settings = cache.settings
+  out: dict[str, Any] = {'models': {}}
+  for name in settings.models:
+    spec = get_spec(name, settings)
+    model = _model(spec)
+    if not (isinstance(model, models.ResNet) and model.cifar_stem and
+            model.block_cls is models.BasicBlock):
+      out['models'][name] = {'skipped': 'not a BasicBlock CIFAR ResNet'}
+      continue
+    masked = _masked_stepper(spec, settings, cache.mesh)[0]
+    torch_steps = {
+        f'pytorch_{policy}': bench_torch.Remote(
+            model.stage_sizes,
+            [scale_width(w, model.width) for w in BASE_WIDTHS],
+            spec.image_shape, spec.num_classes, spec.batch_size,
+            spec.config.train, settings.fraction_pruned, host_malloc=policy)
+        for policy in host_memory.POLICIES}
+    out['torch_version'] = torch_steps['pytorch_system'].version()
+    blocks = _timed({'jax': masked, **torch_steps}, settings)
+    row = {'network': spec.describe(),
+           'steps_per_block': blocks['steps_per_block'],
+           'jax': _step_stats(blocks['jax'], spec.batch_size, masked.compile_s)}
+    for variant, torch_step in torch_steps.items():
+      row[variant] = _step_stats(blocks[variant], spec.batch_size,
+                                 torch_step.compile_s)
+      torch_step.close()
+    row['jax_over_pytorch'] = min(row[v]['step_s'] for v in torch_steps) / (
+        row['jax']['step_s'])
+    out['models'][name] = row
+    del masked
+  return out
+
+
 def _time_variants(cache: _Cache, name: str, baseline: str,
                    variants: dict[str, Callable]) -> dict:
   """The masked step of network `name` built several ways, timed in
@@ -1194,6 +1261,10 @@ def targets_of(results: dict) -> dict:
   if 'overhead_fraction' in results.get('round', {}):
     out['round_overhead_fraction'] = _target(
         results['round']['overhead_fraction'], 'round_overhead_fraction')
+  for name, row in results.get('pytorch', {}).get('models', {}).items():
+    if 'jax_over_pytorch' in row:
+      out[f'jax_over_pytorch_{name}'] = _target(row['jax_over_pytorch'],
+                                                'jax_over_pytorch')
   for name, result in results.get('pipeline', {}).items():
     if isinstance(result, dict) and 'pipeline_over_step' in result:
       out[f'pipeline_over_step_{name}'] = _target(
@@ -1251,6 +1322,8 @@ def run(settings: Settings) -> dict:
     results['startup'] = _unless_no_data(section_startup, cache)
   if 'kernels' in sections:
     results['kernels'] = section_kernels(cache)
+  if 'pytorch' in sections:
+    results['pytorch'] = section_pytorch(cache)
   if 'quick' in cache.steps and 'quick' not in results.get('step', {}):
     results.setdefault('step', {})['quick'] = cache.steps['quick']
   results['targets'] = targets_of(results)
@@ -1365,6 +1438,17 @@ def summary(results: dict) -> str:
     for name, by in kernel_rows['models'].items():
       lines.append(_variants_line('kernels', name, by, kernel_rows['impls'],
                                   'xla', kernel_rows['auto']))
+  torch_rows = results.get('pytorch')
+  if torch_rows and 'skipped' in torch_rows:
+    lines.append(f"  pytorch: skipped ({torch_rows['skipped']})")
+  for name, row in (torch_rows or {}).get('models', {}).items():
+    if 'skipped' in row:
+      continue
+    lines.append(f"  pytorch {name}: jax {row['jax']['images_per_s']:.1f} "
+                 f"img/s; pytorch {torch_rows['torch_version']} "
+                 f"{row['pytorch_system']['images_per_s']:.1f} img/s, with "
+                 f"malloc 'retain' {row['pytorch_retain']['images_per_s']:.1f}"
+                 f" img/s; jax / fastest {row['jax_over_pytorch']:.2f}")
   lines.append('  targets:')
   for name, t in results['targets'].items():
     value = 'n/a' if t['value'] is None else f"{t['value']:.4g}"

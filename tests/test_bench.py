@@ -196,3 +196,70 @@ def test_conv_profile_counts_every_stage():
     assert _positive(row[f'{name}_flops_per_s'])
     assert row[f'{name}_fraction_of_peak'] == pytest.approx(
         row[f'{name}_flops_per_s'] / 1e9)
+
+
+class _FakeTorchStep:
+  """Stands in for PyTorch's step where PyTorch is not installed: each
+  step takes 1 ms with glibc's malloc defaults, 0.5 ms with 'retain'."""
+
+  def __init__(self, *args, host_malloc, **kwargs):
+    del args, kwargs
+    self.seconds = 1e-3 if host_malloc == 'system' else 5e-4
+    self.compile_s = 0.1
+
+  def run(self, n):
+    return n * self.seconds
+
+  def version(self):
+    return 'fake'
+
+  def close(self):
+    pass
+
+
+def test_pytorch_section_compares_with_the_faster_pytorch(monkeypatch):
+  from sslprune_jax import bench_torch
+  monkeypatch.setattr(bench_torch, 'available', lambda: None)
+  monkeypatch.setattr(bench_torch, 'Remote', _FakeTorchStep)
+  results = bench.run(bench.Settings(sections=('pytorch',), **TINY))
+  json.dumps(results)
+  row = results['pytorch']['models']['quick']
+  assert row['pytorch_system']['step_s'] == pytest.approx(1e-3)
+  assert row['pytorch_retain']['step_s'] == pytest.approx(5e-4)
+  assert row['jax_over_pytorch'] == pytest.approx(5e-4 / row['jax']['step_s'])
+  target = results['targets']['jax_over_pytorch_quick']
+  assert target['value'] == row['jax_over_pytorch']
+  assert target['met'] == (row['jax_over_pytorch'] >= 1.0)
+  assert 'pytorch quick: jax' in bench.summary(results)
+
+
+def test_pytorch_section_without_pytorch(monkeypatch):
+  from sslprune_jax import bench_torch
+  monkeypatch.setattr(bench_torch, 'available', lambda: 'no torch here')
+  results = bench.run(bench.Settings(sections=('pytorch',), **TINY))
+  assert results['pytorch'] == {'skipped': 'no torch here'}
+  assert not any(k.startswith('jax_over_pytorch') for k in results['targets'])
+  assert 'pytorch: skipped (no torch here)' in bench.summary(results)
+
+
+def test_pytorch_network_is_the_projects(num_devices):
+  """The yardstick trains the same network: as many parameters as the
+  project's, and the real step runs through the pipe."""
+  from sslprune_jax import bench_torch
+  if bench_torch.available():
+    pytest.skip(bench_torch.available())
+  spec = bench.get_spec('quick', bench.Settings(**TINY))
+  model = bench._model(spec)
+  variables = bench._pruned_variables(spec, model, 0, 0.0)[0]
+  args = (model.stage_sizes,
+          [bench.scale_width(w, model.width) for w in bench.BASE_WIDTHS],
+          spec.image_shape, spec.num_classes, spec.batch_size,
+          spec.config.train, 0.8)
+  local = bench_torch.Stepper(*args)
+  assert sum(p.numel() for p in local.model.parameters()) == sum(
+      np.size(x) for x in jax.tree.leaves(variables['params']))
+  remote = bench_torch.Remote(*args)
+  try:
+    assert remote.run(2) > 0
+  finally:
+    remote.close()
