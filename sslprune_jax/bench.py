@@ -162,6 +162,8 @@ class Settings:
     xla_options: compiler options of the timed steps and convolutions
       (`xla_options.CHOICES`).
     conv_impl: the networks' convolutions (`kernels.CONV_IMPLS`).
+    dtype: the networks' computation dtype (`model.dtype`: 'float32',
+      'bfloat16'); parameters stay float32.
   """
   models: tuple[str, ...] = MODELS
   sections: tuple[str, ...] = SECTIONS
@@ -185,6 +187,7 @@ class Settings:
   eval_repeats: int = 3
   xla_options: str = 'auto'
   conv_impl: str = 'auto'
+  dtype: str = 'float32'
 
 
 # ---------------------------------------------------------------------------
@@ -249,9 +252,11 @@ def get_spec(name: str, settings: Settings) -> Spec:
   else:
     raise ValueError(f'Unknown model {name!r}; valid: {NETWORKS}.')
   parallel.check_batch_size(spec.batch_size, parallel.create_mesh())
+  model = {**spec.model, 'dtype': settings.dtype}
   return dataclasses.replace(spec, model={
-      **spec.model,
-      'conv_impl': kernels.resolve_conv_impl(settings.conv_impl)})
+      **model, 'conv_impl': models.conv_impl_of({**model,
+                                                 'conv_impl':
+                                                 settings.conv_impl})})
 
 
 def _model(spec: Spec):
@@ -1514,6 +1519,8 @@ def _define_flags() -> None:
                     'Compiler options of the timed steps and convolutions.')
   flags.DEFINE_enum('conv_impl', defaults.conv_impl, list(kernels.CONV_IMPLS),
                     "The networks' convolutions (model.conv_impl).")
+  flags.DEFINE_enum('dtype', defaults.dtype, sorted(models.DTYPES),
+                    "The networks' computation dtype.")
   flags.DEFINE_string('json_out', None, 'Also write the JSON here.')
 
 
@@ -1534,7 +1541,7 @@ def settings_from_flags(values) -> Settings:
       pipeline_warmup=values.pipeline_warmup,
       seeds=tuple(int(k) for k in values.seeds), data_dir=values.data_dir,
       eval_repeats=values.eval_repeats, xla_options=values.xla_options,
-      conv_impl=values.conv_impl)
+      conv_impl=values.conv_impl, dtype=values.dtype)
 
 
 def main(argv) -> None:

@@ -263,3 +263,11 @@ def test_pytorch_network_is_the_projects(num_devices):
     assert remote.run(2) > 0
   finally:
     remote.close()
+
+
+def test_dtype_setting_reaches_the_networks():
+  spec = bench.get_spec('quick', bench.Settings(dtype='bfloat16', **TINY))
+  assert spec.model['dtype'] == 'bfloat16'
+  # oneDNN's kernel is float32 only: 'auto' gives XLA's convolutions.
+  assert spec.model['conv_impl'] == 'xla'
+  assert bench._model(spec).dtype == jax.numpy.bfloat16
