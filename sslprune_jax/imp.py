@@ -71,9 +71,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   problems = []
   if not 0.0 < p.fraction < 1.0:
     problems.append(f'pruning.fraction must be in (0, 1), got {p.fraction}.')
-  if not isinstance(p.num_rounds, int) or p.num_rounds < 1:
+  # 0 trains the dense network (round 0) and prunes nothing.
+  if not isinstance(p.num_rounds, int) or p.num_rounds < 0:
     problems.append(
-        f'pruning.num_rounds must be a positive int, got {p.num_rounds!r}.')
+        'pruning.num_rounds must be an int >= 0 (0: the dense network '
+        f'only), got {p.num_rounds!r}.')
   if not 0.0 <= p.target_fraction_left < 1.0:
     problems.append('pruning.target_fraction_left must be in [0, 1) '
                     f'(0 = no target), got {p.target_fraction_left}.')
@@ -189,7 +191,8 @@ def round_schedule(config, num_train_examples: int) -> tuple[int, int]:
         f'{num_train_examples} training examples.')
   num_steps = max(1, int(round(config.train.num_epochs * steps_per_epoch)))
   rewind_step = rewind_step_of(config, config.pruning.rewind_samples)
-  if config.pruning.reset != 'reinit' and rewind_step >= num_steps:
+  if (config.pruning.reset != 'reinit' and config.pruning.num_rounds > 0
+      and rewind_step >= num_steps):
     raise ValueError(
         f'pruning.rewind_samples={config.pruning.rewind_samples} is step '
         f'{rewind_step} ({images_per_step(config)} images a step), not '

@@ -309,8 +309,8 @@ def test_layerwise_pruning_targets_the_first_layers(data_dir):
 @pytest.mark.parametrize('key,value,message', [
     ('pruning.fraction', 1.5, r'fraction must be in \(0, 1\)'),
     ('pruning.fraction', 0.0, r'fraction must be in \(0, 1\)'),
-    ('pruning.num_rounds', 0, 'num_rounds must be a positive int'),
-    ('pruning.num_rounds', -2, 'num_rounds must be a positive int'),
+    ('pruning.num_rounds', -1, r'num_rounds must be an int >= 0'),
+    ('pruning.num_rounds', -30, r'num_rounds must be an int >= 0'),
     ('model.name', 'resnet_tiny', 'Unknown model.name'),
     ('data.name', 'mnist', 'Unknown data.name'),
     ('train.schedule', 'exponential', 'Unknown train.schedule'),
