@@ -252,11 +252,10 @@ def get_spec(name: str, settings: Settings) -> Spec:
   else:
     raise ValueError(f'Unknown model {name!r}; valid: {NETWORKS}.')
   parallel.check_batch_size(spec.batch_size, parallel.create_mesh())
-  model = {**spec.model, 'dtype': settings.dtype}
-  return dataclasses.replace(spec, model={
-      **model, 'conv_impl': models.conv_impl_of({**model,
-                                                 'conv_impl':
-                                                 settings.conv_impl})})
+  model = {**spec.model, 'dtype': settings.dtype,
+           'conv_impl': settings.conv_impl}
+  model['conv_impl'] = models.conv_impl_of(model)
+  return dataclasses.replace(spec, model=model)
 
 
 def _model(spec: Spec):

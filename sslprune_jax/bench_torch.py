@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import time
+import types
 
 from sslprune_jax import host_memory
 
@@ -121,19 +122,11 @@ class Stepper:
     return self.torch.__version__
 
 
-class _Args:
-  """`Stepper`'s arguments, as sent over the pipe."""
-
-  def __init__(self, momentum, nesterov, weight_decay):
-    self.momentum, self.nesterov = momentum, nesterov
-    self.weight_decay = weight_decay
-
-
 def main() -> None:
   """Serves one `Stepper`: reads its arguments as a JSON line, then one
   number of steps per line, answering each with the seconds they took."""
   args = json.loads(sys.stdin.readline())
-  args['train_config'] = _Args(**args['train_config'])
+  args['train_config'] = types.SimpleNamespace(**args['train_config'])
   stepper = Stepper(**args)
   print(json.dumps({'compile_s': stepper.compile_s,
                     'version': stepper.version()}), flush=True)

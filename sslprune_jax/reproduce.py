@@ -8,10 +8,11 @@ network's test metric has plateaued. This trains the dense network of each
 objective (round 0 only: `pruning.num_rounds=0`) for each number
 of epochs in `--epochs`, from the same `:quick` config family, on the
 same `--train_images` Fashion-MNIST training images and 5,000 test
-images, and reports the round's test metric (class accuracy for labels,
-rotation accuracy for RotNet) and its gain per doubling of the epochs. The
-regime is the fewest epochs after which doubling them adds under 0.3
-points for every objective. Runs resume; the table and plot go to
+images, and reports the round's test metric (each task's own: class
+accuracy for labels, rotation accuracy for RotNet, exemplar retrieval for
+Exemplar, kNN class accuracy for NPID) and its gain per doubling of the
+epochs. The regime is the fewest epochs after which doubling them adds
+under 0.3 points for every objective. Runs resume; the table goes to
 `<workdir>/regime/` (`regime.csv`, `regime.md`).
 """
 
