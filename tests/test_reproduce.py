@@ -1,16 +1,22 @@
-"""The reproduction's regime: dense learning curves and the plateau rule.
+"""The reproduction: its regime's learning curves and plateau rule, the
+verdict logic, and each figure's command end to end.
 
-The rule on hand-made curves, and the command end to end on a shrunk
-setting (a few hundred real Fashion-MNIST images, two short epoch counts,
-labels only).
+Rules on hand-made curves and tables; commands on a shrunk setting (a few
+hundred real Fashion-MNIST images, one epoch, two rounds).
 """
 
 import csv
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from sslprune_jax import report
-from sslprune_jax import reproduce
+from sslprune_jax.reproduce import fig3
+from sslprune_jax.reproduce import regime as reproduce
+from sslprune_jax.reproduce import settings
+from sslprune_jax.reproduce import verdicts
 
 
 def test_plateau_is_the_first_count_whose_doubling_adds_little():
@@ -76,3 +82,156 @@ def test_regime_end_to_end(tmp_path, data_dir, monkeypatch):
   again = reproduce.learning_curves(str(tmp_path), ['labels'], [0.5, 1],
                                     train_images=320)
   assert again == curves
+
+
+# Verdicts on hand-made tables: seed -> fraction left -> accuracy.
+
+
+def _curve(values_by_seed, fractions=(0.5, 0.25, 0.01)):
+  return {s: dict(zip(fractions, values))
+          for s, values in enumerate(values_by_seed)}
+
+
+def test_estimate_is_the_paired_mean_with_a_t_interval():
+  e = verdicts.estimate([0.02, 0.04, 0.03])
+  assert e.mean == pytest.approx(0.03)
+  assert e.sem == pytest.approx(0.01 / np.sqrt(3))
+  # t(0.975, 2 dof) = 4.303.
+  assert e.low == pytest.approx(0.03 - 4.3027 * e.sem, abs=1e-5)
+  assert e.high == pytest.approx(0.03 + 4.3027 * e.sem, abs=1e-5)
+  assert verdicts.estimate([0.5]).n == 1
+  assert verdicts.estimate([]).n == 0
+
+
+def test_differences_pair_seeds_and_average_over_the_levels():
+  a = _curve([(0.9, 0.8, 0.5), (0.9, 0.7, 0.6)])
+  b = _curve([(0.9, 0.8, 0.4), (0.8, 0.7, 0.5)])
+  d = verdicts.differences(a, b, verdicts.pruned)
+  assert d == pytest.approx({0: 0.1 / 3, 1: 0.2 / 3})
+  assert verdicts.differences(a, b, verdicts.severe) == pytest.approx(
+      {0: 0.1, 1: 0.1})
+  # A seed only one curve has is left out.
+  b.pop(1)
+  assert list(verdicts.differences(a, b, verdicts.pruned)) == [0]
+
+
+def test_better_holds_fails_or_is_inconclusive():
+  base = [(0.80, 0.70, 0.50)] * 3
+  curves = {'b': _curve(base),
+            'clearly': _curve([(0.85, 0.75, 0.55), (0.86, 0.76, 0.56),
+                               (0.84, 0.74, 0.54)]),
+            'same': _curve([(0.80, 0.70, 0.501), (0.80, 0.70, 0.499),
+                            (0.80, 0.70, 0.50)]),
+            'noisy': _curve([(0.9, 0.8, 0.6), (0.7, 0.6, 0.4),
+                             (0.85, 0.75, 0.55)])}
+  assert verdicts.better('f', curves, 'clearly', 'b').verdict == 'holds'
+  assert verdicts.better('f', curves, 'same', 'b').verdict == 'does not hold'
+  assert verdicts.better('f', curves, 'noisy', 'b').verdict == 'inconclusive'
+  # B above A: the claim that A is above does not hold.
+  assert verdicts.better('f', curves, 'b', 'clearly').verdict == (
+      'does not hold')
+  one = {k: {0: c[0]} for k, c in curves.items()}
+  assert verdicts.better('f', one, 'clearly', 'b').verdict == 'inconclusive'
+
+
+def test_similar_needs_the_interval_inside_one_point():
+  curves = {'b': _curve([(0.80, 0.70, 0.50)] * 3),
+            'close': _curve([(0.802, 0.70, 0.50), (0.799, 0.70, 0.50),
+                             (0.80, 0.701, 0.50)]),
+            'far': _curve([(0.85, 0.75, 0.55), (0.86, 0.76, 0.56),
+                           (0.84, 0.74, 0.54)]),
+            'noisy': _curve([(0.9, 0.8, 0.6), (0.7, 0.6, 0.4),
+                             (0.85, 0.75, 0.55)])}
+  assert verdicts.similar('f', curves, 'close', 'b').verdict == 'holds'
+  assert verdicts.similar('f', curves, 'far', 'b').verdict == 'does not hold'
+  assert verdicts.similar('f', curves, 'b', 'far').verdict == 'does not hold'
+  assert verdicts.similar('f', curves, 'noisy', 'b').verdict == (
+      'inconclusive')
+
+
+def test_gap_grows_compares_severe_with_moderate_levels():
+  fractions = (0.5, 0.25, 0.02, 0.01)
+  random = {s: dict(zip(fractions, (0.8, 0.7, 0.4, 0.3))) for s in range(3)}
+  grows = {s: dict(zip(fractions, (0.8, 0.71, 0.5 + s / 100, 0.4)))
+           for s in range(3)}
+  flat = {s: dict(zip(fractions, (0.81, 0.71, 0.41, 0.31)))
+          for s in range(3)}
+  curves = {'random': random, 'grows': grows, 'flat': flat}
+  v = verdicts.gap_grows('f', curves, 'grows', 'random')
+  # Severe gap 0.1 + s/200 against moderate 0.005: ~ +10 points.
+  assert v.estimate.mean == pytest.approx(0.1, abs=0.01)
+  assert v.verdict == 'holds'
+  assert verdicts.gap_grows('f', curves, 'flat', 'random').verdict == (
+      'does not hold')
+  # No severe level yet: inconclusive, not an error.
+  early = {k: {s: {f: x for f, x in c.items() if f > 0.1}
+               for s, c in curve.items()} for k, curve in curves.items()}
+  assert verdicts.gap_grows('f', early, 'grows', 'random').verdict == (
+      'inconclusive')
+
+
+def test_verdict_table_reports_points_and_seeds():
+  curves = {'a': _curve([(0.85, 0.75, 0.55), (0.86, 0.76, 0.56)]),
+            'b': _curve([(0.80, 0.70, 0.50)] * 2)}
+  md = verdicts.table([verdicts.better('A beats B', curves, 'a', 'b')])
+  assert '| A beats B | a > b | +5.50 ± 0.50' in md
+  # Two seeds: t(0.975, 1 dof) = 12.7 widens the interval past 0.
+  assert '[-0.85, +11.85], 2 seeds | **inconclusive** |' in md
+
+
+# Each figure's command, shrunk.
+
+
+@pytest.fixture
+def shrunk(data_dir, monkeypatch):
+  """The regime at a few hundred images, one epoch, two rounds of 50%."""
+  real = settings.apply
+
+  def apply(config, **kwargs):
+    config = real(config, **kwargs)
+    config.data.data_dir = data_dir
+    config.data.train_split = 'train[:256]'
+    config.data.eval_split = 'test[:200]'
+    config.train.num_epochs = 1.0
+    config.train.eval_batch_size = 200
+    config.pruning.num_rounds = 2
+    config.pruning.rewind_samples = 64
+    if config.task.name == 'npid':
+      config.data.train_split = 'train[:256]'
+    return config
+
+  monkeypatch.setattr(settings, 'apply', apply)
+
+
+def test_fig3_end_to_end(shrunk, tmp_path):
+  out = tmp_path / 'out'
+  paths = fig3.make(str(tmp_path / 'w'), str(out), seeds=2)
+  table = open(paths['md']).read()
+  for curve in fig3.CURVES:
+    assert curve in table
+  rows = list(csv.DictReader(open(paths['csv'])))
+  by_curve = {}
+  for r in rows:
+    by_curve.setdefault(r['curve'], []).append(r)
+  # The labels run has its dense round; the re-trainings the pruned ones.
+  assert len(by_curve['labels, winning ticket']) == 3
+  assert all(len(by_curve[c]) == 2 for c in fig3.CURVES[1:])
+  assert all(r['n'] == '2' for r in rows)
+  section = open(paths['section']).read()
+  assert section.count('| **') == len(fig3.findings(
+      {c: {} for c in fig3.CURVES}))
+  assert (out / 'test_accuracy.png').stat().st_size > 0
+  # Seed s re-trains seed s's masks.
+  retrained = fig3.runs(str(tmp_path / 'w'), 2)['rotnet, reinit']
+  for seed in (0, 1):
+    config = report.load_run(f'{retrained.directory}/seed_{seed}').config
+    assert config['source']['workdir'].endswith(f'rotnet/seed_{seed}')
+
+
+def test_command_refuses_an_unknown_figure(tmp_path):
+  result = subprocess.run(
+      [sys.executable, '-m', 'sslprune_jax.reproduce', '--figure=9',
+       f'--workdir={tmp_path}'], capture_output=True, text=True, check=False)
+  assert result.returncode != 0
+  assert "--figure='9': choose regime or one of 3" in result.stderr
+  assert not list(tmp_path.iterdir())

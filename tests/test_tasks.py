@@ -287,3 +287,29 @@ def test_replacing_the_head_keeps_the_trunk_and_its_mask():
   np.testing.assert_array_equal(features(new_vars, new_mask),
                                 features(variables, mask))
   assert model.apply(new_vars, images, train=False).shape == (2, 10)
+
+
+def test_npid_exact_softmax_by_hand():
+  """num_negatives=0: cross-entropy over the whole bank (lemniscate's
+  LinearAverage), against numpy."""
+  task = tasks.get_task(ml_collections.ConfigDict(dict(
+      name='npid', dim=3, num_negatives=0, temperature=0.5)),
+      _info(index_range=(10, 14)))
+  bank = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.6, 0.8, 0]],
+                  np.float32)
+  state = {'bank': jnp.asarray(bank), 'labels': jnp.zeros(4, jnp.int32),
+           'z': jnp.array(-1.0)}
+  outputs = jnp.array([[2.0, 0.0, 0.0], [0.0, 3.0, 4.0]])
+  batch = {'index': jnp.array([13, 11]), 'label': jnp.array([0, 1])}
+  # No collective on this path: called outside any mapped axis.
+  loss, aux = task.loss(outputs, batch, state, jax.random.key(0))
+  v = np.array([[1, 0, 0], [0, 0.6, 0.8]])
+  logits = v @ bank.T / 0.5
+  log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  expected = -np.array([log_p[0, 3], log_p[1, 1]])
+  np.testing.assert_allclose(aux['losses'], expected, rtol=1e-5)
+  np.testing.assert_allclose(loss, expected.mean(), rtol=1e-5)
+  np.testing.assert_allclose(aux['h_pos'], np.exp(-expected), rtol=1e-5)
+  with pytest.raises(ValueError, match='num_negatives must be >= 0'):
+    tasks.get_task(ml_collections.ConfigDict(dict(
+        name='npid', num_negatives=-1)), _info())

@@ -121,9 +121,10 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     One row per source round (see `imp.run`).
   """
   validate(config)
-  rounds = imp.source_rounds(config.source.workdir, config.source.rounds)
+  configs = [seed_source(c) for c in imp.seed_configs(config)]
+  rounds = imp.source_rounds(configs[0].source.workdir, config.source.rounds)
 
-  exps = [imp.build(c) for c in imp.seed_configs(config)]
+  exps = [imp.build(c) for c in configs]
   step = start_step(exps[0])
 
   def start(exp, ckpts, r):
@@ -132,6 +133,30 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
   return imp.run_rounds(exps if len(exps) > 1 else exps[0], workdir,
                         rounds=rounds, start=start)
+
+
+def seed_source(config: ml_collections.ConfigDict
+                ) -> ml_collections.ConfigDict:
+  """`config` reading its own seed of a source run that trained several.
+
+  A source run with `num_seeds` > 1 keeps seed s under
+  `<source.workdir>/seed_<s>/` (`imp.seed_workdir`): a re-training run of
+  seed s re-trains seed s's subnetworks, so that packed seeds stay paired
+  with the masks they came from. A source of one seed is read as it is.
+  """
+  source = imp.source_config(config.source.workdir)
+  packed = source.get('num_seeds', 1)
+  if packed == 1:
+    return config
+  first = source.seed
+  if not first <= config.seed < first + packed:
+    raise ValueError(
+        f'{config.source.workdir} trained seeds {first}..'
+        f'{first + packed - 1}; it has no seed {config.seed} to re-train.')
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.source.workdir = imp.seed_workdir(config.source.workdir,
+                                           config.seed)
+  return config
 
 
 def start_step(exp: imp.Experiment) -> int:

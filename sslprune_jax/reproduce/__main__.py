@@ -1,0 +1,59 @@
+"""python -m sslprune_jax.reproduce --figure=N --workdir=W [--seeds=3]
+
+Reproduces one figure of the paper at small scale (see
+`sslprune_jax.reproduce`), or measures the regime's learning curves
+(`--figure=regime`). The report goes to `--report_dir` (default
+`<workdir>/report/fig<N>/`); runs resume and figures share the runs they
+have in common.
+"""
+
+from __future__ import annotations
+
+from absl import app
+from absl import flags
+from etils import epath
+
+from sslprune_jax.reproduce import fig3
+from sslprune_jax.reproduce import regime
+
+FIGURES = {'3': fig3}
+
+flags.DEFINE_string('figure', None,
+                    f'What to reproduce: regime, {", ".join(FIGURES)}.',
+                    required=True)
+flags.DEFINE_string('workdir', None, 'Where all runs go.', required=True)
+flags.DEFINE_integer('seeds', 3, 'Seeds, trained together.', lower_bound=1)
+flags.DEFINE_string('report_dir', None, 'Where the report goes (default: '
+                    '<workdir>/report/fig<N>).')
+flags.DEFINE_list('objectives', list(regime.OBJECTIVES),
+                  '--figure=regime: objectives.')
+flags.DEFINE_list('epochs', [f'{e:g}' for e in regime.EPOCHS],
+                  '--figure=regime: epochs per run.')
+flags.DEFINE_integer('train_images', 6000, '--figure=regime: images.')
+flags.DEFINE_integer('seed', 0, '--figure=regime: seed.')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  figure = FLAGS.figure
+  if figure == 'regime':
+    curves = regime.learning_curves(FLAGS.workdir, FLAGS.objectives,
+                                    [float(e) for e in FLAGS.epochs],
+                                    FLAGS.train_images, FLAGS.seed)
+    paths = regime.write(curves, str(epath.Path(FLAGS.workdir) / 'regime'))
+    print(epath.Path(paths['md']).read_text())
+    return
+  if figure not in FIGURES:
+    raise app.UsageError(f'--figure={figure!r}: choose regime or one of '
+                         f'{", ".join(FIGURES)}.')
+  out = FLAGS.report_dir or str(epath.Path(FLAGS.workdir) / 'report' /
+                         f'fig{figure}')
+  paths = FIGURES[figure].make(FLAGS.workdir, out, seeds=FLAGS.seeds)
+  print(epath.Path(paths['section']).read_text())
+  print('\n'.join(paths.values()))
+
+
+if __name__ == '__main__':
+  app.run(main)

@@ -1,0 +1,149 @@
+"""What every figure's command does: run its runs in order, read them back
+as curves, and write its table, plot and verdicts.
+
+A figure is a list of `Run`s (a config and the directory it runs in; a
+config with `num_seeds` = k keeps seed s under `<directory>/seed_<s>/`)
+and a map from each curve's name to the run it reads. Runs resume, so a
+figure's command can be stopped and started again, and runs that two
+figures share (the same config in the same directory) are trained once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+
+from etils import epath
+import ml_collections
+
+from sslprune_jax import config_lib
+from sslprune_jax import imp
+from sslprune_jax import report
+from sslprune_jax import runner
+from sslprune_jax.reproduce import settings
+from sslprune_jax.reproduce import verdicts as verdicts_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  name: str
+  config: ml_collections.ConfigDict
+  directory: str
+
+
+def execute(runs: Sequence[Run]) -> dict[str, float]:
+  """Runs (or resumes) each run in order; name -> seconds it took now."""
+  seconds = {}
+  for r in runs:
+    print(f'\n== {r.name}: {r.directory}', flush=True)
+    start = time.perf_counter()
+    runner.run(r.config, r.directory)
+    seconds[r.name] = time.perf_counter() - start
+  return seconds
+
+
+def seed_dirs(run: Run) -> list[str]:
+  """The directories of a run's seeds."""
+  config = run.config
+  k = config.get('num_seeds', 1)
+  if k == 1:
+    return [run.directory]
+  return [imp.seed_workdir(run.directory, config.seed + i) for i in range(k)]
+
+
+def load(run: Run) -> list[report.Run]:
+  """A run's seeds, as `report` reads them."""
+  return [report.load_run(d) for d in seed_dirs(run)]
+
+
+def curve(runs: Sequence[report.Run], metric: str) -> verdicts_lib.Curve:
+  """seed -> fraction of weights left -> `metric`, from finished rounds."""
+  out: verdicts_lib.Curve = {}
+  for run in runs:
+    seed = int(run.config['seed'])
+    out[seed] = {float(row['fraction_left']): float(row[metric])
+                 for row in run.rows}
+  return out
+
+
+def write(out_dir: str, curves: dict[str, list[report.Run]], metric: str,
+          found: Sequence[verdicts_lib.Verdict]) -> dict[str, str]:
+  """<metric>.csv/.md/.png (mean ± s.e. per curve) and verdicts.md."""
+  paths = report.write(curves, metric, out_dir)
+  path = epath.Path(out_dir) / 'verdicts.md'
+  path.write_text(verdicts_lib.table(found))
+  paths['verdicts'] = str(path)
+  return paths
+
+
+def curves_figure(workdir: str, out_dir: str, name: str, command: str,
+                  title: str, all_runs: dict[str, Run],
+                  shown: Sequence[str], metric: str, findings,
+                  notes: str = '') -> dict[str, str]:
+  """The common shape of a figure: runs everything in `all_runs` (in
+  order), reads the `shown` curves, judges `findings(curves)` and writes
+  the table, plot, verdicts and the figure's markdown section
+  (`<out_dir>/section.md`)."""
+  start = time.perf_counter()
+  unique = list({r.directory: r for r in all_runs.values()}.values())
+  execute(unique)
+  wall = timed(workdir, name, time.perf_counter() - start)
+  loaded = {c: load(all_runs[c]) for c in shown}
+  found = findings({c: curve(loaded[c], metric) for c in shown})
+  paths = write(out_dir, loaded, metric, found)
+  text = section(title, command, wall, epath.Path(paths['md']).read_text(),
+                 f'{metric}.png', found, notes)
+  (epath.Path(out_dir) / 'section.md').write_text(text)
+  paths['section'] = str(epath.Path(out_dir) / 'section.md')
+  return paths
+
+
+def prune(workdir: str, objective: str, seeds: int, **regime) -> Run:
+  """IMP with `objective` under the regime, in `<workdir>/prune/`; every
+  figure that prunes with `objective` shares this run."""
+  suffix = ''.join(f'_{k}{v:g}' for k, v in sorted(regime.items()))
+  return Run(f'prune {objective}',
+             settings.config(objective, seeds=seeds, **regime),
+             str(epath.Path(workdir) / 'prune' / f'{objective}{suffix}'))
+
+
+def retrain(workdir: str, source: Run, init: str, mask: str = 'source',
+            name: str = '') -> Run:
+  """`source`'s pruned rounds trained again on labels, from `init`, with
+  `mask` (see `sslprune_jax.evaluation.retrain`), seed s from seed s's
+  masks. The dense round is left out: it is the labels run's round 0."""
+  config = settings.apply(config_lib.load('retrain', 'quick'),
+                          seeds=source.config.num_seeds,
+                          fraction=source.config.pruning.fraction)
+  config.source.workdir = source.directory
+  config.source.init = init
+  config.source.mask = mask
+  config.source.rounds = tuple(range(1, source.config.pruning.num_rounds + 1))
+  directory = (epath.Path(workdir) / 'retrain' /
+               f'{epath.Path(source.directory).name}_{init}_{mask}')
+  return Run(name or f'{source.name}: {init}, {mask}', config, str(directory))
+
+
+def timed(workdir: str, figure: str, seconds: float) -> float:
+  """Adds `seconds` to the figure's recorded wall time (runs resume, so a
+  figure may take several invocations); returns the total."""
+  path = epath.Path(workdir) / 'wall_seconds' / figure
+  path.parent.mkdir(parents=True, exist_ok=True)
+  total = (float(path.read_text()) if path.exists() else 0.0) + seconds
+  path.write_text(f'{total:.1f}\n')
+  return total
+
+
+def section(title: str, command: str, wall_seconds: float, table: str,
+            png: str, found: Sequence[verdicts_lib.Verdict],
+            notes: str = '') -> str:
+  """A figure's part of docs/reproduction.md."""
+  parts = [f'## {title}\n', f'Command: `{command}` ({wall_seconds / 60:.0f} '
+           'minutes on 2 CPU cores).\n', table,
+           f'![{title}]({png})\n']
+  if found:
+    parts.append(verdicts_lib.table(found))
+  if notes:
+    parts.append(notes)
+  return '\n'.join(parts)
