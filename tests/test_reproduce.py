@@ -13,7 +13,12 @@ import numpy as np
 import pytest
 
 from sslprune_jax import report
+from sslprune_jax.reproduce import fig1
 from sslprune_jax.reproduce import fig3
+from sslprune_jax.reproduce import fig4
+from sslprune_jax.reproduce import fig5
+from sslprune_jax.reproduce import fig6
+from sslprune_jax.reproduce import fig7
 from sslprune_jax.reproduce import regime as reproduce
 from sslprune_jax.reproduce import settings
 from sslprune_jax.reproduce import verdicts
@@ -195,12 +200,17 @@ def shrunk(data_dir, monkeypatch):
     config.train.num_epochs = 1.0
     config.train.eval_batch_size = 200
     config.pruning.num_rounds = 2
-    config.pruning.rewind_samples = 64
-    if config.task.name == 'npid':
-      config.data.train_split = 'train[:256]'
+    config.pruning.rewind_samples = settings.REWIND_SAMPLES
+    if config.task.name == 'few_labels':
+      # The labelled 10% is 27 images: as many seen as the others.
+      config.train.batch_size = 16
+      config.train.num_epochs = 10.0
     return config
 
   monkeypatch.setattr(settings, 'apply', apply)
+  # Fig. 7's rewind points, (0, 8, 32, 128) samples, all within the 2 steps
+  # of 128 images.
+  monkeypatch.setattr(settings, 'REWIND_SAMPLES', 32)
 
 
 def test_fig3_end_to_end(shrunk, tmp_path):
@@ -233,5 +243,64 @@ def test_command_refuses_an_unknown_figure(tmp_path):
       [sys.executable, '-m', 'sslprune_jax.reproduce', '--figure=9',
        f'--workdir={tmp_path}'], capture_output=True, text=True, check=False)
   assert result.returncode != 0
-  assert "--figure='9': choose regime or one of 3" in result.stderr
+  assert "--figure='9': choose regime or one of 1, 3, 4" in result.stderr
   assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope='module')
+def shared(tmp_path_factory):
+  """One workdir for the one-seed figures, which share their IMP runs."""
+  return tmp_path_factory.mktemp('repro')
+
+
+def _curves_of(paths):
+  rows = list(csv.DictReader(open(paths['csv'])))
+  out = {}
+  for r in rows:
+    out.setdefault(r['curve'], []).append(r)
+  return out
+
+
+@pytest.mark.parametrize('module', [fig6, fig1, fig4, fig5, fig7],
+                         ids=lambda m: m.__name__.rsplit('.', 1)[-1])
+def test_figure_end_to_end(module, shrunk, shared):
+  out = shared / 'report' / module.__name__.rsplit('.', 1)[-1]
+  paths = module.make(str(shared / 'w'), str(out), seeds=1)
+  curves = _curves_of(paths)
+  shown = module.CURVES or [f'rewind {s} samples' for s in fig7._rewinds()]
+  assert set(curves) == set(shown)
+  for name, rows in curves.items():
+    assert all(r['n'] == '1' for r in rows), name
+    assert 2 <= len(rows) <= 3, name
+  section = open(paths['section']).read()
+  assert '| finding |' in section and 'inconclusive' in section
+  assert (out / 'test_accuracy.png').stat().st_size > 0
+  assert (shared / 'w' / 'wall_seconds' / module.__name__.rsplit(
+      '.', 1)[-1]).exists()
+
+
+def test_fig6_reports_every_objectives_natural_sparsity(shrunk, shared):
+  paths = fig6.make(str(shared / 'w'), str(shared / 'fig6'), seeds=1)
+  table = open(shared / 'fig6' / 'natural_sparsity.md').read()
+  for objective in fig6.OBJECTIVES:
+    assert f'| {objective} |' in table
+  runs = fig6.runs(str(shared / 'w'), 1)
+  unadjusted = report.load_run(runs['random, unadjusted'].directory)
+  assert unadjusted.config['pruning']['natural_threshold'] == 0.0
+  assert 'random, unadjusted' in open(paths['md']).read()
+
+
+def test_fig4_prunes_only_the_first_layers(shrunk, shared):
+  fig4.make(str(shared / 'w'), str(shared / 'fig4'), seeds=1)
+  runs = fig4.runs(str(shared / 'w'), 1)
+  for k in fig4.LAYERS:
+    run = report.load_run(runs[f'labels, first {k}'].directory)
+    assert run.config['pruning']['layers'] == k
+
+
+def test_few_labels_sees_as_many_images_per_round():
+  config = settings.config('few_labels', seeds=1)
+  assert config.train.num_epochs == settings.EPOCHS / 0.1
+  assert settings.config('labels').train.num_epochs == settings.EPOCHS
+  assert settings.num_rounds(0.5, 0.005) == 8
+  assert settings.num_rounds(0.2, 0.005) == 24

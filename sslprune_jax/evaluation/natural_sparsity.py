@@ -62,25 +62,20 @@ def of_run(workdir: str, rounds: list[int] | None = None,
   return out
 
 
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A pruning run.')
-_ROUNDS = flags.DEFINE_list('rounds', None, 'Rounds (default: all finished).')
-_THRESHOLD = flags.DEFINE_float('threshold', None,
-                                'Default: the run\'s natural_threshold.')
-
-
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  if not _WORKDIR.value:
+  values = flags.FLAGS
+  if not values.workdir:
     raise app.UsageError('--workdir is required.')
   try:
-    reports = of_run(_WORKDIR.value,
-                     None if _ROUNDS.value is None
-                     else [int(r) for r in _ROUNDS.value],
-                     _THRESHOLD.value)
+    reports = of_run(values.workdir,
+                     None if values.rounds is None
+                     else [int(r) for r in values.rounds],
+                     values.threshold)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f'error: {e}') from None
-  out = epath.Path(_WORKDIR.value) / 'natural_sparsity.json'
+  out = epath.Path(values.workdir) / 'natural_sparsity.json'
   out.write_text(json.dumps({str(r): v for r, v in reports.items()},
                             indent=2))
   for r, report in reports.items():
@@ -91,4 +86,10 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined here, not on import: other commands import this module and
+  # define --workdir themselves.
+  flags.DEFINE_string('workdir', None, 'A pruning run.')
+  flags.DEFINE_list('rounds', None, 'Rounds (default: all finished).')
+  flags.DEFINE_float('threshold', None,
+                     'Default: the run\'s natural_threshold.')
   app.run(main)

@@ -11,5 +11,12 @@ at this scale. docs/reproduction.md collects them.
 
   regime     the dense learning curves the regime was chosen from
   driver     running a figure's runs, reading them back, writing reports
+  settings   the regime: images, epochs, pruning step, rewind point, seeds
+  verdicts   the paper's findings as claims about curves, and their verdicts
+  fig1       linear probes of pruned self-supervised trunks
   fig3       masks with and without labels, re-trained on labels
+  fig4       layerwise pruning with labels and RotNet
+  fig5       masks from few labels (S4L-Rotation, the labelled 10%)
+  fig6       natural sparsity, and the random baseline's adjustment for it
+  fig7       winning tickets against the rewind point
 """

@@ -2,9 +2,9 @@
 
 Reproduces one figure of the paper at small scale (see
 `sslprune_jax.reproduce`), or measures the regime's learning curves
-(`--figure=regime`). The report goes to `--report_dir` (default
-`<workdir>/report/fig<N>/`); runs resume and figures share the runs they
-have in common.
+(`--figure=regime`); `--fraction` changes the regime's pruning step. The
+report goes to `--report_dir` (default `<workdir>/report/fig<N>/`); runs
+resume and figures share the runs they have in common.
 """
 
 from __future__ import annotations
@@ -13,10 +13,16 @@ from absl import app
 from absl import flags
 from etils import epath
 
+from sslprune_jax.reproduce import driver
+from sslprune_jax.reproduce import fig1
 from sslprune_jax.reproduce import fig3
+from sslprune_jax.reproduce import fig4
+from sslprune_jax.reproduce import fig5
+from sslprune_jax.reproduce import fig6
+from sslprune_jax.reproduce import fig7
 from sslprune_jax.reproduce import regime
 
-FIGURES = {'3': fig3}
+FIGURES = {'1': fig1, '3': fig3, '4': fig4, '5': fig5, '6': fig6, '7': fig7}
 
 flags.DEFINE_string('figure', None,
                     f'What to reproduce: regime, {", ".join(FIGURES)}.',
@@ -25,6 +31,8 @@ flags.DEFINE_string('workdir', None, 'Where all runs go.', required=True)
 flags.DEFINE_integer('seeds', 3, 'Seeds, trained together.', lower_bound=1)
 flags.DEFINE_string('report_dir', None, 'Where the report goes (default: '
                     '<workdir>/report/fig<N>).')
+flags.DEFINE_float('fraction', None, 'Pruning step, if not the regime\'s '
+                   '(e.g. 0.2, the paper\'s, to check a figure against it).')
 flags.DEFINE_list('objectives', list(regime.OBJECTIVES),
                   '--figure=regime: objectives.')
 flags.DEFINE_list('epochs', [f'{e:g}' for e in regime.EPOCHS],
@@ -48,9 +56,13 @@ def main(argv):
   if figure not in FIGURES:
     raise app.UsageError(f'--figure={figure!r}: choose regime or one of '
                          f'{", ".join(FIGURES)}.')
-  out = FLAGS.report_dir or str(epath.Path(FLAGS.workdir) / 'report' /
-                         f'fig{figure}')
-  paths = FIGURES[figure].make(FLAGS.workdir, out, seeds=FLAGS.seeds)
+  regime_changes = ({} if FLAGS.fraction is None
+                    else {'fraction': FLAGS.fraction})
+  out = FLAGS.report_dir or str(
+      epath.Path(FLAGS.workdir) / 'report' /
+      driver.label(f'fig{figure}', regime_changes))
+  paths = FIGURES[figure].make(FLAGS.workdir, out, seeds=FLAGS.seeds,
+                               **regime_changes)
   print(epath.Path(paths['section']).read_text())
   print('\n'.join(paths.values()))
 

@@ -52,9 +52,21 @@ def seed_dirs(run: Run) -> list[str]:
   return [imp.seed_workdir(run.directory, config.seed + i) for i in range(k)]
 
 
-def load(run: Run) -> list[report.Run]:
-  """A run's seeds, as `report` reads them."""
-  return [report.load_run(d) for d in seed_dirs(run)]
+def load(runs: Run | Sequence[Run]) -> list[report.Run]:
+  """The seeds of a run (or of runs, one per seed), as `report` reads
+  them."""
+  runs = [runs] if isinstance(runs, Run) else runs
+  return [report.load_run(d) for r in runs for d in seed_dirs(r)]
+
+
+def flatten(all_runs: dict) -> list[Run]:
+  """Every run of a figure's map (values: a run or a list of runs), each
+  directory once, in order."""
+  out = {}
+  for value in all_runs.values():
+    for r in [value] if isinstance(value, Run) else value:
+      out.setdefault(r.directory, r)
+  return list(out.values())
 
 
 def curve(runs: Sequence[report.Run], metric: str) -> verdicts_lib.Curve:
@@ -77,42 +89,55 @@ def write(out_dir: str, curves: dict[str, list[report.Run]], metric: str,
   return paths
 
 
-def curves_figure(workdir: str, out_dir: str, name: str, command: str,
-                  title: str, all_runs: dict[str, Run],
-                  shown: Sequence[str], metric: str, findings,
-                  notes: str = '') -> dict[str, str]:
-  """The common shape of a figure: runs everything in `all_runs` (in
-  order), reads the `shown` curves, judges `findings(curves)` and writes
-  the table, plot, verdicts and the figure's markdown section
+def make(figure, workdir: str, out_dir: str, seeds: int,
+         regime: dict) -> dict[str, str]:
+  """The common shape of a figure module (`fig<N>`, with its `NUMBER`,
+  `TITLE`, `METRIC`, `CURVES`, `runs` and `findings`): runs everything
+  `runs` lists (in order), reads the shown curves, judges the findings and
+  writes the table, plot, verdicts and the figure's markdown section
   (`<out_dir>/section.md`)."""
+  name = label(f'fig{figure.NUMBER}', regime)
+  all_runs = figure.runs(workdir, seeds, **regime)
+  shown = figure.CURVES or tuple(all_runs)
   start = time.perf_counter()
-  unique = list({r.directory: r for r in all_runs.values()}.values())
-  execute(unique)
+  execute(flatten(all_runs))
   wall = timed(workdir, name, time.perf_counter() - start)
   loaded = {c: load(all_runs[c]) for c in shown}
-  found = findings({c: curve(loaded[c], metric) for c in shown})
-  paths = write(out_dir, loaded, metric, found)
-  text = section(title, command, wall, epath.Path(paths['md']).read_text(),
-                 f'{metric}.png', found, notes)
+  found = figure.findings({c: curve(loaded[c], figure.METRIC)
+                           for c in shown})
+  paths = write(out_dir, loaded, figure.METRIC, found)
+  command = (f'python -m sslprune_jax.reproduce --figure={figure.NUMBER} '
+             f'--workdir=W --seeds={seeds}{flags(regime)}')
+  text = section(figure.TITLE, command, wall,
+                 epath.Path(paths['md']).read_text(),
+                 f'{figure.METRIC}.png', found)
   (epath.Path(out_dir) / 'section.md').write_text(text)
   paths['section'] = str(epath.Path(out_dir) / 'section.md')
   return paths
 
 
-def prune(workdir: str, objective: str, seeds: int, **regime) -> Run:
+def prune(workdir: str, objective: str, seeds: int, *, tag: str = '',
+          overrides: dict | None = None, **regime) -> Run:
   """IMP with `objective` under the regime, in `<workdir>/prune/`; every
-  figure that prunes with `objective` shares this run."""
+  figure that prunes with `objective` shares this run. `regime` changes
+  `settings.apply`'s keywords, `overrides` (flattened config fields, named
+  by `tag`) anything else; both show in the directory's name."""
+  config = settings.config(objective, seeds=seeds, **regime)
+  config.update_from_flattened_dict(overrides or {})
   suffix = ''.join(f'_{k}{v:g}' for k, v in sorted(regime.items()))
-  return Run(f'prune {objective}',
-             settings.config(objective, seeds=seeds, **regime),
+  suffix += f'_{tag}' if tag else ''
+  return Run(f'prune {objective}{suffix}', config,
              str(epath.Path(workdir) / 'prune' / f'{objective}{suffix}'))
 
 
 def retrain(workdir: str, source: Run, init: str, mask: str = 'source',
-            name: str = '') -> Run:
+            name: str = '', tag: str = '', overrides: dict | None = None
+            ) -> Run:
   """`source`'s pruned rounds trained again on labels, from `init`, with
   `mask` (see `sslprune_jax.evaluation.retrain`), seed s from seed s's
-  masks. The dense round is left out: it is the labels run's round 0."""
+  masks. The dense round is left out: it is the labels run's round 0.
+  `overrides` (flattened config fields) change the re-training config;
+  `tag` names the change in the run's directory."""
   config = settings.apply(config_lib.load('retrain', 'quick'),
                           seeds=source.config.num_seeds,
                           fraction=source.config.pruning.fraction)
@@ -120,9 +145,21 @@ def retrain(workdir: str, source: Run, init: str, mask: str = 'source',
   config.source.init = init
   config.source.mask = mask
   config.source.rounds = tuple(range(1, source.config.pruning.num_rounds + 1))
+  config.update_from_flattened_dict(overrides or {})
   directory = (epath.Path(workdir) / 'retrain' /
-               f'{epath.Path(source.directory).name}_{init}_{mask}')
+               f'{epath.Path(source.directory).name}_{init}_{mask}'
+               f'{"_" + tag if tag else ""}')
   return Run(name or f'{source.name}: {init}, {mask}', config, str(directory))
+
+
+def label(figure: str, regime: dict) -> str:
+  """A figure's name, with what its regime changes (e.g. fig3_fraction0.2)."""
+  return figure + ''.join(f'_{k}{v:g}' for k, v in sorted(regime.items()))
+
+
+def flags(regime: dict) -> str:
+  """The command-line flags of a changed regime."""
+  return ''.join(f' --{k}={v:g}' for k, v in sorted(regime.items()))
 
 
 def timed(workdir: str, figure: str, seconds: float) -> float:

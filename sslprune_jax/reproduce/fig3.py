@@ -18,9 +18,12 @@ Wall time on 2 cores: see docs/reproduction.md (measured when it ran).
 
 from __future__ import annotations
 
+import sys
+
 from sslprune_jax.reproduce import driver
 from sslprune_jax.reproduce import verdicts as v
 
+NUMBER = 3
 METRIC = 'test_accuracy'
 TITLE = 'Fig. 3: pruned subnetworks re-trained on labels'
 SOURCES = ('labels', 'rotnet', 'exemplar')
@@ -85,8 +88,4 @@ def findings(curves: dict[str, v.Curve]) -> list[v.Verdict]:
 def make(workdir: str, out_dir: str, seeds: int = 3, **regime
          ) -> dict[str, str]:
   """Runs (or resumes) the figure and writes its report under `out_dir`."""
-  return driver.curves_figure(
-      workdir, out_dir, 'fig3',
-      f'python -m sslprune_jax.reproduce --figure=3 --workdir=W '
-      f'--seeds={seeds}', TITLE, runs(workdir, seeds, **regime), CURVES,
-      METRIC, findings)
+  return driver.make(sys.modules[__name__], workdir, out_dir, seeds, regime)

@@ -22,6 +22,8 @@ figure on 2 CPU cores:
 - Rewinding to one epoch (`REWIND_SAMPLES` = `TRAIN_IMAGES` samples), the
   paper's choice on CIFAR-10 and ImageNet.
 - `SEEDS` seeds, trained together (`num_seeds`).
+- Few-labels training (its epochs count the labelled subset) sees as many
+  images per round as the others: `EPOCHS` / the labelled fraction.
 - NPID's exact softmax over its memory bank (`task.num_negatives=0`): a bank
   of 2,000 entries is too small for NCE's one-shot normaliser (see
   `sslprune_jax.tasks.npid`).
@@ -66,6 +68,10 @@ def apply(config: ml_collections.ConfigDict, *, seeds: int = SEEDS,
   config.checkpoint_every_steps = 0
   if config.task.name == 'npid':
     config.task.num_negatives = 0
+  if config.task.name == 'few_labels':
+    # Its epochs are over the labelled subset: the same images seen per
+    # round as every other objective.
+    config.train.num_epochs = EPOCHS / config.data.labelled_fraction
   return config
 
 

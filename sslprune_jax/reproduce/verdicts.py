@@ -18,6 +18,11 @@ Student-t interval. The verdict is
   similar:   holds if it lies within (-MARGIN, MARGIN); does not hold if it
              lies wholly outside it;
   gap_grows: `better` of (severe difference - moderate difference) vs 0;
+  gap_wider: `better` of (difference of one pair of curves - difference
+             of another pair) vs 0;
+  at_least:  a per-seed quantity (not a difference) is at least a stated
+             level: holds if the interval lies above it, does not hold if
+             it lies below;
 
 and inconclusive otherwise, always with a single seed. MARGIN is one
 point of accuracy, fixed before any figure was run, for every figure.
@@ -148,6 +153,26 @@ def gap_grows(finding: str, curves: dict[str, Curve], a: str, b: str,
   return Verdict(finding, 'gap_grows', a, b, e, _better(e))
 
 
+def gap_wider(finding: str, curves: dict[str, Curve],
+              wide: tuple[str, str], narrow: tuple[str, str],
+              levels: Levels = pruned) -> Verdict:
+  """wide[0] - wide[1] larger than narrow[0] - narrow[1] at the levels."""
+  d_wide = differences(curves[wide[0]], curves[wide[1]], levels)
+  d_narrow = differences(curves[narrow[0]], curves[narrow[1]], levels)
+  e = estimate([d_wide[s] - d_narrow[s] for s in d_wide if s in d_narrow])
+  return Verdict(finding, 'gap_wider', f'{wide[0]} - {wide[1]}',
+                 f'{narrow[0]} - {narrow[1]}', e, _better(e))
+
+
+def at_least(finding: str, values: dict[int, float], level: float,
+             what: str) -> Verdict:
+  """A per-seed quantity `what` (seed -> value) is at least `level`."""
+  e = estimate([x - level for x in values.values()])
+  verdict = (HOLDS if e.n > 1 and e.low >= 0 else
+             FAILS if e.n > 1 and e.high < 0 else INCONCLUSIVE)
+  return Verdict(finding, 'at_least', what, f'{100 * level:g}%', e, verdict)
+
+
 def _points(x: float) -> str:
   return f'{100 * x:+.2f}'
 
@@ -158,7 +183,8 @@ def table(verdicts: Sequence[Verdict]) -> str:
   lines = ['| finding | comparison | A - B, points | verdict |',
            '|---|---|---|---|']
   what = {'better': '{a} > {b}', 'similar': '{a} ≈ {b}',
-          'gap_grows': '{a} - {b}: severe > moderate'}
+          'gap_grows': '{a} - {b}: severe > moderate',
+          'gap_wider': '({a}) > ({b})', 'at_least': '{a} - {b}'}
   for v in verdicts:
     e = v.estimate
     if e.n > 1:
