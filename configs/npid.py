@@ -4,7 +4,10 @@ Non-parametric instance discrimination (Wu et al.): a 128-d L2-normalised
 embedding, a memory bank of one entry per training image in the train state
 (momentum 0.5), a non-parametric softmax at temperature 0.07 estimated by
 NCE with 4096 noise entries, and a cosine learning rate. Rewinding rewinds
-the memory bank with the weights. The reported accuracy is weighted kNN
+the memory bank with the weights. `--config.task.num_negatives=0` uses the
+exact softmax over the bank instead of NCE (Wu et al.'s `--nce-k 0`): for
+banks of a few thousand images, where NCE's one-shot normaliser diverges
+(sslprune_jax/tasks/npid.py). The reported accuracy is weighted kNN
 (k = 200) on the eval split against the memory bank.
 
 Images are augmented as in Wu et al.'s code, lemniscate.pytorch's `main.py`

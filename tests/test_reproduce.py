@@ -6,13 +6,17 @@ hundred real Fashion-MNIST images, one epoch, two rounds).
 """
 
 import csv
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 
+from sslprune_jax import config_lib
+from sslprune_jax import imp
 from sslprune_jax import report
+from sslprune_jax.evaluation import retrain
 from sslprune_jax.reproduce import fig1
 from sslprune_jax.reproduce import fig3
 from sslprune_jax.reproduce import fig4
@@ -213,9 +217,9 @@ def shrunk(data_dir, monkeypatch):
   monkeypatch.setattr(settings, 'REWIND_SAMPLES', 32)
 
 
-def test_fig3_end_to_end(shrunk, tmp_path):
-  out = tmp_path / 'out'
-  paths = fig3.make(str(tmp_path / 'w'), str(out), seeds=2)
+def test_fig3_end_to_end(shrunk, shared):
+  out = shared / 'report' / 'fig3'
+  paths = fig3.make(str(shared / 'w'), str(out), seeds=1)
   table = open(paths['md']).read()
   for curve in fig3.CURVES:
     assert curve in table
@@ -226,16 +230,33 @@ def test_fig3_end_to_end(shrunk, tmp_path):
   # The labels run has its dense round; the re-trainings the pruned ones.
   assert len(by_curve['labels, winning ticket']) == 3
   assert all(len(by_curve[c]) == 2 for c in fig3.CURVES[1:])
-  assert all(r['n'] == '2' for r in rows)
+  assert all(r['n'] == '1' for r in rows)
   section = open(paths['section']).read()
   assert section.count('| **') == len(fig3.findings(
       {c: {} for c in fig3.CURVES}))
   assert (out / 'test_accuracy.png').stat().st_size > 0
-  # Seed s re-trains seed s's masks.
-  retrained = fig3.runs(str(tmp_path / 'w'), 2)['rotnet, reinit']
-  for seed in (0, 1):
-    config = report.load_run(f'{retrained.directory}/seed_{seed}').config
-    assert config['source']['workdir'].endswith(f'rotnet/seed_{seed}')
+
+
+def test_retraining_a_packed_source_reads_its_own_seed(tmp_path):
+  source = tmp_path / 'source'
+  for d in (source, source / 'seed_3', source / 'seed_4'):
+    d.mkdir()
+  (source / 'config.json').write_text(json.dumps(
+      {'seed': 3, 'num_seeds': 2, 'model': {}}))
+  config = settings.apply(config_lib.load('retrain', 'quick'), seeds=2)
+  config.seed = 3
+  config.source.workdir = str(source)
+  seeds = [retrain.seed_source(c) for c in imp.seed_configs(config)]
+  assert [c.source.workdir for c in seeds] == [
+      str(source / 'seed_3'), str(source / 'seed_4')]
+  assert config.source.workdir == str(source)  # Not changed in place.
+  config.num_seeds = 1
+  config.seed = 7
+  with pytest.raises(ValueError, match='trained seeds 3..4; it has no seed 7'):
+    retrain.seed_source(config)
+  # A source of one seed is read as it is.
+  (source / 'config.json').write_text(json.dumps({'seed': 0, 'model': {}}))
+  assert retrain.seed_source(config).source.workdir == str(source)
 
 
 def test_command_refuses_an_unknown_figure(tmp_path):
