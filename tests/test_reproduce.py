@@ -124,36 +124,40 @@ def test_differences_pair_seeds_and_average_over_the_levels():
   assert list(verdicts.differences(a, b, verdicts.pruned)) == [0]
 
 
+def _hand_made():
+  """Three seeds of a base curve 'b', one 5 points above it ('above'), one
+  scattered around it by ±10 points ('noisy'), and two within a fraction
+  of a point of it ('same', 'close')."""
+  return {'b': _curve([(0.80, 0.70, 0.50)] * 3),
+          'above': _curve([(0.85, 0.75, 0.55), (0.86, 0.76, 0.56),
+                           (0.84, 0.74, 0.54)]),
+          'noisy': _curve([(0.9, 0.8, 0.6), (0.7, 0.6, 0.4),
+                           (0.85, 0.75, 0.55)]),
+          'same': _curve([(0.80, 0.70, 0.501), (0.80, 0.70, 0.499),
+                          (0.80, 0.70, 0.50)]),
+          'close': _curve([(0.802, 0.70, 0.50), (0.799, 0.70, 0.50),
+                           (0.80, 0.701, 0.50)])}
+
+
 def test_better_holds_fails_or_is_inconclusive():
-  base = [(0.80, 0.70, 0.50)] * 3
-  curves = {'b': _curve(base),
-            'clearly': _curve([(0.85, 0.75, 0.55), (0.86, 0.76, 0.56),
-                               (0.84, 0.74, 0.54)]),
-            'same': _curve([(0.80, 0.70, 0.501), (0.80, 0.70, 0.499),
-                            (0.80, 0.70, 0.50)]),
-            'noisy': _curve([(0.9, 0.8, 0.6), (0.7, 0.6, 0.4),
-                             (0.85, 0.75, 0.55)])}
-  assert verdicts.better('f', curves, 'clearly', 'b').verdict == 'holds'
+  curves = _hand_made()
+  assert verdicts.better('f', curves, 'above', 'b').verdict == 'holds'
   assert verdicts.better('f', curves, 'same', 'b').verdict == 'does not hold'
   assert verdicts.better('f', curves, 'noisy', 'b').verdict == 'inconclusive'
   # B above A: the claim that A is above does not hold.
-  assert verdicts.better('f', curves, 'b', 'clearly').verdict == (
+  assert verdicts.better('f', curves, 'b', 'above').verdict == (
       'does not hold')
   one = {k: {0: c[0]} for k, c in curves.items()}
-  assert verdicts.better('f', one, 'clearly', 'b').verdict == 'inconclusive'
+  assert verdicts.better('f', one, 'above', 'b').verdict == 'inconclusive'
 
 
 def test_similar_needs_the_interval_inside_one_point():
-  curves = {'b': _curve([(0.80, 0.70, 0.50)] * 3),
-            'close': _curve([(0.802, 0.70, 0.50), (0.799, 0.70, 0.50),
-                             (0.80, 0.701, 0.50)]),
-            'far': _curve([(0.85, 0.75, 0.55), (0.86, 0.76, 0.56),
-                           (0.84, 0.74, 0.54)]),
-            'noisy': _curve([(0.9, 0.8, 0.6), (0.7, 0.6, 0.4),
-                             (0.85, 0.75, 0.55)])}
+  curves = _hand_made()
   assert verdicts.similar('f', curves, 'close', 'b').verdict == 'holds'
-  assert verdicts.similar('f', curves, 'far', 'b').verdict == 'does not hold'
-  assert verdicts.similar('f', curves, 'b', 'far').verdict == 'does not hold'
+  assert verdicts.similar('f', curves, 'above', 'b').verdict == (
+      'does not hold')
+  assert verdicts.similar('f', curves, 'b', 'above').verdict == (
+      'does not hold')
   assert verdicts.similar('f', curves, 'noisy', 'b').verdict == (
       'inconclusive')
 

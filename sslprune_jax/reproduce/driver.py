@@ -32,15 +32,11 @@ class Run:
   directory: str
 
 
-def execute(runs: Sequence[Run]) -> dict[str, float]:
-  """Runs (or resumes) each run in order; name -> seconds it took now."""
-  seconds = {}
+def execute(runs: Sequence[Run]) -> None:
+  """Runs (or resumes) each run in order."""
   for r in runs:
     print(f'\n== {r.name}: {r.directory}', flush=True)
-    start = time.perf_counter()
     runner.run(r.config, r.directory)
-    seconds[r.name] = time.perf_counter() - start
-  return seconds
 
 
 def seed_dirs(run: Run) -> list[str]:
@@ -124,15 +120,13 @@ def prune(workdir: str, objective: str, seeds: int, *, tag: str = '',
   by `tag`) anything else; both show in the directory's name."""
   config = settings.config(objective, seeds=seeds, **regime)
   config.update_from_flattened_dict(overrides or {})
-  suffix = ''.join(f'_{k}{v:g}' for k, v in sorted(regime.items()))
-  suffix += f'_{tag}' if tag else ''
-  return Run(f'prune {objective}{suffix}', config,
-             str(epath.Path(workdir) / 'prune' / f'{objective}{suffix}'))
+  name = label(objective, regime) + (f'_{tag}' if tag else '')
+  return Run(f'prune {name}', config,
+             str(epath.Path(workdir) / 'prune' / name))
 
 
 def retrain(workdir: str, source: Run, init: str, mask: str = 'source',
-            name: str = '', tag: str = '', overrides: dict | None = None
-            ) -> Run:
+            tag: str = '', overrides: dict | None = None) -> Run:
   """`source`'s pruned rounds trained again on labels, from `init`, with
   `mask` (see `sslprune_jax.evaluation.retrain`), seed s from seed s's
   masks. The dense round is left out: it is the labels run's round 0.
@@ -149,7 +143,7 @@ def retrain(workdir: str, source: Run, init: str, mask: str = 'source',
   directory = (epath.Path(workdir) / 'retrain' /
                f'{epath.Path(source.directory).name}_{init}_{mask}'
                f'{"_" + tag if tag else ""}')
-  return Run(name or f'{source.name}: {init}, {mask}', config, str(directory))
+  return Run(f'{source.name}: {init}, {mask}', config, str(directory))
 
 
 def label(figure: str, regime: dict) -> str:
@@ -173,14 +167,11 @@ def timed(workdir: str, figure: str, seconds: float) -> float:
 
 
 def section(title: str, command: str, wall_seconds: float, table: str,
-            png: str, found: Sequence[verdicts_lib.Verdict],
-            notes: str = '') -> str:
+            png: str, found: Sequence[verdicts_lib.Verdict]) -> str:
   """A figure's part of docs/reproduction.md."""
   parts = [f'## {title}\n', f'Command: `{command}` ({wall_seconds / 60:.0f} '
            'minutes on 2 CPU cores).\n', table,
            f'![{title}]({png})\n']
   if found:
     parts.append(verdicts_lib.table(found))
-  if notes:
-    parts.append(notes)
   return '\n'.join(parts)

@@ -29,6 +29,7 @@ import ml_collections
 from sslprune_jax import config_lib
 from sslprune_jax import report
 from sslprune_jax import runner
+from sslprune_jax.reproduce import settings
 
 OBJECTIVES = ('labels', 'rotnet')
 EPOCHS = (2, 4, 8, 16)
@@ -47,10 +48,7 @@ def dense_config(objective: str, epochs: float, train_images: int,
   config.pruning.num_rounds = 0
   config.checkpoint_every_steps = 0
   config.seed = seed
-  if objective == 'npid':
-    # A bank of a few thousand entries: NCE's one-shot Z diverges there
-    # (see sslprune_jax.tasks.npid); lemniscate's exact softmax instead.
-    config.task.num_negatives = 0
+  settings.small_bank(config)
   return config
 
 

@@ -66,13 +66,20 @@ def apply(config: ml_collections.ConfigDict, *, seeds: int = SEEDS,
   config.num_seeds = seeds
   config.log_every_steps = 100
   config.checkpoint_every_steps = 0
-  if config.task.name == 'npid':
-    config.task.num_negatives = 0
+  small_bank(config)
   if config.task.name == 'few_labels':
     # Its epochs are over the labelled subset: the same images seen per
     # round as every other objective.
     config.train.num_epochs = EPOCHS / config.data.labelled_fraction
   return config
+
+
+def small_bank(config: ml_collections.ConfigDict) -> None:
+  """NPID on a bank of a few thousand images: NCE's one-shot normaliser
+  diverges there (sslprune_jax.tasks.npid); Wu et al.'s exact softmax
+  instead (`task.num_negatives=0`). Other objectives are left alone."""
+  if config.task.name == 'npid':
+    config.task.num_negatives = 0
 
 
 def config(name: str, **kwargs) -> ml_collections.ConfigDict:

@@ -19,6 +19,9 @@ of exp(m . v / T) over the scores of that step's global batch, then kept
 fixed (and checkpointed). After each step the bank entries of the whole
 global batch move towards the new features,
 m_i <- normalise(momentum m_i + (1 - momentum) v_i), on every device alike.
+As in Wu et al.'s code the bank starts as random unit vectors, so in a first
+epoch every positive is still random: NPID needs many epochs (200 in the
+paper) before its kNN accuracy means much.
 
 With `num_negatives=0` the softmax is computed exactly over the whole bank
 instead (cross-entropy of the logits m . v / T against the image's own
@@ -31,9 +34,6 @@ code). On a bank of a few thousand images K = 4096 noise draws cover most
 of it and the loss diverges (measured on 6,000 Fashion-MNIST images: NCE
 loss 110 -> 1457 in 92 steps, kNN accuracy at chance), so small banks use
 the exact softmax, which costs only a [batch, N] product there.
-As in Wu et al.'s code the bank starts as random unit vectors, so in a first
-epoch every positive is still random: NPID needs many epochs (200 in the
-paper) before its kNN accuracy means much.
 
 Evaluation is a weighted k-nearest-neighbour classifier: each eval image
 votes with its k most similar bank entries, weighted by exp(similarity / T),
