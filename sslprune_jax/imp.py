@@ -546,12 +546,22 @@ def run(config: ml_collections.ConfigDict, workdir: str
     remaining, test/train accuracy and loss, seconds, sparsity; with
     several seeds, one such list per seed.
   """
-  exps = [build(c) for c in seed_configs(config)]
+  exps = [build(_own_seed_init(c)) for c in seed_configs(config)]
   return run_rounds(
       exps if len(exps) > 1 else exps[0], workdir,
       rounds=range(config.pruning.num_rounds + 1), start=round_start,
       save_rewind=config.pruning.reset == 'rewind',
       stop=functools.partial(_target_reached, config))
+
+
+def _own_seed_init(config: ml_collections.ConfigDict
+                   ) -> ml_collections.ConfigDict:
+  """`config` starting from its own seed of `init_from.workdir` (`seed_run`)."""
+  if not config.init_from.workdir:
+    return config
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.init_from.workdir = seed_run(config.init_from.workdir, config.seed)
+  return config
 
 
 @dataclasses.dataclass
@@ -810,6 +820,25 @@ def source_config(workdir: str) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def seed_run(workdir: str, seed: int) -> str:
+  """Where seed `seed` of the pruning run in `workdir` is kept.
+
+  A run that trained several seeds together keeps seed s in
+  `seed_workdir(workdir, s)`: a run of seed s that starts from it reads
+  that seed, so that packed seeds stay paired with what they came from. A
+  run of one seed is read as it is, whatever `seed`.
+  """
+  source = source_config(workdir)
+  packed = source.get('num_seeds', 1)
+  if packed == 1:
+    return workdir
+  first = source.seed
+  if not first <= seed < first + packed:
+    raise ValueError(f'{workdir} trained seeds {first}..{first + packed - 1}'
+                     f'; it has no seed {seed} to start from.')
+  return seed_workdir(workdir, seed)
+
+
 def check_source(config: ml_collections.ConfigDict,
                  source_workdir: str) -> ml_collections.ConfigDict:
   """The source run's config, checked to have trained this config's model."""
@@ -848,8 +877,8 @@ def load_source(config: ml_collections.ConfigDict, variables: PyTree,
   `round_idx` of the run in `source_workdir`: its trained weights
   (`point='final'`), or the rewind point's weights under that round's mask
   (`point='rewind'`, the winning ticket). The head is the source's if the
-  source was trained on the same task and data (a label-trained winning
-  ticket keeps its classifier); otherwise it is this run's fresh, unpruned
+  source was trained on the same task and data, classes included (a
+  label-trained winning ticket keeps its classifier); otherwise it is this run's fresh, unpruned
   head from `variables` (RotNet's 4-way head gives way to a classifier).
 
   Args:
@@ -868,8 +897,10 @@ def load_source(config: ml_collections.ConfigDict, variables: PyTree,
   params, mask = dict(saved['params']), dict(saved['mask'])
   head = variables['params'][models.HEAD]
   shapes = lambda tree: jax.tree.map(jnp.shape, tree)
+  classes = lambda c: tuple(c.data.get('classes', ()))
   same_task = (source.task.name == config.task.name
                and source.data.name == config.data.name
+               and classes(source) == classes(config)
                and shapes(params[models.HEAD]) == shapes(head))
   if not same_task:
     params[models.HEAD] = head

@@ -363,6 +363,58 @@ def test_classes_subset(fmnist_dir):
 
 
 @pytest.mark.parametrize('cache', [True, False])
+def test_dataset_of_some_classes(fmnist_dir, cache):
+  config = _config('fashion_mnist', fmnist_dir, train_split='train[:2000]',
+                   eval_split='test[:1000]', classes=(7, 2, 5), cache=cache)
+  labels = _split_labels(fmnist_dir, 'train[:2000]')
+  members = np.flatnonzero(np.isin(labels, (7, 2, 5)))
+  np.testing.assert_array_equal(data.class_subset(config), members)
+  info = data.get_info(config)
+  test_labels = _split_labels(fmnist_dir, 'test[:1000]')
+  assert info.num_classes == 3
+  assert info.num_train_examples == len(members)
+  assert info.num_eval_examples == np.isin(test_labels, (7, 2, 5)).sum()
+  assert info.num_labelled_examples == len(members)
+  # Relabelled in the order listed: 7 -> 0, 2 -> 1, 5 -> 2.
+  relabel = {7: 0, 2: 1, 5: 2}
+  stream = _take(data.train_iterator(config, global_batch_size=64, seed=1),
+                 len(members) // 64 + 1)
+  epoch = stream[:len(members) // 64]
+  indices = np.concatenate([b['index'] for b in epoch])
+  assert len(set(indices)) == len(indices) == len(members) // 64 * 64
+  assert set(indices) <= set(members)
+  for batch in stream:
+    np.testing.assert_array_equal(
+        batch['label'], [relabel[c] for c in labels[batch['index']]])
+  _assert_same_batches(
+      stream[2:], _take(data.train_iterator(config, global_batch_size=64,
+                                            seed=1, start_step=2),
+                        len(stream) - 2))
+  evaluated = list(data.eval_iterator(config, global_batch_size=128))
+  real = np.concatenate([b['label'][b['mask']] for b in evaluated])
+  np.testing.assert_array_equal(
+      real, [relabel[c] for c in test_labels if c in relabel])
+  # The labelled subset is chosen among the classes.
+  config.labelled = 'per_class'
+  labelled = data.labelled_indices(config)
+  assert set(labelled) <= set(members)
+  assert len(labelled) == sum(round(0.1 * np.sum(labels == c))
+                              for c in relabel)
+
+
+def test_classes_must_exist_and_be_distinct(fmnist_dir):
+  config = _config('fashion_mnist', fmnist_dir)
+  for classes, message in (((3, 3), 'distinct'), ((-1,), 'distinct'),
+                           ((2, 10), r'\[10\] not in its 10 classes')):
+    config.classes = classes
+    with pytest.raises(ValueError, match=message):
+      data.get_info(config)
+  voc = _config('voc2007', fmnist_dir, classes=(1,)).to_dict()
+  with pytest.raises(ValueError, match='multi-label'):
+    pipeline._resolve_config(voc)
+
+
+@pytest.mark.parametrize('cache', [True, False])
 def test_only_labelled_stream(fmnist_dir, cache):
   config = _config(
       'fashion_mnist', fmnist_dir, train_split='train[:2000]',

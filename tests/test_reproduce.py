@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 
 from sslprune_jax import config_lib
+from sslprune_jax import data
 from sslprune_jax import imp
 from sslprune_jax import report
 from sslprune_jax.evaluation import retrain
 from sslprune_jax.reproduce import fig1
+from sslprune_jax.reproduce import fig2
 from sslprune_jax.reproduce import fig3
 from sslprune_jax.reproduce import fig4
 from sslprune_jax.reproduce import fig5
@@ -241,6 +243,48 @@ def test_fig3_end_to_end(shrunk, shared):
   assert (out / 'test_accuracy.png').stat().st_size > 0
 
 
+def test_fig2_transfers_across_disjoint_halves(data_dir):
+  assert sorted(fig2.PRETRAIN + fig2.TRANSFER) == list(range(10))
+  halves = []
+  for classes in (fig2.PRETRAIN, fig2.TRANSFER):
+    config = settings.config('labels', seeds=1)
+    config.data.data_dir = data_dir
+    config.update_from_flattened_dict(fig2.data(classes))
+    info = data.get_info(config.data)
+    # Fashion-MNIST is balanced: each half holds about the regime's images.
+    assert info.num_classes == 5
+    assert abs(info.num_train_examples - settings.TRAIN_IMAGES) < 100
+    assert info.num_eval_examples == settings.EVAL_IMAGES
+    halves.append(set(data.class_subset(config.data)))
+  assert not halves[0] & halves[1]
+  assert len(halves[0] | halves[1]) == 2 * settings.TRAIN_IMAGES
+
+
+def test_fig2_end_to_end(shrunk, shared, monkeypatch):
+  # Halves of ~256 training images: two steps of 128 per epoch.
+  monkeypatch.setattr(settings, 'TRAIN_IMAGES', 256)
+  monkeypatch.setattr(settings, 'EVAL_IMAGES', 100)
+  out = shared / 'report' / 'fig2'
+  paths = fig2.make(str(shared / 'w'), str(out), seeds=1)
+  curves = _curves_of(paths)
+  assert set(curves) == {f'{o}, pruned {when}' for o in fig2.OBJECTIVES
+                         for when in ('during pre-training', 'during transfer')}
+  # Both arms have the dense round and the two pruned ones.
+  assert all(len(rows) == 3 for rows in curves.values())
+  runs = fig2.runs(str(shared / 'w'), 1)
+  for o in fig2.OBJECTIVES:
+    pretrain = report.load_run(runs[f'{o}, pruned during pre-training']
+                               .config.source.workdir)
+    transfer = report.load_run(runs[f'{o}, pruned during transfer']
+                               .directory)
+    assert tuple(pretrain.config['data']['classes']) == fig2.PRETRAIN
+    assert tuple(transfer.config['data']['classes']) == fig2.TRANSFER
+    assert transfer.config['init_from']['workdir'] == (
+        runs[f'{o}, pruned during pre-training'].config.source.workdir)
+  section = open(paths['section']).read()
+  assert section.count('| **') == len(fig2.OBJECTIVES)
+
+
 def test_retraining_a_packed_source_reads_its_own_seed(tmp_path):
   source = tmp_path / 'source'
   for d in (source, source / 'seed_3', source / 'seed_4'):
@@ -254,6 +298,13 @@ def test_retraining_a_packed_source_reads_its_own_seed(tmp_path):
   assert [c.source.workdir for c in seeds] == [
       str(source / 'seed_3'), str(source / 'seed_4')]
   assert config.source.workdir == str(source)  # Not changed in place.
+  # Pruning that starts from a packed run (init_from) pairs seeds likewise.
+  prune = settings.config('labels', seeds=2)
+  prune.seed = 3
+  prune.init_from.workdir = str(source)
+  assert [imp._own_seed_init(c).init_from.workdir
+          for c in imp.seed_configs(prune)] == [
+              str(source / 'seed_3'), str(source / 'seed_4')]
   config.num_seeds = 1
   config.seed = 7
   with pytest.raises(ValueError, match='trained seeds 3..4; it has no seed 7'):
@@ -268,7 +319,7 @@ def test_command_refuses_an_unknown_figure(tmp_path):
       [sys.executable, '-m', 'sslprune_jax.reproduce', '--figure=9',
        f'--workdir={tmp_path}'], capture_output=True, text=True, check=False)
   assert result.returncode != 0
-  assert "--figure='9': choose regime or one of 1, 3, 4" in result.stderr
+  assert "--figure='9': choose regime or one of 1, 2, 3" in result.stderr
   assert not list(tmp_path.iterdir())
 
 

@@ -9,6 +9,7 @@ from sslprune_jax.data.pipeline import DATASETS
 from sslprune_jax.data.pipeline import DatasetInfo
 from sslprune_jax.data.pipeline import DatasetNotFoundError
 from sslprune_jax.data.pipeline import LABELLED
+from sslprune_jax.data.pipeline import class_subset
 from sslprune_jax.data.pipeline import default_data_config
 from sslprune_jax.data.pipeline import eval_iterator
 from sslprune_jax.data.pipeline import get_builder
@@ -22,6 +23,7 @@ __all__ = [
     'DatasetInfo',
     'DatasetNotFoundError',
     'LABELLED',
+    'class_subset',
     'default_data_config',
     'eval_iterator',
     'get_builder',

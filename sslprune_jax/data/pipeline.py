@@ -123,6 +123,7 @@ _CONFIG_FIELDS = (
     'labelled_seed',
     'grayscale',
     'read_shards',
+    'classes',
 )
 
 # Ways of choosing the labelled subset of the training split.
@@ -171,9 +172,12 @@ class DatasetInfo:
   """What the model and the training loop need to know about a dataset.
 
   Attributes:
-    num_classes: number of classes.
-    num_train_examples: examples in the whole training split (all hosts).
-    num_eval_examples: examples in the whole evaluation split (all hosts).
+    num_classes: number of classes (those of `classes` when it restricts
+      the dataset, see `class_subset`).
+    num_train_examples: examples in the whole training split (all hosts),
+      of `classes` only if it is given.
+    num_eval_examples: examples in the whole evaluation split (all hosts),
+      likewise.
     image_shape: `(H, W, C)` of the images the pipelines yield.
     num_labelled_examples: examples of the labelled subset of the training
       split (all hosts; see `labelled_indices`).
@@ -218,6 +222,7 @@ class _Config:
   labelled_seed: int
   grayscale: bool = False
   read_shards: int = 0
+  classes: tuple[int, ...] = ()
 
 
 def _check_name(name):
@@ -240,7 +245,8 @@ def default_data_config(name='fashion_mnist'):
     voc2007), `eval_split`, `image_size`, `augment`, `shuffle_buffer`,
     `cache`, the labelled subset's `labelled` ('all', 'per_class' or
     'classes'; see `labelled_indices`), `labelled_fraction` and
-    `labelled_seed`, `grayscale` and `read_shards` (see `train_iterator`).
+    `labelled_seed`, `grayscale`, `read_shards` (see `train_iterator`) and
+    `classes` (see `class_subset`).
 
   Raises:
     ValueError: unknown dataset.
@@ -267,6 +273,9 @@ def default_data_config(name='fashion_mnist'):
           # makes the training stream the same on any number of processes
           # dividing it (resume on another slice; compare 1 and 2 hosts).
           read_shards=0,
+          # The dataset restricted to these classes, relabelled 0..k-1 in
+          # this order; () keeps every class (see `class_subset`).
+          classes=(),
       )
   )
 
@@ -335,6 +344,7 @@ def _resolve_config(data_config):
                      f'{config.read_shards!r}.')
   _check_train_split(config)
   _check_labelled(config)
+  _check_classes(config)
   data_dir = None if config.data_dir is None else os.fspath(config.data_dir)
   return dataclasses.replace(
       config,
@@ -345,6 +355,7 @@ def _resolve_config(data_config):
       labelled_fraction=float(config.labelled_fraction),
       labelled_seed=int(config.labelled_seed),
       read_shards=int(config.read_shards),
+      classes=tuple(int(c) for c in config.classes),
   )
 
 
@@ -432,6 +443,46 @@ def _check_labelled(config):
         "imagenet2012 takes its 'per_class' labelled subsets from TFDS's "
         f'{" and ".join(_IMAGENET_SUBSETS.values())}: labelled_fraction must '
         f'be 0.01 or 0.1, got {fraction!r}.'
+    )
+
+
+def _check_classes(config):
+  """Raises ValueError unless `classes` lists distinct class ids.
+
+  Whether each id is one of the dataset's classes is checked once the
+  dataset is at hand (`_check_classes_exist`).
+
+  Args:
+    config: a `_Config` whose other fields are valid.
+  """
+  classes = config.classes
+  if (
+      not isinstance(classes, (tuple, list))
+      or not all(_is_int(c) and c >= 0 for c in classes)
+      or len(set(classes)) < len(classes)
+  ):
+    raise ValueError(
+        'classes must be a tuple of distinct class ids >= 0 (() for every '
+        f'class), got {classes!r}.'
+    )
+  if classes and config.name in _MULTI_LABEL:
+    raise ValueError(
+        f'{config.name} is multi-label: an image belongs to several classes, '
+        f'so it cannot be restricted to some; classes must be (), got '
+        f'{classes!r}.'
+    )
+
+
+def _check_classes_exist(builder, config):
+  """Raises ValueError if `classes` names a class the dataset lacks."""
+  if not config.classes:
+    return
+  num_classes = _num_classes(builder)
+  unknown = [c for c in config.classes if c >= num_classes]
+  if unknown:
+    raise ValueError(
+        f'classes {list(config.classes)} of {config.name}: {unknown} not in '
+        f'its {num_classes} classes (0..{num_classes - 1}).'
     )
 
 
@@ -668,15 +719,17 @@ def _tfds_name(name):
 def _prepared_builder(config):
   """Returns a prepared builder for a validated config (see `get_builder`)."""
   builder = tfds.builder(_tfds_name(config.name), data_dir=config.data_dir)
-  if _has_data(builder):
-    return builder
-  if config.name == 'fashion_mnist':
-    return _prepare_fashion_mnist(builder, config.data_dir)
-  if config.name in ('cifar10', 'voc2007'):
-    return _download_with_tfds(builder, config.name, config.data_dir)
-  if config.name == 'places365_small':
-    raise _places365_not_found(builder)
-  raise _imagenet_not_found(builder)
+  if not _has_data(builder):
+    if config.name == 'fashion_mnist':
+      builder = _prepare_fashion_mnist(builder, config.data_dir)
+    elif config.name in ('cifar10', 'voc2007'):
+      builder = _download_with_tfds(builder, config.name, config.data_dir)
+    elif config.name == 'places365_small':
+      raise _places365_not_found(builder)
+    else:
+      raise _imagenet_not_found(builder)
+  _check_classes_exist(builder, config)
+  return builder
 
 
 def get_builder(data_config):
@@ -771,10 +824,14 @@ def get_info(data_config):
   channels = 1 if config.grayscale else _image_shape(builder)[-1]
   layout = _index_layout(builder, config)
   ranges = _index_ranges(builder, layout, config.train_split, 0)
+  if config.classes:
+    num_train_examples = len(_class_indices(config))
+  else:
+    num_train_examples = _num_examples(builder, config.train_split)
   return DatasetInfo(
-      num_classes=_num_classes(builder),
-      num_train_examples=_num_examples(builder, config.train_split),
-      num_eval_examples=_num_examples(builder, config.eval_split),
+      num_classes=len(config.classes) or _num_classes(builder),
+      num_train_examples=num_train_examples,
+      num_eval_examples=_count(builder, config, config.eval_split),
       image_shape=(config.image_size, config.image_size, int(channels)),
       num_labelled_examples=len(_labelled_indices(config)),
       index_size=layout.size,
@@ -1219,22 +1276,34 @@ def _choose_labelled(builder, config, layout):
     An int64 array of indices.
   """
   if config.labelled == 'all':
+    if config.classes:
+      return _class_indices(config)
     ranges = _index_ranges(builder, layout, config.train_split, 0)
     return np.concatenate(
         [np.arange(start, stop, dtype=np.int64) for start, stop in ranges]
     )
   if config.name == 'imagenet2012' and config.labelled == 'per_class':
-    return _imagenet_subset_indices(builder, config, layout)
+    indices = _imagenet_subset_indices(builder, config, layout)
+    if config.classes:
+      indices = np.intersect1d(indices, _class_indices(config))
+    return indices
   examples = _scan(builder, config.train_split, ('label',), layout)
   labels, indices = examples['label'], examples['index']
+  if config.classes:
+    kept = np.isin(labels, config.classes)
+    labels, indices = labels[kept], indices[kept]
   fraction = _as_fraction(config.labelled_fraction)
   half = fractions.Fraction(1, 2)
   if config.labelled == 'classes':
-    num_classes = _num_classes(builder)
-    count = max(1, math.floor(fraction * num_classes + half))
-    classes = np.random.default_rng(config.labelled_seed).permutation(
-        num_classes
-    )[:count]
+    candidates = np.asarray(
+        config.classes or range(_num_classes(builder)), np.int64
+    )
+    count = max(1, math.floor(fraction * len(candidates) + half))
+    classes = candidates[
+        np.random.default_rng(config.labelled_seed).permutation(
+            len(candidates)
+        )[:count]
+    ]
     return indices[np.isin(labels, classes)]
   chosen = []
   for label in np.unique(labels):
@@ -1243,6 +1312,72 @@ def _choose_labelled(builder, config, layout):
     rng = np.random.default_rng([config.labelled_seed, int(label)])
     chosen.append(members[rng.permutation(len(members))[:count]])
   return np.concatenate(chosen) if chosen else np.zeros((0,), np.int64)
+
+
+@functools.lru_cache(maxsize=None)
+def _class_indices(config):
+  """The sorted, read-only indices of the training examples in `classes`."""
+  builder = _prepared_builder(config)
+  examples = _scan(
+      builder, config.train_split, ('label',), _index_layout(builder, config)
+  )
+  indices = np.sort(
+      examples['index'][np.isin(examples['label'], config.classes)]
+  ).astype(np.int64)
+  indices.flags.writeable = False
+  return indices
+
+
+def _count(builder, config, split):
+  """Returns the number of examples of `split` in the config's classes."""
+  if not config.classes:
+    return _num_examples(builder, split)
+  labels = _scan(builder, split, ('label',))['label']
+  return int(np.isin(labels, config.classes).sum())
+
+
+def _relabel(builder, config):
+  """Returns the int32 table from a dataset label to its label here.
+
+  Every class keeps its id unless `classes` restricts the dataset: the
+  classes listed then become 0..k-1 in their order and the others -1
+  (never seen: their examples are filtered out first).
+  """
+  num_classes = 1 if _is_multi_label(builder) else _num_classes(builder)
+  if not config.classes:
+    return np.arange(num_classes, dtype=np.int32)
+  table = np.full(num_classes, -1, np.int32)
+  table[list(config.classes)] = np.arange(len(config.classes))
+  return table
+
+
+def class_subset(data_config):
+  """Returns the indices of the training examples of the config's classes.
+
+  `data.classes` turns a single-label dataset into the dataset of some of
+  its classes, e.g. five Fashion-MNIST classes to pre-train on and the other
+  five to transfer to: the training and evaluation streams hold only their
+  examples, relabelled 0..k-1 in the order listed; `DatasetInfo` counts
+  their examples and k classes; the labelled subset is chosen among them.
+  Examples keep their index in the base split, so an index table (NPID's
+  memory bank) still has `DatasetInfo.index_size` rows, those of the other
+  classes unused.
+
+  Args:
+    data_config: data config (see `default_data_config`) with a non-empty
+      `classes`.
+
+  Returns:
+    A sorted, read-only int64 array of indices (`'index'` of the batches).
+
+  Raises:
+    ValueError: invalid config, or `classes` is ().
+    DatasetNotFoundError: the dataset could not be obtained.
+  """
+  config = _resolve_config(data_config)
+  if not config.classes:
+    raise ValueError('class_subset needs a data config with classes.')
+  return _class_indices(config)
 
 
 @functools.lru_cache(maxsize=None)
@@ -1274,6 +1409,10 @@ def labelled_indices(data_config):
   * 'classes': every example of the first
     `max(1, floor(labelled_fraction * num_classes + 1/2))` classes of
     `np.random.default_rng(labelled_seed).permutation(num_classes)`.
+
+  With `classes` (see `class_subset`), the subset is chosen among their
+  examples: 'all' is all of them, 'per_class' counts within each of them,
+  and 'classes' permutes the list of `classes` instead of all the classes.
 
   Every process computes the same subset from one pass over the labels of
   the whole `train_split` (images are not decoded); results are cached per
@@ -1326,7 +1465,7 @@ def _cached_train_source(builder, layout, split, index_start):
 
 def _train_epoch(
     source, builder, config, *, layout, local_split, index_start, labelled,
-    only_labelled, epoch, seed, local_batch, examples_per_epoch, skip,
+    keep, relabel, epoch, seed, local_batch, examples_per_epoch, skip,
     index_offset
 ):
   """Builds the dataset of one training epoch for this host.
@@ -1340,7 +1479,9 @@ def _train_epoch(
     local_split: this host's training split.
     index_start: its `_index_start`.
     labelled: bool `[layout.size]`, whether each index is labelled.
-    only_labelled: whether to keep only the labelled examples.
+    keep: bool `[layout.size]`, the examples to stream (the labelled ones,
+      or those of `classes`), or None for all.
+    relabel: `_relabel`'s table.
     epoch: epoch number.
     seed: the user's seed.
     local_batch: examples per batch on this host.
@@ -1364,9 +1505,11 @@ def _train_epoch(
         file_seed=_derive_seed(seed, epoch, _FILE_SHUFFLE),
     )
   labelled = tf.constant(labelled)
-  if only_labelled:
+  if keep is not None:
     # Before shuffling and skipping, so that resuming skips the same examples.
-    source = source.filter(lambda ex: tf.gather(labelled, ex['index']))
+    keep = tf.constant(keep)
+    source = source.filter(lambda ex: tf.gather(keep, ex['index']))
+  relabel = tf.constant(relabel)
   ds = source.shuffle(
       config.shuffle_buffer,
       seed=_derive_seed(seed, epoch, _EXAMPLE_SHUFFLE),
@@ -1395,7 +1538,7 @@ def _train_epoch(
     )
     return {
         'image': _finish(image, config, mean, std),
-        'label': tf.cast(example['label'], tf.int32),
+        'label': _relabelled(example['label'], relabel),
         'index': tf.cast(example['index'], tf.int32),
         'labelled': tf.gather(labelled, example['index']),
     }
@@ -1406,7 +1549,19 @@ def _train_epoch(
   return ds.with_options(_pipeline_options())
 
 
-def _shard_batches(builder, config, *, layout, labelled, only_labelled,
+def _relabelled(label, relabel):
+  """An example's label through `_relabel`'s table, as int32.
+
+  Multi-label targets (`[num_classes]`) are never relabelled (`classes` is
+  refused for them).
+  """
+  label = tf.cast(label, tf.int32)
+  if label.shape.rank:
+    return label
+  return tf.gather(relabel, label)
+
+
+def _shard_batches(builder, config, *, layout, labelled, keep, relabel,
                    seed, shard, num_shards, shard_batch, steps_per_epoch,
                    start_step):
   """Yields the training batches of one read shard forever."""
@@ -1427,7 +1582,8 @@ def _shard_batches(builder, config, *, layout, labelled, only_labelled,
         local_split=local_split,
         index_start=index_start,
         labelled=labelled,
-        only_labelled=only_labelled,
+        keep=keep,
+        relabel=relabel,
         epoch=epoch,
         seed=seed,
         local_batch=shard_batch,
@@ -1453,22 +1609,22 @@ def _train_batches(builder, config, *, shards, **kwargs):
            for key in parts[0]}
 
 
-def _labelled_steps_per_epoch(builder, config, layout, subset, num_shards,
-                              shard_batch):
-  """Returns the steps of an epoch over the labelled subset.
+def _subset_steps_per_epoch(builder, config, layout, subset, num_shards,
+                            shard_batch):
+  """Returns the steps of an epoch over a subset of the training split.
 
   Args:
     builder: the prepared TFDS builder.
     config: the validated data config.
     layout: the training split's `_IndexLayout`.
-    subset: the sorted labelled indices.
+    subset: its sorted indices (the labelled ones, or those of `classes`).
     num_shards: parts the training split is read in.
     shard_batch: examples per batch of a part.
 
   Returns:
-    The number of whole batches in the read shard with the fewest labelled
-    examples: `len(subset) // global_batch_size` with one shard, possibly
-    less with several (shards need not hold equally many labelled examples).
+    The number of whole batches in the read shard with the fewest examples
+    of the subset: `len(subset) // global_batch_size` with one shard,
+    possibly less with several (shards need not hold equally many).
   """
   counts = []
   for shard in range(num_shards):
@@ -1550,12 +1706,15 @@ def train_iterator(
   builder = _prepared_builder(config)
   layout = _index_layout(builder, config)
   subset = _labelled_indices(config)
-  if only_labelled:
-    num_examples = len(subset)
-    steps_per_epoch = _labelled_steps_per_epoch(
-        builder, config, layout, subset, num_shards, shard_batch
+  kept = None
+  if only_labelled or config.classes:
+    kept = subset if only_labelled else _class_indices(config)
+    num_examples = len(kept)
+    steps_per_epoch = _subset_steps_per_epoch(
+        builder, config, layout, kept, num_shards, shard_batch
     )
-    what = f'The labelled subset ({config.labelled!r}) of split'
+    what = (f'The labelled subset ({config.labelled!r}) of split'
+            if only_labelled else f'Classes {list(config.classes)} of split')
   else:
     num_examples = _num_examples(builder, config.train_split)
     # Read shards split each part of a joined training split on their own,
@@ -1574,12 +1733,17 @@ def train_iterator(
     )
   labelled = np.zeros(layout.size, bool)
   labelled[subset] = True
+  keep = None
+  if kept is not None:
+    keep = np.zeros(layout.size, bool)
+    keep[kept] = True
   return _train_batches(
       builder,
       config,
       layout=layout,
       labelled=labelled,
-      only_labelled=bool(only_labelled),
+      keep=keep,
+      relabel=_relabel(builder, config),
       seed=operator.index(seed),
       shards=shards,
       num_shards=num_shards,
@@ -1709,13 +1873,15 @@ def eval_iterator(data_config, *, global_batch_size):
   # Without drop_remainder every example is evaluated; the first hosts then
   # hold one example more than the others.
   local_split = tfds.split_for_jax_process(config.eval_split)
-  num_local = _num_examples(builder, local_split)
-  largest_shard = _num_examples(
-      builder,
-      tfds.split_for_jax_process(
-          config.eval_split, process_index=0,
-          process_count=jax.process_count(),
-      ),
+  num_local = _count(builder, config, local_split)
+  # With `classes`, the shard with the most of their examples need not be
+  # the first.
+  largest_shard = max(
+      _count(
+          builder, config, tfds.split_for_jax_process(
+              config.eval_split, process_index=p,
+              process_count=jax.process_count()))
+      for p in range(jax.process_count() if config.classes else 1)
   )
   num_batches = math.ceil(largest_shard / local_batch)
 
@@ -1733,13 +1899,15 @@ def eval_iterator(data_config, *, global_batch_size):
     )
     return {
         'image': _finish(image, config, mean, std),
-        'label': tf.cast(example['label'], tf.int32),
+        'label': _relabelled(example['label'], relabel),
         'mask': tf.constant(True),
     }
 
-  ds = _read(builder, local_split).map(
-      prepare, num_parallel_calls=tf.data.AUTOTUNE
-  )
+  relabel = tf.constant(_relabel(builder, config))
+  ds = _read(builder, local_split)
+  if config.classes:
+    ds = ds.filter(lambda ex: tf.gather(relabel, ex['label']) >= 0)
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   if _is_multi_label(builder):
     # The mask is what excludes padding; as a negative of every class it at
     # least never adds a positive.

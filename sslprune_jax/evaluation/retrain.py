@@ -137,25 +137,11 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
 
 def seed_source(config: ml_collections.ConfigDict
                 ) -> ml_collections.ConfigDict:
-  """`config` reading its own seed of a source run that trained several.
-
-  A source run with `num_seeds` > 1 keeps seed s under
-  `<source.workdir>/seed_<s>/` (`imp.seed_workdir`): a re-training run of
-  seed s re-trains seed s's subnetworks, so that packed seeds stay paired
-  with the masks they came from. A source of one seed is read as it is.
-  """
-  source = imp.source_config(config.source.workdir)
-  packed = source.get('num_seeds', 1)
-  if packed == 1:
-    return config
-  first = source.seed
-  if not first <= config.seed < first + packed:
-    raise ValueError(
-        f'{config.source.workdir} trained seeds {first}..'
-        f'{first + packed - 1}; it has no seed {config.seed} to re-train.')
+  """`config` reading its own seed of the source run (`imp.seed_run`):
+  re-training seed s re-trains seed s's subnetworks of a source that
+  trained several seeds together."""
   config = ml_collections.ConfigDict(config.to_dict())
-  config.source.workdir = imp.seed_workdir(config.source.workdir,
-                                           config.seed)
+  config.source.workdir = imp.seed_run(config.source.workdir, config.seed)
   return config
 
 

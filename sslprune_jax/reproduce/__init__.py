@@ -14,6 +14,7 @@ at this scale. docs/reproduction.md collects them.
   settings   the regime: images, epochs, pruning step, rewind point, seeds
   verdicts   the paper's findings as claims about curves, and their verdicts
   fig1       linear probes of pruned self-supervised trunks
+  fig2       pruning during pre-training or during transfer (across classes)
   fig3       masks with and without labels, re-trained on labels
   fig4       layerwise pruning with labels and RotNet
   fig5       masks from few labels (S4L-Rotation, the labelled 10%)

@@ -15,6 +15,7 @@ from etils import epath
 
 from sslprune_jax.reproduce import driver
 from sslprune_jax.reproduce import fig1
+from sslprune_jax.reproduce import fig2
 from sslprune_jax.reproduce import fig3
 from sslprune_jax.reproduce import fig4
 from sslprune_jax.reproduce import fig5
@@ -22,7 +23,7 @@ from sslprune_jax.reproduce import fig6
 from sslprune_jax.reproduce import fig7
 from sslprune_jax.reproduce import regime
 
-FIGURES = {'1': fig1, '3': fig3, '4': fig4, '5': fig5, '6': fig6, '7': fig7}
+FIGURES = {'1': fig1, '2': fig2, '3': fig3, '4': fig4, '5': fig5, '6': fig6, '7': fig7}
 
 flags.DEFINE_string('figure', None,
                     f'What to reproduce: regime, {", ".join(FIGURES)}.',
