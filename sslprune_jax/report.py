@@ -161,6 +161,12 @@ def summarize(runs: list[Run], metric: str) -> list[dict]:
   return out
 
 
+def _left_key(fraction: float) -> float:
+  """A fraction of weights left, rounded so that equal counts compare
+  equal across runs."""
+  return round(float(fraction), 9)
+
+
 def tables(curves: dict[str, list[Run]], metric: str) -> tuple[str, str]:
   """A CSV and a markdown table of `metric` for every curve.
 
@@ -170,7 +176,8 @@ def tables(curves: dict[str, list[Run]], metric: str) -> tuple[str, str]:
 
   Returns:
     (csv text with columns curve, round, fraction_left, mean, sem, n;
-     markdown with one row per round and a 'mean ± s.e.' column per curve).
+     markdown with one row per fraction of weights left, densest first,
+     and a 'mean ± s.e.' column per curve).
   """
   summaries = {name: summarize(runs, metric) for name, runs in curves.items()}
   out = io.StringIO()
@@ -179,20 +186,23 @@ def tables(curves: dict[str, list[Run]], metric: str) -> tuple[str, str]:
   writer.writeheader()
   for name, rows in summaries.items():
     writer.writerows({'curve': name, **row} for row in rows)
-  by_round = [{row['round']: row for row in rows}
-              for rows in summaries.values()]
+  # Rows are fractions of weights left, not rounds: curves that prune at
+  # different rates (layerwise pruning, another step) then share a row only
+  # where they have as many weights left, and leave the other rows blank.
+  by_left = [{_left_key(row['fraction_left']): row for row in rows}
+             for rows in summaries.values()]
   lines = ['| weights left | ' + ' | '.join(summaries) + ' |',
            '|---' * (len(summaries) + 1) + '|']
-  for r in sorted(set().union(*by_round)):
-    left = next(rows[r]['fraction_left'] for rows in by_round if r in rows)
+  for left in sorted(set().union(*by_left), reverse=True):
     cells = []
-    for rows in by_round:
-      if r not in rows:
+    for rows in by_left:
+      row = rows.get(left)
+      if row is None:
         cells.append('')
-      elif math.isnan(rows[r]['sem']):
-        cells.append(f"{rows[r]['mean']:.4f}")
+      elif math.isnan(row['sem']):
+        cells.append(f"{row['mean']:.4f}")
       else:
-        cells.append(f"{rows[r]['mean']:.4f} ± {rows[r]['sem']:.4f}")
+        cells.append(f"{row['mean']:.4f} ± {row['sem']:.4f}")
     lines.append(f'| {100 * left:.2f}% | ' + ' | '.join(cells) + ' |')
   return out.getvalue(), '\n'.join(lines) + '\n'
 

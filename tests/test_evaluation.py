@@ -89,6 +89,23 @@ def test_report_mean_and_standard_error_by_hand(tmp_path):
   assert '| 64.00% |  | 0.7000 |' in markdown
 
 
+def test_report_rows_are_fractions_left_for_curves_of_other_rates(tmp_path):
+  fast = [_write_run(tmp_path / 'fast', 0, [0.9, 0.8, 0.7])]
+  slow = [_write_run(tmp_path / 'slow', 0, [0.9, 0.85, 0.8, 0.75, 0.7])]
+  for run, left in ((fast[0], (1.0, 0.64, 0.4096)),
+                    (slow[0], (1.0, 0.8, 0.64, 0.512, 0.4096))):
+    for row, f in zip(run.rows, left):
+      row['fraction_left'] = str(f)
+  _, markdown = report.tables({'fast': fast, 'slow': slow}, 'test_accuracy')
+  rows = markdown.splitlines()[2:]
+  # Round 1 is 64% left for one curve and 80% for the other: two rows.
+  assert rows == ['| 100.00% | 0.9000 | 0.9000 |',
+                  '| 80.00% |  | 0.8500 |',
+                  '| 64.00% | 0.8000 | 0.8000 |',
+                  '| 51.20% |  | 0.7500 |',
+                  '| 40.96% | 0.7000 | 0.7000 |']
+
+
 def test_report_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
   a = _write_run(tmp_path / 'a', 0, [0.9], task={'name': 'labels'})
   b = _write_run(tmp_path / 'b', 1, [0.9], task={'name': 'rotnet'})
