@@ -19,7 +19,7 @@ import ml_collections
 
 from sslprune_jax import config_lib
 from sslprune_jax import imp
-from sslprune_jax import report
+from sslprune_jax import report as report_lib
 from sslprune_jax import runner
 from sslprune_jax.reproduce import settings
 from sslprune_jax.reproduce import verdicts as verdicts_lib
@@ -48,11 +48,11 @@ def seed_dirs(run: Run) -> list[str]:
   return [imp.seed_workdir(run.directory, config.seed + i) for i in range(k)]
 
 
-def load(runs: Run | Sequence[Run]) -> list[report.Run]:
+def load(runs: Run | Sequence[Run]) -> list[report_lib.Run]:
   """The seeds of a run (or of runs, one per seed), as `report` reads
   them."""
   runs = [runs] if isinstance(runs, Run) else runs
-  return [report.load_run(d) for r in runs for d in seed_dirs(r)]
+  return [report_lib.load_run(d) for r in runs for d in seed_dirs(r)]
 
 
 def flatten(all_runs: dict) -> list[Run]:
@@ -65,7 +65,7 @@ def flatten(all_runs: dict) -> list[Run]:
   return list(out.values())
 
 
-def curve(runs: Sequence[report.Run], metric: str) -> verdicts_lib.Curve:
+def curve(runs: Sequence[report_lib.Run], metric: str) -> verdicts_lib.Curve:
   """seed -> fraction of weights left -> `metric`, from finished rounds."""
   out: verdicts_lib.Curve = {}
   for run in runs:
@@ -75,10 +75,10 @@ def curve(runs: Sequence[report.Run], metric: str) -> verdicts_lib.Curve:
   return out
 
 
-def write(out_dir: str, curves: dict[str, list[report.Run]], metric: str,
+def write(out_dir: str, curves: dict[str, list[report_lib.Run]], metric: str,
           found: Sequence[verdicts_lib.Verdict]) -> dict[str, str]:
   """<metric>.csv/.md/.png (mean ± s.e. per curve) and verdicts.md."""
-  paths = report.write(curves, metric, out_dir)
+  paths = report_lib.write(curves, metric, out_dir)
   path = epath.Path(out_dir) / 'verdicts.md'
   path.write_text(verdicts_lib.table(found))
   paths['verdicts'] = str(path)
@@ -90,22 +90,37 @@ def make(figure, workdir: str, out_dir: str, seeds: int,
   """The common shape of a figure module (`fig<N>`, with its `NUMBER`,
   `TITLE`, `METRIC`, `CURVES`, `runs` and `findings`): runs everything
   `runs` lists (in order), reads the shown curves, judges the findings and
-  writes the table, plot, verdicts and the figure's markdown section
-  (`<out_dir>/section.md`)."""
-  name = label(f'fig{figure.NUMBER}', regime)
+  writes the report (`report`)."""
+  all_runs, wall = run_all(figure, workdir, seeds, regime)
+  loaded = {c: load(all_runs[c]) for c in figure.CURVES or tuple(all_runs)}
+  found = figure.findings({c: curve(runs, figure.METRIC)
+                           for c, runs in loaded.items()})
+  return report(figure, out_dir, seeds, regime, wall, loaded, found)
+
+
+def run_all(figure, workdir: str, seeds: int, regime: dict
+            ) -> tuple[dict, float]:
+  """Runs (or resumes) a figure's runs; returns them and the figure's wall
+  time so far."""
   all_runs = figure.runs(workdir, seeds, **regime)
-  shown = figure.CURVES or tuple(all_runs)
   start = time.perf_counter()
   execute(flatten(all_runs))
-  wall = timed(workdir, name, time.perf_counter() - start)
-  loaded = {c: load(all_runs[c]) for c in shown}
-  found = figure.findings({c: curve(loaded[c], figure.METRIC)
-                           for c in shown})
+  wall = timed(workdir, label(f'fig{figure.NUMBER}', regime),
+               time.perf_counter() - start)
+  return all_runs, wall
+
+
+def report(figure, out_dir: str, seeds: int, regime: dict, wall: float,
+           loaded: dict[str, list[report_lib.Run]],
+           found: Sequence[verdicts_lib.Verdict],
+           preface: str = '') -> dict[str, str]:
+  """Writes a figure's table, plot, verdicts and markdown section
+  (`<out_dir>/section.md`, `preface` before its table)."""
   paths = write(out_dir, loaded, figure.METRIC, found)
   command = (f'python -m sslprune_jax.reproduce --figure={figure.NUMBER} '
              f'--workdir=W --seeds={seeds}{flags(regime)}')
   text = section(figure.TITLE, command, wall,
-                 epath.Path(paths['md']).read_text(),
+                 preface + epath.Path(paths['md']).read_text(),
                  f'{figure.METRIC}.png', found)
   (epath.Path(out_dir) / 'section.md').write_text(text)
   paths['section'] = str(epath.Path(out_dir) / 'section.md')

@@ -16,7 +16,7 @@ Wall time on 2 cores: see docs/reproduction.md (measured when it ran).
 
 from __future__ import annotations
 
-import time
+import sys
 
 from etils import epath
 import numpy as np
@@ -79,23 +79,16 @@ def findings(values: dict[str, dict[int, float]],
 
 def make(workdir: str, out_dir: str, seeds: int = 3, **regime
          ) -> dict[str, str]:
-  """Runs (or resumes) the figure and writes its report under `out_dir`."""
-  start = time.perf_counter()
-  all_runs = runs(workdir, seeds, **regime)
-  driver.execute(driver.flatten(all_runs))
-  wall = driver.timed(workdir, driver.label(f'fig{NUMBER}', regime),
-                      time.perf_counter() - start)
+  """Runs (or resumes) the figure and writes its report under `out_dir`,
+  the natural sparsity table first."""
+  figure = sys.modules[__name__]
+  all_runs, wall = driver.run_all(figure, workdir, seeds, regime)
   values = {o: sparsity(all_runs[f'prune {o}']) for o in OBJECTIVES}
   loaded = {c: driver.load(all_runs[c]) for c in CURVES}
   found = findings(values, {c: driver.curve(loaded[c], METRIC)
                             for c in CURVES})
-  paths = driver.write(out_dir, loaded, METRIC, found)
   table = sparsity_table(values)
+  epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   (epath.Path(out_dir) / 'natural_sparsity.md').write_text(table)
-  text = driver.section(
-      TITLE, f'python -m sslprune_jax.reproduce --figure=6 --workdir=W '
-      f'--seeds={seeds}{driver.flags(regime)}', wall, table + '\n' +
-      epath.Path(paths['md']).read_text(), f'{METRIC}.png', found)
-  (epath.Path(out_dir) / 'section.md').write_text(text)
-  paths['section'] = str(epath.Path(out_dir) / 'section.md')
-  return paths
+  return driver.report(figure, out_dir, seeds, regime, wall, loaded, found,
+                       preface=table + '\n')
