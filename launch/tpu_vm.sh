@@ -7,12 +7,12 @@
 # Usage: launch/tpu_vm.sh [--dry-run] COMMAND [OPTIONS]
 #
 # Commands:
-#   create    create the TPU VM
+#   create    request the TPU VM (a queued resource; --direct: at once)
 #   install   copy this checkout to every worker and pip-install it there
 #   run       start a config on all workers (detached); --wait follows it
 #   logs      copy the workers' run logs to a local folder
 #   status    the TPU VM's state and the runs on its workers
-#   delete    delete the TPU VM
+#   delete    delete the TPU VM (and its queued resource)
 #   help      this text; `launch/tpu_vm.sh COMMAND --help` for one command
 #
 # Settings, as flags of any command or environment variables:
@@ -118,11 +118,30 @@ run_cmd() {
 
 # `gcloud compute tpus tpu-vm ARGS... --zone=ZONE [--project=PROJECT]`.
 tpu_vm() {
-  local cmd=(gcloud compute tpus tpu-vm "$@" --zone="$ZONE")
+  tpus tpu-vm "$@"
+}
+
+# `gcloud compute tpus queued-resources ARGS... --zone=ZONE [...]`.
+queued() {
+  tpus queued-resources "$@"
+}
+
+tpus() {
+  local cmd=(gcloud compute tpus "$@" --zone="$ZONE")
   if [[ -n "$PROJECT" ]]; then
     cmd+=(--project="$PROJECT")
   fi
   run_cmd "${cmd[@]}"
+}
+
+# Whether the TPU VM was requested as a queued resource (of its own name);
+# under --dry-run, prints the check and answers yes.
+has_queued_resource() {
+  if is_dry_run; then
+    queued describe "$TPU_NAME" --format='value(name)'
+    return 0
+  fi
+  queued describe "$TPU_NAME" --format='value(name)' > /dev/null 2>&1
 }
 
 # Sets VALUE to an option's value, from `--opt=value` or `--opt value`, and
@@ -181,13 +200,16 @@ check_shared_path() {
   esac
 }
 
-# The runtime version matching an accelerator type, for `create`.
+# The runtime version matching an accelerator type, for `create`; fails
+# for a type it does not know (a newer generation needs its own runtime,
+# which a base image would not be).
 default_version() {
   case "$1" in
+    v2-* | v3-* | v4-*) echo tpu-ubuntu2204-base ;;
     v5p-*) echo v2-alpha-tpuv5 ;;
     v5litepod-* | v5e-*) echo v2-alpha-tpuv5-lite ;;
     v6e-*) echo v2-alpha-tpuv6e ;;
-    *) echo tpu-ubuntu2204-base ;;
+    *) return 1 ;;
   esac
 }
 
@@ -221,7 +243,14 @@ usage_create() {
   cat <<EOF
 Usage: ${SCRIPT} create [OPTIONS] [-- GCLOUD_ARGS...]
 
-Creates the TPU VM:
+Requests the TPU VM as a queued resource of the same name, which Cloud TPU
+fills when capacity is free (its state goes from WAITING_FOR_RESOURCES to
+ACTIVE; '${SCRIPT} status' shows it; install once it is ACTIVE):
+  gcloud compute tpus queued-resources create NAME --node-id=NAME \\
+      --zone=ZONE --accelerator-type=TYPE --runtime-version=VERSION \\
+      [--spot] [--valid-until-duration=DURATION]
+With --direct, creates it at once instead, which fails when there is no
+free capacity:
   gcloud compute tpus tpu-vm create NAME --zone=ZONE \\
       --accelerator-type=TYPE --version=VERSION [--spot | --preemptible]
 
@@ -230,9 +259,14 @@ Options:
                            v5litepod-16, v6e-16 (ACCELERATOR_TYPE; required)
   --version VERSION        TPU runtime (TPU_VERSION); default by type:
                            tpu-ubuntu2204-base (v2-v4), v2-alpha-tpuv5 (v5p),
-                           v2-alpha-tpuv5-lite (v5e), v2-alpha-tpuv6e (v6e)
+                           v2-alpha-tpuv5-lite (v5e), v2-alpha-tpuv6e (v6e);
+                           required for any other type
   --spot                   a Spot TPU: cheaper, may be preempted any time
-  --preemptible            a preemptible TPU (the older kind of Spot)
+  --valid-until DURATION   give the queued request up if not filled within
+                           DURATION (e.g. 6h, 2d)
+  --direct                 create at once (tpu-vm create), not queued
+  --preemptible            with --direct: a preemptible TPU (the older kind
+                           of Spot)
   --name, --zone, --project, --dry-run   as for every command
   -- GCLOUD_ARGS...        more flags for gcloud, e.g. --network=NETWORK or
                            --service-account=ACCOUNT
@@ -244,7 +278,7 @@ EOF
 }
 
 cmd_create() {
-  local spot="" preemptible="" extra=()
+  local spot="" preemptible="" direct="" valid_until="" extra=()
   while (($#)); do
     if common_option "$@"; then shift "$NSHIFT"; continue; fi
     NSHIFT=1
@@ -256,6 +290,9 @@ cmd_create() {
         take_value "$@"; TPU_VERSION="$VALUE" ;;
       --spot) spot=1 ;;
       --preemptible) preemptible=1 ;;
+      --direct) direct=1 ;;
+      --valid-until | --valid-until=*)
+        take_value "$@"; valid_until="$VALUE" ;;
       --) shift; extra=("$@"); break ;;
       *) usage_error "unknown option '$1'." ;;
     esac
@@ -267,12 +304,40 @@ cmd_create() {
   if [[ -n "$spot" && -n "$preemptible" ]]; then
     usage_error "give --spot or --preemptible, not both."
   fi
-  local version="${TPU_VERSION:-$(default_version "$ACCELERATOR_TYPE")}"
-  local args=(create "$TPU_NAME" --accelerator-type="$ACCELERATOR_TYPE"
-              --version="$version")
+  if [[ -z "$direct" && -n "$preemptible" ]]; then
+    usage_error "--preemptible needs --direct (queued resources are --spot)."
+  fi
+  if [[ -n "$direct" && -n "$valid_until" ]]; then
+    usage_error "--valid-until is for queued requests, not --direct."
+  fi
+  local version="$TPU_VERSION"
+  if [[ -z "$version" ]] && ! version="$(default_version "$ACCELERATOR_TYPE")"
+  then
+    usage_error "no runtime version known for accelerator type" \
+      "'${ACCELERATOR_TYPE}' (known: v2-v4, v5p, v5e/v5litepod, v6e); give" \
+      "it with --version (see gcloud compute tpus versions list" \
+      "--zone=${ZONE})."
+  fi
+  local args
+  if [[ -n "$direct" ]]; then
+    args=(create "$TPU_NAME" --accelerator-type="$ACCELERATOR_TYPE"
+          --version="$version")
+    if [[ -n "$preemptible" ]]; then args+=(--preemptible); fi
+  else
+    args=(create "$TPU_NAME" --node-id="$TPU_NAME"
+          --accelerator-type="$ACCELERATOR_TYPE" --runtime-version="$version")
+    if [[ -n "$valid_until" ]]; then
+      args+=(--valid-until-duration="$valid_until")
+    fi
+  fi
   if [[ -n "$spot" ]]; then args+=(--spot); fi
-  if [[ -n "$preemptible" ]]; then args+=(--preemptible); fi
-  tpu_vm "${args[@]}" ${extra[@]+"${extra[@]}"}
+  if [[ -n "$direct" ]]; then
+    tpu_vm "${args[@]}" ${extra[@]+"${extra[@]}"}
+    return
+  fi
+  queued "${args[@]}" ${extra[@]+"${extra[@]}"}
+  echo "${SCRIPT} create: requested; '${SCRIPT} status' shows when it is" \
+    "ACTIVE." >&2
 }
 
 # ---------------------------------------------------------------------------
@@ -584,7 +649,9 @@ usage_status() {
   cat <<EOF
 Usage: ${SCRIPT} status [OPTIONS]
 
-Shows the TPU VM (state, health, type) and, on every worker, each run
+Shows the queued request's state if the TPU VM was requested as one
+(WAITING_FOR_RESOURCES, PROVISIONING, ACTIVE, ...), the TPU VM (state,
+health, type) once it exists and, on every worker, each run
 started with '${SCRIPT} run': running, or its exit status (0 finished,
 75 preempted: run it again to resume).
 
@@ -602,8 +669,14 @@ cmd_status() {
     esac
   done
   require_tpu
-  tpu_vm describe "$TPU_NAME" \
-    --format='table(name.basename(),acceleratorType,state,health)'
+  if has_queued_resource; then
+    queued describe "$TPU_NAME" --format='table(name.basename(),state.state)'
+  fi
+  if ! tpu_vm describe "$TPU_NAME" \
+    --format='table(name.basename(),acceleratorType,state,health)'; then
+    echo "${SCRIPT} status: no TPU VM '${TPU_NAME}' yet." >&2
+    return 0
+  fi
   local remote
   # shellcheck disable=SC2016  # Expands on the workers.
   remote='cd "$HOME"/'"$REMOTE_LOGS"' 2>/dev/null || { echo "$(hostname): no runs"; exit 0; }
@@ -634,8 +707,9 @@ usage_delete() {
   cat <<EOF
 Usage: ${SCRIPT} delete [OPTIONS]
 
-Deletes the TPU VM (gcloud asks for confirmation unless --yes). The
-workdirs and data on GCS stay.
+Deletes the TPU VM, and its queued resource if it was requested as one
+(gcloud compute tpus queued-resources delete NAME --force); gcloud asks
+for confirmation unless --yes. The workdirs and data on GCS stay.
 
 Options:
   --yes             do not ask
@@ -658,7 +732,11 @@ cmd_delete() {
   require_tpu
   local args=(delete "$TPU_NAME")
   if [[ -n "$yes" ]]; then args+=(--quiet); fi
-  tpu_vm "${args[@]}"
+  if has_queued_resource; then
+    queued "${args[@]}" --force
+  else
+    tpu_vm "${args[@]}"
+  fi
 }
 
 # ---------------------------------------------------------------------------

@@ -177,9 +177,26 @@ def test_tpu_vm_option_without_value_is_usage_error():
 # tpu_vm.sh: the gcloud commands built (DRY_RUN).
 
 
-def test_tpu_vm_create_command():
+def test_tpu_vm_create_queues_a_request_by_default():
   result = _dry_tpu('create', '--accelerator-type', 'v4-32', '--spot',
-                    '--project=proj', '--', '--network=my-net')
+                    '--valid-until=6h', '--project=proj', '--',
+                    '--network=my-net')
+  assert result.returncode == 0, result.stderr
+  [cmd] = _gcloud_lines(result.stdout)
+  assert cmd[:6] == ['gcloud', 'compute', 'tpus', 'queued-resources',
+                     'create', 'my-tpu']
+  for flag in ('--node-id=my-tpu', '--zone=us-central2-b',
+               '--accelerator-type=v4-32',
+               '--runtime-version=tpu-ubuntu2204-base', '--spot',
+               '--valid-until-duration=6h', '--project=proj',
+               '--network=my-net'):
+    assert flag in cmd
+  assert "'launch/tpu_vm.sh status' shows when it is ACTIVE" in result.stderr
+
+
+def test_tpu_vm_create_direct():
+  result = _dry_tpu('create', '--accelerator-type=v4-32', '--direct',
+                    '--spot', '--project=proj', '--', '--network=my-net')
   assert result.returncode == 0, result.stderr
   [cmd] = _gcloud_lines(result.stdout)
   assert cmd[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'my-tpu']
@@ -195,17 +212,36 @@ def test_tpu_vm_create_command():
 def test_tpu_vm_create_picks_runtime_version(accelerator, version):
   result = _dry_tpu('create', ACCELERATOR_TYPE=accelerator, TPU_VERSION='')
   [cmd] = _gcloud_lines(result.stdout)
-  assert f'--version={version}' in cmd
-  result = _dry_tpu('create', '--preemptible', ACCELERATOR_TYPE=accelerator,
+  assert f'--runtime-version={version}' in cmd
+  result = _dry_tpu('create', '--direct', '--preemptible',
+                    ACCELERATOR_TYPE=accelerator,
                     TPU_VERSION='custom-runtime')
   [cmd] = _gcloud_lines(result.stdout)
   assert '--version=custom-runtime' in cmd and '--preemptible' in cmd
 
 
-def test_tpu_vm_create_refuses_spot_and_preemptible():
-  result = _dry_tpu('create', '--accelerator-type=v4-8', '--spot',
-                    '--preemptible')
+def test_tpu_vm_create_refuses_an_unknown_accelerator_type():
+  result = _dry_tpu('create', '--accelerator-type=v9z-8')
   assert result.returncode == 2
+  assert "no runtime version known for accelerator type 'v9z-8'" in (
+      result.stderr)
+  assert '--version' in result.stderr and 'gcloud' not in result.stdout
+  # Its runtime given, it goes through.
+  result = _dry_tpu('create', '--accelerator-type=v9z-8',
+                    '--version=v2-alpha-tpu9z')
+  assert result.returncode == 0, result.stderr
+  [cmd] = _gcloud_lines(result.stdout)
+  assert '--runtime-version=v2-alpha-tpu9z' in cmd
+
+
+@pytest.mark.parametrize('args, message', [
+    (('--spot', '--preemptible', '--direct'), 'not both'),
+    (('--preemptible',), '--preemptible needs --direct'),
+    (('--direct', '--valid-until=1h'), 'for queued requests')])
+def test_tpu_vm_create_refuses_conflicting_options(args, message):
+  result = _dry_tpu('create', '--accelerator-type=v4-8', *args)
+  assert result.returncode == 2
+  assert message in result.stderr
 
 
 def test_tpu_vm_install_commands():
@@ -278,23 +314,43 @@ def test_tpu_vm_logs_status_delete_commands():
       ['scp', 'my-tpu:sslprune_logs/r1.*', 'out/worker-1/']]
   assert ['--worker=0', '--worker=1'] == [c[7] for c in scps]
 
+  # Under --dry-run the TPU VM counts as requested through a queue.
   result = _dry_tpu('status')
-  describe, ssh = _gcloud_lines(result.stdout)
-  assert describe[4:6] == ['describe', 'my-tpu'] and '--worker=all' in ssh
+  check, request, describe, ssh = _gcloud_lines(result.stdout)
+  assert check[3:6] == ['queued-resources', 'describe', 'my-tpu']
+  assert request[3:6] == ['queued-resources', 'describe', 'my-tpu']
+  assert describe[3:6] == ['tpu-vm', 'describe', 'my-tpu']
+  assert '--worker=all' in ssh
 
   result = _dry_tpu('delete')
-  [cmd] = _gcloud_lines(result.stdout)
-  assert cmd[4:6] == ['delete', 'my-tpu'] and '--quiet' not in cmd
+  check, cmd = _gcloud_lines(result.stdout)
+  assert cmd[3:6] == ['queued-resources', 'delete', 'my-tpu']
+  assert '--force' in cmd and '--quiet' not in cmd
   result = _dry_tpu('delete', '--yes', '--dry-run', DRY_RUN='')
-  [cmd] = _gcloud_lines(result.stdout)
+  _, cmd = _gcloud_lines(result.stdout)
   assert '--quiet' in cmd
+
+
+def test_tpu_vm_delete_without_a_queued_request(tmp_path):
+  # A fake gcloud: no queued resource of that name; records its calls.
+  calls = tmp_path / 'calls'
+  gcloud = tmp_path / 'gcloud'
+  gcloud.write_text('#!/bin/bash\necho "$*" >> ' + str(calls) + '\n'
+                    '[[ "$3" == queued-resources ]] && exit 1\nexit 0\n')
+  gcloud.chmod(0o755)
+  result = _tpu('delete', '--yes', TPU_NAME='vm', ZONE='z',
+                PATH=f'{tmp_path}:{os.environ["PATH"]}')
+  assert result.returncode == 0, result.stderr
+  lines = calls.read_text().splitlines()
+  assert lines[0].startswith('compute tpus queued-resources describe vm')
+  assert lines[1].startswith('compute tpus tpu-vm delete vm --quiet')
 
 
 def test_tpu_vm_global_options_before_command():
   result = _tpu('--dry-run', '--name=pod', '--zone=europe-west4-a', 'delete')
   assert result.returncode == 0, result.stderr
-  [cmd] = _gcloud_lines(result.stdout)
-  assert cmd[5] == 'pod' and '--zone=europe-west4-a' in cmd
+  for cmd in _gcloud_lines(result.stdout):
+    assert cmd[5] == 'pod' and '--zone=europe-west4-a' in cmd
 
 
 # ---------------------------------------------------------------------------
