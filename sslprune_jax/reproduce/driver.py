@@ -103,10 +103,14 @@ def run_all(figure, workdir: str, seeds: int, regime: dict
   """Runs (or resumes) a figure's runs; returns them and the figure's wall
   time so far."""
   all_runs = figure.runs(workdir, seeds, **regime)
-  start = time.perf_counter()
-  execute(flatten(all_runs))
-  wall = timed(workdir, label(f'fig{figure.NUMBER}', regime),
-               time.perf_counter() - start)
+  name = label(f'fig{figure.NUMBER}', regime)
+  wall = timed(workdir, name, 0.0)
+  for r in flatten(all_runs):
+    # Recorded run by run, so that a stopped command loses at most the
+    # time of the run it was in.
+    start = time.perf_counter()
+    execute([r])
+    wall = timed(workdir, name, time.perf_counter() - start)
   return all_runs, wall
 
 

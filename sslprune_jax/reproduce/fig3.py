@@ -13,9 +13,11 @@ with the label masks' per-layer sparsity, re-initialised). The label
 masks' winning tickets re-trained on labels are the labels IMP run's own
 rounds, which is exactly that procedure. 10 runs of 3 packed seeds.
 
-Wall time on 2 cores: 101 minutes, of which 22 paused and much of the
-rest shared with the test suite (about 80 minutes of running); the
-RotNet IMP run is a third of it.
+Wall time on 2 cores: about 3.9 hours, summed from its runs' per-round
+times (RotNet's IMP run 88 minutes, 22 of them paused; Exemplar's 25;
+labels' 15; each re-training 12-18), on cores often shared with the test
+suite. Over the 90 minutes aimed at: RotNet's x4 batches are the
+bulk of it.
 """
 
 from __future__ import annotations
