@@ -1337,16 +1337,15 @@ def _count(builder, config, split):
 
 
 def _relabel(builder, config):
-  """Returns the int32 table from a dataset label to its label here.
+  """Returns the int32 table from a dataset label to its label here, or
+  None when every class keeps its id (no `classes`).
 
-  Every class keeps its id unless `classes` restricts the dataset: the
-  classes listed then become 0..k-1 in their order and the others -1
-  (never seen: their examples are filtered out first).
+  The classes listed become 0..k-1 in their order and the others -1 (never
+  seen: their examples are filtered out first).
   """
-  num_classes = 1 if _is_multi_label(builder) else _num_classes(builder)
   if not config.classes:
-    return np.arange(num_classes, dtype=np.int32)
-  table = np.full(num_classes, -1, np.int32)
+    return None
+  table = np.full(_num_classes(builder), -1, np.int32)
   table[list(config.classes)] = np.arange(len(config.classes))
   return table
 
@@ -1481,7 +1480,7 @@ def _train_epoch(
     labelled: bool `[layout.size]`, whether each index is labelled.
     keep: bool `[layout.size]`, the examples to stream (the labelled ones,
       or those of `classes`), or None for all.
-    relabel: `_relabel`'s table.
+    relabel: `_relabel`'s table, or None.
     epoch: epoch number.
     seed: the user's seed.
     local_batch: examples per batch on this host.
@@ -1509,7 +1508,8 @@ def _train_epoch(
     # Before shuffling and skipping, so that resuming skips the same examples.
     keep = tf.constant(keep)
     source = source.filter(lambda ex: tf.gather(keep, ex['index']))
-  relabel = tf.constant(relabel)
+  if relabel is not None:
+    relabel = tf.constant(relabel)
   ds = source.shuffle(
       config.shuffle_buffer,
       seed=_derive_seed(seed, epoch, _EXAMPLE_SHUFFLE),
@@ -1550,15 +1550,9 @@ def _train_epoch(
 
 
 def _relabelled(label, relabel):
-  """An example's label through `_relabel`'s table, as int32.
-
-  Multi-label targets (`[num_classes]`) are never relabelled (`classes` is
-  refused for them).
-  """
+  """An example's label as int32, through `_relabel`'s table if any."""
   label = tf.cast(label, tf.int32)
-  if label.shape.rank:
-    return label
-  return tf.gather(relabel, label)
+  return label if relabel is None else tf.gather(relabel, label)
 
 
 def _shard_batches(builder, config, *, layout, labelled, keep, relabel,
@@ -1903,9 +1897,10 @@ def eval_iterator(data_config, *, global_batch_size):
         'mask': tf.constant(True),
     }
 
-  relabel = tf.constant(_relabel(builder, config))
+  relabel = _relabel(builder, config)
   ds = _read(builder, local_split)
-  if config.classes:
+  if relabel is not None:
+    relabel = tf.constant(relabel)
     ds = ds.filter(lambda ex: tf.gather(relabel, ex['label']) >= 0)
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   if _is_multi_label(builder):
