@@ -37,6 +37,12 @@ PyTree = Any
 RESTART_MAY_CHANGE = ('log_every_steps', 'checkpoint_every_steps',
                       'train.xla_options', 'model.conv_impl')
 
+# Config fields added after runs were already being saved, each with the
+# value (as JSON) that does what runs did before the field existed. A saved
+# config without such a field matches a request holding that value, so
+# older workdirs still resume; any other value is a different run.
+ADDED_FIELDS = {'data.classes': []}
+
 
 class ConfigMismatchError(ValueError):
   """The workdir holds a run made with a different config."""
@@ -75,6 +81,19 @@ def _comparable(config: dict, prefix: str = '') -> dict:
   return out
 
 
+def _with_added_fields(saved: dict) -> dict:
+  """The saved config with each field added since given its old value."""
+  saved = json.loads(json.dumps(saved))
+  for name, value in ADDED_FIELDS.items():
+    *parents, leaf = name.split('.')
+    node = saved
+    for p in parents:
+      node = node.get(p) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+      node.setdefault(leaf, value)
+  return saved
+
+
 def check_or_write_config(workdir: str,
                           config: ml_collections.ConfigDict) -> None:
   """Records the config in a new workdir, or checks it matches the old one.
@@ -85,7 +104,7 @@ def check_or_write_config(workdir: str,
   path = epath.Path(workdir) / 'config.json'
   current = json.loads(config.to_json_best_effort(sort_keys=True))
   if path.exists():
-    saved = json.loads(path.read_text())
+    saved = _with_added_fields(json.loads(path.read_text()))
     diffs = config_diff(_comparable(saved), _comparable(current))
     if diffs:
       raise ConfigMismatchError(

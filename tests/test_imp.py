@@ -205,6 +205,26 @@ def test_workdir_with_another_config_is_refused(finished_run, data_dir):
     imp.run(other, str(workdir))
 
 
+def test_workdir_saved_before_a_field_was_added_resumes(data_dir, tmp_path):
+  config = tiny_config(data_dir)
+  checkpoint.check_or_write_config(str(tmp_path), config)
+  saved = json.loads((tmp_path / 'config.json').read_text())
+  for name in checkpoint.ADDED_FIELDS:
+    *parents, leaf = name.split('.')
+    node = saved
+    for p in parents:
+      node = node[p]
+    del node[leaf]
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  # At the value that does what runs did before, the old workdir resumes.
+  checkpoint.check_or_write_config(str(tmp_path), config)
+  # Any other value is another run.
+  config.data.classes = (0, 1)
+  with pytest.raises(checkpoint.ConfigMismatchError,
+                     match=r"data.classes: \[\] -> \[0, 1\]"):
+    checkpoint.check_or_write_config(str(tmp_path), config)
+
+
 def test_damaged_checkpoint_gives_a_clear_error(finished_run, tmp_path):
   config, workdir, _ = finished_run
   copy = tmp_path / 'copy'
