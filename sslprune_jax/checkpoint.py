@@ -10,7 +10,8 @@ Layout of a workdir:
   export/round_RR/   end of round RR without its pruned weights
                      (network.npz; see sslprune_jax.export)
   results.csv        one line per finished round
-  tb/                TensorBoard events (round_RR/ per round, rounds/ summary)
+  tb/                TensorBoard events (round_RR/ per step, rounds/ per
+                     round; see sslprune_jax.summaries)
 
 Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a run killed at any moment leaves only whole checkpoints.

@@ -51,6 +51,7 @@ from sslprune_jax import kernels
 from sslprune_jax import models
 from sslprune_jax import parallel
 from sslprune_jax import pruning
+from sslprune_jax import summaries
 from sslprune_jax import tasks
 from sslprune_jax import train
 from sslprune_jax import xla_options
@@ -743,8 +744,9 @@ def _train_round(members: list[_Member], r: int, start, train_step,
           with_task_state=saves_task_state(m.exp.config, m.exp.task_state))
     m.ckpts.clear_in_round(r)
     m.results.append(row)
-    m.summary_writer.write_scalars(
-        r, {k: row[k] for k in _result_fields([row])[1:]})
+    summaries.write_round(
+        m.summary_writer, r, m.results, final.mask, m.exp.prunable,
+        {k: row[k] for k in _result_fields([row])[1:]})
     write_results_csv(m.workdir, m.results)
     if is_main:
       seed = (f' (seed {m.exp.config.seed}, {m.workdir})'

@@ -511,7 +511,8 @@ def train_round(
       seed_state = state if num_seeds == 1 else seed_slice(state, i)
       eval_metrics.append(
           evaluate(eval_step, seed_state, eval_batches(), mesh, task))
-      w.write_scalars(num_steps, {f'eval_{k}': v
+      # Named as in results.csv and the run's summary: one name per metric.
+      w.write_scalars(num_steps, {f'test_{k}': v
                                   for k, v in eval_metrics[-1].items()})
       w.flush()
   return RoundResult(state=state, train_metrics=last_train,
