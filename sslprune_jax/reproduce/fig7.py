@@ -10,7 +10,9 @@ that keep one criterion (epochs, samples, updates or share of training)
 fixed between ImageNet and a tenth of it; on one training set these
 criteria coincide, so this sweeps the rewind point itself.
 
-Wall time on 2 cores: see docs/reproduction.md (measured when it ran).
+Wall time on 2 cores: about 69 minutes (summed from its runs' per-round
+times, the machine shared with other work), 15 of them the labels run it
+shares with Fig. 3.
 """
 
 from __future__ import annotations
