@@ -196,15 +196,8 @@ class Settings:
 
 def quick_config(data_dir: str | None = None,
                  conv_impl: str = 'auto') -> ml_collections.ConfigDict:
-  """The `configs/labels.py:quick` config, with `conv_impl`'s convolutions.
-
-  Read from configs/ next to the package when it is there, else rebuilt
-  from `config_lib` as that file builds it.
-  """
-  try:
-    config = config_lib.load('labels', 'quick')
-  except FileNotFoundError:
-    config = config_lib.quick(config_lib.base('labels'))
+  """The `configs/labels.py:quick` config, with `conv_impl`'s convolutions."""
+  config = config_lib.load('labels', 'quick')
   if data_dir:
     config.data.data_dir = data_dir
   config.model.conv_impl = conv_impl

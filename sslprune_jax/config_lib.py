@@ -13,8 +13,9 @@ import ml_collections
 
 from sslprune_jax.data import pipeline as data_pipeline
 
-# The config files, in the source checkout (pip install -e .).
-CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+# The config files, part of the package (the checkout's configs/ links
+# here).
+CONFIGS = pathlib.Path(__file__).resolve().parent / 'configs'
 
 
 def load(name: str, arg: str = '') -> ml_collections.ConfigDict:
@@ -22,17 +23,28 @@ def load(name: str, arg: str = '') -> ml_collections.ConfigDict:
   `--config=configs/<name>.py:<arg>` gives `main.py`.
 
   Raises:
-    FileNotFoundError: the package is not run from a source checkout.
+    FileNotFoundError: there is no such config.
   """
   path = CONFIGS / f'{name}.py'
   if not path.exists():
-    raise FileNotFoundError(
-        f'{path} does not exist: the config files are read from the source '
-        'checkout (pip install -e .).')
+    known = sorted(p.stem for p in CONFIGS.glob('*.py')
+                   if not p.stem.startswith('_'))
+    raise FileNotFoundError(f'No config {name!r}; there are {known}.')
   spec = importlib.util.spec_from_file_location(f'{name}_config', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config(arg)
+
+
+def packaged_path(config_arg: str) -> str:
+  """`--config`'s value, with `configs/<name>.py[:variant]` read from the
+  package when the working directory has no configs/ (an installed copy
+  run from anywhere); any other path as given."""
+  path, sep, arg = config_arg.partition(':')
+  if (path.startswith('configs/') and not pathlib.Path(path).exists()
+      and (CONFIGS / path[len('configs/'):]).exists()):
+    return str(CONFIGS / path[len('configs/'):]) + sep + arg
+  return config_arg
 
 
 def variant(arg: str | None, variants: tuple[str, ...],

@@ -50,6 +50,7 @@ from sslprune_jax import export
 from sslprune_jax import kernels
 from sslprune_jax import models
 from sslprune_jax import parallel
+from sslprune_jax import progress
 from sslprune_jax import pruning
 from sslprune_jax import summaries
 from sslprune_jax import tasks
@@ -641,7 +642,12 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
         xla_options=options, conv_impl=conv_impl)
     eval_step = train.make_eval_step(lead.task, lead.mesh, options,
                                      conv_impl)
-    for r in rounds:
+    rounds = list(rounds)
+    shown = progress.Progress(
+        len(rounds), steps_per_round=lead.num_steps - lead.rewind_step,
+        images_per_step=images_per_step(config) * num_seeds,
+        enabled=is_main)
+    for position, r in enumerate(rounds):
       if all(r in m.completed for m in members):
         for m in members:
           m.results.append(restore(lambda: m.ckpts.round_metrics(r),
@@ -651,7 +657,7 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
           break
         continue
       row = _train_round(members, r, start, train_step, eval_step,
-                         save_rewind)
+                         save_rewind, shown, position)
       if stop(row):
         break
   finally:
@@ -664,7 +670,8 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
 
 
 def _train_round(members: list[_Member], r: int, start, train_step,
-                 eval_step, save_rewind: bool) -> dict:
+                 eval_step, save_rewind: bool, shown: progress.Progress,
+                 position: int) -> dict:
   """Trains round `r` of every member at once; returns the first's row."""
   num_seeds = len(members)
   lead = members[0].exp
@@ -704,6 +711,10 @@ def _train_round(members: list[_Member], r: int, start, train_step,
              for m in members]
   remaining, total = counts[0]
   seeds = f', {num_seeds} seeds' if num_seeds > 1 else ''
+  bar = shown.round(
+      position, f'round {r} ({position + 1} of {shown.num_rounds}, '
+      f'{100 * remaining / total:.3g}% left)',
+      start_step=start_step, num_steps=lead.num_steps)
   try:
     result = train.train_round(
         state,
@@ -717,8 +728,10 @@ def _train_round(members: list[_Member], r: int, start, train_step,
         log_every_steps=config.log_every_steps,
         checkpoint_every_steps=config.checkpoint_every_steps,
         save_checkpoint=save_in_round, hooks=hooks,
-        description=f'round {r} ({100 * remaining / total:.2f}% left{seeds})')
+        description=f'round {r} ({100 * remaining / total:.2f}% left{seeds})',
+        progress=bar)
   finally:
+    bar.close()
     for w in writers:
       w.close()
   for i, m in enumerate(members):
@@ -880,8 +893,9 @@ def load_source(config: ml_collections.ConfigDict, variables: PyTree,
   (`point='final'`), or the rewind point's weights under that round's mask
   (`point='rewind'`, the winning ticket). The head is the source's if the
   source was trained on the same task and data, classes included (a
-  label-trained winning ticket keeps its classifier); otherwise it is this run's fresh, unpruned
-  head from `variables` (RotNet's 4-way head gives way to a classifier).
+  label-trained winning ticket keeps its classifier); otherwise it is this
+  run's fresh, unpruned head from `variables` (RotNet's 4-way head gives
+  way to a classifier).
 
   Args:
     config: this run's config (its model must be the source's).

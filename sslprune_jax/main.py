@@ -15,7 +15,6 @@ Exit codes: 0 done; 1 an error (the message says what to change);
 run the same command again to resume.
 """
 
-import logging as pylogging
 import os
 import sys
 
@@ -29,6 +28,8 @@ import jax
 from ml_collections import config_flags
 
 from sslprune_jax import checkpoint
+from sslprune_jax import config_lib
+from sslprune_jax import console
 from sslprune_jax import data
 from sslprune_jax import preemption
 from sslprune_jax import runner
@@ -55,18 +56,6 @@ USER_ERRORS = (ValueError, data.DatasetNotFoundError,
                checkpoint.CorruptCheckpointError, train.NonFiniteLossError)
 
 
-class _OnlyWarningsFrom(pylogging.Filter):
-  """Drops INFO lines logged from the given libraries (Orbax is chatty)."""
-
-  def __init__(self, *libraries):
-    super().__init__()
-    self._libraries = libraries
-
-  def filter(self, record):
-    return record.levelno >= pylogging.WARNING or not any(
-        f'/{lib}/' in record.pathname for lib in self._libraries)
-
-
 def _wants_distributed() -> bool:
   """`--distributed`, or what the environment says when it is not given."""
   if FLAGS.distributed is not None:
@@ -88,9 +77,9 @@ def initialize_distributed() -> None:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_OnlyWarningsFrom('orbax'))
   if _wants_distributed():
     initialize_distributed()
+  console.route(FLAGS.workdir)
   preemption.install()
   # Keep TensorFlow (used only by tf.data) off the accelerators.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -113,5 +102,17 @@ def main(argv):
     sys.exit(f'error: {e}')
 
 
+def packaged_configs(argv: list[str]) -> list[str]:
+  """argv with `--config=configs/...` found in the package when there is
+  no configs/ here (`config_lib.packaged_path`)."""
+  out = list(argv)
+  for i, a in enumerate(out):
+    if a.startswith('--config='):
+      out[i] = '--config=' + config_lib.packaged_path(a[len('--config='):])
+    elif a == '--config' and i + 1 < len(out):
+      out[i + 1] = config_lib.packaged_path(out[i + 1])
+  return out
+
+
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, argv=packaged_configs(sys.argv))

@@ -414,6 +414,7 @@ def train_round(
     save_checkpoint: Callable[[TrainState], None],
     hooks: Mapping[int, Callable[[TrainState], None]] | None = None,
     description: str = '',
+    progress=None,
 ) -> RoundResult:
   """Trains from `state.step` up to `num_steps`, then evaluates.
 
@@ -437,6 +438,8 @@ def train_round(
     hooks: step -> callback(state), called once the state has taken that many
       steps (the rewind point). A hook for step 0 runs before training.
     description: prefix of log lines.
+    progress: a `progress.RoundProgress` told of every step and of the
+      train metrics (the first seed's) when they are fetched.
 
   Returns:
     The final state and, per seed, its train and eval metrics.
@@ -469,6 +472,8 @@ def train_round(
       accumulated = metrics if accumulated is None else accumulated.merge(
           metrics)
       report(step)
+      if progress is not None:
+        progress.update(step)
       preempted = preemption.reached()
       is_log = step % log_every_steps == 0 or step == num_steps
       is_ckpt = preempted or (checkpoint_every_steps
@@ -495,6 +500,8 @@ def train_round(
                                       for k, v in metrics.items()}, **rate})
           logging.info('%s step %d/%d: %s', description, step, num_steps,
                        last_train[0] if num_seeds == 1 else last_train)
+          if progress is not None:
+            progress.update(step, last_train[0])
       if step in hooks:
         hooks[step](state)
       if is_ckpt and (step < num_steps or preempted):
@@ -506,6 +513,8 @@ def train_round(
             f'{description}: SIGTERM at step {step}/{num_steps}, '
             'checkpointed there.')
   eval_metrics = []
+  if progress is not None:
+    progress.evaluating()
   with report.timed('eval'):
     for i, w in enumerate(writers):
       seed_state = state if num_seeds == 1 else seed_slice(state, i)

@@ -69,8 +69,10 @@ def test_two_processes_match_one(labels_run, data_dir, tmp_path):
       p.kill()
   texts = [log.read_text() for log in logs]
   assert codes == [0, 0], '\n\n'.join(t[-3000:] for t in texts)
-  for i, text in enumerate(texts):
-    assert f'JAX process {i}/2, 4 local / 8 global devices' in text
+  # Each process logs to its own file in the workdir.
+  for i, name in enumerate(['log.txt', 'log_process1.txt']):
+    assert (f'JAX process {i}/2, 4 local / 8 global devices'
+            in (workdir / name).read_text())
 
   one, two = (checkpoint.RunCheckpoints(str(d)) for d in (reference, workdir))
   rewind_gap = max(

@@ -37,8 +37,7 @@ def test_notebook_is_committed_clean():
   for cell in nb.cells:
     if cell.cell_type == 'code':
       assert not cell.outputs and cell.execution_count is None, cell.source
-  names = ('PROJECT_DIR', 'REPO_URL', 'WORKDIR', 'CONFIG', 'VARIANT',
-           'OVERRIDES')
+  names = ('SOURCE', 'WORKDIR', 'CONFIG', 'VARIANT', 'OVERRIDES')
   source = parameters_cell(nb).source
   assert all(f'{name} = ' in source for name in names), source
 
@@ -53,8 +52,7 @@ def test_notebook_runs(labels_run, data_dir, tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   overrides = {**OVERRIDES, 'data.data_dir': data_dir}
   parameters_cell(nb).source = '\n'.join([
-      f'PROJECT_DIR = {str(ROOT)!r}',
-      "REPO_URL = ''",
+      "SOURCE = ''",
       f'WORKDIR = {str(workdir)!r}',
       "CONFIG = 'labels'",
       "VARIANT = 'quick'",

@@ -13,6 +13,7 @@ from absl import app
 from absl import flags
 from etils import epath
 
+from sslprune_jax import console
 from sslprune_jax.reproduce import driver
 from sslprune_jax.reproduce import fig1
 from sslprune_jax.reproduce import fig2
@@ -46,6 +47,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  console.route(FLAGS.workdir)
   figure = FLAGS.figure
   if figure == 'regime':
     curves = regime.learning_curves(FLAGS.workdir, FLAGS.objectives,
