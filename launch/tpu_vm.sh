@@ -361,10 +361,23 @@ which it installs:
 With REMOTE_PYTHON set (a Python >= 3.11 the image has), it installs with
 that instead: REMOTE_PYTHON -m pip install -e ~/REMOTE_DIR 'jax[tpu]'.
 
+Both ways download packages on every worker. For workers without access
+to PyPI, give --wheels DIR: a folder of wheels, made where PyPI can be
+reached, e.g. in the checkout:
+  pip download -d DIR -c constraints.txt --only-binary=:all: \\
+      --python-version 3.11 --platform manylinux2014_x86_64 \\
+      . 'jax[tpu]' 'setuptools>=77'
+(--python-version: the workers' REMOTE_PYTHON's). It is copied to
+~/REMOTE_DIR.wheels on every worker and installed from there alone:
+  REMOTE_PYTHON -m pip install --no-index --find-links ~/REMOTE_DIR.wheels \\
+      -e ~/REMOTE_DIR 'jax[tpu]'
+which needs REMOTE_PYTHON (uv would download its Python).
+
 Options:
   --source DIR      the checkout to copy (default: the one holding this script)
   --jax-spec SPEC   the JAX requirement (JAX_SPEC; default: 'jax[tpu]'),
                     e.g. 'jax[tpu]==0.7.2'
+  --wheels DIR      install from these wheels only (see above)
   --name, --zone, --project, --dry-run   as for every command
 
 Run it again after changing the code; runs started afterwards use the new
@@ -393,7 +406,7 @@ make_archive() {
 }
 
 cmd_install() {
-  local source jax_spec="${JAX_SPEC:-jax[tpu]}"
+  local source wheels='' jax_spec="${JAX_SPEC:-jax[tpu]}"
   source="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   while (($#)); do
     if common_option "$@"; then shift "$NSHIFT"; continue; fi
@@ -402,6 +415,7 @@ cmd_install() {
       -h | --help) usage_install; exit 0 ;;
       --source | --source=*) take_value "$@"; source="$VALUE" ;;
       --jax-spec | --jax-spec=*) take_value "$@"; jax_spec="$VALUE" ;;
+      --wheels | --wheels=*) take_value "$@"; wheels="$VALUE" ;;
       *) usage_error "unknown option '$1'." ;;
     esac
     shift "$NSHIFT"
@@ -410,6 +424,13 @@ cmd_install() {
   check_remote_settings
   [[ -f "$source/pyproject.toml" ]] ||
     usage_error "--source ${source} is not the project's checkout (no pyproject.toml)."
+  if [[ -n "$wheels" ]]; then
+    [[ -n "$REMOTE_PYTHON" ]] ||
+      usage_error "--wheels needs REMOTE_PYTHON, a Python >= 3.11 on the" \
+        "workers (uv would download one); see 'install --help'."
+    compgen -G "${wheels}/*.whl" >/dev/null ||
+      usage_error "--wheels ${wheels} holds no wheels (*.whl); see 'install --help'."
+  fi
 
   local tmp archive
   tmp="$(mktemp -d)"
@@ -422,11 +443,25 @@ cmd_install() {
     make_archive "$source" "$archive"
   fi
   tpu_vm scp "$archive" "${TPU_NAME}:${REMOTE_DIR}.tar.gz" --worker=all
+  if [[ -n "$wheels" ]]; then
+    if is_dry_run; then
+      echo "# archive the wheels in ${wheels} into $tmp/wheels.tar.gz"
+    else
+      tar -czf "$tmp/wheels.tar.gz" -C "$wheels" .
+    fi
+    tpu_vm scp "$tmp/wheels.tar.gz" "${TPU_NAME}:${REMOTE_DIR}.wheels.tar.gz" \
+      --worker=all
+  fi
 
   # On each worker: unpack next to the old copy, swap, install.
   local remote python install
   python="$(remote_python)"
-  if [[ -n "$REMOTE_PYTHON" ]]; then
+  if [[ -n "$wheels" ]]; then
+    # shellcheck disable=SC2016  # $d expands on the workers.
+    install='rm -rf "$d.wheels" && mkdir -p "$d.wheels"
+tar -xzf "$d.wheels.tar.gz" -C "$d.wheels" && rm "$d.wheels.tar.gz"
+'"${python}"' -m pip install --quiet --no-index --find-links "$d.wheels" -e "$d" '"$(shq "$jax_spec")"
+  elif [[ -n "$REMOTE_PYTHON" ]]; then
     install="${python} -m pip install --quiet -e \"\$d\" $(shq "$jax_spec")"
   else
     # shellcheck disable=SC2016  # $HOME and $venv expand on the workers.

@@ -266,6 +266,28 @@ def test_tpu_vm_install_commands():
   assert "python3.12 -m pip install --quiet -e \"$d\" 'jax[tpu]'" in command
 
 
+def test_tpu_vm_install_from_wheels_for_workers_without_pypi(tmp_path):
+  wheels = tmp_path / 'wheels'
+  wheels.mkdir()
+  # Without REMOTE_PYTHON (uv would download Python) or without wheels in
+  # the folder: refused before anything is copied.
+  result = _dry_tpu('install', f'--wheels={wheels}')
+  assert result.returncode == 2 and 'REMOTE_PYTHON' in result.stderr
+  result = _dry_tpu('install', f'--wheels={wheels}', REMOTE_PYTHON='python3')
+  assert result.returncode == 2 and 'holds no wheels' in result.stderr
+  assert 'gcloud' not in result.stdout
+  (wheels / 'jax-0.7.2-py3-none-any.whl').write_bytes(b'')
+  result = _dry_tpu('install', f'--wheels={wheels}', REMOTE_PYTHON='python3')
+  assert result.returncode == 0, result.stderr
+  code, wheel_scp, ssh = _gcloud_lines(result.stdout)
+  assert wheel_scp[6] == 'my-tpu:sslprune_jax.wheels.tar.gz'
+  assert '--worker=all' in wheel_scp
+  [command] = [a for a in ssh if a.startswith('--command=')]
+  assert ('python3 -m pip install --quiet --no-index --find-links '
+          '"$d.wheels" -e "$d" \'jax[tpu]\'') in command
+  assert 'uv' not in command
+
+
 def test_tpu_vm_run_command():
   result = _dry_tpu('run', '--config=configs/rotnet.py',
                     '--workdir=gs://my-bucket/runs/rotnet_seed0/',
