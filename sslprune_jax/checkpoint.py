@@ -63,7 +63,9 @@ def _saved_replicated(item_dir: epath.Path) -> PyTree:
   Restoring with the saved shardings fails when the devices differ (a
   multi-host run's checkpoint read on one host); replicas read anywhere.
   """
-  metadata = ocp.StandardCheckpointer().metadata(item_dir).item_metadata
+  # The item's handler, not a Checkpointer: that one also looks for a
+  # step's metadata file in the item's directory, and warns it is absent.
+  metadata = ocp.StandardCheckpointHandler().metadata(item_dir)
   sharding = jax.sharding.NamedSharding(
       jax.sharding.Mesh(np.asarray(jax.devices()), ('all',)),
       jax.sharding.PartitionSpec())
