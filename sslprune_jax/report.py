@@ -214,12 +214,16 @@ def plot(curves: dict[str, list[Run]], metric: str, path: str,
   The x axis is logarithmic and decreasing (dense on the left), one curve
   per entry of `curves` with standard-error bars.
   """
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  from matplotlib import ticker  # pylint: disable=g-import-not-at-top
+  # Without pyplot, which would switch the process's backend (a notebook's
+  # inline plots) and keep the figure.
+  # pylint: disable=g-import-not-at-top
+  from matplotlib import ticker
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
 
-  fig, ax = plt.subplots(figsize=(6, 4))
+  fig = Figure(figsize=(6, 4))
+  FigureCanvasAgg(fig)
+  ax = fig.add_subplot()
   for name, runs in curves.items():
     rows = summarize(runs, metric)
     left = [100 * r['fraction_left'] for r in rows]
@@ -243,7 +247,6 @@ def plot(curves: dict[str, list[Run]], metric: str, path: str,
   fig.tight_layout()
   epath.Path(path).parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=150)
-  plt.close(fig)
 
 
 def write(curves: dict[str, list[Run]], metric: str, out_dir: str) -> dict:

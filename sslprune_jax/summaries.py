@@ -50,6 +50,20 @@ def mask_image(kernel_mask: np.ndarray) -> np.ndarray:
   return (m * np.uint8(255))[None, :, :, None]
 
 
+def _figure(**kwargs):
+  """A matplotlib figure with its own Agg canvas and one axes.
+
+  Built without pyplot, so that drawing here neither switches the process's
+  backend nor adds to pyplot's figures (a notebook's inline plots).
+  """
+  # pylint: disable=g-import-not-at-top
+  from matplotlib.backends.backend_agg import FigureCanvasAgg
+  from matplotlib.figure import Figure
+  fig = Figure(**kwargs)
+  FigureCanvasAgg(fig)
+  return fig, fig.add_subplot()
+
+
 def _figure_array(fig) -> np.ndarray:
   """A matplotlib figure as a [1, H, W, 3] uint8 array."""
   fig.canvas.draw()
@@ -57,19 +71,10 @@ def _figure_array(fig) -> np.ndarray:
   return rgba[None, :, :, :3].copy()
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  from matplotlib import pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 def sparsity_chart(report: dict) -> np.ndarray:
   """Per-layer percentage of weights left as a bar chart image."""
-  plt = _pyplot()
   layers = report['layers']
-  fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(layers) + 1.5), 3),
-                         dpi=80)
+  fig, ax = _figure(figsize=(max(4, 0.35 * len(layers) + 1.5), 3), dpi=80)
   ax.bar(range(len(layers)), [100 * l['fraction_left'] for l in layers])
   ax.axhline(100 * report['fraction_left'], color='k', lw=0.8, ls='--',
              label=f"global {100 * report['fraction_left']:.2f}%")
@@ -79,9 +84,7 @@ def sparsity_chart(report: dict) -> np.ndarray:
   ax.set_ylim(0, 100)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  image = _figure_array(fig)
-  plt.close(fig)
-  return image
+  return _figure_array(fig)
 
 
 def _plot_metric(rows: Sequence[dict]) -> str | None:
@@ -97,25 +100,24 @@ def fraction_left_plot(rows: Sequence[dict]) -> np.ndarray | None:
   metric = _plot_metric(rows)
   if metric is None:
     return None
-  plt = _pyplot()
+  # pylint: disable-next=g-import-not-at-top
+  from matplotlib import ticker
   points = [(100 * r['fraction_left'], r[metric]) for r in rows
             if math.isfinite(r.get(metric, math.nan))]
-  fig, ax = plt.subplots(figsize=(5, 3.2), dpi=80)
+  fig, ax = _figure(figsize=(5, 3.2), dpi=80)
   ax.plot(*zip(*points), marker='o')
   ax.set_xscale('log')
   # The rounds' own fractions as ticks: they are evenly spaced on the log
   # axis when each round prunes the same fraction, as the paper's are.
   ticks = points[::math.ceil(len(points) / 10)]
   ax.set_xticks([p[0] for p in ticks], [f'{p[0]:.3g}' for p in ticks])
-  ax.xaxis.set_minor_locator(_pyplot().NullLocator())
+  ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.set_xlim(points[0][0] * 1.15, min(p[0] for p in points) / 1.15)
   ax.set_xlabel('% of weights left')
   ax.set_ylabel(metric)
   ax.grid(True, which='both', alpha=0.3)
   fig.tight_layout()
-  image = _figure_array(fig)
-  plt.close(fig)
-  return image
+  return _figure_array(fig)
 
 
 def _drawn_layers(names: list[str]) -> list[str]:

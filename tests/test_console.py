@@ -130,6 +130,7 @@ def _quick(workdir, data_dir, *extra):
       cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
 def test_quick_run_console_and_log_file(data_dir, tmp_path):
   done = _quick(tmp_path / 'w', data_dir)
   assert done.returncode == 0, done.stderr

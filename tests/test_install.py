@@ -4,9 +4,12 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_installed_package_runs_a_config_without_a_checkout(tmp_path,
                                                             data_dir):
   subprocess.run([sys.executable, '-m', 'pip', 'wheel', '-q', '--no-deps',

@@ -280,6 +280,7 @@ def test_run_command_returns_exit_codes_and_passes_sigterm_on(tmp_path):
     signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.slow
 def test_local_runs_main_for_real(capsys, tmp_path, data_dir, monkeypatch):
   # The run's process needs no more than one device, which compiles faster.
   monkeypatch.setenv('XLA_FLAGS', '--xla_force_host_platform_device_count=1')
