@@ -16,14 +16,14 @@ from sslprune_jax import data
 
 
 # What trains a network end to end (a pruning run, the notebook, `main` in a
-# subprocess) is marked slow; `pytest -m "not slow"` runs the rest, the
+# subprocess, the benchmark's sections) is marked slow; `pytest -m "not slow"` runs the rest, the
 # unit tests, in a few minutes.
 SLOW_FIXTURES = frozenset({
     'labels_run', 'labels_run_xla_defaults', 'finished_run', 'npid_run',
     'rotnet_run', 'shrunk', 'shared', 'network', 'exports'})
 SLOW_MODULES = frozenset({
-    'test_imp', 'test_multihost', 'test_notebook', 'test_rewind',
-    'test_ssl_runs', 'test_transfer'})
+    'test_bench', 'test_imp', 'test_multihost', 'test_notebook',
+    'test_rewind', 'test_ssl_runs', 'test_transfer'})
 
 
 def pytest_collection_modifyitems(config, items):

@@ -64,6 +64,7 @@ def test_dense_config_trains_round_zero_only():
   assert config.task.name == 'rotnet'
 
 
+@pytest.mark.slow
 def test_regime_end_to_end(tmp_path, data_dir, monkeypatch):
   real = reproduce.dense_config
 
