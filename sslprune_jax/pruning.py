@@ -489,6 +489,14 @@ def reinit(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array,
   return apply_mask(init_fn(rng), mask)
 
 
+def prunable_leaves(tree: PyTree, prunable: PyTree) -> list[tuple[str, Any]]:
+  """(name, leaf) of each prunable leaf of `tree` (`path_name`), in tree
+  order."""
+  return [(path_name(path_tuple(path)), leaf) for (path, leaf), ok in zip(
+      jax.tree_util.tree_flatten_with_path(tree)[0],
+      jax.tree.leaves(prunable)) if ok]
+
+
 def sparsity_report(mask: PyTree, prunable: PyTree) -> dict:
   """Per-layer and global counts of kept weights.
 
@@ -497,13 +505,11 @@ def sparsity_report(mask: PyTree, prunable: PyTree) -> dict:
      'remaining', 'total', 'fraction_left'} over the prunable leaves, layers
     in tree order.
   """
-  flat_mask = [(path, m) for (path, m), ok in zip(
-      jax.tree_util.tree_flatten_with_path(mask)[0],
-      jax.tree.leaves(prunable)) if ok]
+  flat_mask = prunable_leaves(mask, prunable)
   layers = []
-  for (path, m), kept in zip(flat_mask,
+  for (name, m), kept in zip(flat_mask,
                              _kept_counts([m for _, m in flat_mask])):
-    layers.append({'name': path_name(path_tuple(path)), 'remaining': kept,
+    layers.append({'name': name, 'remaining': kept,
                    'total': int(m.size), 'fraction_left': kept / m.size})
   remaining = sum(l['remaining'] for l in layers)
   total = sum(l['total'] for l in layers)

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-import jax
 import numpy as np
 
 from sslprune_jax import pruning
@@ -128,13 +127,6 @@ def _drawn_layers(names: list[str]) -> list[str]:
   return [names[i] for i in picks]
 
 
-def _masks_by_name(mask: PyTree, prunable: PyTree) -> dict[str, np.ndarray]:
-  return {pruning.path_name(pruning.path_tuple(path)): np.asarray(m)
-          for (path, m), ok in zip(
-              jax.tree_util.tree_flatten_with_path(mask)[0],
-              jax.tree.leaves(prunable)) if ok}
-
-
 def write_round(writer, round_idx: int, rows: Sequence[dict], mask: PyTree,
                 prunable: PyTree, scalars: dict[str, float]) -> None:
   """Writes round `round_idx`'s summaries (see the module docstring).
@@ -142,17 +134,19 @@ def write_round(writer, round_idx: int, rows: Sequence[dict], mask: PyTree,
   Args:
     writer: a clu metric writer for the run's `tb/rounds/`.
     round_idx: the round, used as the step.
-    rows: results.csv's rows so far, this round's last.
+    rows: results.csv's rows so far, this round's last, with its
+      'sparsity' (`pruning.sparsity_report` of `mask`).
     mask: this round's mask (a single seed's).
     prunable: which leaves of `mask` are pruned.
     scalars: this round's results.csv metrics.
   """
-  report = pruning.sparsity_report(mask, prunable)
+  report = rows[-1]['sparsity']
   layers = {f"sparsity/{l['name']}": l['fraction_left']
             for l in report['layers']}
   writer.write_scalars(round_idx, {**scalars, **layers})
-  masks = _masks_by_name(mask, prunable)
-  images = {f'mask/{name}': mask_image(masks[name])
+  masks = dict(pruning.prunable_leaves(mask, prunable))
+  # Only the drawn layers' masks are copied to the host.
+  images = {f'mask/{name}': mask_image(np.asarray(masks[name]))
             for name in _drawn_layers(list(masks))}
   images['sparsity'] = sparsity_chart(report)
   plot = fraction_left_plot(rows)

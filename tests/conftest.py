@@ -15,9 +15,9 @@ import pytest
 from sslprune_jax import data
 
 
-# What trains a network end to end (a pruning run, the notebook, `main` in a
-# subprocess, the benchmark's sections) is marked slow; `pytest -m "not slow"` runs the rest, the
-# unit tests, in a few minutes.
+# What trains a network end to end (a pruning run, the notebook, `main` in
+# a subprocess, the benchmark's sections) is marked slow;
+# `pytest -m "not slow"` runs the rest, the unit tests.
 SLOW_FIXTURES = frozenset({
     'labels_run', 'labels_run_xla_defaults', 'finished_run', 'npid_run',
     'rotnet_run', 'shrunk', 'shared', 'network', 'exports'})
