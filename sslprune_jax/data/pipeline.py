@@ -41,6 +41,7 @@ import operator
 import os
 import re
 import socket
+import sys
 import urllib.parse
 
 import jax
@@ -557,6 +558,17 @@ def _download_hosts_reachable(builder):
   return False
 
 
+def _bars_on_terminals_only():
+  """Turns TFDS's preparation progress bars off unless stderr is a terminal.
+
+  Elsewhere (CI, nohup, a notebook's captured stream) its nested tqdm bars
+  print a line per update with cursor escapes: 30 lines of noise on a
+  first run. Its one-line start and end messages stay.
+  """
+  if not sys.stderr.isatty():
+    tfds.disable_progress_bar()
+
+
 def _tfds_download_and_prepare(builder):
   """Downloads and prepares a dataset with TFDS's own builder.
 
@@ -570,6 +582,7 @@ def _tfds_download_and_prepare(builder):
   if not _download_hosts_reachable(builder):
     hosts = ', '.join(host for host, _ in _download_hosts(builder))
     raise ConnectionError(f'no network access to {hosts}')
+  _bars_on_terminals_only()
   builder.download_and_prepare()
 
 
@@ -614,6 +627,7 @@ def _prepare_fashion_mnist(builder, data_dir):
     local = fashion_mnist.LocalFashionMnist(
         data_dir=data_dir, source_dir=source_dir
     )
+    _bars_on_terminals_only()
     try:
       local.download_and_prepare(
           download_config=tfds.download.DownloadConfig(try_download_gcs=False)
