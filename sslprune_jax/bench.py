@@ -866,7 +866,7 @@ def cifar_like_batches(batch_size: int, seed: int = 0,
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
   options = tf.data.Options()
   options.deterministic = True
-  options.autotune.enabled = True
+  options.autotune.enabled = False  # As the project's own pipelines.
   return iter(ds.with_options(options).as_numpy_iterator())
 
 

@@ -87,8 +87,14 @@ def main(argv):
   logging.info('JAX process %d/%d, %d local / %d global devices.',
                jax.process_index(), jax.process_count(),
                jax.local_device_count(), jax.device_count())
+  finished_before = runner.is_complete(FLAGS.workdir)
   try:
     runner.run(FLAGS.config, FLAGS.workdir)
+    if finished_before and jax.process_index() == 0:
+      # Otherwise a finished run's command, given again, prints nothing.
+      print(f'{FLAGS.workdir} holds this run, finished: nothing left to do. '
+            f'Its results are in {FLAGS.workdir}/results.csv; another '
+            '--workdir starts it anew.', flush=True)
   except preemption.Preempted as e:
     print(f'Preempted: {e} Run the same command again to resume from '
           f'{FLAGS.workdir}.', file=sys.stderr, flush=True)

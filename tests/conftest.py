@@ -1,5 +1,6 @@
 """Test-wide setup: eight simulated CPU devices, quiet TensorFlow."""
 
+import fcntl
 import os
 
 # Must be set before jax is imported anywhere.
@@ -34,6 +35,27 @@ def pytest_collection_modifyitems(config, items):
       item.add_marker(pytest.mark.slow)
 
 
+def _shared_root(tmp_path_factory):
+  """The session's temporary folder, shared by pytest-xdist's workers."""
+  root = tmp_path_factory.getbasetemp()
+  return root.parent if os.environ.get('PYTEST_XDIST_WORKER') else root
+
+
+@pytest.fixture(scope='session', autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One persistent XLA compilation cache for the session's processes.
+
+  Many tests train the same shrunk networks, in this process, in other
+  xdist workers or in `main` subprocesses (which inherit the variable);
+  each program is compiled once. Only compilations of over a second are
+  kept (JAX's default), so the small ones are unaffected.
+  """
+  path = str(_shared_root(tmp_path_factory) / 'xla_cache')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = path
+  jax.config.update('jax_compilation_cache_dir', path)
+  return path
+
+
 @pytest.fixture(scope='session')
 def num_devices():
   n = jax.device_count()
@@ -44,10 +66,13 @@ def num_devices():
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
   """A tfds data_dir holding Fashion-MNIST, prepared once per session."""
-  path = tmp_path_factory.mktemp('tfds')
+  path = _shared_root(tmp_path_factory) / 'tfds'
   config = data.default_data_config('fashion_mnist')
   config.data_dir = str(path)
-  data.get_builder(config)
+  # xdist's workers take turns: the first prepares, the others read it.
+  with open(_shared_root(tmp_path_factory) / 'tfds.lock', 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    data.get_builder(config)
   return str(path)
 
 

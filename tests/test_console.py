@@ -149,3 +149,8 @@ def test_quick_run_console_and_log_file(data_dir, tmp_path):
   verbose = _quick(tmp_path / 'v', data_dir, '--verbosity=0')
   assert verbose.returncode == 0, verbose.stderr
   assert 'logging_writer' in verbose.stderr
+  # The same command again says the run is finished instead of nothing.
+  again = _quick(tmp_path / 'w', data_dir)
+  assert again.returncode == 0, again.stderr
+  assert 'finished: nothing left to do' in again.stdout
+  assert 'Round 1 done.' not in again.stdout + again.stderr
