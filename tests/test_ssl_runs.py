@@ -65,7 +65,8 @@ def test_few_labels_trains_on_the_labelled_subset_only(data_dir):
 @pytest.fixture(scope='module')
 def npid_run(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('npid') / 'run'
-  config = shrunk('npid', data_dir)
+  # In-round checkpoints for test_npid_resumes_with_its_memory_bank.
+  config = shrunk('npid', data_dir, checkpoint_every_steps=4)
   return config, workdir, imp.run(config, str(workdir))
 
 
