@@ -841,8 +841,9 @@ def cifar_like_batches(batch_size: int, seed: int = 0,
 
   The structure of `data.train_iterator` for a cached dataset (shuffle,
   per-example stateless seeds, the project's 'cifar' augmentation: pad 4,
-  random crop, random flip; normalisation; batching, prefetching), on
-  random images in memory, since CIFAR-10 cannot be downloaded here.
+  random crop, random flip; normalisation; batching, prefetching; its
+  tf.data options), on random images in memory, since CIFAR-10 cannot be
+  downloaded here.
   """
   rng = np.random.default_rng(seed)
   images = rng.integers(0, 256, (num_images, 32, 32, 3), np.uint8)
@@ -864,10 +865,7 @@ def cifar_like_batches(batch_size: int, seed: int = 0,
   ds = ds.shuffle(num_images, seed=seed).repeat().enumerate()
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-  options = tf.data.Options()
-  options.deterministic = True
-  options.autotune.enabled = False  # As the project's own pipelines.
-  return iter(ds.with_options(options).as_numpy_iterator())
+  return iter(ds.with_options(data.pipeline_options()).as_numpy_iterator())
 
 
 def section_pipeline(cache: _Cache) -> dict:

@@ -34,6 +34,7 @@ from absl import flags
 import numpy as np
 
 from sslprune_jax import checkpoint
+from sslprune_jax import summaries
 
 # Config fields that may differ between the seeds of one curve (dotted for
 # nested ones: each seed's evaluation reads its own seed's pruning run, and
@@ -214,16 +215,10 @@ def plot(curves: dict[str, list[Run]], metric: str, path: str,
   The x axis is logarithmic and decreasing (dense on the left), one curve
   per entry of `curves` with standard-error bars.
   """
-  # Without pyplot, which would switch the process's backend (a notebook's
-  # inline plots) and keep the figure.
-  # pylint: disable=g-import-not-at-top
+  # pylint: disable-next=g-import-not-at-top
   from matplotlib import ticker
-  from matplotlib.backends.backend_agg import FigureCanvasAgg
-  from matplotlib.figure import Figure
 
-  fig = Figure(figsize=(6, 4))
-  FigureCanvasAgg(fig)
-  ax = fig.add_subplot()
+  fig, ax = summaries.figure(figsize=(6, 4))
   for name, runs in curves.items():
     rows = summarize(runs, metric)
     left = [100 * r['fraction_left'] for r in rows]

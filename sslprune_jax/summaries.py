@@ -49,11 +49,12 @@ def mask_image(kernel_mask: np.ndarray) -> np.ndarray:
   return (m * np.uint8(255))[None, :, :, None]
 
 
-def _figure(**kwargs):
-  """A matplotlib figure with its own Agg canvas and one axes.
+def figure(**kwargs):
+  """A matplotlib figure with its own Agg canvas, and its one axes.
 
-  Built without pyplot, so that drawing here neither switches the process's
+  Built without pyplot, so that drawing neither switches the process's
   backend nor adds to pyplot's figures (a notebook's inline plots).
+  `report.plot` draws on it too.
   """
   # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -73,7 +74,7 @@ def _figure_array(fig) -> np.ndarray:
 def sparsity_chart(report: dict) -> np.ndarray:
   """Per-layer percentage of weights left as a bar chart image."""
   layers = report['layers']
-  fig, ax = _figure(figsize=(max(4, 0.35 * len(layers) + 1.5), 3), dpi=80)
+  fig, ax = figure(figsize=(max(4, 0.35 * len(layers) + 1.5), 3), dpi=80)
   ax.bar(range(len(layers)), [100 * l['fraction_left'] for l in layers])
   ax.axhline(100 * report['fraction_left'], color='k', lw=0.8, ls='--',
              label=f"global {100 * report['fraction_left']:.2f}%")
@@ -103,7 +104,7 @@ def fraction_left_plot(rows: Sequence[dict]) -> np.ndarray | None:
   from matplotlib import ticker
   points = [(100 * r['fraction_left'], r[metric]) for r in rows
             if math.isfinite(r.get(metric, math.nan))]
-  fig, ax = _figure(figsize=(5, 3.2), dpi=80)
+  fig, ax = figure(figsize=(5, 3.2), dpi=80)
   ax.plot(*zip(*points), marker='o')
   ax.set_xscale('log')
   # The rounds' own fractions as ticks: they are evenly spaced on the log

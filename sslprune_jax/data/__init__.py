@@ -16,6 +16,7 @@ from sslprune_jax.data.pipeline import get_builder
 from sslprune_jax.data.pipeline import get_info
 from sslprune_jax.data.pipeline import labelled_indices
 from sslprune_jax.data.pipeline import mixed_train_iterator
+from sslprune_jax.data.pipeline import pipeline_options
 from sslprune_jax.data.pipeline import train_iterator
 
 __all__ = [
@@ -30,5 +31,6 @@ __all__ = [
     'get_info',
     'labelled_indices',
     'mixed_train_iterator',
+    'pipeline_options',
     'train_iterator',
 ]

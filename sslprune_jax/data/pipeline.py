@@ -969,7 +969,7 @@ def _hide_accelerators_from_tf():
     pass
 
 
-def _pipeline_options():
+def pipeline_options():
   """Returns tf.data options: deterministic order, no autotuning model.
 
   `AUTOTUNE` parallelism then falls back to tf.data's defaults (a map uses
@@ -1079,7 +1079,7 @@ def _read(
 
   read_config = tfds.ReadConfig(
       shuffle_seed=file_seed,
-      options=_pipeline_options(),
+      options=pipeline_options(),
       # TFDS would cache small splits on its own; caching is decided here
       # (`config.cache`), and a second cache would only hold a copy.
       try_autocache=False,
@@ -1570,7 +1570,7 @@ def _train_epoch(
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.batch(local_batch, drop_remainder=True)
   ds = ds.prefetch(tf.data.AUTOTUNE)
-  return ds.with_options(_pipeline_options())
+  return ds.with_options(pipeline_options())
 
 
 def _relabelled(label, relabel):
@@ -1944,5 +1944,5 @@ def eval_iterator(data_config, *, global_batch_size):
   num_padding = num_batches * local_batch - num_local
   ds = ds.concatenate(tf.data.Dataset.from_tensors(padding).repeat(num_padding))
   ds = ds.batch(local_batch, drop_remainder=True)
-  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(_pipeline_options())
+  ds = ds.prefetch(tf.data.AUTOTUNE).with_options(pipeline_options())
   return iter(tfds.as_numpy(ds))
