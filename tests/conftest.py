@@ -66,14 +66,14 @@ def num_devices():
 @pytest.fixture(scope='session')
 def data_dir(tmp_path_factory):
   """A tfds data_dir holding Fashion-MNIST, prepared once per session."""
-  path = _shared_root(tmp_path_factory) / 'tfds'
+  root = _shared_root(tmp_path_factory)
   config = data.default_data_config('fashion_mnist')
-  config.data_dir = str(path)
+  config.data_dir = str(root / 'tfds')
   # xdist's workers take turns: the first prepares, the others read it.
-  with open(_shared_root(tmp_path_factory) / 'tfds.lock', 'w') as lock:
+  with open(root / 'tfds.lock', 'w') as lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     data.get_builder(config)
-  return str(path)
+  return config.data_dir
 
 
 @pytest.fixture(scope='session')
