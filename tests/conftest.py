@@ -1,7 +1,9 @@
 """Test-wide setup: eight simulated CPU devices, quiet TensorFlow."""
 
+import contextlib
 import fcntl
 import os
+import pickle
 
 # Must be set before jax is imported anywhere.
 os.environ.setdefault('XLA_FLAGS',
@@ -27,12 +29,25 @@ SLOW_MODULES = frozenset({
     'test_rewind', 'test_ssl_runs', 'test_transfer'})
 
 
+# Tests that share a module's expensive fixture run in one xdist worker
+# (`--dist loadgroup`, pyproject.toml), which makes it once; xdist's default
+# deals a module's tests out to every worker, and each would make its own.
+GROUPED_FIXTURES = {'shared': 'reproduce', 'npid_run': 'npid_run',
+                    'rotnet_run': 'rotnet_run', 'network': 'export',
+                    'exports': 'export'}
+
+
+@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
 def pytest_collection_modifyitems(config, items):
   del config
   for item in items:
     module = item.module.__name__.rpartition('.')[2]
     if module in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
       item.add_marker(pytest.mark.slow)
+    groups = {GROUPED_FIXTURES[f] for f in item.fixturenames
+              if f in GROUPED_FIXTURES}
+    if groups:
+      item.add_marker(pytest.mark.xdist_group('_'.join(sorted(groups))))
 
 
 def _shared_root(tmp_path_factory):
@@ -70,10 +85,17 @@ def data_dir(tmp_path_factory):
   config = data.default_data_config('fashion_mnist')
   config.data_dir = str(root / 'tfds')
   # xdist's workers take turns: the first prepares, the others read it.
-  with open(root / 'tfds.lock', 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
+  with _locked(root / 'tfds.lock'):
     data.get_builder(config)
   return config.data_dir
+
+
+@contextlib.contextmanager
+def _locked(path):
+  """Holds an exclusive lock on `path` across the session's processes."""
+  with open(path, 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    yield
 
 
 @pytest.fixture(scope='session')
@@ -96,9 +118,18 @@ def labels_run_xla_defaults(data_dir, tmp_path_factory):
 
 
 def _tiny_run(data_dir, tmp_path_factory, name, **overrides):
-  """(config, workdir, results) of tests/test_imp.py's shrunk quick run."""
+  """(config, workdir, results) of tests/test_imp.py's shrunk quick run.
+
+  Made once per session: the first xdist worker to ask runs it, the others
+  wait for it and read its results.
+  """
   from sslprune_jax import imp
   from test_imp import tiny_config
-  workdir = tmp_path_factory.mktemp('run') / name
+  root = _shared_root(tmp_path_factory) / 'runs'
+  root.mkdir(exist_ok=True)
+  workdir, saved = root / name, root / f'{name}.results.pkl'
   config = tiny_config(data_dir, **overrides)
-  return config, workdir, imp.run(config, str(workdir))
+  with _locked(root / f'{name}.lock'):
+    if not saved.exists():
+      saved.write_bytes(pickle.dumps(imp.run(config, str(workdir))))
+  return config, workdir, pickle.loads(saved.read_bytes())
