@@ -107,7 +107,7 @@ def check_or_write_config(workdir: str,
   path = epath.Path(workdir) / 'config.json'
   current = json.loads(config.to_json_best_effort(sort_keys=True))
   if path.exists():
-    saved = _with_added_fields(json.loads(path.read_text()))
+    saved = _with_added_fields(read_config_json(path))
     diffs = config_diff(_comparable(saved), _comparable(current))
     if diffs:
       raise ConfigMismatchError(
@@ -116,11 +116,39 @@ def check_or_write_config(workdir: str,
           '\n  '.join(diffs) +
           '\nUse a new --workdir, or rerun with the saved config.')
     return
+  work = [p.name for p in (path.parent.iterdir() if path.parent.exists()
+                           else ()) if p.name in _CHECKPOINT_DIRS
+          or p.name.startswith('round_')]
+  if work:
+    raise ConfigMismatchError(
+        f'{workdir} holds checkpoints ({", ".join(sorted(work))}) but no '
+        'config.json, so what config made them cannot be checked; refusing '
+        'to resume them with this one. Restore its config.json, or use a '
+        'new --workdir.')
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / 'config.json.tmp'
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
     tmp.replace(path)
+
+
+# What a run keeps beside config.json (`RunCheckpoints`).
+_CHECKPOINT_DIRS = ('rounds', 'rewind')
+
+
+def read_config_json(path: epath.Path) -> dict:
+  """A workdir's saved config, or an error that names the file."""
+  try:
+    saved = json.loads(path.read_text())
+  except ValueError as e:
+    raise ConfigMismatchError(
+        f'{path} is damaged (not JSON: {e}); it records the config of the '
+        'run in that workdir. Restore it, or use a new --workdir.') from e
+  if not isinstance(saved, dict) or not saved:
+    raise ConfigMismatchError(
+        f'{path} is damaged: it holds {json.dumps(saved)[:40]}, not a '
+        'config. Restore it, or use a new --workdir.')
+  return saved
 
 
 def config_diff(a: Any, b: Any, prefix: str = '') -> list[str]:
@@ -132,6 +160,14 @@ def config_diff(a: Any, b: Any, prefix: str = '') -> list[str]:
                    f'{prefix}{k}.')
     return out
   return [] if a == b else [f'{prefix[:-1]}: {a!r} -> {b!r}']
+
+
+def first_line(e: BaseException) -> str:
+  """What an Orbax or TensorStore error says, without the page of spec
+  that follows."""
+  text = str(e).strip()
+  first = text.splitlines()[0] if text else '(no message)'
+  return first.split(' See full TensorStore details')[0]
 
 
 def _unreadable_steps(directory: epath.Path) -> list[str]:
@@ -161,8 +197,8 @@ def _manager(directory: epath.Path, max_to_keep: int | None = None,
     bad = _unreadable_steps(directory) or [str(directory)]
     raise CorruptCheckpointError(
         f'Could not open the checkpoints in {directory} '
-        f'({type(e).__name__}: {e}). Damaged: {", ".join(bad)}. Delete '
-        'the damaged directories to redo the work they held.') from e
+        f'({type(e).__name__}: {first_line(e)}).\nDelete {" and ".join(bad)} to '
+        'redo the work it held; the other checkpoints are kept.') from e
 
 
 class RunCheckpoints:
@@ -253,10 +289,14 @@ class RunCheckpoints:
 
   # End of each round.
   def save_round(self, round_idx: int, model: PyTree, metrics: dict) -> None:
-    """Saves a finished round: {'params', 'batch_stats', 'mask'} + metrics."""
+    """Saves a finished round: {'params', 'batch_stats', 'mask'} + metrics.
+
+    Forced: Orbax otherwise skips, without a word, a step below the latest
+    one, which is what a round deleted to be redone is.
+    """
     self._rounds.save(round_idx, args=ocp.args.Composite(
         model=ocp.args.StandardSave(model),
-        metrics=ocp.args.JsonSave(metrics)))
+        metrics=ocp.args.JsonSave(metrics)), force=True)
 
   def completed_rounds(self) -> list[int]:
     return sorted(self._rounds.all_steps())

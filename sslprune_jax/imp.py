@@ -31,7 +31,6 @@ import csv
 import dataclasses
 import functools
 import io
-import json
 import math
 from typing import Any, Callable
 
@@ -51,6 +50,7 @@ from sslprune_jax import kernels
 from sslprune_jax import models
 from sslprune_jax import parallel
 from sslprune_jax import progress
+from sslprune_jax import preemption
 from sslprune_jax import pruning
 from sslprune_jax import summaries
 from sslprune_jax import tasks
@@ -139,11 +139,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if t.schedule not in train.SCHEDULES:
     problems.append(f'Unknown train.schedule {t.schedule!r}; valid: '
                     f'{train.SCHEDULES}.')
-  if t.num_epochs <= 0:
-    problems.append(f'train.num_epochs must be > 0, got {t.num_epochs}.')
-  if t.learning_rate <= 0:
-    problems.append(
-        f'train.learning_rate must be > 0, got {t.learning_rate}.')
+  problems.extend(_range_problems(config))
+  if not all(_is_number(e) and e >= 0 for e in _as_tuple(t.decay_epochs)):
+    problems.append('train.decay_epochs must be epochs (numbers >= 0) at '
+                    'which the step schedule decays, e.g. 80,120; got '
+                    f'{t.decay_epochs!r}.')
   if t.batch_size <= 0 or t.eval_batch_size <= 0:
     problems.append('train.batch_size and train.eval_batch_size must be > 0.')
   if config.log_every_steps <= 0 or config.checkpoint_every_steps < 0:
@@ -151,6 +151,68 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                     '>= 0 (0 = only at the end of rounds).')
   if problems:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
+
+
+# Numeric fields and the values they take: (name, lowest, highest, whether
+# the lowest is allowed, whether only integers are).
+RANGES = (
+    ('seed', 0, None, True, True),
+    ('model.width', 0, None, False, False),
+    ('train.num_epochs', 0, None, False, False),
+    ('train.learning_rate', 0, None, False, False),
+    ('train.warmup_epochs', 0, None, True, False),
+    ('train.momentum', 0, 1, True, False),
+    ('train.weight_decay', 0, None, True, False),
+    ('train.decay_factor', 0, None, False, False),
+)
+
+
+def _is_number(value) -> bool:
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
+
+
+def _as_tuple(value) -> tuple:
+  return tuple(value) if isinstance(value, (list, tuple)) else (value,)
+
+
+def _range_problems(config: ml_collections.ConfigDict) -> list[str]:
+  """Numbers out of their ranges (NaN and infinities included)."""
+  problems = []
+  for name, low, high, low_ok, integer in RANGES:
+    node = config
+    for part in name.split('.'):
+      node = node.get(part) if node is not None else None
+    if node is None:
+      continue
+    value = node
+    ok = _is_number(value) and (not integer or float(value).is_integer())
+    if ok:
+      ok = (value >= low if low_ok else value > low) and (
+          high is None or value < high)
+    if not ok:
+      kind = 'an integer' if integer else 'a finite number'
+      bounds = f'{">=" if low_ok else ">"} {low}'
+      if high is not None:
+        bounds += f' and < {high}'
+      problems.append(f'{name} must be {kind} {bounds}, got {value!r}.')
+  return problems
+
+
+def _check_rounds_leave_weights(pruning_config, params, prunable) -> None:
+  """Refuses more rounds than the prunable weights last."""
+  total = sum(math.prod(p.shape) for p, keep in zip(
+      jax.tree.leaves(params), jax.tree.leaves(prunable)) if keep)
+  remaining, rounds = total, 0
+  while rounds < pruning_config.num_rounds:
+    remaining -= pruning.num_to_prune(pruning_config.fraction, remaining)
+    if remaining < 1:
+      raise ValueError(
+          f'pruning.num_rounds={pruning_config.num_rounds}: at '
+          f'pruning.fraction={pruning_config.fraction}, round {rounds + 1} '
+          f'prunes the last of the model\'s {total} prunable weights; at '
+          f'most {rounds} rounds leave any.')
+    rounds += 1
 
 
 def images_per_step(config) -> int:
@@ -382,6 +444,7 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
                        f'model has only {len(order)} prunable layers.')
     prunable = pruning.restrict_to_layers(prunable,
                                           order[:config.pruning.layers])
+  _check_rounds_leave_weights(config.pruning, variables['params'], prunable)
   start_mask = pruning.init_mask(variables['params'])
   source_variables = None
   if config.init_from.workdir:
@@ -430,7 +493,8 @@ def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
   else:
     prev = restore(
         lambda: ckpts.restore_round(round_idx - 1, exp.round_target()),
-        f'end of round {round_idx - 1}', workdir / 'rounds')
+        f'end of round {round_idx - 1}',
+        workdir / 'rounds' / str(round_idx - 1))
     mask = next_mask(exp.config, prev, exp.prunable,
                      jax.random.fold_in(exp.rngs['prune'], round_idx),
                      round_idx)
@@ -652,7 +716,8 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
         for m in members:
           m.results.append(restore(lambda: m.ckpts.round_metrics(r),
                                    f'end of round {r}',
-                                   m.workdir / 'rounds'))
+                                   m.workdir / 'rounds' / str(r)))
+          _rebuild_round_files(m, r)
         if stop(members[0].results[-1]):
           break
         continue
@@ -660,6 +725,10 @@ def run_rounds(exp: Experiment | list[Experiment], workdir: str, *, rounds,
                          save_rewind, shown, position)
       if stop(row):
         break
+    # Written again from the checkpoints' rows, in case a run was killed
+    # between a round's checkpoint and its row.
+    for m in members:
+      write_results_csv(m.workdir, m.results)
   finally:
     for m in members:
       m.ckpts.close()
@@ -739,7 +808,7 @@ def _train_round(members: list[_Member], r: int, start, train_step,
     remaining, total = counts[i]
     if r in m.completed:  # Trained again only alongside the other seeds.
       row = restore(lambda: m.ckpts.round_metrics(r), f'end of round {r}',
-                    m.workdir / 'rounds')
+                    m.workdir / 'rounds' / str(r))
     else:
       row = {
           'round': r, 'fraction_left': remaining / total,
@@ -755,6 +824,7 @@ def _train_round(members: list[_Member], r: int, start, train_step,
       row = save_round_end(
           m.ckpts, m.workdir, r, final, row,
           with_task_state=saves_task_state(m.exp.config, m.exp.task_state))
+      preemption.kill_point(f'round_saved:{r}')
     m.ckpts.clear_in_round(r)
     m.results.append(row)
     summaries.write_round(
@@ -767,6 +837,27 @@ def _train_round(members: list[_Member], r: int, start, train_step,
       print(f'\nRound {r} done{seed}.\n' + _results_table(m.results),
             flush=True)
   return members[0].results[-1]
+
+
+def _rebuild_round_files(member: _Member, r: int) -> None:
+  """Makes what a finished round derives from its checkpoint whole again.
+
+  A run killed after round `r`'s end-of-round checkpoint may have left its
+  in-round checkpoints behind, and its export unwritten or cut short.
+  """
+  member.ckpts.clear_in_round(r)
+  where = member.workdir / 'export' / f'round_{r:02d}'
+  try:
+    export.load(str(where))
+    return
+  except (FileNotFoundError, ValueError) as e:
+    logging.warning('Round %d: writing its export again (%s).', r,
+                    str(e).split('. ')[0])
+  saved = restore(lambda: member.ckpts.load_round(r), f'end of round {r}',
+                  member.workdir / 'rounds' / str(r))
+  export.save(str(where), {'params': saved['params'],
+                           'batch_stats': saved['batch_stats']},
+              saved['mask'])
 
 
 def save_round_end(ckpts: checkpoint.RunCheckpoints, workdir: epath.Path,
@@ -832,7 +923,7 @@ def source_config(workdir: str) -> ml_collections.ConfigDict:
   if not path.exists():
     raise ValueError(f'{workdir} holds no pruning run ({path} does not '
                      'exist); run the pruning first.')
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+  return ml_collections.ConfigDict(checkpoint.read_config_json(path))
 
 
 def seed_run(workdir: str, seed: int) -> str:
@@ -951,13 +1042,15 @@ def read_source_round(config: ml_collections.ConfigDict, source_workdir: str,
   where = epath.Path(source_workdir)
   try:
     saved = restore(lambda: ckpts.load_round(round_idx),
-                    f'end of round {round_idx}', where / 'rounds')
+                    f'end of round {round_idx}',
+                    where / 'rounds' / str(round_idx))
     if point == 'rewind':
       if not ckpts.has_rewind():
         raise ValueError(
             f'{source_workdir} has no rewind point (pruning.reset='
             f"{source.pruning.reset!r}): no winning ticket to start from.")
-      rewound = restore(ckpts.load_rewind, 'rewind point', where / 'rewind')
+      rewound = restore(ckpts.load_rewind, 'rewind point', where / 'rewind',
+                        advice=REWIND_ADVICE.format(workdir=where))
       saved = {'params': rewound['params'],
                'batch_stats': rewound['batch_stats'], 'mask': saved['mask']}
   finally:
@@ -979,7 +1072,8 @@ def _reference_mask(reference_workdir: str, round_idx: int,
           f'round {round_idx}; run the reference pruning first.')
     mask = restore(lambda: ckpts.load_round(round_idx),
                    f'mask of round {round_idx}',
-                   epath.Path(reference_workdir) / 'rounds')['mask']
+                   epath.Path(reference_workdir) / 'rounds' / str(round_idx)
+                   )['mask']
   finally:
     ckpts.close()
   shapes = lambda tree: jax.tree.map(jnp.shape, tree)
@@ -1038,7 +1132,8 @@ def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, prev: dict,
         lambda: ckpts.restore_rewind({'params': initial['params'],
                                       'batch_stats': initial['batch_stats'],
                                       'task_state': exp.task_state}),
-        'rewind point', ckpts.workdir / 'rewind')
+        'rewind point', ckpts.workdir / 'rewind',
+        advice=REWIND_ADVICE.format(workdir=ckpts.workdir))
     return ({'params': pruning.rewind(saved['params'], mask),
              'batch_stats': saved['batch_stats']}, saved['task_state'])
   # Batch-norm statistics start at their initial values either way.
@@ -1049,13 +1144,22 @@ def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, prev: dict,
                                                  round_idx)))
 
 
-def restore(fn, what: str, where: epath.Path):
-  """Runs a restore, turning a failure into an error that says what to do."""
+# The rewind point is saved in round 0: training round 0 again saves it
+# again, bit for bit.
+REWIND_ADVICE = ('Delete {workdir}/rewind and {workdir}/rounds/0 and run '
+                 'again: round 0 is trained again and saves the same rewind '
+                 'point; the other rounds are kept.')
+
+
+def restore(fn, what: str, where: epath.Path, advice: str | None = None):
+  """Runs a restore, turning a failure into an error that says what to do
+  (in two lines: `checkpoint.first_line`)."""
   try:
     return fn()
   except Exception as e:  # Orbax raises many types for unreadable files.
     raise checkpoint.CorruptCheckpointError(
-        f'Could not read the {what} from {where}: {type(e).__name__}: {e}\n'
-        'The checkpoint is damaged or was written by another config. Delete '
-        'that directory to redo the work it held; earlier rounds are kept.'
+        f'Could not read the {what} from {where}: {type(e).__name__}: '
+        f'{checkpoint.first_line(e)}\nThe checkpoint is damaged or was written by another '
+        'config. ' + (advice or f'Delete {where} to redo the work it held; '
+                      'earlier rounds are kept.')
     ) from e

@@ -15,11 +15,25 @@ Exit codes: 0 done; 1 an error (the message says what to change);
 run the same command again to resume.
 """
 
+import ast
 import os
+import signal
 import sys
 
 # TensorFlow serves only tf.data here; keep its C++ start-up chatter out.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+
+
+def _stopped_while_starting(signum, frame):
+  del signum, frame
+  sys.exit('Stopped by SIGTERM while starting, before any work was done: '
+           'run the same command again.')
+
+
+# Until `preemption.install` takes SIGTERM over, in `main`: the imports
+# below take seconds, and a scheduler's SIGTERM then would end the process
+# with no word.
+signal.signal(signal.SIGTERM, _stopped_while_starting)
 
 from absl import app
 from absl import flags
@@ -31,6 +45,7 @@ from sslprune_jax import checkpoint
 from sslprune_jax import config_lib
 from sslprune_jax import console
 from sslprune_jax import data
+from sslprune_jax import lock
 from sslprune_jax import preemption
 from sslprune_jax import runner
 from sslprune_jax import train
@@ -53,7 +68,8 @@ flags.mark_flags_as_required(['config', 'workdir'])
 
 # Errors whose message says what to do: shown without a traceback.
 USER_ERRORS = (ValueError, data.DatasetNotFoundError,
-               checkpoint.CorruptCheckpointError, train.NonFiniteLossError)
+               checkpoint.CorruptCheckpointError, train.NonFiniteLossError,
+               lock.WorkdirInUseError)
 
 
 def _wants_distributed() -> bool:
@@ -100,10 +116,12 @@ def main(argv):
           f'{FLAGS.workdir}.', file=sys.stderr, flush=True)
     sys.exit(preemption.EXIT_CODE)
   except data.DatasetNotFoundError as e:
+    if FLAGS.config.data.name == 'fashion_mnist':
+      sys.exit(f'error: {e}')
     config_file = config_flags.get_config_filename(FLAGS['config'])
     sys.exit(f'error: {e}\nTo run the same experiment small on real '
              'Fashion-MNIST, which needs no download: '
-             f'--config={config_file}:quick')
+             f'--config={config_file.partition(":")[0]}:quick')
   except USER_ERRORS as e:
     sys.exit(f'error: {e}')
 
@@ -120,5 +138,50 @@ def packaged_configs(argv: list[str]) -> list[str]:
   return out
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a bad `--config` said in a line or two.
+
+  The config file runs while the flags are parsed, so its errors (a
+  missing file, an unknown variant, a misspelt field) would otherwise
+  come out as a traceback.
+  """
+  try:
+    rest = FLAGS(argv)
+    # A config file that failed to load raises only when the config is used.
+    FLAGS.config.get('run')
+  except Exception as e:  # pylint: disable=broad-except
+    sys.exit(f'error: {flag_error(e, argv)}\nSee --helpshort for the flags; '
+             f'the configs are in {config_lib.CONFIGS}.')
+  return rest
+
+
+def flag_error(e: Exception, argv: list[str]) -> str:
+  """What a flag-parsing failure says, without the traceback around it."""
+  text = str(e).strip()
+  if text[:1] in '"\'':  # A KeyError's repr, escapes and all.
+    try:
+      text = str(ast.literal_eval(text))
+    except (ValueError, SyntaxError):
+      pass
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  if isinstance(e, (AttributeError, KeyError)):
+    # A misspelt field of a --config.<field>=... override; ml_collections
+    # suggests the nearest.
+    field = lines[0].strip('\'"') if lines else '?'
+    override = next((a.split('=')[0] for a in argv
+                     if a.startswith('--config.') and field in a), field)
+    hint = ' '.join(lines[1:])
+    return f'{override}: the config has no field {field!r}. {hint}'.strip()
+  if not lines:
+    return type(e).__name__
+  if isinstance(e, OSError) and 'No such file' in lines[-1]:
+    return f'--config: {lines[-1].split("] ", 1)[-1]}.'
+  # A config file's own error, whose message ends the traceback absl
+  # embeds: 'ValueError: Unknown variant ...'.
+  last = lines[-1]
+  kind, sep, message = last.partition(': ')
+  return message if sep and kind.isidentifier() else last
+
+
 if __name__ == '__main__':
-  app.run(main, argv=packaged_configs(sys.argv))
+  app.run(main, argv=packaged_configs(sys.argv), flags_parser=parse_flags)

@@ -19,6 +19,7 @@ the same checkpoint together.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import threading
 
@@ -79,3 +80,15 @@ def reached() -> bool:
 def clear() -> None:
   """Forgets a notice (after it has been handled, e.g. in tests)."""
   _requested.clear()
+
+
+# Tests name a point of a run here (e.g. 'round_saved:2') to kill the run
+# there, as `kill -9` would, where a signal sent from outside could only
+# land there by chance.
+KILL_AT = 'SSLPRUNE_JAX_KILL_AT'
+
+
+def kill_point(name: str) -> None:
+  """Kills this process with SIGKILL if `$SSLPRUNE_JAX_KILL_AT` is `name`."""
+  if os.environ.get(KILL_AT) == name:
+    os.kill(os.getpid(), signal.SIGKILL)

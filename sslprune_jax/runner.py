@@ -17,6 +17,7 @@ import jax
 import ml_collections
 
 from sslprune_jax import imp
+from sslprune_jax import lock
 from sslprune_jax.evaluation import layerwise
 from sslprune_jax.evaluation import linear
 from sslprune_jax.evaluation import retrain
@@ -33,15 +34,18 @@ def run(config: ml_collections.ConfigDict, workdir: str):
 
   Raises:
     ValueError: an unknown `config.run`, or anything the runner refuses.
+    lock.WorkdirInUseError: another process runs in `workdir`.
     preemption.Preempted: stopped by SIGTERM after saving a checkpoint.
   """
   kind = config.get('run', 'prune')
   if kind not in RUNS:
     raise ValueError(f'Unknown config.run {kind!r}; valid: {sorted(RUNS)}.')
-  result = RUNS[kind](config, workdir)
-  if jax.process_index() == 0:
-    (epath.Path(workdir) / COMPLETE).write_text(
-        json.dumps({'run': kind, 'finished': time.strftime('%FT%T%z')}) + '\n')
+  with lock.held(workdir):
+    result = RUNS[kind](config, workdir)
+    if jax.process_index() == 0:
+      (epath.Path(workdir) / COMPLETE).write_text(
+          json.dumps({'run': kind, 'finished': time.strftime('%FT%T%z')})
+          + '\n')
   return result
 
 

@@ -227,7 +227,7 @@ def test_workdir_saved_before_a_field_was_added_resumes(data_dir, tmp_path):
     checkpoint.check_or_write_config(str(tmp_path), config)
 
 
-def test_damaged_checkpoint_gives_a_clear_error(finished_run, tmp_path):
+def test_damaged_checkpoint_advice_leads_to_the_same_masks(finished_run, tmp_path):
   config, workdir, _ = finished_run
   copy = tmp_path / 'copy'
   shutil.copytree(workdir, copy)
@@ -236,8 +236,17 @@ def test_damaged_checkpoint_gives_a_clear_error(finished_run, tmp_path):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b'\0' * 7)
   with pytest.raises(checkpoint.CorruptCheckpointError,
-                     match='rounds/1'):
+                     match='rounds/1') as error:
     imp.run(config, str(copy))
+  # Its advice, followed, redoes that round and the next: the same masks.
+  assert f'Delete {copy}/rounds/1 to redo the work' in str(error.value)
+  shutil.rmtree(copy / 'rounds' / '1')
+  imp.run(config, str(copy))
+  expected, got = round_masks(workdir), round_masks(copy)
+  assert sorted(got) == [0, 1, 2]
+  for r in expected:
+    for a, b in zip(jax.tree.leaves(expected[r]), jax.tree.leaves(got[r])):
+      np.testing.assert_array_equal(a, b)
 
 
 def test_random_like_copies_the_reference_layer_sparsity(finished_run,
@@ -343,6 +352,16 @@ def test_layerwise_pruning_targets_the_first_layers(data_dir):
     ('train.batch_size', 100, 'multiple of the number of devices'),
     ('task.name', 'jigsaw', 'Unknown task'),
     ('train.xla_options', 'fastest', 'Unknown train.xla_options'),
+    ('model.width', 0.0, 'model.width must be a finite number > 0'),
+    ('train.momentum', -5.0, 'train.momentum must be a finite number >= 0 '
+     'and < 1'),
+    ('train.warmup_epochs', -1.0, 'train.warmup_epochs must be'),
+    ('train.num_epochs', float('inf'), 'train.num_epochs must be a finite'),
+    ('train.num_epochs', float('nan'), 'got nan'),
+    ('train.decay_epochs', ('abc',), 'train.decay_epochs must be epochs'),
+    ('seed', -1, 'seed must be an integer >= 0'),
+    ('pruning.num_rounds', 10**9, 'the model.s 76488 prunable weights; at most 45 '
+     'rounds leave any'),
 ])
 def test_bad_config_is_refused_before_compute(data_dir, tmp_path, key,
                                               value, message):
