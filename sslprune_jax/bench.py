@@ -1180,6 +1180,7 @@ def section_startup(cache: _Cache) -> dict:
   exp = imp.build(config)
   out['build_s'] = time.perf_counter() - t0
   with tempfile.TemporaryDirectory() as workdir:
+    checkpoint.check_or_write_config(workdir, config)
     ckpts = checkpoint.RunCheckpoints(workdir)
     try:
       t0 = time.perf_counter()
@@ -1202,7 +1203,6 @@ def section_startup(cache: _Cache) -> dict:
                            {'round': r, 'test_accuracy': 0.0})
     finally:
       ckpts.close()
-    checkpoint.check_or_write_config(workdir, config)
     jax.clear_caches()
     t0 = time.perf_counter()
     imp.run(config, workdir)

@@ -257,3 +257,23 @@ def test_sigterm_while_starting_says_so(tmp_path):
   assert proc.returncode == 1
   assert 'Stopped by SIGTERM while starting' in err
   assert not (tmp_path / 'w').exists()
+
+
+def test_bucket_lease_refuses_a_live_holder_and_takes_a_stale_one(
+    tmp_path, monkeypatch):
+  # Buckets have no flock: the lease path, run here on a local folder.
+  monkeypatch.setattr(lock, 'LEASE_SETTLE_S', 0.0)
+  path = tmp_path / lock.FILENAME
+  live = {'pid': 12, 'host': 'tpu-vm-3', 'started': 'then',
+          'command': 'main.py --config=c', 'token': 'x',
+          'renewed': time.time()}
+  path.write_text(json.dumps(live))
+  with pytest.raises(lock.WorkdirInUseError,
+                     match='in use by process 12 on tpu-vm-3'):
+    with lock._lease(tmp_path):  # pylint: disable=protected-access
+      pass
+  path.write_text(json.dumps({**live, 'renewed': time.time()
+                              - lock.LEASE_EXPIRY_S - 1}))
+  with lock._lease(tmp_path):  # pylint: disable=protected-access
+    assert json.loads(path.read_text())['pid'] == os.getpid()
+  assert not path.exists()

@@ -16,12 +16,16 @@ def test_installed_package_runs_a_config_without_a_checkout(tmp_path,
                   '--no-build-isolation', '-w', str(tmp_path / 'wheel'),
                   str(ROOT)], check=True, timeout=600)
   wheel, = (tmp_path / 'wheel').glob('sslprune_jax-*.whl')
-  # The dependencies come from this environment; the package from the
-  # wheel alone.
+  # The dependencies come from this environment (a path file names its
+  # site-packages: `--system-site-packages` would give the base
+  # interpreter's instead); the package from the wheel alone.
   venv = tmp_path / 'venv'
-  subprocess.run([sys.executable, '-m', 'venv', '--system-site-packages',
-                  str(venv)], check=True, timeout=300)
+  subprocess.run([sys.executable, '-m', 'venv', str(venv)], check=True,
+                 timeout=300)
   python = str(venv / 'bin' / 'python')
+  site_packages, = venv.glob('lib/python*/site-packages')
+  (site_packages / 'dependencies.pth').write_text(
+      '\n'.join(p for p in sys.path if p.endswith('site-packages')) + '\n')
   subprocess.run([python, '-m', 'pip', 'install', '-q', '--no-deps',
                   str(wheel)], check=True, timeout=600)
   away = tmp_path / 'elsewhere'
