@@ -56,6 +56,7 @@ def _rows(workdir):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow  # `main` in subprocesses.
 def test_kill_after_the_last_checkpoint_loses_no_row(data_dir, tmp_path):
   workdir = tmp_path / 'w'
   code, _, err = _finish(_main(
@@ -90,6 +91,7 @@ def test_kill_after_the_last_checkpoint_loses_no_row(data_dir, tmp_path):
   assert (workdir / 'COMPLETE').exists()
 
 
+@pytest.mark.slow  # `main` in subprocesses.
 def test_second_process_is_refused_and_a_killed_one_blocks_nothing(
     data_dir, tmp_path):
   workdir = tmp_path / 'w'
@@ -214,6 +216,7 @@ BAD_COMMANDS = {
 }
 
 
+@pytest.mark.slow  # `main` in subprocesses.
 def test_bad_commands_get_a_message_and_no_traceback(data_dir, tmp_path):
   procs = {}
   for name, (args, _) in BAD_COMMANDS.items():
