@@ -28,7 +28,7 @@ from sslprune_jax import export
 from sslprune_jax import imp
 from sslprune_jax import lock
 from sslprune_jax import preemption
-from test_imp import OVERRIDES, ROOT, round_masks, tiny_config
+from test_imp import OVERRIDES, ROOT, assert_same_masks, tiny_config
 
 # Smaller than test_imp's shrunk run: 8 steps a round, 2 rounds, in-round
 # checkpoints every 2 steps.
@@ -181,11 +181,7 @@ def test_damaged_rewind_point_advice_leads_to_the_same_masks(labels_run,
   for path in (f'{copy}/rewind', f'{copy}/rounds/0'):
     shutil.rmtree(path)
   imp.run(config, str(copy))
-  expected, got = round_masks(reference), round_masks(copy)
-  assert sorted(got) == [0, 1, 2]
-  for r in expected:
-    for a, b in zip(jax.tree.leaves(expected[r]), jax.tree.leaves(got[r])):
-      np.testing.assert_array_equal(a, b)
+  assert_same_masks(reference, copy)
 
 
 QUICK = '--config=configs/labels.py:quick'

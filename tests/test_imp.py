@@ -84,6 +84,15 @@ def round_masks(workdir):
   return out
 
 
+def assert_same_masks(reference, workdir, rounds=(0, 1, 2)):
+  """Every round of `workdir` finished, with the masks of `reference`."""
+  expected, got = round_masks(reference), round_masks(workdir)
+  assert sorted(got) == list(rounds)
+  for r in expected:
+    for a, b in zip(jax.tree.leaves(expected[r]), jax.tree.leaves(got[r])):
+      np.testing.assert_array_equal(a, b)
+
+
 @pytest.fixture
 def finished_run(labels_run):
   """(config, workdir, results) of the shrunk quick run (conftest.py)."""
@@ -242,11 +251,7 @@ def test_damaged_checkpoint_advice_leads_to_the_same_masks(finished_run, tmp_pat
   assert f'Delete {copy}/rounds/1 to redo the work' in str(error.value)
   shutil.rmtree(copy / 'rounds' / '1')
   imp.run(config, str(copy))
-  expected, got = round_masks(workdir), round_masks(copy)
-  assert sorted(got) == [0, 1, 2]
-  for r in expected:
-    for a, b in zip(jax.tree.leaves(expected[r]), jax.tree.leaves(got[r])):
-      np.testing.assert_array_equal(a, b)
+  assert_same_masks(workdir, copy)
 
 
 def test_random_like_copies_the_reference_layer_sparsity(finished_run,
@@ -450,11 +455,7 @@ def test_preempt_kill_and_resume_give_identical_masks(finished_run, data_dir,
   done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                         timeout=600)
   assert done.returncode == 0, done.stderr[-3000:]
-  expected, got = round_masks(reference), round_masks(workdir)
-  assert sorted(got) == [0, 1, 2]
-  for r in expected:
-    for a, b in zip(jax.tree.leaves(expected[r]), jax.tree.leaves(got[r])):
-      np.testing.assert_array_equal(a, b)
+  assert_same_masks(reference, workdir)
   assert (workdir / 'COMPLETE').exists()
 
 
