@@ -163,8 +163,8 @@ def config_diff(a: Any, b: Any, prefix: str = '') -> list[str]:
 
 
 def first_line(e: BaseException) -> str:
-  """What an Orbax or TensorStore error says, without the page of spec
-  that follows."""
+  """What an error says in its first line: Orbax's and TensorStore's (and
+  bucket clients') go on for a page of spec."""
   text = str(e).strip()
   first = text.splitlines()[0] if text else '(no message)'
   return first.split(' See full TensorStore details')[0]
@@ -197,8 +197,9 @@ def _manager(directory: epath.Path, max_to_keep: int | None = None,
     bad = _unreadable_steps(directory) or [str(directory)]
     raise CorruptCheckpointError(
         f'Could not open the checkpoints in {directory} '
-        f'({type(e).__name__}: {first_line(e)}).\nDelete {" and ".join(bad)} to '
-        'redo the work it held; the other checkpoints are kept.') from e
+        f'({type(e).__name__}: {first_line(e)}).\nDelete '
+        f'{" and ".join(bad)} to redo the work it held; the other '
+        'checkpoints are kept.') from e
 
 
 class RunCheckpoints:

@@ -180,12 +180,11 @@ def _range_problems(config: ml_collections.ConfigDict) -> list[str]:
   """Numbers out of their ranges (NaN and infinities included)."""
   problems = []
   for name, low, high, low_ok, integer in RANGES:
-    node = config
+    value = config
     for part in name.split('.'):
-      node = node.get(part) if node is not None else None
-    if node is None:
+      value = value.get(part) if value is not None else None
+    if value is None:
       continue
-    value = node
     ok = _is_number(value) and (not integer or float(value).is_integer())
     if ok:
       ok = (value >= low if low_ok else value > low) and (
@@ -1159,7 +1158,8 @@ def restore(fn, what: str, where: epath.Path, advice: str | None = None):
   except Exception as e:  # Orbax raises many types for unreadable files.
     raise checkpoint.CorruptCheckpointError(
         f'Could not read the {what} from {where}: {type(e).__name__}: '
-        f'{checkpoint.first_line(e)}\nThe checkpoint is damaged or was written by another '
-        'config. ' + (advice or f'Delete {where} to redo the work it held; '
-                      'earlier rounds are kept.')
+        f'{checkpoint.first_line(e)}\nThe checkpoint is damaged or was '
+        'written by another config. '
+        + (advice or f'Delete {where} to redo the work it held; earlier '
+           'rounds are kept.')
     ) from e

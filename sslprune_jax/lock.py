@@ -31,6 +31,8 @@ import uuid
 from etils import epath
 import jax
 
+from sslprune_jax import checkpoint
+
 FILENAME = 'lock'
 LEASE_RENEW_S = 60.0
 LEASE_EXPIRY_S = 300.0
@@ -187,10 +189,9 @@ def _unusable(workdir, e: BaseException) -> UnusableWorkdirError:
   # OSError locally; a bucket's client raises its own kinds (no
   # credentials, no such bucket, no permission), with messages that run to
   # pages: the first line says which.
-  text = str(e).strip()
-  first = text.splitlines()[0] if text else '(no message)'
   return UnusableWorkdirError(
-      f'--workdir {workdir} cannot be written: {type(e).__name__}: {first}')
+      f'--workdir {workdir} cannot be written: {type(e).__name__}: '
+      f'{checkpoint.first_line(e)}')
 
 
 def _unlink_if_new(path: epath.Path) -> None:
