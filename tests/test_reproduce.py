@@ -2,7 +2,7 @@
 verdict logic, and each figure's command end to end.
 
 Rules on hand-made curves and tables; commands on a shrunk setting (a few
-hundred real Fashion-MNIST images, one epoch, two rounds).
+hundred real Fashion-MNIST images, one epoch, one round of pruning).
 """
 
 import csv
@@ -200,7 +200,7 @@ def test_verdict_table_reports_points_and_seeds():
 
 @pytest.fixture
 def shrunk(data_dir, monkeypatch):
-  """The regime at a few hundred images, one epoch, two rounds of 50%."""
+  """The regime at a few hundred images, one epoch, one round of pruning."""
   real = settings.apply
 
   def apply(config, **kwargs):
@@ -210,7 +210,7 @@ def shrunk(data_dir, monkeypatch):
     config.data.eval_split = 'test[:200]'
     config.train.num_epochs = 1.0
     config.train.eval_batch_size = 200
-    config.pruning.num_rounds = 2
+    config.pruning.num_rounds = 1
     config.pruning.rewind_samples = settings.REWIND_SAMPLES
     if config.task.name == 'few_labels':
       # The labelled 10% is 27 images: as many seen as the others.
@@ -234,9 +234,9 @@ def test_fig3_end_to_end(shrunk, shared):
   by_curve = {}
   for r in rows:
     by_curve.setdefault(r['curve'], []).append(r)
-  # The labels run has its dense round; the re-trainings the pruned ones.
-  assert len(by_curve['labels, winning ticket']) == 3
-  assert all(len(by_curve[c]) == 2 for c in fig3.CURVES[1:])
+  # The labels run has its dense round; the re-trainings the pruned one.
+  assert len(by_curve['labels, winning ticket']) == 2
+  assert all(len(by_curve[c]) == 1 for c in fig3.CURVES[1:])
   assert all(r['n'] == '1' for r in rows)
   section = open(paths['section']).read()
   assert section.count('| **') == len(fig3.findings(
@@ -270,8 +270,8 @@ def test_fig2_end_to_end(shrunk, shared, monkeypatch):
   curves = _curves_of(paths)
   assert set(curves) == {f'{o}, pruned {when}' for o in fig2.OBJECTIVES
                          for when in ('during pre-training', 'during transfer')}
-  # Both arms have the dense round and the two pruned ones.
-  assert all(len(rows) == 3 for rows in curves.values())
+  # Both arms have the dense round and the pruned one.
+  assert all(len(rows) == 2 for rows in curves.values())
   runs = fig2.runs(str(shared / 'w'), 1)
   for o in fig2.OBJECTIVES:
     pretrain = report.load_run(runs[f'{o}, pruned during pre-training']
@@ -348,7 +348,7 @@ def test_figure_end_to_end(module, shrunk, shared):
   assert set(curves) == set(shown)
   for name, rows in curves.items():
     assert all(r['n'] == '1' for r in rows), name
-    assert 2 <= len(rows) <= 3, name
+    assert 1 <= len(rows) <= 2, name
   section = open(paths['section']).read()
   assert '| finding |' in section and 'inconclusive' in section
   assert (out / 'test_accuracy.png').stat().st_size > 0
