@@ -96,7 +96,7 @@ def create_model(model_config: Mapping[str, Any],
       (one of ``MODELS``), ``depth`` (ignored by alexnet), ``width`` and
       optionally ``dtype`` ('float32' default, 'bfloat16') and
       ``bn_scale_init`` ('ones' default, 'uniform'; resnets and vgg, see
-      ``resnet.BN_SCALE_INITS``), and for alexnet
+      ``layers.BN_SCALE_INITS``), and for alexnet
       ``batch_norm`` (False), ``dropout_rate`` (0.5) and ``cifar_stem``
       (None: chosen from the input size); and ``conv_impl`` ('auto'
       default, 'xla', 'onednn': see ``sslprune_jax.kernels``).

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 
 from sslprune_jax import kernels
-from sslprune_jax.models.resnet import batch_norm_layer
-from sslprune_jax.models.resnet import classifier
-from sslprune_jax.models.resnet import dense_kernel_init
-from sslprune_jax.models.resnet import scale_width
+from sslprune_jax.models.layers import batch_norm_layer
+from sslprune_jax.models.layers import classifier
+from sslprune_jax.models.layers import dense_kernel_init
+from sslprune_jax.models.layers import scale_width
 
 # torchvision leaves AlexNet at PyTorch's default kaiming-uniform(a=sqrt(5)),
 # i.e. uniform with variance 1 / (3 * fan_in).

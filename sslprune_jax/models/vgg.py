@@ -15,9 +15,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sslprune_jax import kernels
-from sslprune_jax.models.resnet import batch_norm_layer
-from sslprune_jax.models.resnet import classifier
-from sslprune_jax.models.resnet import scale_width
+from sslprune_jax.models.layers import batch_norm_layer
+from sslprune_jax.models.layers import classifier
+from sslprune_jax.models.layers import scale_width
 
 # 'M' marks a 2x2 stride-2 max-pool; numbers are conv output channels.
 VGG_CONFIGS = {
@@ -43,7 +43,7 @@ class VGG(nn.Module):
       features instead.
     width: multiplier of every conv width.
     dtype: computation dtype; parameters stay float32.
-    bn_scale_init: how batch-norm scales start (``resnet.BN_SCALE_INITS``).
+    bn_scale_init: how batch-norm scales start (``layers.BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
   layers: Sequence[int | str]
@@ -104,7 +104,7 @@ def vgg(depth: int,
     num_classes: classifier outputs, or None for the trunk only.
     width: multiplier of the channel counts.
     dtype: computation dtype.
-    bn_scale_init: how batch-norm scales start (``resnet.BN_SCALE_INITS``).
+    bn_scale_init: how batch-norm scales start (``layers.BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
 
   Returns:
