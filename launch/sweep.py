@@ -414,9 +414,9 @@ def plan(args: argparse.Namespace) -> list[Run]:
 
 
 def is_complete(run: Run) -> bool:
-  """Whether the run finished (see `sslprune_jax.runner.is_complete`)."""
-  from sslprune_jax import runner
-  return runner.is_complete(run.workdir)
+  """Whether the run finished (it wrote `rundir.COMPLETE`)."""
+  from sslprune_jax import rundir
+  return rundir.is_complete(run.workdir)
 
 
 def run_command(argv: list[str]) -> int:

@@ -1,17 +1,9 @@
 """Where a pruning run keeps its state on disk, through Orbax.
 
-Layout of a workdir:
-
-  config.json        the run's config; a restart with another one is refused
-  rewind/<step>/     params, batch_stats and task state (NPID's memory bank)
-                     at the rewind point of round 0
-  round_RR/<step>/   the latest in-round state of round RR, for resumption
-  rounds/<RR>/       end of round RR: params, batch_stats, mask, metrics
-  export/round_RR/   end of round RR without its pruned weights
-                     (network.npz; see sslprune_jax.export)
-  results.csv        one line per finished round
-  tb/                TensorBoard events (round_RR/ per step, rounds/ per
-                     round; see sslprune_jax.summaries)
+The checkpoints sit in the run's directory (`sslprune_jax.rundir`, which
+names every path): the rewind point (rewind/), each round's in-round state
+for resumption (round_RR/) and each round's end (rounds/R/), and beside them
+config.json, checked on every restart.
 
 Orbax writes each checkpoint to a temporary directory and renames it when
 complete, so a run killed at any moment leaves only whole checkpoints.
@@ -27,6 +19,8 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+
+from sslprune_jax import rundir
 
 PyTree = Any
 
@@ -104,7 +98,7 @@ def check_or_write_config(workdir: str,
   Raises:
     ConfigMismatchError: listing the fields that differ.
   """
-  path = epath.Path(workdir) / 'config.json'
+  path = rundir.config_path(workdir)
   current = json.loads(config.to_json_best_effort(sort_keys=True))
   if path.exists():
     saved = _with_added_fields(read_config_json(path))
@@ -117,8 +111,8 @@ def check_or_write_config(workdir: str,
           '\nUse a new --workdir, or rerun with the saved config.')
     return
   work = [p.name for p in (path.parent.iterdir() if path.parent.exists()
-                           else ()) if p.name in _CHECKPOINT_DIRS
-          or p.name.startswith('round_')]
+                           else ()) if p.name in rundir.CHECKPOINT_DIRS
+          or rundir.is_in_round_dir(p.name)]
   if work:
     raise ConfigMismatchError(
         f'{workdir} holds checkpoints ({", ".join(sorted(work))}) but no '
@@ -127,13 +121,9 @@ def check_or_write_config(workdir: str,
         'new --workdir.')
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / 'config.json.tmp'
+    tmp = path.with_name(path.name + '.tmp')
     tmp.write_text(json.dumps(current, indent=2, sort_keys=True))
     tmp.replace(path)
-
-
-# What a run keeps beside config.json (`RunCheckpoints`).
-_CHECKPOINT_DIRS = ('rounds', 'rewind')
 
 
 def read_config_json(path: epath.Path) -> dict:
@@ -203,7 +193,11 @@ def _manager(directory: epath.Path, max_to_keep: int | None = None,
 
 
 class RunCheckpoints:
-  """The checkpoints of one pruning run, under `workdir`."""
+  """The checkpoints of one pruning run, under `workdir`.
+
+  A context manager: `with RunCheckpoints(workdir) as ckpts:` closes them
+  (waiting for pending saves) however the block ends.
+  """
 
   def __init__(self, workdir: str, in_round_keep: int = 1):
     """Opens (or creates) the checkpoints of the run in `workdir`.
@@ -211,21 +205,22 @@ class RunCheckpoints:
     Args:
       workdir: the run's directory.
       in_round_keep: how many in-round checkpoints each round keeps (the
-        seeds of a run with several keep 2; see `imp.run_rounds`).
+        seeds of a run with several keep 2; see `rounds.run_rounds`).
     """
     self.workdir = epath.Path(workdir)
     self._in_round_keep = in_round_keep
     self._in_round: dict[int, ocp.CheckpointManager] = {}
     # Rewind and end-of-round checkpoints are few, small next to a round, and
     # everything after them depends on them: write them synchronously.
-    self._rewind = _manager(self.workdir / 'rewind', enable_async=False)
-    self._rounds = _manager(self.workdir / 'rounds', enable_async=False)
+    self._rewind = _manager(rundir.rewind_dir(workdir), enable_async=False)
+    self._rounds = _manager(rundir.round_ends_dir(workdir),
+                           enable_async=False)
 
   # In-round state, for resuming after preemption.
   def _round_manager(self, round_idx: int) -> ocp.CheckpointManager:
     if round_idx not in self._in_round:
       self._in_round[round_idx] = _manager(
-          self.workdir / f'round_{round_idx:02d}',
+          rundir.in_round_dir(self.workdir, round_idx),
           max_to_keep=self._in_round_keep)
     return self._in_round[round_idx]
 
@@ -236,7 +231,7 @@ class RunCheckpoints:
 
   def in_round_steps(self, round_idx: int) -> list[int]:
     """The steps of the round's in-round checkpoints."""
-    if not (self.workdir / f'round_{round_idx:02d}').exists():
+    if not rundir.in_round_dir(self.workdir, round_idx).exists():
       return []
     return sorted(self._round_manager(round_idx).all_steps())
 
@@ -244,7 +239,7 @@ class RunCheckpoints:
                        step: int | None = None) -> PyTree | None:
     """The round's in-round state at `step` (default: the latest), or None
     if the round has none."""
-    directory = self.workdir / f'round_{round_idx:02d}'
+    directory = rundir.in_round_dir(self.workdir, round_idx)
     if not directory.exists():
       return None
     manager = self._round_manager(round_idx)
@@ -260,7 +255,7 @@ class RunCheckpoints:
     if manager is not None:
       manager.wait_until_finished()
       manager.close()
-    directory = self.workdir / f'round_{round_idx:02d}'
+    directory = rundir.in_round_dir(self.workdir, round_idx)
     if jax.process_index() == 0 and directory.exists():
       directory.rmtree()
 
@@ -275,7 +270,7 @@ class RunCheckpoints:
     step = self._rewind.latest_step()
     if step is None:
       raise FileNotFoundError(
-          f'No rewind checkpoint under {self.workdir / "rewind"}.')
+          f'No rewind checkpoint under {rundir.rewind_dir(self.workdir)}.')
     return self._rewind.restore(step, args=ocp.args.StandardRestore(
         _abstract(target)))
 
@@ -284,8 +279,9 @@ class RunCheckpoints:
     step = self._rewind.latest_step()
     if step is None:
       raise FileNotFoundError(
-          f'No rewind checkpoint under {self.workdir / "rewind"}.')
-    saved = _saved_replicated(self.workdir / 'rewind' / str(step) / 'default')
+          f'No rewind checkpoint under {rundir.rewind_dir(self.workdir)}.')
+    saved = _saved_replicated(
+        rundir.rewind_dir(self.workdir) / str(step) / 'default')
     return self._rewind.restore(step, args=ocp.args.StandardRestore(saved))
 
   # End of each round.
@@ -309,13 +305,19 @@ class RunCheckpoints:
   def load_round(self, round_idx: int) -> PyTree:
     """A finished round's params, batch_stats and mask, without a model."""
     saved = _saved_replicated(
-        self.workdir / 'rounds' / str(round_idx) / 'model')
+        rundir.round_end_dir(self.workdir, round_idx) / 'model')
     return self._rounds.restore(round_idx, args=ocp.args.Composite(
         model=ocp.args.StandardRestore(saved)))['model']
 
   def round_metrics(self, round_idx: int) -> dict:
     return self._rounds.restore(round_idx, args=ocp.args.Composite(
         metrics=ocp.args.JsonRestore()))['metrics']
+
+  def __enter__(self) -> RunCheckpoints:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
 
   def close(self) -> None:
     for manager in [*self._in_round.values(), self._rewind, self._rounds]:

@@ -21,7 +21,9 @@ from absl import logging
 import jax
 from etils import epath
 
-LOG_FILE = 'log.txt'
+from sslprune_jax import rundir
+
+LOG_FILE = rundir.LOG
 
 
 class OnlyWarningsFrom(pylogging.Filter):

@@ -407,12 +407,12 @@ def export_round(workdir: str, round_idx: int, out: str,
   """
   # Imported here: loading an export needs neither Orbax nor the training
   # code, only NumPy.
-  from sslprune_jax import imp  # pylint: disable=g-import-not-at-top
   from sslprune_jax import pruning  # pylint: disable=g-import-not-at-top
+  from sslprune_jax.rundir import sources  # pylint: disable=g-import-not-at-top
 
-  config = imp.source_config(workdir)
-  config, saved = imp.read_source_round(config, workdir, round_idx,
-                                        point=point)
+  config = sources.source_config(workdir)
+  config, saved = sources.read_source_round(config, workdir, round_idx,
+                                            point=point)
   variables = {'params': saved['params'],
                'batch_stats': saved['batch_stats']}
   prunable = pruning.prunable_tree(

@@ -32,8 +32,9 @@ from etils import epath
 import jax
 
 from sslprune_jax import checkpoint
+from sslprune_jax import rundir
 
-FILENAME = 'lock'
+FILENAME = rundir.LOCK
 LEASE_RENEW_S = 60.0
 LEASE_EXPIRY_S = 300.0
 # How long a new lease holder waits before reading its lease back: a

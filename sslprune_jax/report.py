@@ -34,7 +34,9 @@ from absl import flags
 import numpy as np
 
 from sslprune_jax import checkpoint
+from sslprune_jax import rundir
 from sslprune_jax import summaries
+from sslprune_jax.rundir import results
 
 # Config fields that may differ between the seeds of one curve (dotted for
 # nested ones: each seed's evaluation reads its own seed's pruning run, and
@@ -54,16 +56,16 @@ class Run:
 
 
 def load_run(workdir: str) -> Run:
-  """Reads a workdir's config.json and results.csv."""
-  path = epath.Path(workdir)
-  for name in ('config.json', 'results.csv'):
-    if not (path / name).exists():
-      raise FileNotFoundError(f'{path / name} does not exist: is {workdir} '
-                              'a pruning run with at least one finished '
+  """Reads a workdir's config.json and results.csv (typed rows:
+  `rundir.results.read`)."""
+  for path in (rundir.config_path(workdir), rundir.results_path(workdir)):
+    if not path.exists():
+      raise FileNotFoundError(f'{path} does not exist: is {workdir} a '
+                              'pruning run with at least one finished '
                               'round?')
-  config = json.loads((path / 'config.json').read_text())
-  rows = list(csv.DictReader(io.StringIO((path / 'results.csv').read_text())))
-  return Run(workdir=str(workdir), config=config, rows=rows)
+  config = checkpoint.read_config_json(rundir.config_path(workdir))
+  return Run(workdir=str(workdir), config=config,
+             rows=results.read(workdir))
 
 
 def check_same_config(runs: list[Run], allowed=SEED_FIELDS,

@@ -9,24 +9,31 @@ evaluation of one ('retrain', 'linear', 'layerwise'; see
 
 from __future__ import annotations
 
-import json
-import time
-
-from etils import epath
 import jax
 import ml_collections
 
-from sslprune_jax import imp
 from sslprune_jax import lock
+from sslprune_jax import lottery
+from sslprune_jax import rundir
 from sslprune_jax.evaluation import layerwise
 from sslprune_jax.evaluation import linear
 from sslprune_jax.evaluation import retrain
 
-RUNS = {'prune': imp.run, 'retrain': retrain.run, 'linear': linear.run,
+
+
+def prune(config: ml_collections.ConfigDict, workdir: str
+          ) -> list[dict] | list[list[dict]]:
+  """A pruning run's rows (`lottery.run`): one run's, or with several
+  seeds one list per seed."""
+  results = lottery.run(config, workdir)
+  return results[0] if len(results) == 1 else results
+
+
+RUNS = {'prune': prune, 'retrain': retrain.run, 'linear': linear.run,
         'layerwise': layerwise.run}
 
 # Written into the workdir when a run has finished all it was asked to do.
-COMPLETE = 'COMPLETE'
+COMPLETE = rundir.COMPLETE
 
 
 def run(config: ml_collections.ConfigDict, workdir: str):
@@ -43,12 +50,8 @@ def run(config: ml_collections.ConfigDict, workdir: str):
   with lock.held(workdir):
     result = RUNS[kind](config, workdir)
     if jax.process_index() == 0:
-      (epath.Path(workdir) / COMPLETE).write_text(
-          json.dumps({'run': kind, 'finished': time.strftime('%FT%T%z')})
-          + '\n')
+      rundir.mark_complete(workdir, kind)
   return result
 
 
-def is_complete(workdir: str) -> bool:
-  """Whether a run finished in `workdir` (it wrote `COMPLETE`)."""
-  return (epath.Path(workdir) / COMPLETE).exists()
+is_complete = rundir.is_complete

@@ -28,6 +28,7 @@ from sslprune_jax import export
 from sslprune_jax import imp
 from sslprune_jax import preemption
 from sslprune_jax import pruning
+from sslprune_jax import rounds
 from sslprune_jax import train
 from sslprune_jax.evaluation import natural_sparsity
 
@@ -493,7 +494,7 @@ def test_seeds_resume_at_the_step_they_all_saved(tmp_path):
       ckpts.save_in_round(1, _Counter(step=jnp.asarray(step),
                                       value=jnp.asarray(10. * step + seed)))
     ckpts.close()
-    members.append(imp._Member(
+    members.append(rounds._Member(
         exp=None, workdir=tmp_path / f'seed_{seed}', summary_writer=None,
         completed=[], ckpts=checkpoint.RunCheckpoints(
             str(tmp_path / f'seed_{seed}'), in_round_keep=2)))
@@ -502,12 +503,12 @@ def test_seeds_resume_at_the_step_they_all_saved(tmp_path):
     fresh = _Counter(step=jnp.asarray(0), value=jnp.asarray(-1.))
     return ckpts.restore_in_round(r, fresh) or fresh
 
-  states = imp._start_states(members, 1, start)
+  states = rounds._start_states(members, 1, start)
   assert [(int(s.step), float(s.value)) for s in states] == [(4, 40.),
                                                              (4, 41.)]
   # With no step in common, the round starts over for every seed.
   members[1].ckpts.clear_in_round(1)
-  states = imp._start_states(members, 1, start)
+  states = rounds._start_states(members, 1, start)
   assert [int(s.step) for s in states] == [0, 0]
   assert not (tmp_path / 'seed_0' / 'round_01').exists()
   for m in members:

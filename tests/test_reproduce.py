@@ -15,6 +15,7 @@ import pytest
 
 from sslprune_jax import config_lib
 from sslprune_jax import data
+from sslprune_jax import experiment
 from sslprune_jax import imp
 from sslprune_jax import report
 from sslprune_jax.evaluation import retrain
@@ -82,7 +83,7 @@ def test_regime_end_to_end(tmp_path, data_dir, monkeypatch):
   assert set(curves['labels']) == {0.5, 1}
   for e in (0.5, 1):
     run = report.load_run(reproduce.run_dir(str(tmp_path), 'labels', e))
-    assert [r['round'] for r in run.rows] == ['0']
+    assert [r['round'] for r in run.rows] == [0]
     assert run.config['train']['num_epochs'] == e
     assert 0 <= curves['labels'][e] <= 1
   paths = reproduce.write(curves, str(tmp_path / 'out'))
@@ -303,7 +304,7 @@ def test_retraining_a_packed_source_reads_its_own_seed(tmp_path):
   prune = settings.config('labels', seeds=2)
   prune.seed = 3
   prune.init_from.workdir = str(source)
-  assert [imp._own_seed_init(c).init_from.workdir
+  assert [experiment.own_seed_init(c).init_from.workdir
           for c in imp.seed_configs(prune)] == [
               str(source / 'seed_3'), str(source / 'seed_4')]
   config.num_seeds = 1

@@ -395,7 +395,7 @@ def test_report_puts_per_round_runs_of_a_seed_together(tmp_path):
       [f'reinit={tmp_path}/reinit_seed*_round*,{tmp_path}/reinit_seed2'])
   runs = curves['reinit']
   assert [run.config['seed'] for run in runs] == [0, 1, 2]
-  assert [row['round'] for row in runs[0].rows] == ['0', '1', '2']
+  assert [row['round'] for row in runs[0].rows] == [0, 1, 2]
   assert runs[0].config['source']['rounds'] == [0, 1, 2]
   rows = report.summarize(runs, 'test_accuracy')
   # Rounds every seed has: 0 (three seeds) and, matched by number, not 1

@@ -14,7 +14,7 @@ from __future__ import annotations
 from etils import epath
 import ml_collections
 
-from sslprune_jax import imp
+from sslprune_jax import lottery
 
 
 def run_dirs(config: ml_collections.ConfigDict,
@@ -41,7 +41,8 @@ def run(config: ml_collections.ConfigDict, workdir: str
     sub.pruning.layers = k
     print(f'\nPruning the first {k} prunable layers in {directory}.',
           flush=True)
-    results[k] = imp.run(sub, str(directory))
+    rows = lottery.run(sub, str(directory))
+    results[k] = rows[0] if len(rows) == 1 else rows
   return results
 
 

@@ -42,8 +42,6 @@ source run, so `report` plots it; a restarted run skips finished rounds.
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from typing import Any, Iterator
 
@@ -59,12 +57,13 @@ import optax
 
 from sslprune_jax import checkpoint
 from sslprune_jax import data
-from sslprune_jax import imp
 from sslprune_jax import models
 from sslprune_jax import parallel
 from sslprune_jax import pruning
 from sslprune_jax import train
 from sslprune_jax.evaluation import svm
+from sslprune_jax.rundir import results
+from sslprune_jax.rundir import sources
 
 PyTree = Any
 
@@ -140,8 +139,8 @@ def load_trunk(config: ml_collections.ConfigDict, round_idx: int
   Returns:
     (variables, mask) of `models.create_model(config.model, None)`.
   """
-  _, saved = imp.read_source_round(config, config.source.workdir,
-                                   round_idx)
+  _, saved = sources.read_source_round(config, config.source.workdir,
+                                       round_idx)
   params = {k: v for k, v in saved['params'].items() if k != models.HEAD}
   mask = {k: v for k, v in saved['mask'].items() if k != models.HEAD}
   return ({'params': pruning.apply_mask(params, mask),
@@ -474,15 +473,6 @@ def evaluate_round(config: ml_collections.ConfigDict, round_idx: int,
           'train_accuracy': train_acc}
 
 
-def _finished_rows(workdir: epath.Path) -> list[dict]:
-  path = workdir / 'results.csv'
-  if not path.exists():
-    return []
-  rows = list(csv.DictReader(io.StringIO(path.read_text())))
-  parse = lambda k, v: int(v) if k in ('round', 'remaining') else float(v)
-  return [{k: parse(k, v) for k, v in row.items()} for row in rows]
-
-
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """Linear evaluation of every chosen source round; resumable by round.
 
@@ -502,17 +492,14 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   info = data.get_info(config.data)
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  rounds = imp.source_rounds(config.source.workdir, config.source.rounds)
-  imp.check_source(config, config.source.workdir)
+  rounds = sources.source_rounds(config.source.workdir, config.source.rounds)
+  sources.check_source(config, config.source.workdir)
   checkpoint.check_or_write_config(str(workdir), config)
-  ckpts = checkpoint.RunCheckpoints(config.source.workdir)
-  try:
+  with checkpoint.RunCheckpoints(config.source.workdir) as ckpts:
     source_rows = {r: ckpts.round_metrics(r) for r in rounds}
-  finally:
-    ckpts.close()
   features_of = feature_fn(config.model, config.linear.layer, mesh,
                            tuple(config.linear.pool))
-  rows = [r for r in _finished_rows(workdir) if r['round'] in rounds]
+  rows = [r for r in results.read(workdir) if r['round'] in rounds]
   done = {r['round'] for r in rows}
   for r in rounds:
     if r in done:
@@ -524,7 +511,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
                  'remaining': source_rows[r]['remaining'], **metrics,
                  'seconds': time.time() - t0})
     rows.sort(key=lambda row: row['round'])
-    imp.write_results_csv(workdir, rows)
+    results.write(workdir, rows, is_writer=jax.process_index() == 0)
     if jax.process_index() == 0:
       print(f'Round {r} ({100 * rows[-1]["fraction_left"]:.2f}% left): ' +
             ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()

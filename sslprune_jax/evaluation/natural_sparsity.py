@@ -20,6 +20,7 @@ import numpy as np
 
 from sslprune_jax import checkpoint
 from sslprune_jax import pruning
+from sslprune_jax import rundir
 
 
 def of_run(workdir: str, rounds: list[int] | None = None,
@@ -34,14 +35,13 @@ def of_run(workdir: str, rounds: list[int] | None = None,
   Returns:
     round -> `pruning.natural_sparsity` report (with 'threshold' added).
   """
-  path = epath.Path(workdir)
-  if not (path / 'config.json').exists():
-    raise FileNotFoundError(f'{path / "config.json"} does not exist: is '
-                            f'{workdir} a pruning run?')
-  config = json.loads((path / 'config.json').read_text())['pruning']
+  path = rundir.config_path(workdir)
+  if not path.exists():
+    raise FileNotFoundError(f'{path} does not exist: is {workdir} a pruning '
+                            'run?')
+  config = checkpoint.read_config_json(path)['pruning']
   threshold = config['natural_threshold'] if threshold is None else threshold
-  ckpts = checkpoint.RunCheckpoints(workdir)
-  try:
+  with checkpoint.RunCheckpoints(workdir) as ckpts:
     finished = ckpts.completed_rounds()
     rounds = finished if rounds is None else rounds
     missing = sorted(set(rounds) - set(finished))
@@ -57,8 +57,6 @@ def of_run(workdir: str, rounds: list[int] | None = None,
       mask = jax.tree.map(lambda m: m.astype(bool), saved['mask'])
       out[r] = {'threshold': threshold, **pruning.natural_sparsity(
           saved['params'], prunable, threshold, mask)}
-  finally:
-    ckpts.close()
   return out
 
 

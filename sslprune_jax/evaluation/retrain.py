@@ -11,7 +11,7 @@ What the subnetwork is made of (`config.source`):
 
   init   'winning_ticket': the source's rewind-point weights under the mask
          (late rewinding); the run continues from the rewind step, as a
-         rewound pruning round does (see `sslprune_jax.imp`): it starts at
+         rewound pruning round does (see `sslprune_jax.lottery`): it starts at
          the step k after which this config has seen the source's
          `pruning.rewind_samples` samples, with the schedule's rate of step
          k, and trains steps k..T-1. 'reinit': a fresh random
@@ -31,7 +31,7 @@ What the subnetwork is made of (`config.source`):
 
 The head is the source's when the source was trained on the same task and
 data (a label-trained winning ticket keeps its classifier), otherwise a
-fresh, unpruned one (see `imp.load_source`). Re-training on labels (paper
+fresh, unpruned one (see `experiment.load_source`). Re-training on labels (paper
 Fig. 3 and 5) is this with the labels task; finetuning on VOC07 (Fig. 2) is
 this with `init='final'` and the multi-label task on `voc2007`.
 """
@@ -42,8 +42,10 @@ import jax
 import ml_collections
 
 from sslprune_jax import checkpoint
-from sslprune_jax import imp
+from sslprune_jax import experiment
 from sslprune_jax import pruning
+from sslprune_jax import rounds
+from sslprune_jax.rundir import sources
 
 INITS = ('winning_ticket', 'reinit', 'final')
 MASKS = ('source', 'random_global_natural', 'random_like', 'random_natural')
@@ -69,15 +71,15 @@ def validate(config: ml_collections.ConfigDict) -> None:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
 
 
-def round_start(exp: imp.Experiment, ckpts: checkpoint.RunCheckpoints,
+def round_start(exp: experiment.Experiment, ckpts: checkpoint.RunCheckpoints,
                 round_idx: int) -> tuple:
   """Variables, mask and task state of source round `round_idx`'s
   subnetwork, as `config.source` defines it."""
   config, s = exp.config, exp.config.source
   point = {'winning_ticket': 'rewind', 'final': 'final',
            'reinit': 'final'}[s.init]
-  variables, mask = imp.load_source(config, exp.variables, s.workdir,
-                                    round_idx, point=point)
+  variables, mask = experiment.load_source(config, exp.variables, s.workdir,
+                                           round_idx, point=point)
   if s.mask != 'source':
     mask = _random_mask(exp, mask, round_idx)
   if s.init == 'reinit':
@@ -91,7 +93,7 @@ def round_start(exp: imp.Experiment, ckpts: checkpoint.RunCheckpoints,
   return variables, mask, exp.task_state
 
 
-def _random_mask(exp: imp.Experiment, source_mask, round_idx: int):
+def _random_mask(exp: experiment.Experiment, source_mask, round_idx: int):
   """The random baseline `config.source.mask` draws for a source round
   whose mask is `source_mask` (see the module docstring)."""
   config, s = exp.config, exp.config.source
@@ -99,7 +101,8 @@ def _random_mask(exp: imp.Experiment, source_mask, round_idx: int):
   if s.mask == 'random_like':
     return pruning.random_prune_like(rng, source_mask, exp.prunable)
   # The other baselines start from the source's dense trained network.
-  dense = imp.load_source(config, exp.variables, s.workdir, 0)[0]['params']
+  dense = experiment.load_source(config, exp.variables, s.workdir,
+                                 0)[0]['params']
   threshold = config.pruning.natural_threshold
   if s.mask == 'random_natural':
     return pruning.random_prune_like(rng, source_mask, exp.prunable,
@@ -118,41 +121,45 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
     workdir: where checkpoints, metrics and results.csv go.
 
   Returns:
-    One row per source round (see `imp.run`).
+    One row per source round (see `lottery.run`); with several seeds, one
+    such list per seed.
   """
   validate(config)
-  configs = [seed_source(c) for c in imp.seed_configs(config)]
-  rounds = imp.source_rounds(configs[0].source.workdir, config.source.rounds)
+  configs = [seed_source(c) for c in experiment.seed_configs(config)]
+  source_rounds = sources.source_rounds(configs[0].source.workdir,
+                                        config.source.rounds)
 
-  exps = [imp.build(c) for c in configs]
+  exps = [experiment.build(c) for c in configs]
   step = start_step(exps[0])
 
   def start(exp, ckpts, r):
-    return imp.start_state(exp, ckpts, r, *round_start(exp, ckpts, r),
-                           step=step)
+    return rounds.start_state(exp, ckpts, r, *round_start(exp, ckpts, r),
+                              step=step)
 
-  return imp.run_rounds(exps if len(exps) > 1 else exps[0], workdir,
-                        rounds=rounds, start=start)
+  results = rounds.run_rounds(exps, workdir, rounds=source_rounds,
+                              start=start)
+  return results[0] if len(results) == 1 else results
 
 
 def seed_source(config: ml_collections.ConfigDict
                 ) -> ml_collections.ConfigDict:
-  """`config` reading its own seed of the source run (`imp.seed_run`):
+  """`config` reading its own seed of the source run (`sources.seed_run`):
   re-training seed s re-trains seed s's subnetworks of a source that
   trained several seeds together."""
   config = ml_collections.ConfigDict(config.to_dict())
-  config.source.workdir = imp.seed_run(config.source.workdir, config.seed)
+  config.source.workdir = sources.seed_run(config.source.workdir,
+                                           config.seed)
   return config
 
 
-def start_step(exp: imp.Experiment) -> int:
+def start_step(exp: experiment.Experiment) -> int:
   """The global step the re-training rounds start at: the source's rewind
   step under this config for a winning ticket, else 0."""
   s = exp.config.source
   if s.init != 'winning_ticket':
     return 0
-  source = imp.source_config(s.workdir)
-  step = imp.rewind_step_of(exp.config, source.pruning.rewind_samples)
+  source = sources.source_config(s.workdir)
+  step = experiment.rewind_step_of(exp.config, source.pruning.rewind_samples)
   if step >= exp.num_steps:
     raise ValueError(
         f'The winning ticket of {s.workdir} was saved after '

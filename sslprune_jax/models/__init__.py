@@ -39,6 +39,7 @@ __all__ = [
     'create_model',
     'kernel_order',
     'replace_head',
+    'with_head',
     'resnet',
     'vgg',
 ]
@@ -217,8 +218,13 @@ def replace_head(model_config: Mapping[str, Any], variables: Mapping[str, Any],
   model = create_model(model_config, num_outputs)
   fresh = model.init({'params': rng, 'dropout': rng},
                      jnp.zeros((1, *image_shape)), train=False)['params']
-  params = {**variables['params'], HEAD: fresh[HEAD]}
-  new_mask = {**mask,
-              HEAD: jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_),
-                                 fresh[HEAD])}
+  params, new_mask = with_head(variables['params'], mask, fresh[HEAD])
   return model, {**variables, 'params': params}, new_mask
+
+
+def with_head(params: Mapping[str, Any], mask: Mapping[str, Any],
+              head: Any) -> tuple[dict, dict]:
+  """`params` and `mask` with `head` as the task head, entirely unpruned."""
+  return ({**params, HEAD: head},
+          {**mask, HEAD: jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_),
+                                      head)})

@@ -18,8 +18,8 @@ from etils import epath
 import ml_collections
 
 from sslprune_jax import config_lib
-from sslprune_jax import imp
 from sslprune_jax import report as report_lib
+from sslprune_jax import rundir
 from sslprune_jax import runner
 from sslprune_jax.reproduce import settings
 from sslprune_jax.reproduce import verdicts as verdicts_lib
@@ -45,7 +45,8 @@ def seed_dirs(run: Run) -> list[str]:
   k = config.get('num_seeds', 1)
   if k == 1:
     return [run.directory]
-  return [imp.seed_workdir(run.directory, config.seed + i) for i in range(k)]
+  return [str(rundir.seed_dir(run.directory, config.seed + i))
+          for i in range(k)]
 
 
 def load(runs: Run | Sequence[Run]) -> list[report_lib.Run]:
