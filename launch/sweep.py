@@ -41,7 +41,7 @@ What it does with the runs:
                      its code: 75 is a run preempted after saving a
                      checkpoint, and the same sweep command resumes it
 
-Figure 3 at small scale (the runs of sslprune_jax/evaluation/figure3.py:
+Figure 3 at small scale (the runs of sslprune_jax/figure3.py:
 prune with labels and with RotNet, re-train every round's mask on labels
 from the winning ticket and re-initialised, the paper's random baseline
 (re-initialised) and random masks of the label masks' per-layer sparsity;

@@ -11,7 +11,7 @@ import pathlib
 
 import ml_collections
 
-from sslprune_jax.data import pipeline as data_pipeline
+from sslprune_jax.data import schema as data_schema
 
 # The config files, part of the package (the checkout's configs/ links
 # here).
@@ -86,7 +86,7 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
   # own checkpoints and results in <workdir>/seed_<s>/ (see imp.run).
   config.num_seeds = 1
   config.task = ml_collections.ConfigDict(dict(name=task, **task_fields))
-  config.data = data_pipeline.default_data_config('cifar10')
+  config.data = data_schema.default_data_config('cifar10')
   config.model = ml_collections.ConfigDict(dict(
       name='resnet_cifar', depth=18, width=1.0, dtype='float32',
       # Batch-norm scales start at U[0, 1), as in open_lth's CIFAR models
@@ -154,7 +154,7 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
 
 def imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """ImageNet, ResNet-50: 90 epochs, batch 256, x0.1 at 30, 60, 80."""
-  config.data = data_pipeline.default_data_config('imagenet2012')
+  config.data = data_schema.default_data_config('imagenet2012')
   config.model.name = 'resnet'
   config.model.depth = 50
   # torchvision's ResNet-50 (the paper's ImageNet network).
@@ -170,7 +170,7 @@ def imagenet(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Fashion-MNIST, ResNet-10 at width 1/4, 2 epochs per round, 3 rounds."""
-  config.data = data_pipeline.default_data_config('fashion_mnist')
+  config.data = data_schema.default_data_config('fashion_mnist')
   # Unaugmented, as in Fashion-MNIST's own benchmark: in two epochs this
   # reaches ~91% where crop + flip reaches ~88%.
   config.data.augment = 'none'
@@ -192,7 +192,7 @@ def figure3(config: ml_collections.ConfigDict, train_images: int
   """Figure 3's small scale, for any objective's config.
 
   The `figure3` variants of configs/labels.py, rotnet.py and retrain.py
-  (sslprune_jax/evaluation/figure3.py runs them all) use it, so every run of
+  (sslprune_jax/figure3.py runs them all) use it, so every run of
   the figure has these settings from this one place.
 
   Args:
@@ -213,4 +213,70 @@ def figure3(config: ml_collections.ConfigDict, train_images: int
   config.pruning.rewind_samples = 1280
   config.log_every_steps = 100
   config.checkpoint_every_steps = 0
+  return config
+
+
+# What makes a config an evaluation of another run (`config.run`): plain
+# config builders, here so that loading a config imports no evaluation code.
+
+# The `--costs_list` of the benchmark's VOC07 SVM commands (GETTING_STARTED.md
+# of fair_self_supervision_benchmark); `evaluation.svm.cost_grid` appends its
+# powers of 0.5.
+SVM_BENCHMARK_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0,
+                       100.0)
+
+
+def add_source(config: ml_collections.ConfigDict, *, init: str,
+               mask: str = 'source') -> ml_collections.ConfigDict:
+  """Makes a training config a re-training one (source workdir unset)."""
+  config.run = 'retrain'
+  config.source = ml_collections.ConfigDict(dict(
+      workdir=ml_collections.config_dict.placeholder(str),
+      # Empty: every finished round of the source run.
+      rounds=(), init=init, mask=mask))
+  return config
+
+
+def add_linear(config: ml_collections.ConfigDict
+               ) -> ml_collections.ConfigDict:
+  """Makes a config a linear-evaluation one (source workdir unset).
+
+  The defaults are Goyal et al.'s ResNet-50 ImageNet / Places linear
+  classifier and VOC07 SVMs (see the module docstring); the feature layer
+  and pooling depend on the model and are set by configs/linear_eval.py.
+  What the fields mean: `sslprune_jax.evaluation.linear`.
+  """
+  config.run = 'linear'
+  config.source = ml_collections.ConfigDict(dict(
+      workdir=ml_collections.config_dict.placeholder(str), rounds=()))
+  config.linear = ml_collections.ConfigDict(dict(
+      # '' = the pooled features the head sits on; else a module's path.
+      layer='',
+      # () = average over space; (window, stride) = `pool_features`.
+      pool=(),
+      # Read the training features once, unaugmented, and train in memory.
+      cache_features=False,
+      # SOLVER of configs/legacy_tasks/imagenet_linear_tune/resnet50_*.yaml
+      # and configs/benchmark_tasks/image_classification/places205/
+      # resnet50_*.yaml: 140k iterations of batch 256, lr 0.01 x0.1 after
+      # 40k, 80k and 120k. num_steps = 0 counts in epochs instead
+      # (num_epochs, decay_epochs, warmup_epochs).
+      batch_size=256, schedule='step', learning_rate=0.01,
+      num_steps=140_000, decay_steps=(40_000, 80_000, 120_000),
+      decay_factor=0.1, num_epochs=0.0, decay_epochs=(), warmup_epochs=0.0,
+      momentum=0.9, nesterov=True, weight_decay=1e-4,
+      # The head: batch norm without scale / shift (BN_NO_SCALE_SHIFT,
+      # BN_MOMENTUM 0.9, BN_EPSILON 1e-5), weights from N(0, 0.01^2).
+      norm='batch_norm', bn_momentum=0.9, bn_epsilon=1e-5, init_std=0.01,
+      # VOC07: the benchmark's --costs_list (svm.cost_grid appends its
+      # powers of 0.5), 3 folds; processes for the SVMs (0: one per core).
+      svm_costs=SVM_BENCHMARK_COSTS, svm_folds=3, svm_workers=0))
+  return config
+
+
+def add_layerwise(config: ml_collections.ConfigDict, layers: tuple[int, ...]
+                  ) -> ml_collections.ConfigDict:
+  """Makes a pruning config a layerwise sweep over `layers`."""
+  config.run = 'layerwise'
+  config.layerwise = ml_collections.ConfigDict(dict(layers=layers))
   return config

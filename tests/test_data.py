@@ -13,6 +13,7 @@ from sslprune_jax import data
 from sslprune_jax.data import augment
 from sslprune_jax.data import fashion_mnist
 from sslprune_jax.data import pipeline
+from sslprune_jax.data import sources
 
 
 def _config(name, data_dir, **overrides):
@@ -524,7 +525,7 @@ def test_imagenet_per_class_uses_tfds_subsets(tmp_path, monkeypatch):
     assert data.get_info(config).num_labelled_examples == 10
 
     config.data_dir = os.fspath(tmp_path / 'other')
-    monkeypatch.setattr(pipeline, '_has_data',
+    monkeypatch.setattr(sources, '_has_data',
                         lambda builder: builder.name == 'imagenet2012')
     with pytest.raises(data.DatasetNotFoundError) as error:
       data.labelled_indices(config)
@@ -749,7 +750,7 @@ def test_invalid_configs(tmp_path):
 
 def _no_network(monkeypatch):
   """Makes TFDS downloads fail at once, as they would offline."""
-  monkeypatch.setattr(pipeline, '_download_hosts_reachable', lambda _: False)
+  monkeypatch.setattr(sources, '_download_hosts_reachable', lambda _: False)
 
   def refuse(*args, **kwargs):
     raise AssertionError('a download was attempted')

@@ -14,11 +14,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from sslprune_jax import voc
 from sslprune_jax import data
 from sslprune_jax.data import augment
 from sslprune_jax.data import fashion_mnist
 from sslprune_jax.data import pipeline
-from sslprune_jax.evaluation import voc
+from sslprune_jax.data import schema
+from sslprune_jax.data import sources
 
 # Small images and splits keep the tests fast.
 _IMAGE_SIZE = 32
@@ -278,7 +280,7 @@ def test_joined_split_numbers_each_part_after_the_last(
     sharded_dir, monkeypatch
 ):
   # Fashion-MNIST stands in for VOC, whose splits cannot be prepared here.
-  monkeypatch.setattr(pipeline, '_JOINED_TRAIN_SPLITS', ('fashion_mnist',))
+  monkeypatch.setattr(schema, '_JOINED_TRAIN_SPLITS', ('fashion_mnist',))
   # 41 + 41 examples, each part running over shard boundaries (20 per file).
   config = _config('fashion_mnist', sharded_dir, augment='none',
                    train_split='train[10:51]+test[5:46]')
@@ -500,7 +502,7 @@ def test_missing_datasets_say_how_to_get_them(tmp_path, monkeypatch):
   assert 'TFDS_DATA_DIR' in message
 
   # VOC is downloaded when a download host answers; here none does.
-  monkeypatch.setattr(pipeline, '_download_hosts_reachable', lambda _: False)
+  monkeypatch.setattr(sources, '_download_hosts_reachable', lambda _: False)
   with pytest.raises(data.DatasetNotFoundError) as error:
     data.train_iterator(_config('voc2007', tmp_path), global_batch_size=8,
                         seed=0)

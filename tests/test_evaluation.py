@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sslprune_jax import report
-from sslprune_jax.evaluation import voc
+from sslprune_jax import voc
 
 
 def test_voc07_ap_by_hand_with_a_difficult_image_and_a_tie():

@@ -12,7 +12,7 @@ from sklearn import model_selection
 from sklearn import svm as sk_svm
 
 from sslprune_jax.evaluation import svm
-from sslprune_jax.evaluation import voc
+from sslprune_jax import voc
 
 # At large costs liblinear stops at the benchmark's max_iter=2000 before its
 # tolerance, as it does in the benchmark: expected, and not what is tested.

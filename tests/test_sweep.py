@@ -20,7 +20,7 @@ from sslprune_jax import config_lib
 from sslprune_jax import preemption
 from sslprune_jax import report
 from sslprune_jax import runner
-from sslprune_jax.evaluation import figure3
+from sslprune_jax import figure3
 from test_imp import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -21,11 +21,11 @@ from sslprune_jax import models
 from sslprune_jax import pruning
 from sslprune_jax import report
 from sslprune_jax import tasks
-from sslprune_jax.evaluation import figure3
+from sslprune_jax import figure3
 from sslprune_jax.evaluation import layerwise
 from sslprune_jax.evaluation import linear
 from sslprune_jax.evaluation import retrain
-from sslprune_jax.evaluation import voc
+from sslprune_jax import voc
 from test_imp import OVERRIDES, load_config, round_masks
 
 

@@ -18,7 +18,7 @@ Variants (the part after the colon):
                              on 2 CPU cores. Expect ~91% test accuracy in
                              every round (100%, 80%, 64%, 51.2% left).
   configs/labels.py:figure3  Figure 3 at small scale (see
-                             sslprune_jax/evaluation/figure3.py): the
+                             sslprune_jax/figure3.py): the
                              :quick network and schedule on 6,000 training
                              images, 5 rounds of 60% (100% -> 1.02% left),
                              rewind to 1,280 samples, evaluation on 5,000

@@ -31,7 +31,6 @@ Launch:
 import ml_collections
 
 from sslprune_jax import config_lib
-from sslprune_jax.evaluation import layerwise
 
 VARIANTS = ('', 'rotnet', 'quick', 'rotnet_quick')
 # Prunable layers up to the end of each stage, in network order (the
@@ -61,4 +60,4 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
       config.train.num_epochs = 35.0
       config.train.warmup_epochs = 5.0
       config.train.decay_epochs = (15, 25, 30)
-  return layerwise.add_layerwise(config, layers)
+  return config_lib.add_layerwise(config, layers)

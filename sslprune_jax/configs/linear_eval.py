@@ -56,8 +56,7 @@ Launch (after the pruning run):
 import ml_collections
 
 from sslprune_jax import config_lib
-from sslprune_jax.data import pipeline as data_pipeline
-from sslprune_jax.evaluation import linear
+from sslprune_jax.data import schema as data_schema
 
 VARIANTS = ('', 'imagenet', 'places', 'voc07', 'cifar10', 'quick')
 
@@ -65,16 +64,16 @@ VARIANTS = ('', 'imagenet', 'places', 'voc07', 'cifar10', 'quick')
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the config of the variant `arg` (see the module docstring)."""
   arg = config_lib.variant(arg, VARIANTS, 'linear_eval.py')
-  config = linear.add_linear(config_lib.base('labels'))
+  config = config_lib.add_linear(config_lib.base('labels'))
   if arg in ('', 'imagenet', 'places', 'voc07'):
     config_lib.imagenet(config)
     config.train.eval_batch_size = 256
     # ResNet-50's res5, pooled as the benchmark pools it (module docstring).
     config.linear.update(dict(layer='layer4_2', pool=(6, 1)))
     if arg == 'places':
-      config.data = data_pipeline.default_data_config('places365_small')
+      config.data = data_schema.default_data_config('places365_small')
     elif arg == 'voc07':
-      config.data = data_pipeline.default_data_config('voc2007')
+      config.data = data_schema.default_data_config('voc2007')
   else:
     if arg == 'quick':
       config_lib.quick(config)

@@ -31,7 +31,7 @@ Variants (the part after the colon):
                               cores; for a source made with a :quick config
                               of labels, rotnet, exemplar, npid or s4l.
   configs/retrain.py:figure3  Figure 3 at small scale (see
-                              sslprune_jax/evaluation/figure3.py): the
+                              sslprune_jax/figure3.py): the
                               training of configs/labels.py:figure3, for a
                               source made with configs/labels.py:figure3 or
                               configs/rotnet.py:figure3; about 2 minutes
@@ -50,7 +50,6 @@ round (to re-train the rounds in parallel): launch/sweep.py.
 import ml_collections
 
 from sslprune_jax import config_lib
-from sslprune_jax.evaluation import retrain
 
 VARIANTS = ('', 'imagenet', 'cifar10', 'quick', 'figure3')
 
@@ -65,5 +64,5 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config_lib.quick(config)
   elif arg == 'figure3':
     config_lib.figure3(config, train_images=6000)
-  return retrain.add_source(config, init='winning_ticket')
+  return config_lib.add_source(config, init='winning_ticket')
 

@@ -40,7 +40,7 @@ Variants (the part after the colon):
                              cores, ~98.5% rotation accuracy in every round
                              (100%, 80%, 64%, 51.2% of the weights left).
   configs/rotnet.py:figure3  Figure 3 at small scale (see
-                             sslprune_jax/evaluation/figure3.py): the scale
+                             sslprune_jax/figure3.py): the scale
                              of configs/labels.py:figure3 on 3,000 training
                              images, 32 (x4 rotated) per step; about 4
                              minutes on 2 CPU cores.

@@ -45,8 +45,7 @@ Launch (after the pruning run):
 import ml_collections
 
 from sslprune_jax import config_lib
-from sslprune_jax.data import pipeline as data_pipeline
-from sslprune_jax.evaluation import retrain
+from sslprune_jax.data import schema as data_schema
 
 VARIANTS = ('', 'prune', 'quick', 'prune_quick')
 
@@ -60,7 +59,7 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config_lib.quick(config)
   else:
     config_lib.imagenet(config)
-  config.data = data_pipeline.default_data_config('voc2007')
+  config.data = data_schema.default_data_config('voc2007')
   config.train.update(dict(
       num_epochs=60.0, batch_size=64, eval_batch_size=64, schedule='step',
       learning_rate=0.01, decay_epochs=(30, 45, 55), decay_factor=0.1,
@@ -77,4 +76,4 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg.startswith('prune'):
     # init_from.workdir comes from the command line.
     return config
-  return retrain.add_source(config, init='final')
+  return config_lib.add_source(config, init='final')

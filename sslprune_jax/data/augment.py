@@ -10,7 +10,7 @@ already decoded (uint8 `[H, W, C]`, e.g. from `tfds.testing.mock_data`);
 decoding happens only when needed. Outputs are float32 `[S, S, C]` in [0, 1];
 `normalize` then standardises them per channel.
 
-Policies (`AUGMENTATIONS`):
+Policies (`AUGMENTATIONS`, named in `data.schema`):
 
   'cifar'     pad 4, random 32 x 32 crop, flip (`cifar_train`).
   'imagenet'  Inception-style random crop, resize, flip (`imagenet_train`).
@@ -27,8 +27,10 @@ import math
 
 import tensorflow as tf
 
-# Names of the augmentation policies.
-AUGMENTATIONS = ('cifar', 'imagenet', 'npid', 'none')
+# pylint: disable=unused-import
+from sslprune_jax.data.schema import AUGMENTATIONS
+from sslprune_jax.data.schema import check_augment
+# pylint: enable=unused-import
 
 # Per-channel mean and standard deviation of [0, 1] pixels.
 MEAN_STD = {
@@ -69,18 +71,6 @@ LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 # 'imagenet' evaluation: the shorter side is resized to image_size / 0.875
 # (256 for 224), then the centre image_size square is kept.
 EVAL_CROP_FRACTION = 0.875
-
-
-def check_augment(augment):
-  """Raises ValueError unless `augment` names a known policy.
-
-  Args:
-    augment: the policy name.
-  """
-  if augment not in AUGMENTATIONS:
-    raise ValueError(
-        f'Unknown augment {augment!r}; expected one of {AUGMENTATIONS}.'
-    )
 
 
 def split_seed(seed, num=2):

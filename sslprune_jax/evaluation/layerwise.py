@@ -14,6 +14,7 @@ from __future__ import annotations
 from etils import epath
 import ml_collections
 
+from sslprune_jax import config_lib
 from sslprune_jax import lottery
 
 
@@ -46,9 +47,5 @@ def run(config: ml_collections.ConfigDict, workdir: str
   return results
 
 
-def add_layerwise(config: ml_collections.ConfigDict, layers: tuple[int, ...]
-                  ) -> ml_collections.ConfigDict:
-  """Makes a pruning config a layerwise sweep over `layers`."""
-  config.run = 'layerwise'
-  config.layerwise = ml_collections.ConfigDict(dict(layers=layers))
-  return config
+# Also importable from here, as before.
+add_layerwise = config_lib.add_layerwise

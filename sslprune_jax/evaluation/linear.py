@@ -56,6 +56,7 @@ import numpy as np
 import optax
 
 from sslprune_jax import checkpoint
+from sslprune_jax import config_lib
 from sslprune_jax import data
 from sslprune_jax import models
 from sslprune_jax import parallel
@@ -519,37 +520,5 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   return rows
 
 
-def add_linear(config: ml_collections.ConfigDict
-               ) -> ml_collections.ConfigDict:
-  """Makes a config a linear-evaluation one (source workdir unset).
-
-  The defaults are Goyal et al.'s ResNet-50 ImageNet / Places linear
-  classifier and VOC07 SVMs (see the module docstring); the feature layer
-  and pooling depend on the model and are set by configs/linear_eval.py.
-  """
-  config.run = 'linear'
-  config.source = ml_collections.ConfigDict(dict(
-      workdir=ml_collections.config_dict.placeholder(str), rounds=()))
-  config.linear = ml_collections.ConfigDict(dict(
-      # '' = the pooled features the head sits on; else a module's path.
-      layer='',
-      # () = average over space; (window, stride) = `pool_features`.
-      pool=(),
-      # Read the training features once, unaugmented, and train in memory.
-      cache_features=False,
-      # SOLVER of configs/legacy_tasks/imagenet_linear_tune/resnet50_*.yaml
-      # and configs/benchmark_tasks/image_classification/places205/
-      # resnet50_*.yaml: 140k iterations of batch 256, lr 0.01 x0.1 after
-      # 40k, 80k and 120k. num_steps = 0 counts in epochs instead
-      # (num_epochs, decay_epochs, warmup_epochs).
-      batch_size=256, schedule='step', learning_rate=0.01,
-      num_steps=140_000, decay_steps=(40_000, 80_000, 120_000),
-      decay_factor=0.1, num_epochs=0.0, decay_epochs=(), warmup_epochs=0.0,
-      momentum=0.9, nesterov=True, weight_decay=1e-4,
-      # The head: batch norm without scale / shift (BN_NO_SCALE_SHIFT,
-      # BN_MOMENTUM 0.9, BN_EPSILON 1e-5), weights from N(0, 0.01^2).
-      norm='batch_norm', bn_momentum=0.9, bn_epsilon=1e-5, init_std=0.01,
-      # VOC07: the benchmark's --costs_list (svm.cost_grid appends its
-      # powers of 0.5), 3 folds; processes for the SVMs (0: one per core).
-      svm_costs=svm.BENCHMARK_COSTS, svm_folds=3, svm_workers=0))
-  return config
+# Also importable from here, as before.
+add_linear = config_lib.add_linear

@@ -42,6 +42,7 @@ import jax
 import ml_collections
 
 from sslprune_jax import checkpoint
+from sslprune_jax import config_lib
 from sslprune_jax import experiment
 from sslprune_jax import pruning
 from sslprune_jax import rounds
@@ -168,13 +169,5 @@ def start_step(exp: experiment.Experiment) -> int:
   return step
 
 
-def add_source(config: ml_collections.ConfigDict, *, init: str,
-               mask: str = 'source') -> ml_collections.ConfigDict:
-  """Makes a training config a re-training one (source workdir unset)."""
-  config.run = 'retrain'
-  config.source = ml_collections.ConfigDict(dict(
-      workdir=ml_collections.config_dict.placeholder(str),
-      # Empty: every finished round of the source run.
-      rounds=(), init=init, mask=mask))
-  return config
-
+# Also importable from here, as before.
+add_source = config_lib.add_source

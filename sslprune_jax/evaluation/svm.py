@@ -53,11 +53,12 @@ import numpy as np
 from sklearn import model_selection
 from sklearn import svm as sk_svm
 
-from sslprune_jax.evaluation import voc
+from sslprune_jax import config_lib
+from sslprune_jax import voc
 
-# The `--costs_list` of the benchmark's VOC07 SVM commands (GETTING_STARTED.md
-# of fair_self_supervision_benchmark); `cost_grid` appends its powers of 0.5.
-BENCHMARK_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0, 100.0)
+# The `--costs_list` of the benchmark's VOC07 SVM commands;
+# `cost_grid` appends its powers of 0.5.
+BENCHMARK_COSTS = config_lib.SVM_BENCHMARK_COSTS
 # The powers 0.5^k, k in [4, 20), that svm_helper.parse_cost_list appends.
 _HALF_POWERS = range(4, 20)
 # LinearSVC settings of train_svm_kfold.py.

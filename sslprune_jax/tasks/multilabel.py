@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from sslprune_jax.evaluation import voc
+from sslprune_jax import voc
 from sslprune_jax.tasks import base
 
 
