@@ -26,8 +26,12 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 
 def _stopped_while_starting(signum, frame):
   del signum, frame
-  sys.exit('Stopped by SIGTERM while starting, before any work was done: '
-           'run the same command again.')
+  # At once, not by SystemExit: raised inside a half-done import of
+  # TensorFlow, that can leave the interpreter waiting at exit on the
+  # threads the import started. Nothing has been written yet.
+  os.write(2, b'Stopped by SIGTERM while starting, before any work was '
+           b'done: run the same command again.\n')
+  os._exit(1)  # pylint: disable=protected-access
 
 
 # Until `preemption.install` takes SIGTERM over, in `main`: the imports
