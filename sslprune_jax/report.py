@@ -292,20 +292,13 @@ def parse_curves(specs: list[str]) -> dict[str, list[Run]]:
   return curves
 
 
-_CURVES = flags.DEFINE_multi_string(
-    'curve', [], 'name=workdir,workdir,...: the runs (seeds) of one curve; '
-    'workdirs may be globs.')
-_METRIC = flags.DEFINE_string('metric', 'test_accuracy',
-                              'A column of the runs\' results.csv.')
-_OUT = flags.DEFINE_string('out', None, 'Where the table and plot go.')
-
-
 def main(argv):
   del argv
-  if not _OUT.value:
+  values = flags.FLAGS
+  if not values.out:
     raise app.UsageError('--out is required.')
   try:
-    paths = write(parse_curves(_CURVES.value), _METRIC.value, _OUT.value)
+    paths = write(parse_curves(values.curve), values.metric, values.out)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f'error: {e}') from None
   print(epath.Path(paths['md']).read_text())
@@ -313,4 +306,12 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Defined here, not on import: the modules that import this one define
+  # --out and --workdir of their own.
+  flags.DEFINE_multi_string(
+      'curve', [], 'name=workdir,workdir,...: the runs (seeds) of one curve; '
+      'workdirs may be globs.')
+  flags.DEFINE_string('metric', 'test_accuracy',
+                      'A column of the runs\' results.csv.')
+  flags.DEFINE_string('out', None, 'Where the table and plot go.')
   app.run(main)
