@@ -218,7 +218,7 @@ class _FakeTorchStep:
 
 
 def test_pytorch_section_compares_with_the_faster_pytorch(monkeypatch):
-  from sslprune_jax import bench_torch
+  from sslprune_jax.bench import torch_side as bench_torch
   monkeypatch.setattr(bench_torch, 'available', lambda: None)
   monkeypatch.setattr(bench_torch, 'Remote', _FakeTorchStep)
   results = bench.run(bench.Settings(sections=('pytorch',), **TINY))
@@ -234,7 +234,7 @@ def test_pytorch_section_compares_with_the_faster_pytorch(monkeypatch):
 
 
 def test_pytorch_section_without_pytorch(monkeypatch):
-  from sslprune_jax import bench_torch
+  from sslprune_jax.bench import torch_side as bench_torch
   monkeypatch.setattr(bench_torch, 'available', lambda: 'no torch here')
   results = bench.run(bench.Settings(sections=('pytorch',), **TINY))
   assert results['pytorch'] == {'skipped': 'no torch here'}
