@@ -42,7 +42,7 @@ Sections (`--sections`, by name or number):
               as matmuls against XLA's own (`conv_forms`).
   9 startup   time to the first step of a `configs/labels.py:quick` run,
               caches cleared: building the experiment, compiling the train
-              and eval steps; and the whole `imp.run` of a finished run
+              and eval steps; and the whole `lottery.run` of a finished run
               (what resuming one costs when there is nothing left to do).
   10 kernels  the masked step of every model with each convolution
               implementation this platform can run (`model.conv_impl`:
@@ -79,80 +79,81 @@ from sslprune_jax.bench.settings import Settings
 from sslprune_jax.bench.suite import run
 from sslprune_jax.bench.suite import summary
 
+FLAGS = flags.FLAGS
 _DEFAULTS = Settings()
 
-_MODELS = flags.DEFINE_list(
+flags.DEFINE_list(
     'models', list(_DEFAULTS.models),
     f'Networks of the step sections, of {NETWORKS}.')
-_SECTIONS = flags.DEFINE_list(
+flags.DEFINE_list(
     'sections', list(_DEFAULTS.sections),
     f'Sections to run, by name {SECTIONS} or number 1-{len(SECTIONS)}.')
-_BATCH_SIZE = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'batch_size', 0, 'If > 0, the batch of every model (overrides the '
     'per-model batch flags).')
-_CIFAR_BATCH_SIZE = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'cifar_batch_size', _DEFAULTS.cifar_batch_size,
     'Global batch of the CIFAR ResNet-18s.')
-_IMAGENET_BATCH_SIZE = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'imagenet_batch_size', _DEFAULTS.imagenet_batch_size,
     'Global batch of ResNet-50 (0: 8 on CPU, else 128).')
-_QUICK_BATCH_SIZE = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'quick_batch_size', _DEFAULTS.quick_batch_size,
     "Global batch of the quick network (0: its config's).")
-_SMALL_WIDTH = flags.DEFINE_float(
+flags.DEFINE_float(
     'small_width', _DEFAULTS.small_width,
     "Width multiplier of 'resnet18_small'.")
-_STEPS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'steps', _DEFAULTS.steps, 'Steps per timed block (at least).')
-_MIN_BLOCK_S = flags.DEFINE_float(
+flags.DEFINE_float(
     'min_block_s', _DEFAULTS.min_block_s,
     'More steps per block if needed for it to last this long (0: exactly '
     '--steps).')
-_WARMUP = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'warmup', _DEFAULTS.warmup, 'Untimed steps after compilation.')
-_REPEATS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'repeats', _DEFAULTS.repeats,
     'Timed blocks per step; the fastest counts.')
-_FRACTION_PRUNED = flags.DEFINE_float(
+flags.DEFINE_float(
     'fraction_pruned', _DEFAULTS.fraction_pruned,
     'Share of prunable weights pruned in the masked state.')
-_MATMUL_SIZE = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'matmul_size', _DEFAULTS.matmul_size,
     'n of the n x n float32 matmul of the peak.')
-_MATMUL_REPEATS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'matmul_repeats', _DEFAULTS.matmul_repeats,
     'Timed matmul blocks; the fastest counts.')
-_PRUNE_MODEL = flags.DEFINE_enum(
+flags.DEFINE_enum(
     'prune_model', _DEFAULTS.prune_model, list(NETWORKS),
     'Whose parameter shapes the prune section prunes.')
-_PRUNE_REPEATS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'prune_repeats', _DEFAULTS.prune_repeats,
     'Timed prunings and rewinds; the fastest counts.')
-_PIPELINE_BATCHES = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'pipeline_batches', _DEFAULTS.pipeline_batches,
     'Batches timed per input pipeline.')
-_PIPELINE_WARMUP = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'pipeline_warmup', _DEFAULTS.pipeline_warmup,
     'Batches read before timing a pipeline.')
-_SEEDS = flags.DEFINE_list(
+flags.DEFINE_list(
     'seeds', [str(k) for k in _DEFAULTS.seeds],
     'Numbers of seeds trained together (section seeds).')
-_DATA_DIR = flags.DEFINE_string(
+flags.DEFINE_string(
     'data_dir', None, 'TFDS data dir with Fashion-MNIST (default: '
     'TFDS_DATA_DIR or ~/tensorflow_datasets).')
-_EVAL_REPEATS = flags.DEFINE_integer(
+flags.DEFINE_integer(
     'eval_repeats', _DEFAULTS.eval_repeats,
     'Timed eval steps (section round).')
-_XLA_OPTIONS = flags.DEFINE_enum(
+flags.DEFINE_enum(
     'xla_options', _DEFAULTS.xla_options, list(xla_options_lib.CHOICES),
     'Compiler options of the timed steps and convolutions.')
-_CONV_IMPL = flags.DEFINE_enum(
+flags.DEFINE_enum(
     'conv_impl', _DEFAULTS.conv_impl, list(kernels.CONV_IMPLS),
     "The networks' convolutions (model.conv_impl).")
-_DTYPE = flags.DEFINE_enum(
+flags.DEFINE_enum(
     'dtype', _DEFAULTS.dtype, sorted(models.DTYPES),
     "The networks' computation dtype.")
-_JSON_OUT = flags.DEFINE_string('json_out', None, 'Also write the JSON here.')
+flags.DEFINE_string('json_out', None, 'Also write the JSON here.')
 
 
 def settings_from_flags() -> Settings:
@@ -161,30 +162,30 @@ def settings_from_flags() -> Settings:
   Returns:
     The settings; --batch_size, where set, is every network's batch.
   """
-  batch = _BATCH_SIZE.value
+  batch = FLAGS.batch_size
   return Settings(
-      models=tuple(_MODELS.value), sections=tuple(_SECTIONS.value),
-      cifar_batch_size=batch or _CIFAR_BATCH_SIZE.value,
-      imagenet_batch_size=batch or _IMAGENET_BATCH_SIZE.value,
-      quick_batch_size=batch or _QUICK_BATCH_SIZE.value,
-      small_width=_SMALL_WIDTH.value, steps=_STEPS.value,
-      min_block_s=_MIN_BLOCK_S.value,
-      warmup=_WARMUP.value, repeats=_REPEATS.value,
-      fraction_pruned=_FRACTION_PRUNED.value,
-      matmul_size=_MATMUL_SIZE.value, matmul_repeats=_MATMUL_REPEATS.value,
-      prune_model=_PRUNE_MODEL.value, prune_repeats=_PRUNE_REPEATS.value,
-      pipeline_batches=_PIPELINE_BATCHES.value,
-      pipeline_warmup=_PIPELINE_WARMUP.value,
-      seeds=tuple(int(k) for k in _SEEDS.value), data_dir=_DATA_DIR.value,
-      eval_repeats=_EVAL_REPEATS.value, xla_options=_XLA_OPTIONS.value,
-      conv_impl=_CONV_IMPL.value, dtype=_DTYPE.value)
+      models=tuple(FLAGS.models), sections=tuple(FLAGS.sections),
+      cifar_batch_size=batch or FLAGS.cifar_batch_size,
+      imagenet_batch_size=batch or FLAGS.imagenet_batch_size,
+      quick_batch_size=batch or FLAGS.quick_batch_size,
+      small_width=FLAGS.small_width, steps=FLAGS.steps,
+      min_block_s=FLAGS.min_block_s,
+      warmup=FLAGS.warmup, repeats=FLAGS.repeats,
+      fraction_pruned=FLAGS.fraction_pruned,
+      matmul_size=FLAGS.matmul_size, matmul_repeats=FLAGS.matmul_repeats,
+      prune_model=FLAGS.prune_model, prune_repeats=FLAGS.prune_repeats,
+      pipeline_batches=FLAGS.pipeline_batches,
+      pipeline_warmup=FLAGS.pipeline_warmup,
+      seeds=tuple(int(k) for k in FLAGS.seeds), data_dir=FLAGS.data_dir,
+      eval_repeats=FLAGS.eval_repeats, xla_options=FLAGS.xla_options,
+      conv_impl=FLAGS.conv_impl, dtype=FLAGS.dtype)
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   settings = settings_from_flags()
-  if not flags.FLAGS['verbosity'].present:
+  if not FLAGS['verbosity'].present:
     # Orbax logs every save and restore at INFO.
     logging.set_verbosity(logging.WARNING)
   stdout = sys.stdout
@@ -193,8 +194,8 @@ def main(argv) -> None:
   with contextlib.redirect_stdout(sys.stderr):
     results = run(settings)
   text = json.dumps(results)
-  if _JSON_OUT.value:
-    path = pathlib.Path(_JSON_OUT.value)
+  if FLAGS.json_out:
+    path = pathlib.Path(FLAGS.json_out)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2) + '\n')
   stdout.write(text + '\n')

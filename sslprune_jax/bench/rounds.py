@@ -18,10 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from sslprune_jax import checkpoint
-from sslprune_jax import imp
+from sslprune_jax import experiment
+from sslprune_jax import lottery
 from sslprune_jax import models
 from sslprune_jax import parallel
 from sslprune_jax import pruning
+from sslprune_jax import rounds
 from sslprune_jax import train
 from sslprune_jax.bench.networks import _model
 from sslprune_jax.bench.networks import get_spec
@@ -87,7 +89,7 @@ def section_round(cache: _Cache) -> dict:
   """Section 5: the per-round overhead of a quick run.
 
   A quick run's between-round work done for real on its network (in a
-  temporary workdir, through `imp.round_start` as `imp.run` does it): save
+  temporary workdir, through `lottery.round_start` as `lottery.run` does it): save
   the end-of-round checkpoint and the compact export, then start the next
   round (restore that checkpoint, prune, restore the rewind point, rewind,
   build and replicate the state). JAX's caches are cleared first, so that
@@ -100,25 +102,25 @@ def section_round(cache: _Cache) -> dict:
   config = quick_config(settings.data_dir, settings.conv_impl)
   config.train.batch_size = step['network']['batch_size']
   jax.clear_caches()
-  exp = imp.build(config)
-  num_steps, _ = imp.round_schedule(config, exp.info.num_train_examples)
+  exp = experiment.build(config)
+  num_steps, _ = experiment.round_schedule(config, exp.info.num_train_examples)
   eval_batch = config.train.eval_batch_size
   num_eval_batches = math.ceil(exp.info.num_eval_examples / eval_batch)
   transitions = []
   with tempfile.TemporaryDirectory() as workdir:
     ckpts = checkpoint.RunCheckpoints(workdir)
     try:
-      state = imp.round_start(exp, ckpts, 0)
+      state = lottery.round_start(exp, ckpts, 0)
       pruning.count(state.mask, exp.prunable)
       ckpts.save_rewind(exp.rewind_step, {
           'params': state.params, 'batch_stats': state.batch_stats,
           'task_state': state.task_state})
       for r in range(config.pruning.num_rounds):
         t0 = time.perf_counter()
-        imp.save_round_end(ckpts, epath.Path(workdir), r, state,
+        rounds.save_round_end(ckpts, epath.Path(workdir), r, state,
                            {'round': r, 'test_accuracy': 0.0})
         t1 = time.perf_counter()
-        state = jax.block_until_ready(imp.round_start(exp, ckpts, r + 1))
+        state = jax.block_until_ready(lottery.round_start(exp, ckpts, r + 1))
         t2 = time.perf_counter()
         transitions.append({'save_round_s': t1 - t0,
                             'round_start_s': t2 - t1,
@@ -190,9 +192,9 @@ def section_startup(cache: _Cache) -> dict:
 
   On the `configs/labels.py:quick` config, with JAX's caches cleared
   before each part so that everything compiles as in a fresh process:
-  `imp.build` (config checks, dataset metadata, model, shapes), compiling
+  `experiment.build` (config checks, dataset metadata, model, shapes), compiling
   the train step and the eval step (`.lower().compile()` on the first
-  round's state), and `imp.run` over a run whose every round is finished
+  round's state), and `lottery.run` over a run whose every round is finished
   (it restores each round's metrics and trains nothing).
   """
   settings = cache.settings
@@ -201,14 +203,14 @@ def section_startup(cache: _Cache) -> dict:
   out = {}
   jax.clear_caches()
   t0 = time.perf_counter()
-  exp = imp.build(config)
+  exp = experiment.build(config)
   out['build_s'] = time.perf_counter() - t0
   with tempfile.TemporaryDirectory() as workdir:
     checkpoint.check_or_write_config(workdir, config)
     ckpts = checkpoint.RunCheckpoints(workdir)
     try:
       t0 = time.perf_counter()
-      state = jax.block_until_ready(imp.round_start(exp, ckpts, 0))
+      state = jax.block_until_ready(lottery.round_start(exp, ckpts, 0))
       out['first_state_s'] = time.perf_counter() - t0
       batch = parallel.shard_batch(random_batch(spec), exp.mesh)
       eval_batch = parallel.shard_batch(
@@ -223,13 +225,13 @@ def section_startup(cache: _Cache) -> dict:
         step.lower(state, b).compile()
         out[name] = time.perf_counter() - t0
       for r in range(config.pruning.num_rounds + 1):
-        imp.save_round_end(ckpts, epath.Path(workdir), r, state,
+        rounds.save_round_end(ckpts, epath.Path(workdir), r, state,
                            {'round': r, 'test_accuracy': 0.0})
     finally:
       ckpts.close()
     jax.clear_caches()
     t0 = time.perf_counter()
-    imp.run(config, workdir)
+    lottery.run(config, workdir)
     out['finished_run_s'] = time.perf_counter() - t0
   out['to_first_step_s'] = (out['build_s'] + out['first_state_s']
                             + out['train_step_compile_s'])
