@@ -107,8 +107,13 @@ from ml_collections import config_flags
 
 MAIN = 'python -m sslprune_jax.main'
 # The {placeholders} of --config and --set, and the flags that give them.
-PLACEHOLDERS = {'objective': '--objectives', 'seed': '--seeds',
-                'init': '--inits', 'round': '--rounds', 'root': '--workdir'}
+PLACEHOLDERS = {
+    'objective': '--objectives',
+    'seed': '--seeds',
+    'init': '--inits',
+    'round': '--rounds',
+    'root': '--workdir',
+}
 # Exit code of a run stopped by SIGTERM after saving a checkpoint
 # (sslprune_jax.preemption.EXIT_CODE).
 PREEMPTED = 75
@@ -130,6 +135,7 @@ class Axis:
     label: value -> the run name's part.
     to_value: value -> the override's value.
   """
+
   flag: str
   values: tuple[str, ...]
   field: str | None
@@ -141,6 +147,7 @@ class Axis:
 @dataclasses.dataclass(frozen=True)
 class Run:
   """One run of the sweep."""
+
   name: str
   workdir: str
   config: str
@@ -149,8 +156,11 @@ class Run:
 
   def args(self) -> list[str]:
     """The arguments to `python -m sslprune_jax.main`."""
-    return [f'--config={self.config}', f'--workdir={self.workdir}',
-            *(f'--config.{f}={v}' for f, v in self.overrides)]
+    return [
+        f'--config={self.config}',
+        f'--workdir={self.workdir}',
+        *(f'--config.{f}={v}' for f, v in self.overrides),
+    ]
 
 
 def split_values(text: str) -> list[str]:
@@ -178,8 +188,10 @@ def split_values(text: str) -> list[str]:
 def _field_and_value(text: str, flag: str) -> tuple[str, str]:
   field, sep, value = text.partition('=')
   if not sep or not re.fullmatch(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*', field):
-    raise SweepError(f'{flag} takes FIELD=VALUE (e.g. {flag}=train.'
-                     f'num_epochs=4), got {text!r}.')
+    raise SweepError(
+        f'{flag} takes FIELD=VALUE (e.g. {flag}=train.'
+        f'num_epochs=4), got {text!r}.'
+    )
   return field, value
 
 
@@ -203,6 +215,7 @@ def _grid_label(name: str) -> Callable[[str], str]:
   def label(value):
     value = _safe(value)
     return name + ('' if re.match(r'[\d.-]', value) else '-') + value
+
   return label
 
 
@@ -210,25 +223,60 @@ def axes(args: argparse.Namespace) -> list[Axis]:
   """The sweep's axes, in the order that names the runs."""
   out = []
   if args.objectives is not None:
-    out.append(Axis('--objectives', _list(args.objectives, '--objectives'),
-                    None, 'objective', _safe))
+    out.append(
+        Axis(
+            '--objectives',
+            _list(args.objectives, '--objectives'),
+            None,
+            'objective',
+            _safe,
+        )
+    )
   if args.seeds is not None:
-    out.append(Axis('--seeds', _list(args.seeds, '--seeds', True), 'seed',
-                    'seed', lambda v: f'seed{v}'))
+    out.append(
+        Axis(
+            '--seeds',
+            _list(args.seeds, '--seeds', True),
+            'seed',
+            'seed',
+            lambda v: f'seed{v}',
+        )
+    )
   if args.inits is not None:
-    out.append(Axis('--inits', _list(args.inits, '--inits'), 'source.init',
-                    'init', _safe))
+    out.append(
+        Axis(
+            '--inits',
+            _list(args.inits, '--inits'),
+            'source.init',
+            'init',
+            _safe,
+        )
+    )
   if args.rounds is not None:
-    out.append(Axis('--rounds', _list(args.rounds, '--rounds', True),
-                    'source.rounds', 'round', lambda v: f'round{v}',
-                    lambda v: f'({v},)'))
+    out.append(
+        Axis(
+            '--rounds',
+            _list(args.rounds, '--rounds', True),
+            'source.rounds',
+            'round',
+            lambda v: f'round{v}',
+            lambda v: f'({v},)',
+        )
+    )
   grid = [_field_and_value(text, '--grid') for text in args.grid]
   leaves = [field.rsplit('.', 1)[-1] for field, _ in grid]
   for (field, values), leaf in zip(grid, leaves):
     # The last part of the field's name, unless two grid fields share it.
     name = leaf if leaves.count(leaf) == 1 else field
-    out.append(Axis('--grid', _list(values, f'--grid {field}'), field, None,
-                    _grid_label(name)))
+    out.append(
+        Axis(
+            '--grid',
+            _list(values, f'--grid {field}'),
+            field,
+            None,
+            _grid_label(name),
+        )
+    )
   return out
 
 
@@ -238,8 +286,11 @@ def _fill(template: str, values: dict[str, str], where: str) -> str:
   def replace(match):
     name = match.group(1)
     if name not in PLACEHOLDERS:
-      raise SweepError(f'Unknown placeholder {{{name}}} in {where}; known: '
-                       + ', '.join(f'{{{p}}}' for p in PLACEHOLDERS) + '.')
+      raise SweepError(
+          f'Unknown placeholder {{{name}}} in {where}; known: '
+          + ', '.join(f'{{{p}}}' for p in PLACEHOLDERS)
+          + '.'
+      )
     if name not in values:
       raise SweepError(f'{{{name}}} in {where} needs {PLACEHOLDERS[name]}.')
     return values[name]
@@ -261,38 +312,50 @@ def expand(args: argparse.Namespace) -> list[Run]:
   sweep_axes = axes(args)
   sets = [_field_and_value(text, '--set') for text in args.set]
   given: dict[str, str] = {}
-  for flag, field in ([(a.flag, a.field) for a in sweep_axes if a.field]
-                      + [('--set', field) for field, _ in sets]):
+  for flag, field in [(a.flag, a.field) for a in sweep_axes if a.field] + [
+      ('--set', field) for field, _ in sets
+  ]:
     if field in given:
       raise SweepError(f'{field} is given by both {given[field]} and {flag}.')
     given[field] = flag
   if args.objectives is not None and not any(
-      '{objective}' in t for t in [args.config, *(v for _, v in sets)]):
+      '{objective}' in t for t in [args.config, *(v for _, v in sets)]
+  ):
     raise SweepError(
         '--objectives fills {objective}, but neither --config nor a --set '
-        "value has it (e.g. --config='configs/{objective}.py:quick').")
+        "value has it (e.g. --config='configs/{objective}.py:quick')."
+    )
   root = args.workdir.rstrip('/') or '/'
   default_name = _safe(os.path.basename(args.config).replace('.py', ''))
   runs = []
   for combo in itertools.product(*(a.values for a in sweep_axes)):
     values = {'root': root}
-    values.update((a.placeholder, v) for a, v in zip(sweep_axes, combo)
-                  if a.placeholder)
-    overrides = [(a.field, a.to_value(v)) for a, v in zip(sweep_axes, combo)
-                 if a.field]
-    overrides += [(field, _fill(value, values, f'--set {field}'))
-                  for field, value in sets]
+    values.update(
+        (a.placeholder, v) for a, v in zip(sweep_axes, combo) if a.placeholder
+    )
+    overrides = [
+        (a.field, a.to_value(v)) for a, v in zip(sweep_axes, combo) if a.field
+    ]
+    overrides += [
+        (field, _fill(value, values, f'--set {field}')) for field, value in sets
+    ]
     name = '_'.join(a.label(v) for a, v in zip(sweep_axes, combo))
     name = name or default_name
-    runs.append(Run(name=name, workdir=posixpath.join(root, name),
-                    config=_fill(args.config, values, '--config'),
-                    overrides=tuple(overrides)))
+    runs.append(
+        Run(
+            name=name,
+            workdir=posixpath.join(root, name),
+            config=_fill(args.config, values, '--config'),
+            overrides=tuple(overrides),
+        )
+    )
   names = [run.name for run in runs]
   shared = sorted({n for n in names if names.count(n) > 1})
   if shared:
     raise SweepError(
         'Several runs would share a workdir (' + ', '.join(shared) + '): '
-        'give each axis distinct values.')
+        'give each axis distinct values.'
+    )
   return runs
 
 
@@ -305,22 +368,29 @@ def parse_config(config: str, overrides=()) -> ml_collections.ConfigDict:
   """
   path = config.split(':', 1)[0]
   if not os.path.isfile(path):
-    raise SweepError(f'No config file {path} (--config={config}); paths are '
-                     'relative to the current directory, the repository '
-                     'root.')
-  argv = ['sweep', f'--config={config}',
-          *(f'--config.{f}={v}' for f, v in overrides)]
+    raise SweepError(
+        f'No config file {path} (--config={config}); paths are '
+        'relative to the current directory, the repository '
+        'root.'
+    )
+  argv = [
+      'sweep',
+      f'--config={config}',
+      *(f'--config.{f}={v}' for f, v in overrides),
+  ]
   flag_values = flags.FlagValues()
-  config_flags.DEFINE_config_file('config', flag_values=flag_values,
-                                  lock_config=True, sys_argv=argv)
+  config_flags.DEFINE_config_file(
+      'config', flag_values=flag_values, lock_config=True, sys_argv=argv
+  )
   try:
     flag_values(argv)
   except (flags.Error, KeyError, AttributeError, ValueError, TypeError) as e:
     # Errors from within the config file come with a traceback: keep its
     # last line.
     lines = [line for line in str(e).splitlines() if line.strip()]
-    message = lines[0] if 'Traceback' not in str(e) else (
-        f'{lines[0]} {lines[-1]}')
+    message = (
+        lines[0] if 'Traceback' not in str(e) else (f'{lines[0]} {lines[-1]}')
+    )
     raise SweepError(message) from None
   if not isinstance(flag_values.config, ml_collections.ConfigDict):
     raise SweepError(f'Could not load --config={config}.')
@@ -357,53 +427,65 @@ def check(runs: list[Run], args: argparse.Namespace) -> None:
   """
   problems = []
   flag_of = {a.field: a.flag for a in axes(args)}
-  flag_of.update((_field_and_value(text, '--set')[0], '--set')
-                 for text in args.set)
+  flag_of.update(
+      (_field_and_value(text, '--set')[0], '--set') for text in args.set
+  )
   for spec in dict.fromkeys(run.config for run in runs):
     try:
       known = set(_fields(parse_config(spec)))
     except SweepError as e:
       problems.append(str(e))
       continue
-    fields = dict.fromkeys(f for run in runs if run.config == spec
-                           for f, _ in run.overrides)
+    fields = dict.fromkeys(
+        f for run in runs if run.config == spec for f, _ in run.overrides
+    )
     if args.rounds is not None and 'source.rounds' not in known:
       problems.append(
           '--rounds makes one run per round of the pruning run that an '
           f'evaluation reads (source.rounds), and {spec} has no source: '
           'for the number of rounds of a pruning run, use --grid '
-          'pruning.num_rounds=3,5.')
+          'pruning.num_rounds=3,5.'
+      )
       fields.pop('source.rounds')
     if args.inits is not None and 'source.init' not in known:
       problems.append(
           f'--inits sets source.init, which {spec} has not: it is for the '
-          'evaluations that re-train a pruning run\'s masks (configs/'
-          'retrain.py, configs/voc07.py).')
+          "evaluations that re-train a pruning run's masks (configs/"
+          'retrain.py, configs/voc07.py).'
+      )
       fields.pop('source.init')
     for field in fields:
       if field not in known:
         close = difflib.get_close_matches(field, sorted(known), n=1)
         problems.append(
             f'{spec} has no field {field} ({flag_of[field]}'
-            + (f'; did you mean {close[0]}?)' if close else ')') + '.')
+            + (f'; did you mean {close[0]}?)' if close else ')')
+            + '.'
+        )
   if args.inits is not None:
     # Imported here, as is runner below: --help and flag errors come without
     # loading JAX.
     from sslprune_jax.evaluation import retrain
+
     bad = [i for i in _list(args.inits, '--inits') if i not in retrain.INITS]
     if bad:
       problems.append(f'Unknown --inits {bad}; valid: {retrain.INITS}.')
   if not problems:
     # Each value alone first, so that every bad one is named (a parse stops
     # at the first), then each run's values together.
-    problems = _bad_values(dict.fromkeys(
-        (run.config, (override,)) for run in runs
-        for override in run.overrides))
+    problems = _bad_values(
+        dict.fromkeys(
+            (run.config, (override,))
+            for run in runs
+            for override in run.overrides
+        )
+    )
   if not problems:
     problems = _bad_values((run.config, run.overrides) for run in runs)
   if problems:
-    raise SweepError('\n  '.join(
-        ['The sweep cannot run:', *dict.fromkeys(problems)]))
+    raise SweepError(
+        '\n  '.join(['The sweep cannot run:', *dict.fromkeys(problems)])
+    )
 
 
 def plan(args: argparse.Namespace) -> list[Run]:
@@ -416,6 +498,7 @@ def plan(args: argparse.Namespace) -> list[Run]:
 def is_complete(run: Run) -> bool:
   """Whether the run finished (it wrote `rundir.COMPLETE`)."""
   from sslprune_jax import rundir
+
   return rundir.is_complete(run.workdir)
 
 
@@ -423,8 +506,9 @@ def run_command(argv: list[str]) -> int:
   """Runs a command to its end and returns its exit code; a SIGTERM to the
   sweep is passed on to it, so that a preempted run saves its checkpoint."""
   process = subprocess.Popen(argv)
-  previous = signal.signal(signal.SIGTERM,
-                           lambda signum, _: process.send_signal(signum))
+  previous = signal.signal(
+      signal.SIGTERM, lambda signum, _: process.send_signal(signum)
+  )
   try:
     code = process.wait()
   except KeyboardInterrupt:
@@ -451,12 +535,14 @@ def _print(runs: list[Run], done: set[str], launcher: str) -> int:
 def _array_command(launcher: str | None, count: int, path: str) -> str:
   """The sbatch command that runs the `count` lines of `path`."""
   words = shlex.split(launcher or 'sbatch launch/slurm.sbatch')
-  return shlex.join([words[0], f'--array=1-{count}', *words[1:],
-                     f'--args-file={path}'])
+  return shlex.join(
+      [words[0], f'--array=1-{count}', *words[1:], f'--args-file={path}']
+  )
 
 
-def _write(runs: list[Run], done: set[str], path: str,
-           launcher: str | None) -> int:
+def _write(
+    runs: list[Run], done: set[str], path: str, launcher: str | None
+) -> int:
   """--write: the arguments of each run to do, a line each, into `path`."""
   todo = [run for run in runs if run.name not in done]
   with open(path, 'w') as f:
@@ -464,77 +550,113 @@ def _write(runs: list[Run], done: set[str], path: str,
   for run in runs:
     if run.name in done:
       print(f'# complete, skipped: {run.workdir}')
-  print(f'Wrote {len(todo)} runs to {path} ({len(done)} complete, '
-        'skipped).')
+  print(f'Wrote {len(todo)} runs to {path} ({len(done)} complete, ' 'skipped).')
   if todo:
-    print('Submit them with:\n  '
-          + _array_command(launcher, len(todo), path))
+    print('Submit them with:\n  ' + _array_command(launcher, len(todo), path))
   else:
     print('Nothing to submit.')
   return 0
 
 
-def _local(runs: list[Run], done: set[str], launcher: str | None,
-           execute: Callable[[list[str]], int]) -> int:
+def _local(
+    runs: list[Run],
+    done: set[str],
+    launcher: str | None,
+    execute: Callable[[list[str]], int],
+) -> int:
   """--local: runs the runs to do in order, until one fails; returns the
   exit code of the failed run, or 0."""
-  prefix = (shlex.split(launcher) if launcher
-            else [sys.executable, '-m', 'sslprune_jax.main'])
+  prefix = (
+      shlex.split(launcher)
+      if launcher
+      else [sys.executable, '-m', 'sslprune_jax.main']
+  )
   todo = [run for run in runs if run.name not in done]
   skipped = len(runs) - len(todo)
   for run in runs:
     if run.name in done:
       print(f'# complete, skipped: {run.workdir}', flush=True)
   for i, run in enumerate(todo):
-    print(f'\n== [{i + 1}/{len(todo)}] {shlex.join(prefix + run.args())}',
-          flush=True)
+    print(
+        f'\n== [{i + 1}/{len(todo)}] {shlex.join(prefix + run.args())}',
+        flush=True,
+    )
     code = execute(prefix + run.args())
     if code:
       left = len(todo) - i - 1
-      what = ('was preempted after saving a checkpoint' if code == PREEMPTED
-              else 'failed')
-      print(f'\nSweep stopped: {run.workdir} {what} (exit code {code}); '
-            f'{i} runs finished, {skipped} were complete, {left} not '
-            'started. The same sweep command goes on from there.',
-            flush=True)
+      what = (
+          'was preempted after saving a checkpoint'
+          if code == PREEMPTED
+          else 'failed'
+      )
+      print(
+          f'\nSweep stopped: {run.workdir} {what} (exit code {code}); '
+          f'{i} runs finished, {skipped} were complete, {left} not '
+          'started. The same sweep command goes on from there.',
+          flush=True,
+      )
       return code
-  print(f'\nSweep done: {len(todo)} runs finished, {skipped} were complete.',
-        flush=True)
+  print(
+      f'\nSweep done: {len(todo)} runs finished, {skipped} were complete.',
+      flush=True,
+  )
   return 0
 
 
 def parser() -> argparse.ArgumentParser:
   """The command line (see the module docstring)."""
   p = argparse.ArgumentParser(
-      prog='python launch/sweep.py', description=__doc__,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--config', required=True,
-                 help='the config, as main.py takes it '
-                 "(e.g. 'configs/{objective}.py:quick')")
-  p.add_argument('--workdir', required=True,
-                 help='ROOT: each run goes to ROOT/NAME')
+      prog='python launch/sweep.py',
+      description=__doc__,
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+  )
+  p.add_argument(
+      '--config',
+      required=True,
+      help='the config, as main.py takes it '
+      "(e.g. 'configs/{objective}.py:quick')",
+  )
+  p.add_argument(
+      '--workdir', required=True, help='ROOT: each run goes to ROOT/NAME'
+  )
   p.add_argument('--objectives', help='values of {objective}: labels,rotnet')
   p.add_argument('--seeds', help='config.seed: 0,1,2')
   p.add_argument('--inits', help='source.init: winning_ticket,reinit')
   p.add_argument('--rounds', help='one run per source round: 0,3,5')
-  p.add_argument('--grid', action='append', default=[],
-                 metavar='FIELD=V1,V2', help='a field\'s values (repeatable)')
-  p.add_argument('--set', action='append', default=[],
-                 metavar='FIELD=VALUE',
-                 help='a fixed override, may use placeholders (repeatable)')
+  p.add_argument(
+      '--grid',
+      action='append',
+      default=[],
+      metavar='FIELD=V1,V2',
+      help="a field's values (repeatable)",
+  )
+  p.add_argument(
+      '--set',
+      action='append',
+      default=[],
+      metavar='FIELD=VALUE',
+      help='a fixed override, may use placeholders (repeatable)',
+  )
   mode = p.add_mutually_exclusive_group()
-  mode.add_argument('--print', action='store_true',
-                    help='print the commands (default)')
-  mode.add_argument('--write', metavar='FILE',
-                    help='write the arguments of each run to do to FILE')
-  mode.add_argument('--local', action='store_true',
-                    help='run them here, one after another')
+  mode.add_argument(
+      '--print', action='store_true', help='print the commands (default)'
+  )
+  mode.add_argument(
+      '--write',
+      metavar='FILE',
+      help='write the arguments of each run to do to FILE',
+  )
+  mode.add_argument(
+      '--local', action='store_true', help='run them here, one after another'
+  )
   p.add_argument('--launcher', help=f'the command in place of `{MAIN}`')
   return p
 
 
-def main(argv: list[str] | None = None,
-         execute: Callable[[list[str]], int] = run_command) -> int:
+def main(
+    argv: list[str] | None = None,
+    execute: Callable[[list[str]], int] = run_command,
+) -> int:
   """Runs the command line `argv`; returns the exit code.
 
   Args:
@@ -544,10 +666,15 @@ def main(argv: list[str] | None = None,
   """
   args = parser().parse_args(argv)
   try:
-    if args.write and args.launcher and (
-        os.path.basename(shlex.split(args.launcher)[0]) != 'sbatch'):
-      raise SweepError('--write makes a SLURM array job: --launcher must '
-                       'be an sbatch command (sbatch [options] SCRIPT).')
+    if (
+        args.write
+        and args.launcher
+        and (os.path.basename(shlex.split(args.launcher)[0]) != 'sbatch')
+    ):
+      raise SweepError(
+          '--write makes a SLURM array job: --launcher must '
+          'be an sbatch command (sbatch [options] SCRIPT).'
+      )
     runs = plan(args)
   except SweepError as e:
     print(f'sweep.py: error: {e}', file=sys.stderr)

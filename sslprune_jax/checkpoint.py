@@ -29,8 +29,12 @@ PyTree = Any
 # options and convolution kernels, which change the speed and the results by
 # float rounding only (a run moved to another platform gets other ones
 # anyway).
-RESTART_MAY_CHANGE = ('log_every_steps', 'checkpoint_every_steps',
-                      'train.xla_options', 'model.conv_impl')
+RESTART_MAY_CHANGE = (
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'train.xla_options',
+    'model.conv_impl',
+)
 
 # Config fields added after runs were already being saved, each with the
 # value (as JSON) that does what runs did before the field existed. A saved
@@ -62,10 +66,12 @@ def _saved_replicated(item_dir: epath.Path) -> PyTree:
   metadata = ocp.StandardCheckpointHandler().metadata(item_dir)
   sharding = jax.sharding.NamedSharding(
       jax.sharding.Mesh(np.asarray(jax.devices()), ('all',)),
-      jax.sharding.PartitionSpec())
+      jax.sharding.PartitionSpec(),
+  )
   return jax.tree.map(
       lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
-      metadata)
+      metadata,
+  )
 
 
 def _comparable(config: dict, prefix: str = '') -> dict:
@@ -91,8 +97,9 @@ def _with_added_fields(saved: dict) -> dict:
   return saved
 
 
-def check_or_write_config(workdir: str,
-                          config: ml_collections.ConfigDict) -> None:
+def check_or_write_config(
+    workdir: str, config: ml_collections.ConfigDict
+) -> None:
   """Records the config in a new workdir, or checks it matches the old one.
 
   Raises:
@@ -106,19 +113,23 @@ def check_or_write_config(workdir: str,
     if diffs:
       raise ConfigMismatchError(
           f'{workdir} holds a run made with a different config; refusing to '
-          'mix them. Differences (saved -> requested):\n  ' +
-          '\n  '.join(diffs) +
-          '\nUse a new --workdir, or rerun with the saved config.')
+          'mix them. Differences (saved -> requested):\n  '
+          + '\n  '.join(diffs)
+          + '\nUse a new --workdir, or rerun with the saved config.'
+      )
     return
-  work = [p.name for p in (path.parent.iterdir() if path.parent.exists()
-                           else ()) if p.name in rundir.CHECKPOINT_DIRS
-          or rundir.is_in_round_dir(p.name)]
+  work = [
+      p.name
+      for p in (path.parent.iterdir() if path.parent.exists() else ())
+      if p.name in rundir.CHECKPOINT_DIRS or rundir.is_in_round_dir(p.name)
+  ]
   if work:
     raise ConfigMismatchError(
         f'{workdir} holds checkpoints ({", ".join(sorted(work))}) but no '
         'config.json, so what config made them cannot be checked; refusing '
         'to resume them with this one. Restore its config.json, or use a '
-        'new --workdir.')
+        'new --workdir.'
+    )
   if jax.process_index() == 0:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + '.tmp')
@@ -133,11 +144,13 @@ def read_config_json(path: epath.Path) -> dict:
   except ValueError as e:
     raise ConfigMismatchError(
         f'{path} is damaged (not JSON: {e}); it records the config of the '
-        'run in that workdir. Restore it, or use a new --workdir.') from e
+        'run in that workdir. Restore it, or use a new --workdir.'
+    ) from e
   if not isinstance(saved, dict) or not saved:
     raise ConfigMismatchError(
         f'{path} is damaged: it holds {json.dumps(saved)[:40]}, not a '
-        'config. Restore it, or use a new --workdir.')
+        'config. Restore it, or use a new --workdir.'
+    )
   return saved
 
 
@@ -146,8 +159,9 @@ def config_diff(a: Any, b: Any, prefix: str = '') -> list[str]:
   if isinstance(a, dict) and isinstance(b, dict):
     out = []
     for k in sorted(set(a) | set(b)):
-      out += config_diff(a.get(k, '<missing>'), b.get(k, '<missing>'),
-                   f'{prefix}{k}.')
+      out += config_diff(
+          a.get(k, '<missing>'), b.get(k, '<missing>'), f'{prefix}{k}.'
+      )
     return out
   return [] if a == b else [f'{prefix[:-1]}: {a!r} -> {b!r}']
 
@@ -173,23 +187,30 @@ def _unreadable_steps(directory: epath.Path) -> list[str]:
   return bad
 
 
-def _manager(directory: epath.Path, max_to_keep: int | None = None,
-             enable_async: bool = True) -> ocp.CheckpointManager:
+def _manager(
+    directory: epath.Path,
+    max_to_keep: int | None = None,
+    enable_async: bool = True,
+) -> ocp.CheckpointManager:
   """An Orbax manager; a damaged directory gives CorruptCheckpointError."""
   try:
     return ocp.CheckpointManager(
         directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True,
+            max_to_keep=max_to_keep,
+            create=True,
             enable_async_checkpointing=enable_async,
-            cleanup_tmp_directories=True))
+            cleanup_tmp_directories=True,
+        ),
+    )
   except Exception as e:  # Orbax raises many types for unreadable files.
     bad = _unreadable_steps(directory) or [str(directory)]
     raise CorruptCheckpointError(
         f'Could not open the checkpoints in {directory} '
         f'({type(e).__name__}: {first_line(e)}).\nDelete '
         f'{" and ".join(bad)} to redo the work it held; the other '
-        'checkpoints are kept.') from e
+        'checkpoints are kept.'
+    ) from e
 
 
 class RunCheckpoints:
@@ -213,21 +234,22 @@ class RunCheckpoints:
     # Rewind and end-of-round checkpoints are few, small next to a round, and
     # everything after them depends on them: write them synchronously.
     self._rewind = _manager(rundir.rewind_dir(workdir), enable_async=False)
-    self._rounds = _manager(rundir.round_ends_dir(workdir),
-                           enable_async=False)
+    self._rounds = _manager(rundir.round_ends_dir(workdir), enable_async=False)
 
   # In-round state, for resuming after preemption.
   def _round_manager(self, round_idx: int) -> ocp.CheckpointManager:
     if round_idx not in self._in_round:
       self._in_round[round_idx] = _manager(
           rundir.in_round_dir(self.workdir, round_idx),
-          max_to_keep=self._in_round_keep)
+          max_to_keep=self._in_round_keep,
+      )
     return self._in_round[round_idx]
 
   def save_in_round(self, round_idx: int, state: PyTree) -> None:
     """Saves the train state (asynchronously) at its current step."""
     self._round_manager(round_idx).save(
-        int(state.step), args=ocp.args.StandardSave(state))
+        int(state.step), args=ocp.args.StandardSave(state)
+    )
 
   def in_round_steps(self, round_idx: int) -> list[int]:
     """The steps of the round's in-round checkpoints."""
@@ -235,8 +257,9 @@ class RunCheckpoints:
       return []
     return sorted(self._round_manager(round_idx).all_steps())
 
-  def restore_in_round(self, round_idx: int, target: PyTree,
-                       step: int | None = None) -> PyTree | None:
+  def restore_in_round(
+      self, round_idx: int, target: PyTree, step: int | None = None
+  ) -> PyTree | None:
     """The round's in-round state at `step` (default: the latest), or None
     if the round has none."""
     directory = rundir.in_round_dir(self.workdir, round_idx)
@@ -246,8 +269,9 @@ class RunCheckpoints:
     step = manager.latest_step() if step is None else step
     if step is None:
       return None
-    return manager.restore(step, args=ocp.args.StandardRestore(
-        _abstract(target)))
+    return manager.restore(
+        step, args=ocp.args.StandardRestore(_abstract(target))
+    )
 
   def clear_in_round(self, round_idx: int) -> None:
     """Deletes a finished round's resumption checkpoints (they are large)."""
@@ -270,18 +294,22 @@ class RunCheckpoints:
     step = self._rewind.latest_step()
     if step is None:
       raise FileNotFoundError(
-          f'No rewind checkpoint under {rundir.rewind_dir(self.workdir)}.')
-    return self._rewind.restore(step, args=ocp.args.StandardRestore(
-        _abstract(target)))
+          f'No rewind checkpoint under {rundir.rewind_dir(self.workdir)}.'
+      )
+    return self._rewind.restore(
+        step, args=ocp.args.StandardRestore(_abstract(target))
+    )
 
   def load_rewind(self) -> PyTree:
     """The rewind point as saved, without a target structure."""
     step = self._rewind.latest_step()
     if step is None:
       raise FileNotFoundError(
-          f'No rewind checkpoint under {rundir.rewind_dir(self.workdir)}.')
+          f'No rewind checkpoint under {rundir.rewind_dir(self.workdir)}.'
+      )
     saved = _saved_replicated(
-        rundir.rewind_dir(self.workdir) / str(step) / 'default')
+        rundir.rewind_dir(self.workdir) / str(step) / 'default'
+    )
     return self._rewind.restore(step, args=ocp.args.StandardRestore(saved))
 
   # End of each round.
@@ -291,27 +319,40 @@ class RunCheckpoints:
     Forced: Orbax otherwise skips, without a word, a step below the latest
     one, which is what a round deleted to be redone is.
     """
-    self._rounds.save(round_idx, args=ocp.args.Composite(
-        model=ocp.args.StandardSave(model),
-        metrics=ocp.args.JsonSave(metrics)), force=True)
+    self._rounds.save(
+        round_idx,
+        args=ocp.args.Composite(
+            model=ocp.args.StandardSave(model),
+            metrics=ocp.args.JsonSave(metrics),
+        ),
+        force=True,
+    )
 
   def completed_rounds(self) -> list[int]:
     return sorted(self._rounds.all_steps())
 
   def restore_round(self, round_idx: int, target: PyTree) -> PyTree:
-    return self._rounds.restore(round_idx, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(_abstract(target))))['model']
+    return self._rounds.restore(
+        round_idx,
+        args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(_abstract(target))
+        ),
+    )['model']
 
   def load_round(self, round_idx: int) -> PyTree:
     """A finished round's params, batch_stats and mask, without a model."""
     saved = _saved_replicated(
-        rundir.round_end_dir(self.workdir, round_idx) / 'model')
-    return self._rounds.restore(round_idx, args=ocp.args.Composite(
-        model=ocp.args.StandardRestore(saved)))['model']
+        rundir.round_end_dir(self.workdir, round_idx) / 'model'
+    )
+    return self._rounds.restore(
+        round_idx,
+        args=ocp.args.Composite(model=ocp.args.StandardRestore(saved)),
+    )['model']
 
   def round_metrics(self, round_idx: int) -> dict:
-    return self._rounds.restore(round_idx, args=ocp.args.Composite(
-        metrics=ocp.args.JsonRestore()))['metrics']
+    return self._rounds.restore(
+        round_idx, args=ocp.args.Composite(metrics=ocp.args.JsonRestore())
+    )['metrics']
 
   def __enter__(self) -> RunCheckpoints:
     return self

@@ -27,8 +27,9 @@ def load(name: str, arg: str = '') -> ml_collections.ConfigDict:
   """
   path = CONFIGS / f'{name}.py'
   if not path.exists():
-    known = sorted(p.stem for p in CONFIGS.glob('*.py')
-                   if not p.stem.startswith('_'))
+    known = sorted(
+        p.stem for p in CONFIGS.glob('*.py') if not p.stem.startswith('_')
+    )
     raise FileNotFoundError(f'No config {name!r}; there are {known}.')
   spec = importlib.util.spec_from_file_location(f'{name}_config', path)
   module = importlib.util.module_from_spec(spec)
@@ -41,14 +42,18 @@ def packaged_path(config_arg: str) -> str:
   package when the working directory has no configs/ (an installed copy
   run from anywhere); any other path as given."""
   path, sep, arg = config_arg.partition(':')
-  if (path.startswith('configs/') and not pathlib.Path(path).exists()
-      and (CONFIGS / path[len('configs/'):]).exists()):
-    return str(CONFIGS / path[len('configs/'):]) + sep + arg
+  if (
+      path.startswith('configs/')
+      and not pathlib.Path(path).exists()
+      and (CONFIGS / path[len('configs/') :]).exists()
+  ):
+    return str(CONFIGS / path[len('configs/') :]) + sep + arg
   return config_arg
 
 
-def variant(arg: str | None, variants: tuple[str, ...],
-            config_file: str) -> str:
+def variant(
+    arg: str | None, variants: tuple[str, ...], config_file: str
+) -> str:
   """The variant named after the config file's colon, checked.
 
   Args:
@@ -61,8 +66,10 @@ def variant(arg: str | None, variants: tuple[str, ...],
   """
   arg = arg or ''
   if arg not in variants:
-    raise ValueError(f'Unknown variant {arg!r} of {config_file}; valid: '
-                     f'{tuple(v for v in variants if v)}.')
+    raise ValueError(
+        f'Unknown variant {arg!r} of {config_file}; valid: '
+        f'{tuple(v for v in variants if v)}.'
+    )
   return arg
 
 
@@ -87,66 +94,90 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
   config.num_seeds = 1
   config.task = ml_collections.ConfigDict(dict(name=task, **task_fields))
   config.data = data_schema.default_data_config('cifar10')
-  config.model = ml_collections.ConfigDict(dict(
-      name='resnet_cifar', depth=18, width=1.0, dtype='float32',
-      # Batch-norm scales start at U[0, 1), as in open_lth's CIFAR models
-      # (models/bn_initializers.py); 'ones' is torchvision's.
-      bn_scale_init='uniform',
-      # Convolutions (sslprune_jax/kernels): 'auto' (oneDNN's on the CPU
-      # where it can be built, else XLA's), 'xla' or 'onednn'.
-      conv_impl='auto'))
-  config.train = ml_collections.ConfigDict(dict(
-      num_epochs=160.0, batch_size=128, eval_batch_size=1000,
-      schedule='step', learning_rate=0.1, decay_epochs=(80, 120),
-      decay_factor=0.1, warmup_epochs=0.0, momentum=0.9, nesterov=False,
-      weight_decay=1e-4,
-      # Average gradients and batch-norm statistics over devices in a fixed
-      # order (`parallel.exact_pmean`): bit-identical training whatever the
-      # processes the devices belong to, at ~1.5x the all-reduce traffic.
-      exact_reduction=False,
-      # How one step trains config.num_seeds > 1 seeds: 'vmap' (one
-      # batched program), 'unroll' (the step once per seed, bit-identical to
-      # separate runs), or 'auto': 'unroll' on CPU, 'vmap' elsewhere.
-      seed_batching='auto',
-      # XLA compiler options of the train and eval steps
-      # (sslprune_jax/xla_options.py): 'auto' (the measured best per
-      # platform), 'none' (XLA's defaults) or a preset's name.
-      xla_options='auto'))
-  config.pruning = ml_collections.ConfigDict(dict(
-      # Global magnitude pruning of 20% of the remaining prunable weights.
-      method='magnitude', fraction=0.2, num_rounds=30,
-      # Stop early once at most this fraction is left (0: run all rounds).
-      target_fraction_left=0.0,
-      # Never pruned: names matching these regexes, and leaves with fewer
-      # dimensions than min_ndim (biases, batch norm).
-      exclude=('classifier',), min_ndim=2,
-      # Layerwise pruning: prune only the first `layers` prunable layers in
-      # network order (0: all).
-      layers=0,
-      # Magnitude under which a weight counts as naturally zero
-      # (method='random_natural').
-      natural_threshold=1e-3,
-      # method='random_like': random masks with, round by round, the
-      # per-layer sparsity of this finished run's masks.
-      reference_workdir=_placeholder(str),
-      # How rounds after the first start (see sslprune_jax/imp.py):
-      # 'rewind' to round 0's state after `rewind_samples` samples (step k;
-      # 0: the initialisation) and train steps k..T-1; 'reinit': fresh
-      # weights, steps 0..T-1; 'lr_rewind': the previous round's final
-      # weights, the schedule of steps k..T-1; 'finetune': the final
-      # weights, T-k steps at the schedule's last rate. Samples are dataset
-      # images (RotNet's rotations count once; S4L counts its labelled and
-      # unlabelled images).
-      reset='rewind', rewind_samples=50_000,
-      # 'per_round': each round draws its own data order (open_lth's
-      # default); 'same': every round reads round 0's (open_lth with a
-      # data_order_seed).
-      data_order='per_round'))
+  config.model = ml_collections.ConfigDict(
+      dict(
+          name='resnet_cifar',
+          depth=18,
+          width=1.0,
+          dtype='float32',
+          # Batch-norm scales start at U[0, 1), as in open_lth's CIFAR models
+          # (models/bn_initializers.py); 'ones' is torchvision's.
+          bn_scale_init='uniform',
+          # Convolutions (sslprune_jax/kernels): 'auto' (oneDNN's on the CPU
+          # where it can be built, else XLA's), 'xla' or 'onednn'.
+          conv_impl='auto',
+      )
+  )
+  config.train = ml_collections.ConfigDict(
+      dict(
+          num_epochs=160.0,
+          batch_size=128,
+          eval_batch_size=1000,
+          schedule='step',
+          learning_rate=0.1,
+          decay_epochs=(80, 120),
+          decay_factor=0.1,
+          warmup_epochs=0.0,
+          momentum=0.9,
+          nesterov=False,
+          weight_decay=1e-4,
+          # Average gradients and batch-norm statistics over devices in a fixed
+          # order (`parallel.exact_pmean`): bit-identical training whatever the
+          # processes the devices belong to, at ~1.5x the all-reduce traffic.
+          exact_reduction=False,
+          # How one step trains config.num_seeds > 1 seeds: 'vmap' (one
+          # batched program), 'unroll' (the step once per seed, bit-identical to
+          # separate runs), or 'auto': 'unroll' on CPU, 'vmap' elsewhere.
+          seed_batching='auto',
+          # XLA compiler options of the train and eval steps
+          # (sslprune_jax/xla_options.py): 'auto' (the measured best per
+          # platform), 'none' (XLA's defaults) or a preset's name.
+          xla_options='auto',
+      )
+  )
+  config.pruning = ml_collections.ConfigDict(
+      dict(
+          # Global magnitude pruning of 20% of the remaining prunable weights.
+          method='magnitude',
+          fraction=0.2,
+          num_rounds=30,
+          # Stop early once at most this fraction is left (0: run all rounds).
+          target_fraction_left=0.0,
+          # Never pruned: names matching these regexes, and leaves with fewer
+          # dimensions than min_ndim (biases, batch norm).
+          exclude=('classifier',),
+          min_ndim=2,
+          # Layerwise pruning: prune only the first `layers` prunable layers in
+          # network order (0: all).
+          layers=0,
+          # Magnitude under which a weight counts as naturally zero
+          # (method='random_natural').
+          natural_threshold=1e-3,
+          # method='random_like': random masks with, round by round, the
+          # per-layer sparsity of this finished run's masks.
+          reference_workdir=_placeholder(str),
+          # How rounds after the first start (see sslprune_jax/imp.py):
+          # 'rewind' to round 0's state after `rewind_samples` samples (step k;
+          # 0: the initialisation) and train steps k..T-1; 'reinit': fresh
+          # weights, steps 0..T-1; 'lr_rewind': the previous round's final
+          # weights, the schedule of steps k..T-1; 'finetune': the final
+          # weights, T-k steps at the schedule's last rate. Samples are dataset
+          # images (RotNet's rotations count once; S4L counts its labelled and
+          # unlabelled images).
+          reset='rewind',
+          rewind_samples=50_000,
+          # 'per_round': each round draws its own data order (open_lth's
+          # default); 'same': every round reads round 0's (open_lth with a
+          # data_order_seed).
+          data_order='per_round',
+      )
+  )
   # Start round 0 from round `round` of the pruning run in `workdir` (its
   # trained weights and mask) instead of a fresh network: pruning during
   # transfer starts from a pre-trained, unpruned network (round 0).
-  config.init_from = ml_collections.ConfigDict(dict(
-      workdir=_placeholder(str), round=0))
+  config.init_from = ml_collections.ConfigDict(
+      dict(workdir=_placeholder(str), round=0)
+  )
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1000
   return config
@@ -187,8 +218,9 @@ def quick(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   return config
 
 
-def figure3(config: ml_collections.ConfigDict, train_images: int
-            ) -> ml_collections.ConfigDict:
+def figure3(
+    config: ml_collections.ConfigDict, train_images: int
+) -> ml_collections.ConfigDict:
   """Figure 3's small scale, for any objective's config.
 
   The `figure3` variants of configs/labels.py, rotnet.py and retrain.py
@@ -222,23 +254,38 @@ def figure3(config: ml_collections.ConfigDict, train_images: int
 # The `--costs_list` of the benchmark's VOC07 SVM commands (GETTING_STARTED.md
 # of fair_self_supervision_benchmark); `evaluation.svm.cost_grid` appends its
 # powers of 0.5.
-SVM_BENCHMARK_COSTS = (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0,
-                       100.0)
+SVM_BENCHMARK_COSTS = (
+    1e-7,
+    1e-6,
+    1e-5,
+    1e-4,
+    1e-3,
+    0.01,
+    0.1,
+    1.0,
+    10.0,
+    100.0,
+)
 
 
-def add_source(config: ml_collections.ConfigDict, *, init: str,
-               mask: str = 'source') -> ml_collections.ConfigDict:
+def add_source(
+    config: ml_collections.ConfigDict, *, init: str, mask: str = 'source'
+) -> ml_collections.ConfigDict:
   """Makes a training config a re-training one (source workdir unset)."""
   config.run = 'retrain'
-  config.source = ml_collections.ConfigDict(dict(
-      workdir=ml_collections.config_dict.placeholder(str),
-      # Empty: every finished round of the source run.
-      rounds=(), init=init, mask=mask))
+  config.source = ml_collections.ConfigDict(
+      dict(
+          workdir=ml_collections.config_dict.placeholder(str),
+          # Empty: every finished round of the source run.
+          rounds=(),
+          init=init,
+          mask=mask,
+      )
+  )
   return config
 
 
-def add_linear(config: ml_collections.ConfigDict
-               ) -> ml_collections.ConfigDict:
+def add_linear(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """Makes a config a linear-evaluation one (source workdir unset).
 
   The defaults are Goyal et al.'s ResNet-50 ImageNet / Places linear
@@ -247,35 +294,53 @@ def add_linear(config: ml_collections.ConfigDict
   What the fields mean: `sslprune_jax.evaluation.linear`.
   """
   config.run = 'linear'
-  config.source = ml_collections.ConfigDict(dict(
-      workdir=ml_collections.config_dict.placeholder(str), rounds=()))
-  config.linear = ml_collections.ConfigDict(dict(
-      # '' = the pooled features the head sits on; else a module's path.
-      layer='',
-      # () = average over space; (window, stride) = `pool_features`.
-      pool=(),
-      # Read the training features once, unaugmented, and train in memory.
-      cache_features=False,
-      # SOLVER of configs/legacy_tasks/imagenet_linear_tune/resnet50_*.yaml
-      # and configs/benchmark_tasks/image_classification/places205/
-      # resnet50_*.yaml: 140k iterations of batch 256, lr 0.01 x0.1 after
-      # 40k, 80k and 120k. num_steps = 0 counts in epochs instead
-      # (num_epochs, decay_epochs, warmup_epochs).
-      batch_size=256, schedule='step', learning_rate=0.01,
-      num_steps=140_000, decay_steps=(40_000, 80_000, 120_000),
-      decay_factor=0.1, num_epochs=0.0, decay_epochs=(), warmup_epochs=0.0,
-      momentum=0.9, nesterov=True, weight_decay=1e-4,
-      # The head: batch norm without scale / shift (BN_NO_SCALE_SHIFT,
-      # BN_MOMENTUM 0.9, BN_EPSILON 1e-5), weights from N(0, 0.01^2).
-      norm='batch_norm', bn_momentum=0.9, bn_epsilon=1e-5, init_std=0.01,
-      # VOC07: the benchmark's --costs_list (svm.cost_grid appends its
-      # powers of 0.5), 3 folds; processes for the SVMs (0: one per core).
-      svm_costs=SVM_BENCHMARK_COSTS, svm_folds=3, svm_workers=0))
+  config.source = ml_collections.ConfigDict(
+      dict(workdir=ml_collections.config_dict.placeholder(str), rounds=())
+  )
+  config.linear = ml_collections.ConfigDict(
+      dict(
+          # '' = the pooled features the head sits on; else a module's path.
+          layer='',
+          # () = average over space; (window, stride) = `pool_features`.
+          pool=(),
+          # Read the training features once, unaugmented, and train in memory.
+          cache_features=False,
+          # SOLVER of configs/legacy_tasks/imagenet_linear_tune/resnet50_*.yaml
+          # and configs/benchmark_tasks/image_classification/places205/
+          # resnet50_*.yaml: 140k iterations of batch 256, lr 0.01 x0.1 after
+          # 40k, 80k and 120k. num_steps = 0 counts in epochs instead
+          # (num_epochs, decay_epochs, warmup_epochs).
+          batch_size=256,
+          schedule='step',
+          learning_rate=0.01,
+          num_steps=140_000,
+          decay_steps=(40_000, 80_000, 120_000),
+          decay_factor=0.1,
+          num_epochs=0.0,
+          decay_epochs=(),
+          warmup_epochs=0.0,
+          momentum=0.9,
+          nesterov=True,
+          weight_decay=1e-4,
+          # The head: batch norm without scale / shift (BN_NO_SCALE_SHIFT,
+          # BN_MOMENTUM 0.9, BN_EPSILON 1e-5), weights from N(0, 0.01^2).
+          norm='batch_norm',
+          bn_momentum=0.9,
+          bn_epsilon=1e-5,
+          init_std=0.01,
+          # VOC07: the benchmark's --costs_list (svm.cost_grid appends its
+          # powers of 0.5), 3 folds; processes for the SVMs (0: one per core).
+          svm_costs=SVM_BENCHMARK_COSTS,
+          svm_folds=3,
+          svm_workers=0,
+      )
+  )
   return config
 
 
-def add_layerwise(config: ml_collections.ConfigDict, layers: tuple[int, ...]
-                  ) -> ml_collections.ConfigDict:
+def add_layerwise(
+    config: ml_collections.ConfigDict, layers: tuple[int, ...]
+) -> ml_collections.ConfigDict:
   """Makes a pruning config a layerwise sweep over `layers`."""
   config.run = 'layerwise'
   config.layerwise = ml_collections.ConfigDict(dict(layers=layers))

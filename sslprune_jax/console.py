@@ -35,7 +35,8 @@ class OnlyWarningsFrom(pylogging.Filter):
 
   def filter(self, record):
     return record.levelno >= pylogging.WARNING or not any(
-        f'/{lib}/' in record.pathname for lib in self._libraries)
+        f'/{lib}/' in record.pathname for lib in self._libraries
+    )
 
 
 class Once(pylogging.Filter):

@@ -69,16 +69,21 @@ def round_schedule(config, num_train_examples: int) -> tuple[int, int]:
   if steps_per_epoch == 0:
     raise ValueError(
         f'train.batch_size {config.train.batch_size} exceeds the '
-        f'{num_train_examples} training examples.')
+        f'{num_train_examples} training examples.'
+    )
   num_steps = max(1, int(round(config.train.num_epochs * steps_per_epoch)))
   rewind_step = rewind_step_of(config, config.pruning.rewind_samples)
-  if (config.pruning.reset != 'reinit' and config.pruning.num_rounds > 0
-      and rewind_step >= num_steps):
+  if (
+      config.pruning.reset != 'reinit'
+      and config.pruning.num_rounds > 0
+      and rewind_step >= num_steps
+  ):
     raise ValueError(
         f'pruning.rewind_samples={config.pruning.rewind_samples} is step '
         f'{rewind_step} ({images_per_step(config)} images a step), not '
         f'before the end of the run (step {num_steps}): rounds after the '
-        f'first would not train (pruning.reset={config.pruning.reset!r}).')
+        f'first would not train (pruning.reset={config.pruning.reset!r}).'
+    )
   return num_steps, rewind_step
 
 
@@ -108,6 +113,7 @@ class Experiment:
       where `rewind`, `lr_rewind` and `finetune` rounds start.
     rngs: keys for the train state, pruning and re-initialisation.
   """
+
   config: ml_collections.ConfigDict
   mesh: Any
   info: data.DatasetInfo
@@ -146,13 +152,16 @@ class Experiment:
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     return jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
-        jax.eval_shape(self.init_fn, self.init_rng))
+        jax.eval_shape(self.init_fn, self.init_rng),
+    )
 
   def round_target(self) -> PyTree:
     """Structure (and placement) of an end-of-round checkpoint."""
-    target = {'params': self.variable_shapes['params'],
-              'batch_stats': self.variable_shapes.get('batch_stats', {}),
-              'mask': self.start_mask}
+    target = {
+        'params': self.variable_shapes['params'],
+        'batch_stats': self.variable_shapes.get('batch_stats', {}),
+        'mask': self.start_mask,
+    }
     if saves_task_state(self.config, self.task_state):
       target['task_state'] = self.task_state
     return target
@@ -162,8 +171,9 @@ def saves_task_state(config, task_state: PyTree) -> bool:
   """Whether ends of rounds keep the task's state: only where the next
   round starts from it (`validation.KEEPS_FINAL`) and there is one (NPID's
   memory bank, 0.6 GB on ImageNet, is not saved 30 times otherwise)."""
-  return (config.pruning.reset in validation.KEEPS_FINAL
-          and bool(jax.tree.leaves(task_state)))
+  return config.pruning.reset in validation.KEEPS_FINAL and bool(
+      jax.tree.leaves(task_state)
+  )
 
 
 def build(config: ml_collections.ConfigDict) -> Experiment:
@@ -179,66 +189,102 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     parallel.check_batch_size(config.train.labelled_batch_size, mesh)
   info = data.get_info(config.data)
   task = tasks.get_task(config.task, info)
-  epoch_examples = (info.num_labelled_examples if task.stream == 'labelled'
-                    else info.num_train_examples)
+  epoch_examples = (
+      info.num_labelled_examples
+      if task.stream == 'labelled'
+      else info.num_train_examples
+  )
   num_steps, rewind_step = round_schedule(config, epoch_examples)
-  model = models.create_model(config.model,
-                              task.num_outputs(info.num_classes))
+  model = models.create_model(config.model, task.num_outputs(info.num_classes))
   init_rng, state_rng, prune_rng, reinit_rng, task_rng = jax.random.split(
-      jax.random.PRNGKey(config.seed), 5)
+      jax.random.PRNGKey(config.seed), 5
+  )
   init_fn = jax.jit(
-      functools.partial(train.init_variables, model,
-                        image_shape=info.image_shape),
-      compiler_options=xla_options.one_off_options(jax.default_backend()))
+      functools.partial(
+          train.init_variables, model, image_shape=info.image_shape
+      ),
+      compiler_options=xla_options.one_off_options(jax.default_backend()),
+  )
   # Shapes only: nothing is compiled or computed that a resumed run does
   # not need (`Experiment.variables`).
   variables = jax.eval_shape(init_fn, init_rng)
-  prunable = pruning.prunable_tree(variables['params'],
-                                   exclude=tuple(config.pruning.exclude),
-                                   min_ndim=config.pruning.min_ndim)
+  prunable = pruning.prunable_tree(
+      variables['params'],
+      exclude=tuple(config.pruning.exclude),
+      min_ndim=config.pruning.min_ndim,
+  )
   if config.pruning.layers:
-    order = [path for path in models.kernel_order(
-        model, jnp.zeros((1, *info.image_shape))) if _get(prunable, path)]
+    order = [
+        path
+        for path in models.kernel_order(
+            model, jnp.zeros((1, *info.image_shape))
+        )
+        if _get(prunable, path)
+    ]
     if config.pruning.layers > len(order):
-      raise ValueError(f'pruning.layers={config.pruning.layers} but the '
-                       f'model has only {len(order)} prunable layers.')
-    prunable = pruning.restrict_to_layers(prunable,
-                                          order[:config.pruning.layers])
+      raise ValueError(
+          f'pruning.layers={config.pruning.layers} but the '
+          f'model has only {len(order)} prunable layers.'
+      )
+    prunable = pruning.restrict_to_layers(
+        prunable, order[: config.pruning.layers]
+    )
   _check_rounds_leave_weights(config.pruning, variables['params'], prunable)
   start_mask = pruning.init_mask(variables['params'])
   source_variables = None
   if config.init_from.workdir:
     source_variables, start_mask = load_source(
-        config, init_fn(init_rng), config.init_from.workdir,
-        config.init_from.round)
+        config,
+        init_fn(init_rng),
+        config.init_from.workdir,
+        config.init_from.round,
+    )
     source_variables = {
         **source_variables,
-        'params': pruning.apply_mask(source_variables['params'],
-                                     start_mask)}
+        'params': pruning.apply_mask(source_variables['params'], start_mask),
+    }
   steps_per_epoch = epoch_examples // config.train.batch_size
-  learning_rate_fn = train.create_learning_rate_fn(config.train,
-                                                   steps_per_epoch)
-  final_rate = optax.constant_schedule(
-      float(learning_rate_fn(num_steps - 1)))
+  learning_rate_fn = train.create_learning_rate_fn(
+      config.train, steps_per_epoch
+  )
+  final_rate = optax.constant_schedule(float(learning_rate_fn(num_steps - 1)))
   return Experiment(
-      config=config, mesh=mesh, info=info, model=model, task=task,
-      init_fn=init_fn, init_rng=init_rng, source_variables=source_variables,
+      config=config,
+      mesh=mesh,
+      info=info,
+      model=model,
+      task=task,
+      init_fn=init_fn,
+      init_rng=init_rng,
+      source_variables=source_variables,
       start_mask=start_mask,
-      task_state=task.init_state(task_rng), prunable=prunable,
+      task_state=task.init_state(task_rng),
+      prunable=prunable,
       optimizer=train.Optimizer(
           train.create_optimizer(config.train, learning_rate_fn),
-          learning_rate_fn),
+          learning_rate_fn,
+      ),
       final_rate_optimizer=train.Optimizer(
-          train.create_optimizer(config.train, final_rate), final_rate),
-      num_steps=num_steps, rewind_step=rewind_step,
-      rngs={'state': state_rng, 'prune': prune_rng, 'reinit': reinit_rng,
-            'task': task_rng})
+          train.create_optimizer(config.train, final_rate), final_rate
+      ),
+      num_steps=num_steps,
+      rewind_step=rewind_step,
+      rngs={
+          'state': state_rng,
+          'prune': prune_rng,
+          'reinit': reinit_rng,
+          'task': task_rng,
+      },
+  )
 
 
 def _check_rounds_leave_weights(pruning_config, params, prunable) -> None:
   """Refuses more rounds than the prunable weights last."""
-  total = sum(math.prod(p.shape) for p, keep in zip(
-      jax.tree.leaves(params), jax.tree.leaves(prunable)) if keep)
+  total = sum(
+      math.prod(p.shape)
+      for p, keep in zip(jax.tree.leaves(params), jax.tree.leaves(prunable))
+      if keep
+  )
   remaining, rounds = total, 0
   while rounds < pruning_config.num_rounds:
     remaining -= pruning.num_to_prune(pruning_config.fraction, remaining)
@@ -246,8 +292,9 @@ def _check_rounds_leave_weights(pruning_config, params, prunable) -> None:
       raise ValueError(
           f'pruning.num_rounds={pruning_config.num_rounds}: at '
           f'pruning.fraction={pruning_config.fraction}, round {rounds + 1} '
-          f'prunes the last of the model\'s {total} prunable weights; at '
-          f'most {rounds} rounds leave any.')
+          f"prunes the last of the model's {total} prunable weights; at "
+          f'most {rounds} rounds leave any.'
+      )
     rounds += 1
 
 
@@ -257,9 +304,14 @@ def _get(tree: PyTree, path: tuple[str, ...]):
   return tree
 
 
-def load_source(config: ml_collections.ConfigDict, variables: PyTree,
-                source_workdir: str, round_idx: int, *,
-                point: str = 'final') -> tuple[dict, PyTree]:
+def load_source(
+    config: ml_collections.ConfigDict,
+    variables: PyTree,
+    source_workdir: str,
+    round_idx: int,
+    *,
+    point: str = 'final',
+) -> tuple[dict, PyTree]:
   """A network of another run, to start this one from.
 
   The trunk (weights, batch-norm statistics and mask) comes from round
@@ -282,27 +334,32 @@ def load_source(config: ml_collections.ConfigDict, variables: PyTree,
     (variables, mask) for this run's model; the weights are not masked (a
     caller may draw another mask).
   """
-  source, saved = sources.read_source_round(config, source_workdir,
-                                            round_idx, point=point)
+  source, saved = sources.read_source_round(
+      config, source_workdir, round_idx, point=point
+  )
   params, mask = saved['params'], saved['mask']
   head = variables['params'][models.HEAD]
   shapes = lambda tree: jax.tree.map(jnp.shape, tree)
   classes = lambda c: tuple(c.data.get('classes', ()))
-  same_task = (source.task.name == config.task.name
-               and source.data.name == config.data.name
-               and classes(source) == classes(config)
-               and shapes(params[models.HEAD]) == shapes(head))
+  same_task = (
+      source.task.name == config.task.name
+      and source.data.name == config.data.name
+      and classes(source) == classes(config)
+      and shapes(params[models.HEAD]) == shapes(head)
+  )
   if not same_task:
     params, mask = models.with_head(params, mask, head)
   if shapes(params) != shapes(variables['params']):
     raise ValueError(
         f'The network saved in {source_workdir} does not fit this run '
-        '(different image channels or layers); its parameter shapes differ.')
+        '(different image channels or layers); its parameter shapes differ.'
+    )
   return {'params': params, 'batch_stats': saved['batch_stats']}, mask
 
 
-def train_batches(config: ml_collections.ConfigDict, task, *, seed: int,
-                  start_step: int):
+def train_batches(
+    config: ml_collections.ConfigDict, task, *, seed: int, start_step: int
+):
   """This host's training batches for the task's stream, from `start_step`.
 
   'all' streams every training example, 'labelled' only the labelled subset
@@ -312,16 +369,25 @@ def train_batches(config: ml_collections.ConfigDict, task, *, seed: int,
   """
   if task.stream == 'mixed':
     return data.mixed_train_iterator(
-        config.data, labelled_batch_size=config.train.labelled_batch_size,
-        unlabelled_batch_size=config.train.batch_size, seed=seed,
-        start_step=start_step, num_shards=jax.local_device_count())
+        config.data,
+        labelled_batch_size=config.train.labelled_batch_size,
+        unlabelled_batch_size=config.train.batch_size,
+        seed=seed,
+        start_step=start_step,
+        num_shards=jax.local_device_count(),
+    )
   return data.train_iterator(
-      config.data, global_batch_size=config.train.batch_size, seed=seed,
-      start_step=start_step, only_labelled=task.stream == 'labelled')
+      config.data,
+      global_batch_size=config.train.batch_size,
+      seed=seed,
+      start_step=start_step,
+      only_labelled=task.stream == 'labelled',
+  )
 
 
-def seed_configs(config: ml_collections.ConfigDict
-                 ) -> list[ml_collections.ConfigDict]:
+def seed_configs(
+    config: ml_collections.ConfigDict,
+) -> list[ml_collections.ConfigDict]:
   """The configs of the `num_seeds` runs that one config trains together.
 
   Seed i's config is `config` with `seed = config.seed + i` and
@@ -332,7 +398,8 @@ def seed_configs(config: ml_collections.ConfigDict
   num_seeds = config.get('num_seeds', 1)
   if not isinstance(num_seeds, int) or num_seeds < 1:
     raise ValueError(
-        f'Invalid config: num_seeds must be a positive int, got {num_seeds!r}.')
+        f'Invalid config: num_seeds must be a positive int, got {num_seeds!r}.'
+    )
   if num_seeds == 1:
     return [config]
   configs = []
@@ -344,13 +411,15 @@ def seed_configs(config: ml_collections.ConfigDict
   return configs
 
 
-def own_seed_init(config: ml_collections.ConfigDict
-                   ) -> ml_collections.ConfigDict:
+def own_seed_init(
+    config: ml_collections.ConfigDict,
+) -> ml_collections.ConfigDict:
   """`config` starting from its own seed of `init_from.workdir`
   (`sources.seed_run`)."""
   if not config.init_from.workdir:
     return config
   config = ml_collections.ConfigDict(config.to_dict())
-  config.init_from.workdir = sources.seed_run(config.init_from.workdir,
-                                             config.seed)
+  config.init_from.workdir = sources.seed_run(
+      config.init_from.workdir, config.seed
+  )
   return config

@@ -72,8 +72,10 @@ VERSION = 1
 ENCODINGS = ('dense', 'bitmask', 'indices')
 _INDEX_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
 
-_REEXPORT = ('Export the network again from the run\'s checkpoint: python -m '
-             'sslprune_jax.export --workdir=RUN --round=N --out=DIR.')
+_REEXPORT = (
+    "Export the network again from the run's checkpoint: python -m "
+    'sslprune_jax.export --workdir=RUN --round=N --out=DIR.'
+)
 
 
 def index_dtype(size: int) -> np.dtype:
@@ -111,8 +113,9 @@ def _storable(values: np.ndarray) -> np.ndarray:
   return values
 
 
-def _flatten(tree: Mapping, prefix: tuple[str, ...] = ()
-             ) -> list[tuple[tuple[str, ...], Any]]:
+def _flatten(
+    tree: Mapping, prefix: tuple[str, ...] = ()
+) -> list[tuple[tuple[str, ...], Any]]:
   """(path, leaf) for every leaf of nested mappings, in their key order."""
   out = []
   for key, value in tree.items():
@@ -162,8 +165,10 @@ def encoded_bytes(size: int, kept: int, itemsize: int) -> int:
 
 def dense_bytes(variables: PyTree) -> int:
   """Bytes of array data of the network stored densely, without a mask."""
-  return sum(int(np.size(x)) * np.dtype(x.dtype).itemsize
-             for x in jax.tree.leaves(variables))
+  return sum(
+      int(np.size(x)) * np.dtype(x.dtype).itemsize
+      for x in jax.tree.leaves(variables)
+  )
 
 
 class _Pools:
@@ -187,8 +192,10 @@ class _Pools:
 def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
   """The arrays of the export file, 'manifest' included."""
   if 'params' not in variables:
-    raise ValueError('variables must hold a "params" collection, got keys '
-                     f'{sorted(variables)}.')
+    raise ValueError(
+        'variables must hold a "params" collection, got keys '
+        f'{sorted(variables)}.'
+    )
   mask_leaves = dict(_flatten(mask, ('params',)))
   leaves = _flatten(variables)
   param_paths = {p for p, _ in leaves if p[0] == 'params'}
@@ -196,24 +203,30 @@ def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
     raise ValueError(
         'The mask does not have the structure of params: only in the mask: '
         f'{sorted(set(mask_leaves) - param_paths)}, only in params: '
-        f'{sorted(param_paths - set(mask_leaves))}.')
+        f'{sorted(param_paths - set(mask_leaves))}.'
+    )
   pools, manifest = _Pools(), []
   for path, leaf in leaves:
     values = parallel.to_host(leaf)
-    entry = {'path': list(path), 'shape': list(values.shape),
-             'dtype': values.dtype.name}
+    entry = {
+        'path': list(path),
+        'shape': list(values.shape),
+        'dtype': values.dtype.name,
+    }
     flat = _storable(values).reshape(-1)
     pool = f'values_{values.dtype.name}'
     if path[0] != 'params':
-      entry.update(encoding='dense', kept=flat.size,
-                   values=pools.add(pool, flat))
+      entry.update(
+          encoding='dense', kept=flat.size, values=pools.add(pool, flat)
+      )
       manifest.append(entry)
       continue
     keep = parallel.to_host(mask_leaves[path])
     if keep.dtype != np.bool_ or keep.shape != values.shape:
       raise ValueError(
           f'The mask of {"/".join(path)} must be a boolean array of shape '
-          f'{values.shape}, got {keep.dtype} {keep.shape}.')
+          f'{values.shape}, got {keep.dtype} {keep.shape}.'
+      )
     keep = keep.reshape(-1)
     kept = int(keep.sum())
     encoding = choose_encoding(flat.size, kept)
@@ -227,12 +240,15 @@ def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
     elif encoding == 'indices':
       dtype = index_dtype(flat.size)
       entry['index_dtype'] = dtype.name
-      entry['indices'] = pools.add(f'indices_{dtype.name}',
-                                   np.flatnonzero(keep).astype(dtype))
+      entry['indices'] = pools.add(
+          f'indices_{dtype.name}', np.flatnonzero(keep).astype(dtype)
+      )
     manifest.append(entry)
   arrays = pools.arrays()
-  text = json.dumps({'format': FORMAT, 'version': VERSION,
-                     'leaves': manifest}, separators=(',', ':'))
+  text = json.dumps(
+      {'format': FORMAT, 'version': VERSION, 'leaves': manifest},
+      separators=(',', ':'),
+  )
   arrays['manifest'] = np.frombuffer(text.encode('utf-8'), np.uint8)
   return arrays
 
@@ -273,8 +289,9 @@ def save(directory: str, variables: PyTree, mask: PyTree) -> int:
 
 
 def _damaged(path: epath.Path, why: str) -> ValueError:
-  return ValueError(f'{path} is damaged or is not a network export: {why}. '
-                    + _REEXPORT)
+  return ValueError(
+      f'{path} is damaged or is not a network export: {why}. ' + _REEXPORT
+  )
 
 
 def _read(path: epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
@@ -283,7 +300,8 @@ def _read(path: epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
     raise FileNotFoundError(
         f'{path} does not exist: no network was exported there. Export one '
         'with sslprune_jax.export.save, or from a run with python -m '
-        'sslprune_jax.export --workdir=RUN --round=N --out=DIR.')
+        'sslprune_jax.export --workdir=RUN --round=N --out=DIR.'
+    )
   try:
     with np.load(io.BytesIO(path.read_bytes()), allow_pickle=False) as npz:
       arrays = {name: npz[name] for name in npz.files}
@@ -291,11 +309,13 @@ def _read(path: epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
   except Exception as e:  # Zip, npy and JSON errors are of many types.
     raise _damaged(path, f'{type(e).__name__}: {e}') from e
   if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
-    raise _damaged(path, 'its manifest does not name the format '
-                   f'{FORMAT!r}')
+    raise _damaged(path, 'its manifest does not name the format ' f'{FORMAT!r}')
   if manifest.get('version') != VERSION:
-    raise _damaged(path, f'it has format version {manifest.get("version")!r}'
-                   f', this code reads version {VERSION}')
+    raise _damaged(
+        path,
+        f'it has format version {manifest.get("version")!r}'
+        f', this code reads version {VERSION}',
+    )
   return manifest, arrays
 
 
@@ -306,11 +326,16 @@ def read_manifest(directory: str) -> dict:
 
 def _slice(arrays: dict, pool: str, offset: int, count: int) -> np.ndarray:
   array = arrays.get(pool)
-  if (array is None or array.ndim != 1 or offset < 0
-      or offset + count > array.size):
-    raise ValueError(f'pool {pool!r} has no elements {offset} to '
-                     f'{offset + count}')
-  return array[offset:offset + count]
+  if (
+      array is None
+      or array.ndim != 1
+      or offset < 0
+      or offset + count > array.size
+  ):
+    raise ValueError(
+        f'pool {pool!r} has no elements {offset} to ' f'{offset + count}'
+    )
+  return array[offset : offset + count]
 
 
 def _decode_leaf(entry: dict, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -321,8 +346,12 @@ def _decode_leaf(entry: dict, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
   kept = int(entry['kept'])
   encoding = entry['encoding']
   stored = _storable(np.zeros(0, dtype)).dtype
-  values = _slice(arrays, f'values_{dtype.name}', int(entry['values']),
-                  size if encoding == 'dense' else kept)
+  values = _slice(
+      arrays,
+      f'values_{dtype.name}',
+      int(entry['values']),
+      size if encoding == 'dense' else kept,
+  )
   if values.dtype != stored:
     raise ValueError(f'values of dtype {values.dtype}, expected {stored}')
   values = values.view(dtype)
@@ -334,20 +363,27 @@ def _decode_leaf(entry: dict, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
   elif encoding == 'indices':
     index_type = index_dtype(size)
     if entry['index_dtype'] != index_type.name:
-      raise ValueError(f'index dtype {entry["index_dtype"]}, expected '
-                       f'{index_type.name}')
-    positions = _slice(arrays, f'indices_{index_type.name}',
-                       int(entry['indices']), kept).astype(np.int64)
-    if kept and (positions[0] < 0 or positions[-1] >= size
-                 or np.any(np.diff(positions) <= 0)):
+      raise ValueError(
+          f'index dtype {entry["index_dtype"]}, expected ' f'{index_type.name}'
+      )
+    positions = _slice(
+        arrays, f'indices_{index_type.name}', int(entry['indices']), kept
+    ).astype(np.int64)
+    if kept and (
+        positions[0] < 0
+        or positions[-1] >= size
+        or np.any(np.diff(positions) <= 0)
+    ):
       raise ValueError('kept positions out of range or out of order')
     keep = np.zeros(size, np.bool_)
     keep[positions] = True
   else:
     raise ValueError(f'unknown encoding {encoding!r}')
   if int(keep.sum()) != kept:
-    raise ValueError(f'the mask keeps {int(keep.sum())} weights, the '
-                     f'manifest says {kept}')
+    raise ValueError(
+        f'the mask keeps {int(keep.sum())} weights, the '
+        f'manifest says {kept}'
+    )
   dense = np.zeros(size, dtype)
   dense[keep] = values
   return dense.reshape(shape), keep.reshape(shape)
@@ -387,8 +423,9 @@ def load(directory: str) -> tuple[dict, dict]:
   return variables, mask
 
 
-def export_round(workdir: str, round_idx: int, out: str,
-                 point: str = 'final') -> dict:
+def export_round(
+    workdir: str, round_idx: int, out: str, point: str = 'final'
+) -> dict:
   """Exports round `round_idx` of the finished pruning run in `workdir`.
 
   Args:
@@ -411,28 +448,37 @@ def export_round(workdir: str, round_idx: int, out: str,
   from sslprune_jax.rundir import sources  # pylint: disable=g-import-not-at-top
 
   config = sources.source_config(workdir)
-  config, saved = sources.read_source_round(config, workdir, round_idx,
-                                            point=point)
-  variables = {'params': saved['params'],
-               'batch_stats': saved['batch_stats']}
+  config, saved = sources.read_source_round(
+      config, workdir, round_idx, point=point
+  )
+  variables = {'params': saved['params'], 'batch_stats': saved['batch_stats']}
   prunable = pruning.prunable_tree(
-      saved['params'], exclude=tuple(config.pruning.exclude),
-      min_ndim=config.pruning.min_ndim)
+      saved['params'],
+      exclude=tuple(config.pruning.exclude),
+      min_ndim=config.pruning.min_ndim,
+  )
   kept, total = pruning.count(saved['mask'], prunable)
   size = save(out, variables, saved['mask'])
-  return {'path': str(epath.Path(out) / FILENAME), 'kept': kept,
-          'total': total, 'fraction_left': kept / total, 'bytes': size,
-          'dense_bytes': dense_bytes(variables)}
+  return {
+      'path': str(epath.Path(out) / FILENAME),
+      'kept': kept,
+      'total': total,
+      'fraction_left': kept / total,
+      'bytes': size,
+      'dense_bytes': dense_bytes(variables),
+  }
 
 
 def format_summary(summary: dict) -> str:
   """The result of `export_round` as three lines of text."""
-  return (f"{summary['path']}\n"
-          f"prunable weights left: {summary['kept']} of {summary['total']} "
-          f"({100 * summary['fraction_left']:.2f}%)\n"
-          f"export: {summary['bytes']} bytes, dense: "
-          f"{summary['dense_bytes']} bytes "
-          f"({100 * summary['bytes'] / summary['dense_bytes']:.1f}%)")
+  return (
+      f"{summary['path']}\n"
+      f"prunable weights left: {summary['kept']} of {summary['total']} "
+      f"({100 * summary['fraction_left']:.2f}%)\n"
+      f"export: {summary['bytes']} bytes, dense: "
+      f"{summary['dense_bytes']} bytes "
+      f"({100 * summary['bytes'] / summary['dense_bytes']:.1f}%)"
+  )
 
 
 def main(argv):
@@ -441,8 +487,9 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads.
   values = flags.FLAGS
   try:
-    summary = export_round(values.workdir, values.round, values.out,
-                           values.point)
+    summary = export_round(
+        values.workdir, values.round, values.out, values.point
+    )
   except (ValueError, FileNotFoundError, RuntimeError) as e:
     raise SystemExit(f'error: {e}') from None
   print(format_summary(summary))
@@ -451,10 +498,14 @@ def main(argv):
 if __name__ == '__main__':
   # Defined here, not on import: other modules define --workdir and --out.
   flags.DEFINE_string('workdir', None, 'A pruning run.', required=True)
-  flags.DEFINE_integer('round', None, 'A finished round of it.',
-                       required=True)
-  flags.DEFINE_string('out', None, 'Directory to write network.npz to.',
-                      required=True)
-  flags.DEFINE_enum('point', 'final', ['final', 'rewind'],
-                    "The round's trained weights, or the rewind point's.")
+  flags.DEFINE_integer('round', None, 'A finished round of it.', required=True)
+  flags.DEFINE_string(
+      'out', None, 'Directory to write network.npz to.', required=True
+  )
+  flags.DEFINE_enum(
+      'point',
+      'final',
+      ['final', 'rewind'],
+      "The round's trained weights, or the rewind point's.",
+  )
   app.run(main)

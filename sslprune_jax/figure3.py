@@ -78,10 +78,12 @@ INITS = {'winning ticket': 'winning_ticket', 'reinit': 'reinit'}
 # the paper's baseline (global, one shot, adjusted for natural sparsity,
 # re-initialised: section 4.3); 'random per-layer' keeps the label masks'
 # per-layer sparsity.
-CURVES = (('labels', 'source', INITS), ('rotnet', 'source', INITS),
-          ('random', 'random_global_natural', {'reinit': 'reinit'}),
-          ('random per-layer', 'random_like', INITS))
-
+CURVES = (
+    ('labels', 'source', INITS),
+    ('rotnet', 'source', INITS),
+    ('random', 'random_global_natural', {'reinit': 'reinit'}),
+    ('random per-layer', 'random_like', INITS),
+)
 
 
 def load_config(name: str, seed: int) -> ml_collections.ConfigDict:
@@ -97,8 +99,9 @@ def pruning_configs(seed: int) -> dict[str, ml_collections.ConfigDict]:
   return {name: load_config(name, seed) for name in SOURCES}
 
 
-def retrain_config(seed: int, source_workdir: str, init: str,
-                   mask: str = 'source') -> ml_collections.ConfigDict:
+def retrain_config(
+    seed: int, source_workdir: str, init: str, mask: str = 'source'
+) -> ml_collections.ConfigDict:
   """Training a source run's masks again on labels."""
   config = load_config('retrain', seed)
   config.source.workdir = source_workdir
@@ -116,16 +119,21 @@ def curves(workdir: str, seeds: int) -> dict[str, list[tuple]]:
     base = root / f'seed_{seed}'
     for name, config in pruning_configs(seed).items():
       runs.setdefault(f'prune {name}', []).append(
-          (config, str(base / f'prune_{name}')))
+          (config, str(base / f'prune_{name}'))
+      )
     for source, mask, inits in CURVES:
       # Random masks take their counts from the label-trained run (the
       # paper's from its dense network, the per-layer ones from its masks).
-      source_dir = str(base / ('prune_rotnet' if source == 'rotnet'
-                               else 'prune_labels'))
+      source_dir = str(
+          base / ('prune_rotnet' if source == 'rotnet' else 'prune_labels')
+      )
       for label, init in inits.items():
         runs.setdefault(f'{source}, {label}', []).append(
-            (retrain_config(seed, source_dir, init, mask),
-             str(base / f"retrain_{source.replace(' ', '_')}_{init}")))
+            (
+                retrain_config(seed, source_dir, init, mask),
+                str(base / f"retrain_{source.replace(' ', '_')}_{init}"),
+            )
+        )
   return runs
 
 
@@ -138,11 +146,14 @@ def run(workdir: str, seeds: int = 3) -> dict[str, str]:
     for config, directory in runs:
       print(f'\n== {name}: {directory}', flush=True)
       runner.run(config, directory)
-  retrained = {name: [report.load_run(d) for _, d in runs]
-               for name, runs in all_runs.items()
-               if not name.startswith('prune ')}
-  return report.write(retrained, 'test_accuracy',
-                      str(epath.Path(workdir) / 'report'))
+  retrained = {
+      name: [report.load_run(d) for _, d in runs]
+      for name, runs in all_runs.items()
+      if not name.startswith('prune ')
+  }
+  return report.write(
+      retrained, 'test_accuracy', str(epath.Path(workdir) / 'report')
+  )
 
 
 def main(argv):

@@ -34,7 +34,7 @@ ENV = 'SSLPRUNE_JAX_HOST_MALLOC'
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_INT_MAX = 2 ** 31 - 1
+_INT_MAX = 2**31 - 1
 
 _applied: str | None = None
 
@@ -68,8 +68,14 @@ def apply(policy: str) -> str:
     raise ValueError(f'Unknown malloc policy {policy!r}; valid: {POLICIES}.')
   mallopt = _mallopt()
   if policy == 'retain' and mallopt is not None:
-    ok = all(mallopt(param, value) == 1 for param, value in (
-        (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, _INT_MAX)))
+    ok = all(
+        mallopt(param, value) == 1
+        for param, value in (
+            (_M_ARENA_MAX, 1),
+            (_M_MMAP_MAX, 0),
+            (_M_TRIM_THRESHOLD, _INT_MAX),
+        )
+    )
     _applied = 'retain' if ok else 'system'
   elif _applied is None:
     _applied = 'system'

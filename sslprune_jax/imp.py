@@ -15,6 +15,7 @@ import ml_collections
 from sslprune_jax import lottery
 from sslprune_jax import rundir
 from sslprune_jax.rundir import results
+
 # pylint: disable=unused-import
 from sslprune_jax.experiment import Experiment
 from sslprune_jax.experiment import build
@@ -42,11 +43,13 @@ from sslprune_jax.validation import KEEPS_FINAL
 from sslprune_jax.validation import RANGES
 from sslprune_jax.validation import RESETS
 from sslprune_jax.validation import validate_config
+
 # pylint: enable=unused-import
 
 
-def run(config: ml_collections.ConfigDict, workdir: str
-        ) -> list[dict] | list[list[dict]]:
+def run(
+    config: ml_collections.ConfigDict, workdir: str
+) -> list[dict] | list[list[dict]]:
   """`lottery.run`, returning a run of one seed's rows as they are."""
   results = lottery.run(config, workdir)
   return results[0] if len(results) == 1 else results

@@ -26,13 +26,17 @@ from packaging.utils import canonicalize_name
 
 # Distributions that install the same module as the requirement's.
 PROVIDERS = {
-    'tensorflow-cpu': ('tensorflow-cpu', 'tensorflow', 'tensorflow-gpu',
-                       'tf-nightly', 'tf-nightly-cpu'),
+    'tensorflow-cpu': (
+        'tensorflow-cpu',
+        'tensorflow',
+        'tensorflow-gpu',
+        'tf-nightly',
+        'tf-nightly-cpu',
+    ),
 }
 
 
-def _installed(name: str,
-               version: Callable[[str], str]) -> list[str]:
+def _installed(name: str, version: Callable[[str], str]) -> list[str]:
   out = []
   for candidate in PROVIDERS.get(canonicalize_name(name), (name,)):
     try:
@@ -42,9 +46,11 @@ def _installed(name: str,
   return out
 
 
-def missing(requirements: Iterable[str] | None = None, *,
-            version: Callable[[str], str] = importlib.metadata.version
-            ) -> list[str]:
+def missing(
+    requirements: Iterable[str] | None = None,
+    *,
+    version: Callable[[str], str] = importlib.metadata.version,
+) -> list[str]:
   """The requirements (of `sslprune_jax`, extras left out) that no
   installed distribution meets, as pip arguments."""
   if requirements is None:
@@ -69,8 +75,9 @@ def main(argv: list[str]) -> int:
     print('Every dependency is already installed.')
     return 0
   print('Installing:', ' '.join(wanted), flush=True)
-  return subprocess.call([sys.executable, '-m', 'pip', 'install', '-q',
-                          *wanted])
+  return subprocess.call(
+      [sys.executable, '-m', 'pip', 'install', '-q', *wanted]
+  )
 
 
 if __name__ == '__main__':

@@ -51,23 +51,30 @@ class UnusableWorkdirError(ValueError):
 
 
 def _holder() -> dict:
-  return {'host': socket.gethostname(), 'pid': os.getpid(),
-          'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
-          'command': ' '.join(sys.argv), 'token': uuid.uuid4().hex}
+  return {
+      'host': socket.gethostname(),
+      'pid': os.getpid(),
+      'started': time.strftime('%Y-%m-%d %H:%M:%S %Z'),
+      'command': ' '.join(sys.argv),
+      'token': uuid.uuid4().hex,
+  }
 
 
 def _describe(holder: dict) -> str:
   if not holder:
     return 'another process (it has not yet said which)'
-  return (f"process {holder.get('pid')} on {holder.get('host')}, started "
-          f"{holder.get('started')}: {holder.get('command')}")
+  return (
+      f"process {holder.get('pid')} on {holder.get('host')}, started "
+      f"{holder.get('started')}: {holder.get('command')}"
+  )
 
 
 def _refusal(workdir: epath.Path, holder: dict) -> WorkdirInUseError:
   return WorkdirInUseError(
       f'{workdir} is in use by {_describe(holder)}. One process at a time '
       'runs in a workdir: wait for it to finish (or stop it; its run '
-      'resumes from its checkpoints), or give another --workdir.')
+      'resumes from its checkpoints), or give another --workdir.'
+  )
 
 
 def _read(path: epath.Path) -> dict:
@@ -125,8 +132,9 @@ def _lease(workdir: epath.Path) -> Iterator[None]:
     while not stop.wait(LEASE_RENEW_S):
       renew()
 
-  renewer = threading.Thread(target=keep_renewing, daemon=True,
-                             name='workdir-lease')
+  renewer = threading.Thread(
+      target=keep_renewing, daemon=True, name='workdir-lease'
+  )
   renewer.start()
   try:
     yield
@@ -152,8 +160,10 @@ def held(workdir: str) -> Iterator[None]:
     WorkdirInUseError: another process holds it.
   """
   if not workdir:
-    raise UnusableWorkdirError('--workdir is empty: give the directory the '
-                               'run keeps its checkpoints and results in.')
+    raise UnusableWorkdirError(
+        '--workdir is empty: give the directory the '
+        'run keeps its checkpoints and results in.'
+    )
   key = os.path.abspath(workdir) if '://' not in workdir else workdir
   if _HELD.get(key) or jax.process_index() != 0:
     _HELD[key] = _HELD.get(key, 0) + 1
@@ -168,7 +178,8 @@ def held(workdir: str) -> Iterator[None]:
     if not created and not path.is_dir():
       raise UnusableWorkdirError(
           f'--workdir {workdir} is a file, not a directory; give a directory '
-          '(it is made if missing).')
+          '(it is made if missing).'
+      )
     path.mkdir(parents=True, exist_ok=True)
   except UnusableWorkdirError:
     raise
@@ -192,7 +203,8 @@ def _unusable(workdir, e: BaseException) -> UnusableWorkdirError:
   # pages: the first line says which.
   return UnusableWorkdirError(
       f'--workdir {workdir} cannot be written: {type(e).__name__}: '
-      f'{checkpoint.first_line(e)}')
+      f'{checkpoint.first_line(e)}'
+  )
 
 
 def _unlink_if_new(path: epath.Path) -> None:

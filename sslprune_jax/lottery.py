@@ -49,8 +49,7 @@ from sslprune_jax.rundir import sources
 PyTree = Any
 
 
-def run(config: ml_collections.ConfigDict, workdir: str
-        ) -> list[list[dict]]:
+def run(config: ml_collections.ConfigDict, workdir: str) -> list[list[dict]]:
   """Runs (or resumes) the pruning rounds of `config` in `workdir`.
 
   The `config.num_seeds` = k seeds `config.seed`, ..., `config.seed + k - 1`
@@ -69,10 +68,13 @@ def run(config: ml_collections.ConfigDict, workdir: str
   """
   exps = [build(own_seed_init(c)) for c in seed_configs(config)]
   return rounds.run_rounds(
-      exps, workdir,
-      rounds=range(config.pruning.num_rounds + 1), start=round_start,
+      exps,
+      workdir,
+      rounds=range(config.pruning.num_rounds + 1),
+      start=round_start,
       save_rewind=config.pruning.reset == 'rewind',
-      stop=functools.partial(_target_reached, config))
+      stop=functools.partial(_target_reached, config),
+  )
 
 
 def _target_reached(config, row: dict) -> bool:
@@ -80,8 +82,9 @@ def _target_reached(config, row: dict) -> bool:
   return bool(target) and row['fraction_left'] <= target
 
 
-def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
-                round_idx: int) -> train.TrainState:
+def round_start(
+    exp: Experiment, ckpts: checkpoint.RunCheckpoints, round_idx: int
+) -> train.TrainState:
   """The replicated state round `round_idx` trains from.
 
   Round 0 starts from the initial variables at step 0. A later round prunes
@@ -98,23 +101,41 @@ def round_start(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
     prev = sources.restore(
         lambda: ckpts.restore_round(round_idx - 1, exp.round_target()),
         f'end of round {round_idx - 1}',
-        rundir.round_end_dir(ckpts.workdir, round_idx - 1))
-    mask = next_mask(exp.config, prev, exp.prunable,
-                     jax.random.fold_in(exp.rngs['prune'], round_idx),
-                     round_idx)
+        rundir.round_end_dir(ckpts.workdir, round_idx - 1),
+    )
+    mask = next_mask(
+        exp.config,
+        prev,
+        exp.prunable,
+        jax.random.fold_in(exp.rngs['prune'], round_idx),
+        round_idx,
+    )
     variables, task_state = _reset(
-        exp, ckpts, prev, mask,
-        jax.random.fold_in(exp.rngs['reinit'], round_idx), round_idx)
+        exp,
+        ckpts,
+        prev,
+        mask,
+        jax.random.fold_in(exp.rngs['reinit'], round_idx),
+        round_idx,
+    )
   later = round_idx > 0 and reset != 'reinit'
   return rounds.start_state(
-      exp, ckpts, round_idx, variables, mask, task_state,
+      exp,
+      ckpts,
+      round_idx,
+      variables,
+      mask,
+      task_state,
       step=exp.rewind_step if later else 0,
-      optimizer=(exp.final_rate_optimizer
-                 if later and reset == 'finetune' else None))
+      optimizer=(
+          exp.final_rate_optimizer if later and reset == 'finetune' else None
+      ),
+  )
 
 
-def next_mask(config, prev: dict, prunable: PyTree, rng: jax.Array,
-              round_idx: int) -> PyTree:
+def next_mask(
+    config, prev: dict, prunable: PyTree, rng: jax.Array, round_idx: int
+) -> PyTree:
   """The mask of round `round_idx` > 0, by the configured method.
 
   'magnitude', 'random' and 'random_natural' prune the previous round's final
@@ -124,22 +145,34 @@ def next_mask(config, prev: dict, prunable: PyTree, rng: jax.Array,
   p = config.pruning
   if p.method == 'random_like':
     return pruning.random_prune_like(
-        rng, sources.reference_mask(p.reference_workdir, round_idx,
-                                    prev['mask']),
-        prunable)
+        rng,
+        sources.reference_mask(p.reference_workdir, round_idx, prev['mask']),
+        prunable,
+    )
   if p.method == 'magnitude':
-    return pruning.magnitude_prune(prev['params'], prev['mask'], prunable,
-                                   p.fraction)
+    return pruning.magnitude_prune(
+        prev['params'], prev['mask'], prunable, p.fraction
+    )
   if p.method == 'random':
     return pruning.random_prune(rng, prev['mask'], prunable, p.fraction)
-  return pruning.random_natural_prune(rng, prev['params'], prev['mask'],
-                                      prunable, p.fraction,
-                                      p.natural_threshold)
+  return pruning.random_natural_prune(
+      rng,
+      prev['params'],
+      prev['mask'],
+      prunable,
+      p.fraction,
+      p.natural_threshold,
+  )
 
 
-def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, prev: dict,
-           mask: PyTree, rng: jax.Array, round_idx: int
-           ) -> tuple[dict, PyTree]:
+def _reset(
+    exp: Experiment,
+    ckpts: checkpoint.RunCheckpoints,
+    prev: dict,
+    mask: PyTree,
+    rng: jax.Array,
+    round_idx: int,
+) -> tuple[dict, PyTree]:
   """Variables and task state a round > 0 starts from, under its new mask.
 
   Rewinding restores the whole training state of the rewind point (the
@@ -148,22 +181,41 @@ def _reset(exp: Experiment, ckpts: checkpoint.RunCheckpoints, prev: dict,
   (`prev`) ended with; re-initialising draws them afresh.
   """
   if exp.config.pruning.reset in validation.KEEPS_FINAL:
-    return ({'params': pruning.apply_mask(prev['params'], mask),
-             'batch_stats': prev['batch_stats']},
-            prev.get('task_state', exp.task_state))
+    return (
+        {
+            'params': pruning.apply_mask(prev['params'], mask),
+            'batch_stats': prev['batch_stats'],
+        },
+        prev.get('task_state', exp.task_state),
+    )
   if exp.config.pruning.reset == 'rewind':
     initial = exp.round_target()
     saved = sources.restore(
-        lambda: ckpts.restore_rewind({'params': initial['params'],
-                                      'batch_stats': initial['batch_stats'],
-                                      'task_state': exp.task_state}),
-        'rewind point', rundir.rewind_dir(ckpts.workdir),
-        advice=sources.REWIND_ADVICE.format(workdir=ckpts.workdir))
-    return ({'params': pruning.rewind(saved['params'], mask),
-             'batch_stats': saved['batch_stats']}, saved['task_state'])
+        lambda: ckpts.restore_rewind(
+            {
+                'params': initial['params'],
+                'batch_stats': initial['batch_stats'],
+                'task_state': exp.task_state,
+            }
+        ),
+        'rewind point',
+        rundir.rewind_dir(ckpts.workdir),
+        advice=sources.REWIND_ADVICE.format(workdir=ckpts.workdir),
+    )
+    return (
+        {
+            'params': pruning.rewind(saved['params'], mask),
+            'batch_stats': saved['batch_stats'],
+        },
+        saved['task_state'],
+    )
   # Batch-norm statistics start at their initial values either way.
-  return ({'params': pruning.reinit(
-      lambda k: exp.init_fn(k)['params'], rng, mask),
-           'batch_stats': exp.variables.get('batch_stats', {})},
-          exp.task.init_state(jax.random.fold_in(exp.rngs['task'],
-                                                 round_idx)))
+  return (
+      {
+          'params': pruning.reinit(
+              lambda k: exp.init_fn(k)['params'], rng, mask
+          ),
+          'batch_stats': exp.variables.get('batch_stats', {}),
+      },
+      exp.task.init_state(jax.random.fold_in(exp.rngs['task'], round_idx)),
+  )

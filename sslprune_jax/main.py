@@ -29,8 +29,11 @@ def _stopped_while_starting(signum, frame):
   # At once, not by SystemExit: raised inside a half-done import of
   # TensorFlow, that can leave the interpreter waiting at exit on the
   # threads the import started. Nothing has been written yet.
-  os.write(2, b'Stopped by SIGTERM while starting, before any work was '
-           b'done: run the same command again.\n')
+  os.write(
+      2,
+      b'Stopped by SIGTERM while starting, before any work was '
+      b'done: run the same command again.\n',
+  )
   os._exit(1)  # pylint: disable=protected-access
 
 
@@ -56,24 +59,36 @@ from sslprune_jax import train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
-    'config', None, 'Experiment config file, e.g. configs/labels.py:quick.',
-    lock_config=True)
+    'config',
+    None,
+    'Experiment config file, e.g. configs/labels.py:quick.',
+    lock_config=True,
+)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints and results.')
 flags.DEFINE_bool(
-    'distributed', None,
+    'distributed',
+    None,
     'Call jax.distributed.initialize() (multi-host runs). Default: only when '
     'the environment is a multi-task srun, or sets JAX_COORDINATOR_ADDRESS, '
-    'or --num_processes is given.')
-flags.DEFINE_string('coordinator_address', None,
-                    'host:port of process 0, where not found automatically.')
+    'or --num_processes is given.',
+)
+flags.DEFINE_string(
+    'coordinator_address',
+    None,
+    'host:port of process 0, where not found automatically.',
+)
 flags.DEFINE_integer('num_processes', None, 'Number of processes in all.')
-flags.DEFINE_integer('process_id', None, 'This process\'s id, 0 first.')
+flags.DEFINE_integer('process_id', None, "This process's id, 0 first.")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 # Errors whose message says what to do: shown without a traceback.
-USER_ERRORS = (ValueError, data.DatasetNotFoundError,
-               checkpoint.CorruptCheckpointError, train.NonFiniteLossError,
-               lock.WorkdirInUseError)
+USER_ERRORS = (
+    ValueError,
+    data.DatasetNotFoundError,
+    checkpoint.CorruptCheckpointError,
+    train.NonFiniteLossError,
+    lock.WorkdirInUseError,
+)
 
 
 def _wants_distributed() -> bool:
@@ -81,8 +96,11 @@ def _wants_distributed() -> bool:
   if FLAGS.distributed is not None:
     return FLAGS.distributed
   srun_tasks = int(os.environ.get('SLURM_STEP_NUM_TASKS', '1') or 1)
-  return (srun_tasks > 1 or FLAGS.num_processes is not None
-          or 'JAX_COORDINATOR_ADDRESS' in os.environ)
+  return (
+      srun_tasks > 1
+      or FLAGS.num_processes is not None
+      or 'JAX_COORDINATOR_ADDRESS' in os.environ
+  )
 
 
 def initialize_distributed() -> None:
@@ -91,7 +109,9 @@ def initialize_distributed() -> None:
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   jax.distributed.initialize(
       coordinator_address=FLAGS.coordinator_address,
-      num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+      num_processes=FLAGS.num_processes,
+      process_id=FLAGS.process_id,
+  )
 
 
 def main(argv):
@@ -103,29 +123,43 @@ def main(argv):
   preemption.install()
   # Keep TensorFlow (used only by tf.data) off the accelerators.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+
   tf.config.set_visible_devices([], 'GPU')
-  logging.info('JAX process %d/%d, %d local / %d global devices.',
-               jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+  logging.info(
+      'JAX process %d/%d, %d local / %d global devices.',
+      jax.process_index(),
+      jax.process_count(),
+      jax.local_device_count(),
+      jax.device_count(),
+  )
   finished_before = runner.is_complete(FLAGS.workdir)
   try:
     runner.run(FLAGS.config, FLAGS.workdir)
     if finished_before and jax.process_index() == 0:
       # Otherwise a finished run's command, given again, prints nothing.
-      print(f'{FLAGS.workdir} holds this run, finished: nothing left to do. '
-            f'Its results are in {FLAGS.workdir}/results.csv; another '
-            '--workdir starts it anew.', flush=True)
+      print(
+          f'{FLAGS.workdir} holds this run, finished: nothing left to do. '
+          f'Its results are in {FLAGS.workdir}/results.csv; another '
+          '--workdir starts it anew.',
+          flush=True,
+      )
   except preemption.Preempted as e:
-    print(f'Preempted: {e} Run the same command again to resume from '
-          f'{FLAGS.workdir}.', file=sys.stderr, flush=True)
+    print(
+        f'Preempted: {e} Run the same command again to resume from '
+        f'{FLAGS.workdir}.',
+        file=sys.stderr,
+        flush=True,
+    )
     sys.exit(preemption.EXIT_CODE)
   except data.DatasetNotFoundError as e:
     if FLAGS.config.data.name == 'fashion_mnist':
       sys.exit(f'error: {e}')
     config_file = config_flags.get_config_filename(FLAGS['config'])
-    sys.exit(f'error: {e}\nTo run the same experiment small on real '
-             'Fashion-MNIST, which needs no download: '
-             f'--config={config_file.partition(":")[0]}:quick')
+    sys.exit(
+        f'error: {e}\nTo run the same experiment small on real '
+        'Fashion-MNIST, which needs no download: '
+        f'--config={config_file.partition(":")[0]}:quick'
+    )
   except USER_ERRORS as e:
     sys.exit(f'error: {e}')
 
@@ -136,7 +170,7 @@ def packaged_configs(argv: list[str]) -> list[str]:
   out = list(argv)
   for i, a in enumerate(out):
     if a.startswith('--config='):
-      out[i] = '--config=' + config_lib.packaged_path(a[len('--config='):])
+      out[i] = '--config=' + config_lib.packaged_path(a[len('--config=') :])
     elif a == '--config' and i + 1 < len(out):
       out[i + 1] = config_lib.packaged_path(out[i + 1])
   return out
@@ -154,8 +188,10 @@ def parse_flags(argv: list[str]) -> list[str]:
     # A config file that failed to load raises only when the config is used.
     FLAGS.config.get('run')
   except Exception as e:  # pylint: disable=broad-except
-    sys.exit(f'error: {flag_error(e, argv)}\nSee --helpshort for the flags; '
-             f'the configs are in {config_lib.CONFIGS}.')
+    sys.exit(
+        f'error: {flag_error(e, argv)}\nSee --helpshort for the flags; '
+        f'the configs are in {config_lib.CONFIGS}.'
+    )
   return rest
 
 
@@ -172,8 +208,14 @@ def flag_error(e: Exception, argv: list[str]) -> str:
     # A misspelt field of a --config.<field>=... override; ml_collections
     # suggests the nearest.
     field = lines[0].strip('\'"') if lines else '?'
-    override = next((a.split('=')[0] for a in argv
-                     if a.startswith('--config.') and field in a), field)
+    override = next(
+        (
+            a.split('=')[0]
+            for a in argv
+            if a.startswith('--config.') and field in a
+        ),
+        field,
+    )
     hint = ' '.join(lines[1:])
     return f'{override}: the config has no field {field!r}. {hint}'.strip()
   if not lines:

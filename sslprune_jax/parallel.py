@@ -58,8 +58,8 @@ def shard_batch(local_batch: dict, mesh: Mesh, num_seeds: int = 1) -> dict:
   """
   sharding = batch_sharding(mesh, num_seeds)
   return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x),
-      local_batch)
+      lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch
+  )
 
 
 def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
@@ -68,7 +68,8 @@ def check_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   if global_batch_size <= 0 or global_batch_size % n:
     raise ValueError(
         f'The global batch size {global_batch_size} must be a positive '
-        f'multiple of the number of devices ({n}).')
+        f'multiple of the number of devices ({n}).'
+    )
   return global_batch_size // n
 
 
@@ -107,7 +108,7 @@ def exact_pmean(tree: Any) -> Any:
   # Row j: device j's slice number `axis_index`.
   parts = jax.lax.all_to_all(parts, AXIS, 0, 0)
   sums = gather_replicated(jax.numpy.sum(parts, axis=0, keepdims=True))
-  return unravel(sums.reshape(-1)[:flat.size] / n)
+  return unravel(sums.reshape(-1)[: flat.size] / n)
 
 
 def to_host(x) -> np.ndarray:

@@ -43,8 +43,9 @@ def _on_sigterm(signum, frame):
   del signum, frame  # Unused.
   _requested.set()
   if not _listening.is_set():
-    raise Preempted('SIGTERM outside the train loop; the last checkpoint '
-                    'is kept.')
+    raise Preempted(
+        'SIGTERM outside the train loop; the last checkpoint ' 'is kept.'
+    )
 
 
 def install() -> None:

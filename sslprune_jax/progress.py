@@ -40,8 +40,7 @@ def _is_terminal(stream: IO[str]) -> bool:
   """A terminal with a width: a pty nobody sized (0 columns) would show an
   empty bar, so it gets plain lines."""
   try:
-    return (stream.isatty()
-            and os.get_terminal_size(stream.fileno()).columns > 0)
+    return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
   except (AttributeError, OSError, ValueError):
     return False
 
@@ -49,10 +48,16 @@ def _is_terminal(stream: IO[str]) -> bool:
 class Progress:
   """The progress of a run of `num_rounds` rounds (see the module doc)."""
 
-  def __init__(self, num_rounds: int, *, steps_per_round: int,
-               images_per_step: int, enabled: bool = True,
-               stream: IO[str] | None = None,
-               terminal: bool | None = None):
+  def __init__(
+      self,
+      num_rounds: int,
+      *,
+      steps_per_round: int,
+      images_per_step: int,
+      enabled: bool = True,
+      stream: IO[str] | None = None,
+      terminal: bool | None = None,
+  ):
     """
     Args:
       num_rounds: rounds in the run, including any already finished.
@@ -68,12 +73,12 @@ class Progress:
     self.images_per_step = images_per_step
     self.enabled = enabled
     self.stream = stream or sys.stderr
-    self.terminal = _is_terminal(self.stream) if terminal is None \
-        else terminal
+    self.terminal = _is_terminal(self.stream) if terminal is None else terminal
     self._trained: list[tuple[float, int]] = []  # (seconds, steps)
 
-  def round(self, position: int, label: str, *, start_step: int,
-            num_steps: int) -> RoundProgress:
+  def round(
+      self, position: int, label: str, *, start_step: int, num_steps: int
+  ) -> RoundProgress:
     """The display of one round, the `position`-th (0-based) of the run,
     shown as `label`."""
     return RoundProgress(self, position, label, start_step, num_steps)
@@ -85,8 +90,9 @@ class Progress:
     """Seconds until the run's last round ends, `round_eta` from now for
     this one, which trains at `rate` steps/s."""
     if self._trained:
-      per_step = (sum(t for t, _ in self._trained) /
-                  sum(s for _, s in self._trained))
+      per_step = sum(t for t, _ in self._trained) / sum(
+          s for _, s in self._trained
+      )
     else:
       per_step = 1 / rate
     rounds_after = self.num_rounds - position - 1
@@ -96,8 +102,14 @@ class Progress:
 class RoundProgress:
   """One round's display; `update` after each step, `close` at the end."""
 
-  def __init__(self, run: Progress, position: int, label: str,
-               start_step: int, num_steps: int):
+  def __init__(
+      self,
+      run: Progress,
+      position: int,
+      label: str,
+      start_step: int,
+      num_steps: int,
+  ):
     self.run = run
     self.position = position
     self.start_step = start_step
@@ -111,9 +123,15 @@ class RoundProgress:
     self._last_plain = -float('inf')
     self._bar = None
     if run.enabled and run.terminal:
-      self._bar = tqdm.tqdm(total=num_steps, initial=start_step,
-                            desc=self.label, unit='step', file=run.stream,
-                            dynamic_ncols=True, leave=False)
+      self._bar = tqdm.tqdm(
+          total=num_steps,
+          initial=start_step,
+          desc=self.label,
+          unit='step',
+          file=run.stream,
+          dynamic_ncols=True,
+          leave=False,
+      )
 
   def rate(self) -> float | None:
     """Steps per second since the first step of this process."""
@@ -121,8 +139,7 @@ class RoundProgress:
       return None
     t, s = self._rate_from
     elapsed = time.monotonic() - t
-    return (self.step - s) / elapsed if elapsed > 0 and self.step > s \
-        else None
+    return (self.step - s) / elapsed if elapsed > 0 and self.step > s else None
 
   def status(self) -> str:
     """Images/s, train metrics and the run's ETA, as ' · '-joined parts."""
@@ -135,16 +152,19 @@ class RoundProgress:
         parts.append(f'{k} {self.metrics[k]:.4g}')
     if rate:
       left = (self.num_steps - self.step) / rate
-      parts.append('run ETA ' + _duration(
-          self.run.run_eta(self.position, left, rate)))
+      parts.append(
+          'run ETA ' + _duration(self.run.run_eta(self.position, left, rate))
+      )
     return ' · '.join(parts)
 
   def plain_line(self) -> str:
     rate = self.rate()
     parts = [self.label, f'step {self.step}/{self.num_steps}']
     if rate:
-      parts += [f'{rate:.2f} step/s',
-                'round ETA ' + _duration((self.num_steps - self.step) / rate)]
+      parts += [
+          f'{rate:.2f} step/s',
+          'round ETA ' + _duration((self.num_steps - self.step) / rate),
+      ]
     status = self.status()
     return ' · '.join(parts) + (' · ' + status if status else '')
 
@@ -161,9 +181,10 @@ class RoundProgress:
       self._bar.update(done)
       if metrics:
         self._bar.set_postfix_str(self.status(), refresh=False)
-    elif ((step == self.num_steps and metrics)  # The last step has them.
-          or (step < self.num_steps
-              and time.monotonic() - self._last_plain >= PLAIN_INTERVAL)):
+    elif (step == self.num_steps and metrics) or (  # The last step has them.
+        step < self.num_steps
+        and time.monotonic() - self._last_plain >= PLAIN_INTERVAL
+    ):
       self._last_plain = time.monotonic()
       print(self.plain_line(), file=self.run.stream, flush=True)
 
@@ -176,5 +197,6 @@ class RoundProgress:
     if self._bar is not None:
       self._bar.close()
     if self.step > self.start_step:
-      self.run.finished_round(time.monotonic() - self._t0,
-                              self.step - self.start_step)
+      self.run.finished_round(
+          time.monotonic() - self._t0, self.step - self.start_step
+      )

@@ -46,9 +46,9 @@ def path_name(path: Path) -> str:
   return '/'.join(path)
 
 
-def prunable_tree(params: PyTree,
-                  exclude: Sequence[str] = ('classifier',),
-                  min_ndim: int = 2) -> PyTree:
+def prunable_tree(
+    params: PyTree, exclude: Sequence[str] = ('classifier',), min_ndim: int = 2
+) -> PyTree:
   """Marks the leaves that magnitude pruning may remove weights from.
 
   Args:
@@ -67,14 +67,16 @@ def prunable_tree(params: PyTree,
 
   def is_prunable(path, leaf):
     name = path_name(path_tuple(path))
-    return (np.ndim(leaf) >= min_ndim
-            and not any(p.search(name) for p in patterns))
+    return np.ndim(leaf) >= min_ndim and not any(
+        p.search(name) for p in patterns
+    )
 
   prunable = jax.tree_util.tree_map_with_path(is_prunable, params)
   if not any(jax.tree.leaves(prunable)):
     raise ValueError(
         'No parameter is prunable: every leaf is excluded by '
-        f'exclude={tuple(exclude)} or has fewer than {min_ndim} dimensions.')
+        f'exclude={tuple(exclude)} or has fewer than {min_ndim} dimensions.'
+    )
   return prunable
 
 
@@ -90,13 +92,16 @@ def restrict_to_layers(prunable: PyTree, layers: Sequence[Path]) -> PyTree:
     A pytree of bools, True only where `prunable` was and the path is listed.
   """
   wanted = set(tuple(p) for p in layers)
-  known = {path_tuple(p) for p, _ in
-           jax.tree_util.tree_flatten_with_path(prunable)[0]}
+  known = {
+      path_tuple(p)
+      for p, _ in jax.tree_util.tree_flatten_with_path(prunable)[0]
+  }
   missing = wanted - known
   if missing:
     raise ValueError(f'Unknown parameter paths: {sorted(missing)}')
   return jax.tree_util.tree_map_with_path(
-      lambda p, ok: bool(ok) and path_tuple(p) in wanted, prunable)
+      lambda p, ok: bool(ok) and path_tuple(p) in wanted, prunable
+  )
 
 
 def init_mask(params: PyTree) -> PyTree:
@@ -104,7 +109,8 @@ def init_mask(params: PyTree) -> PyTree:
   # Built on the host and transferred: `jnp.ones` would compile a program
   # per leaf shape.
   return jax.tree.map(
-      lambda p: jnp.asarray(np.ones(jnp.shape(p), dtype=np.bool_)), params)
+      lambda p: jnp.asarray(np.ones(jnp.shape(p), dtype=np.bool_)), params
+  )
 
 
 def apply_mask(params: PyTree, mask: PyTree) -> PyTree:
@@ -122,7 +128,8 @@ def _kept_counts(leaves: Sequence[Any]) -> list[int]:
   counts: list[Any] = []
   for m in leaves:
     local = not isinstance(m, jax.Array) or (
-        m.is_fully_addressable or m.is_fully_replicated)
+        m.is_fully_addressable or m.is_fully_replicated
+    )
     dtype = m.dtype if hasattr(m, 'dtype') else np.asarray(m).dtype
     if local and dtype == np.bool_:
       counts.append(np.count_nonzero(np.asarray(m)))
@@ -137,8 +144,9 @@ def count(mask: PyTree, prunable: PyTree) -> tuple[int, int]:
   Returns:
     (remaining, total) as Python ints.
   """
-  leaves = [m for m, ok in zip(jax.tree.leaves(mask),
-                               jax.tree.leaves(prunable)) if ok]
+  leaves = [
+      m for m, ok in zip(jax.tree.leaves(mask), jax.tree.leaves(prunable)) if ok
+  ]
   return sum(_kept_counts(leaves)), sum(int(np.size(m)) for m in leaves)
 
 
@@ -206,8 +214,9 @@ def _kth_smallest_by_radix(scores: jax.Array, k: jax.Array) -> jax.Array:
   cumulative = jnp.cumsum(counts)
   top = jnp.searchsorted(cumulative, k, side='left')
   rank_in_bucket = k - (cumulative[top] - counts[top])
-  low = jnp.where(high == top, (keys & (buckets - 1)).astype(jnp.int32),
-                  buckets)
+  low = jnp.where(
+      high == top, (keys & (buckets - 1)).astype(jnp.int32), buckets
+  )
   counts = jnp.zeros(buckets, jnp.int32).at[low].add(1, mode='drop')
   bottom = jnp.searchsorted(jnp.cumsum(counts), rank_in_bucket, side='left')
   key = (top.astype(jnp.uint32) << _RADIX_BITS) | bottom.astype(jnp.uint32)
@@ -230,28 +239,31 @@ def _first_true(flags: jax.Array, n: jax.Array) -> jax.Array:
   block = min(size, _TIE_BLOCK)
   num_blocks = -(-size // block)
   blocks = jnp.pad(flags, (0, num_blocks * block - size)).reshape(
-      num_blocks, block)
+      num_blocks, block
+  )
   per_block = jnp.sum(blocks, axis=1, dtype=jnp.int32)
   cumulative = jnp.cumsum(per_block)
-  b = jnp.minimum(jnp.searchsorted(cumulative, n, side='left'),
-                  num_blocks - 1)
+  b = jnp.minimum(jnp.searchsorted(cumulative, n, side='left'), num_blocks - 1)
   before = cumulative[b] - per_block[b]
   row = jax.lax.dynamic_index_in_dim(blocks, b, keepdims=False)
-  j = jnp.searchsorted(jnp.cumsum(row, dtype=jnp.int32), n - before,
-                       side='left')
+  j = jnp.searchsorted(
+      jnp.cumsum(row, dtype=jnp.int32), n - before, side='left'
+  )
   # Index of the n-th True entry (or past the end if there are fewer).
   last = b * block + j
   return flags & (jnp.arange(size) <= last) & (n > 0)
 
 
-def _keep_above_rank_impl(scores: jax.Array,
-                          num_pruned: jax.Array) -> jax.Array:
+def _keep_above_rank_impl(
+    scores: jax.Array, num_pruned: jax.Array
+) -> jax.Array:
   """See `_keep_above_rank` (unjitted, to be fused into a larger jit)."""
   size = scores.shape[0]
   k = jnp.clip(num_pruned, 1, size).astype(jnp.int32)
   scores = scores.astype(jnp.float32)
   threshold = jax.lax.platform_dependent(
-      scores, k, cpu=_kth_smallest_by_radix, default=_kth_smallest_by_sort)
+      scores, k, cpu=_kth_smallest_by_radix, default=_kth_smallest_by_sort
+  )
   below = scores < threshold
   tied = scores == threshold
   still_needed = num_pruned - jnp.sum(below, dtype=jnp.int32)
@@ -273,8 +285,12 @@ def _keep_above_rank(scores: jax.Array, num_pruned: jax.Array) -> jax.Array:
 
 
 @functools.partial(jax.jit, static_argnames=('magnitude',))
-def _prune_leaves(scores: list[jax.Array], masks: list[jax.Array],
-                  target: jax.Array, magnitude: bool) -> list[jax.Array]:
+def _prune_leaves(
+    scores: list[jax.Array],
+    masks: list[jax.Array],
+    target: jax.Array,
+    magnitude: bool,
+) -> list[jax.Array]:
   """The new masks of the prunable leaves, in one compiled program.
 
   Args:
@@ -288,42 +304,59 @@ def _prune_leaves(scores: list[jax.Array], masks: list[jax.Array],
   """
   # Weights already pruned score -inf so that they are counted first in the
   # rank and stay pruned.
-  flat = jnp.concatenate([
-      jnp.where(m, (jnp.abs(s) if magnitude else s).astype(jnp.float32),
-                -jnp.inf).ravel() for m, s in zip(masks, scores)])
+  flat = jnp.concatenate(
+      [
+          jnp.where(
+              m, (jnp.abs(s) if magnitude else s).astype(jnp.float32), -jnp.inf
+          ).ravel()
+          for m, s in zip(masks, scores)
+      ]
+  )
   keep = _keep_above_rank_impl(flat, target)
   out, offset = [], 0
   for m in masks:
-    out.append(keep[offset:offset + m.size].reshape(m.shape))
+    out.append(keep[offset : offset + m.size].reshape(m.shape))
     offset += m.size
   return out
 
 
-def _prune(scores: PyTree, mask: PyTree, prunable: PyTree, fraction: float,
-           magnitude: bool) -> PyTree:
+def _prune(
+    scores: PyTree,
+    mask: PyTree,
+    prunable: PyTree,
+    fraction: float,
+    magnitude: bool,
+) -> PyTree:
   """`prune_by_score`, scoring by |scores| if `magnitude`."""
   remaining, total = count(mask, prunable)
   target = (total - remaining) + num_to_prune(fraction, remaining)
   return _prune_to(scores, mask, prunable, target, magnitude)
 
 
-def _prune_to(scores: PyTree, mask: PyTree, prunable: PyTree, target: int,
-              magnitude: bool) -> PyTree:
+def _prune_to(
+    scores: PyTree, mask: PyTree, prunable: PyTree, target: int, magnitude: bool
+) -> PyTree:
   """The mask with exactly `target` prunable weights pruned in all: those
   already pruned, then the lowest-scoring kept ones."""
   leaves, treedef = jax.tree.flatten(mask)
   flags = jax.tree.leaves(prunable)
   score_leaves = treedef.flatten_up_to(scores)
-  new = iter(_prune_leaves(
-      [s for s, ok in zip(score_leaves, flags) if ok],
-      [m for m, ok in zip(leaves, flags) if ok],
-      jnp.asarray(target, jnp.int32), magnitude=magnitude))
+  new = iter(
+      _prune_leaves(
+          [s for s, ok in zip(score_leaves, flags) if ok],
+          [m for m, ok in zip(leaves, flags) if ok],
+          jnp.asarray(target, jnp.int32),
+          magnitude=magnitude,
+      )
+  )
   return jax.tree.unflatten(
-      treedef, [next(new) if ok else m for m, ok in zip(leaves, flags)])
+      treedef, [next(new) if ok else m for m, ok in zip(leaves, flags)]
+  )
 
 
-def prune_by_score(scores: PyTree, mask: PyTree, prunable: PyTree,
-                   fraction: float) -> PyTree:
+def prune_by_score(
+    scores: PyTree, mask: PyTree, prunable: PyTree, fraction: float
+) -> PyTree:
   """Removes the lowest-scoring kept weights, over all prunable leaves at once.
 
   This is the shared core of every global pruning method: magnitude pruning
@@ -345,8 +378,9 @@ def prune_by_score(scores: PyTree, mask: PyTree, prunable: PyTree,
   return _prune(scores, mask, prunable, fraction, magnitude=False)
 
 
-def magnitude_prune(params: PyTree, mask: PyTree, prunable: PyTree,
-                    fraction: float) -> PyTree:
+def magnitude_prune(
+    params: PyTree, mask: PyTree, prunable: PyTree, fraction: float
+) -> PyTree:
   """Global magnitude pruning (Han et al.): removes the smallest |w|.
 
   The threshold is computed over all prunable tensors together, so layers
@@ -361,19 +395,26 @@ def _uniform_scores(rng: jax.Array, tree: PyTree) -> PyTree:
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(rng, len(leaves))
   return jax.tree.unflatten(
-      treedef, [jax.random.uniform(k, jnp.shape(x)) for k, x in
-                zip(keys, leaves)])
+      treedef,
+      [jax.random.uniform(k, jnp.shape(x)) for k, x in zip(keys, leaves)],
+  )
 
 
-def random_prune(rng: jax.Array, mask: PyTree, prunable: PyTree,
-                 fraction: float) -> PyTree:
+def random_prune(
+    rng: jax.Array, mask: PyTree, prunable: PyTree, fraction: float
+) -> PyTree:
   """Global random pruning: removes kept weights uniformly at random."""
   return prune_by_score(_uniform_scores(rng, mask), mask, prunable, fraction)
 
 
-def random_natural_prune(rng: jax.Array, params: PyTree, mask: PyTree,
-                         prunable: PyTree, fraction: float,
-                         threshold: float) -> PyTree:
+def random_natural_prune(
+    rng: jax.Array,
+    params: PyTree,
+    mask: PyTree,
+    prunable: PyTree,
+    fraction: float,
+    threshold: float,
+) -> PyTree:
   """Random pruning adjusted for natural sparsity.
 
   Weights whose magnitude converged below `threshold` are removed first
@@ -391,12 +432,12 @@ def random_natural_prune(rng: jax.Array, params: PyTree, mask: PyTree,
   Returns:
     The new mask.
   """
-  return prune_by_score(_natural_scores(rng, params, threshold), mask,
-                        prunable, fraction)
+  return prune_by_score(
+      _natural_scores(rng, params, threshold), mask, prunable, fraction
+  )
 
 
-def _natural_scores(rng: jax.Array, params: PyTree,
-                    threshold: float) -> PyTree:
+def _natural_scores(rng: jax.Array, params: PyTree, threshold: float) -> PyTree:
   """Random scores that rank naturally-zero weights first.
 
   A weight with |w| < threshold scores |w| / threshold - 1, in [-1, 0) and
@@ -413,8 +454,13 @@ def _natural_scores(rng: jax.Array, params: PyTree,
   return jax.tree.map(score, params, uniform)
 
 
-def random_natural_oneshot(rng: jax.Array, params: PyTree, prunable: PyTree,
-                           num_kept: int, threshold: float) -> PyTree:
+def random_natural_oneshot(
+    rng: jax.Array,
+    params: PyTree,
+    prunable: PyTree,
+    num_kept: int,
+    threshold: float,
+) -> PyTree:
   """The paper's random baseline (Caron et al. 2020, section 4.3, Fig. 3).
 
   One global mask, in one shot, from a dense trained network: the weights
@@ -440,13 +486,22 @@ def random_natural_oneshot(rng: jax.Array, params: PyTree, prunable: PyTree,
   _, total = count(mask, prunable)
   if not 0 <= num_kept <= total:
     raise ValueError(f'num_kept must be in [0, {total}], got {num_kept}.')
-  return _prune_to(_natural_scores(rng, params, threshold), mask, prunable,
-                   total - num_kept, magnitude=False)
+  return _prune_to(
+      _natural_scores(rng, params, threshold),
+      mask,
+      prunable,
+      total - num_kept,
+      magnitude=False,
+  )
 
 
-def random_prune_like(rng: jax.Array, reference_mask: PyTree,
-                      prunable: PyTree, params: PyTree | None = None,
-                      threshold: float = 0.0) -> PyTree:
+def random_prune_like(
+    rng: jax.Array,
+    reference_mask: PyTree,
+    prunable: PyTree,
+    params: PyTree | None = None,
+    threshold: float = 0.0,
+) -> PyTree:
   """A random mask with the per-layer sparsity of `reference_mask`.
 
   Each prunable leaf keeps exactly as many weights as the reference keeps in
@@ -459,8 +514,9 @@ def random_prune_like(rng: jax.Array, reference_mask: PyTree,
     raise ValueError(f'threshold must be >= 0, got {threshold}.')
   leaves, treedef = jax.tree.flatten(reference_mask)
   flags = jax.tree.leaves(prunable)
-  weights = (jax.tree.leaves(params) if params is not None
-             else [None] * len(leaves))
+  weights = (
+      jax.tree.leaves(params) if params is not None else [None] * len(leaves)
+  )
   keys = jax.random.split(rng, len(leaves))
   new_leaves = []
   for k, m, ok, p in zip(keys, leaves, flags, weights):
@@ -483,8 +539,9 @@ def rewind(saved_params: PyTree, mask: PyTree) -> PyTree:
   return apply_mask(saved_params, mask)
 
 
-def reinit(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array,
-           mask: PyTree) -> PyTree:
+def reinit(
+    init_fn: Callable[[jax.Array], PyTree], rng: jax.Array, mask: PyTree
+) -> PyTree:
   """Random re-initialisation: fresh weights from `init_fn(rng)`, masked."""
   return apply_mask(init_fn(rng), mask)
 
@@ -492,9 +549,14 @@ def reinit(init_fn: Callable[[jax.Array], PyTree], rng: jax.Array,
 def prunable_leaves(tree: PyTree, prunable: PyTree) -> list[tuple[str, Any]]:
   """(name, leaf) of each prunable leaf of `tree` (`path_name`), in tree
   order."""
-  return [(path_name(path_tuple(path)), leaf) for (path, leaf), ok in zip(
-      jax.tree_util.tree_flatten_with_path(tree)[0],
-      jax.tree.leaves(prunable)) if ok]
+  return [
+      (path_name(path_tuple(path)), leaf)
+      for (path, leaf), ok in zip(
+          jax.tree_util.tree_flatten_with_path(tree)[0],
+          jax.tree.leaves(prunable),
+      )
+      if ok
+  ]
 
 
 def sparsity_report(mask: PyTree, prunable: PyTree) -> dict:
@@ -507,14 +569,25 @@ def sparsity_report(mask: PyTree, prunable: PyTree) -> dict:
   """
   flat_mask = prunable_leaves(mask, prunable)
   layers = []
-  for (name, m), kept in zip(flat_mask,
-                             _kept_counts([m for _, m in flat_mask])):
-    layers.append({'name': name, 'remaining': kept,
-                   'total': int(m.size), 'fraction_left': kept / m.size})
+  for (name, m), kept in zip(
+      flat_mask, _kept_counts([m for _, m in flat_mask])
+  ):
+    layers.append(
+        {
+            'name': name,
+            'remaining': kept,
+            'total': int(m.size),
+            'fraction_left': kept / m.size,
+        }
+    )
   remaining = sum(l['remaining'] for l in layers)
   total = sum(l['total'] for l in layers)
-  return {'layers': layers, 'remaining': remaining, 'total': total,
-          'fraction_left': remaining / total}
+  return {
+      'layers': layers,
+      'remaining': remaining,
+      'total': total,
+      'fraction_left': remaining / total,
+  }
 
 
 def format_report(report: dict) -> str:
@@ -522,13 +595,19 @@ def format_report(report: dict) -> str:
   width = max([len(l['name']) for l in report['layers']] + [6])
   lines = [f"{'layer':<{width}} {'kept':>10} {'total':>10} {'left':>8}"]
   for l in report['layers'] + [dict(report, name='global')]:
-    lines.append(f"{l['name']:<{width}} {l['remaining']:>10d} "
-                 f"{l['total']:>10d} {100 * l['fraction_left']:>7.2f}%")
+    lines.append(
+        f"{l['name']:<{width}} {l['remaining']:>10d} "
+        f"{l['total']:>10d} {100 * l['fraction_left']:>7.2f}%"
+    )
   return '\n'.join(lines)
 
 
-def natural_sparsity(params: PyTree, prunable: PyTree, threshold: float,
-                     mask: PyTree | None = None) -> dict:
+def natural_sparsity(
+    params: PyTree,
+    prunable: PyTree,
+    threshold: float,
+    mask: PyTree | None = None,
+) -> dict:
   """How many prunable weights a trained network has left near zero itself.
 
   Args:
@@ -549,14 +628,25 @@ def natural_sparsity(params: PyTree, prunable: PyTree, threshold: float,
   mask = init_mask(params) if mask is None else mask
   layers = []
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  for (path, p), m, ok in zip(flat, jax.tree.leaves(mask),
-                              jax.tree.leaves(prunable)):
+  for (path, p), m, ok in zip(
+      flat, jax.tree.leaves(mask), jax.tree.leaves(prunable)
+  ):
     if ok:
       small = int(jnp.sum((jnp.abs(p) < threshold) & m))
       kept = int(jnp.sum(m))
-      layers.append({'name': path_name(path_tuple(path)), 'near_zero': small,
-                     'total': kept, 'fraction': small / kept if kept else 0.0})
+      layers.append(
+          {
+              'name': path_name(path_tuple(path)),
+              'near_zero': small,
+              'total': kept,
+              'fraction': small / kept if kept else 0.0,
+          }
+      )
   near_zero = sum(l['near_zero'] for l in layers)
   total = sum(l['total'] for l in layers)
-  return {'layers': layers, 'near_zero': near_zero, 'total': total,
-          'fraction': near_zero / total if total else 0.0}
+  return {
+      'layers': layers,
+      'near_zero': near_zero,
+      'total': total,
+      'fraction': near_zero / total if total else 0.0,
+  }

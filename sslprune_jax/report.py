@@ -41,8 +41,13 @@ from sslprune_jax.rundir import results
 # Config fields that may differ between the seeds of one curve (dotted for
 # nested ones: each seed's evaluation reads its own seed's pruning run, and
 # may have re-trained other source rounds: rounds are matched by number).
-SEED_FIELDS = ('seed', *checkpoint.RESTART_MAY_CHANGE, 'source.workdir',
-               'init_from.workdir', 'source.rounds')
+SEED_FIELDS = (
+    'seed',
+    *checkpoint.RESTART_MAY_CHANGE,
+    'source.workdir',
+    'init_from.workdir',
+    'source.rounds',
+)
 # Fields in which the runs of one seed, split by rounds, may differ.
 SPLIT_FIELDS = (*checkpoint.RESTART_MAY_CHANGE, 'source.rounds')
 
@@ -50,6 +55,7 @@ SPLIT_FIELDS = (*checkpoint.RESTART_MAY_CHANGE, 'source.rounds')
 @dataclasses.dataclass(frozen=True)
 class Run:
   """A finished (or partly finished) pruning run, read from its workdir."""
+
   workdir: str
   config: dict
   rows: list[dict]
@@ -60,22 +66,29 @@ def load_run(workdir: str) -> Run:
   `rundir.results.read`)."""
   for path in (rundir.config_path(workdir), rundir.results_path(workdir)):
     if not path.exists():
-      raise FileNotFoundError(f'{path} does not exist: is {workdir} a '
-                              'pruning run with at least one finished '
-                              'round?')
+      raise FileNotFoundError(
+          f'{path} does not exist: is {workdir} a '
+          'pruning run with at least one finished '
+          'round?'
+      )
   config = checkpoint.read_config_json(rundir.config_path(workdir))
-  return Run(workdir=str(workdir), config=config,
-             rows=results.read(workdir))
+  return Run(workdir=str(workdir), config=config, rows=results.read(workdir))
 
 
-def check_same_config(runs: list[Run], allowed=SEED_FIELDS,
-                      why='the seed, so they cannot be averaged') -> None:
+def check_same_config(
+    runs: list[Run],
+    allowed=SEED_FIELDS,
+    why='the seed, so they cannot be averaged',
+) -> None:
   """Raises ValueError, naming the fields, if the runs' configs differ in
   more than the `allowed` fields (`why`: what those are, for the message)."""
 
   def strip(config, prefix=''):
-    return {k: strip(v, f'{prefix}{k}.') if isinstance(v, dict) else v
-            for k, v in config.items() if f'{prefix}{k}' not in allowed}
+    return {
+        k: strip(v, f'{prefix}{k}.') if isinstance(v, dict) else v
+        for k, v in config.items()
+        if f'{prefix}{k}' not in allowed
+    }
 
   first = runs[0]
   for run in runs[1:]:
@@ -83,7 +96,8 @@ def check_same_config(runs: list[Run], allowed=SEED_FIELDS,
     if diffs:
       raise ValueError(
           f'Runs {first.workdir} and {run.workdir} differ in more than '
-          f'{why}:\n  ' + '\n  '.join(diffs))
+          f'{why}:\n  ' + '\n  '.join(diffs)
+      )
 
 
 def _by_round(run: Run) -> dict[int, dict]:
@@ -108,21 +122,29 @@ def merge_split_run(runs: list[Run]) -> Run:
   """
   if len(runs) == 1:
     return runs[0]
-  check_same_config(runs, allowed=SPLIT_FIELDS,
-                    why='their rounds, so they are not one split run')
+  check_same_config(
+      runs,
+      allowed=SPLIT_FIELDS,
+      why='their rounds, so they are not one split run',
+  )
   rows, where = {}, {}
   for run in runs:
     for r, row in _by_round(run).items():
       if r in rows:
-        raise ValueError(f'Round {r} of seed {run.config.get("seed")} is in '
-                         f'both {where[r]} and {run.workdir}; a curve takes '
-                         'one run per seed and round.')
+        raise ValueError(
+            f'Round {r} of seed {run.config.get("seed")} is in '
+            f'both {where[r]} and {run.workdir}; a curve takes '
+            'one run per seed and round.'
+        )
       rows[r], where[r] = row, run.workdir
   config = json.loads(json.dumps(runs[0].config))
   if 'source' in config:
     config['source']['rounds'] = sorted(rows)
-  return Run(workdir=','.join(run.workdir for run in runs), config=config,
-             rows=[rows[r] for r in sorted(rows)])
+  return Run(
+      workdir=','.join(run.workdir for run in runs),
+      config=config,
+      rows=[rows[r] for r in sorted(rows)],
+  )
 
 
 def merge_by_seed(runs: list[Run]) -> list[Run]:
@@ -145,22 +167,27 @@ def summarize(runs: list[Run], metric: str) -> list[dict]:
   check_same_config(runs)
   for run in runs:
     if run.rows and metric not in run.rows[0]:
-      raise ValueError(f'{run.workdir}/results.csv has no column {metric!r}; '
-                       f'it has {sorted(run.rows[0])}.')
+      raise ValueError(
+          f'{run.workdir}/results.csv has no column {metric!r}; '
+          f'it has {sorted(run.rows[0])}.'
+      )
   by_round = [_by_round(run) for run in runs]
   rounds = sorted(set.intersection(*(set(rows) for rows in by_round)))
   out = []
   for r in rounds:
     values = np.array([float(rows[r][metric]) for rows in by_round])
     n = len(values)
-    out.append({
-        'round': r,
-        'fraction_left': float(by_round[0][r]['fraction_left']),
-        'mean': float(values.mean()),
-        'sem': (float(values.std(ddof=1) / math.sqrt(n)) if n > 1
-                else math.nan),
-        'n': n,
-    })
+    out.append(
+        {
+            'round': r,
+            'fraction_left': float(by_round[0][r]['fraction_left']),
+            'mean': float(values.mean()),
+            'sem': (
+                float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan
+            ),
+            'n': n,
+        }
+    )
   return out
 
 
@@ -184,18 +211,23 @@ def tables(curves: dict[str, list[Run]], metric: str) -> tuple[str, str]:
   """
   summaries = {name: summarize(runs, metric) for name, runs in curves.items()}
   out = io.StringIO()
-  writer = csv.DictWriter(out, fieldnames=['curve', 'round', 'fraction_left',
-                                           'mean', 'sem', 'n'])
+  writer = csv.DictWriter(
+      out, fieldnames=['curve', 'round', 'fraction_left', 'mean', 'sem', 'n']
+  )
   writer.writeheader()
   for name, rows in summaries.items():
     writer.writerows({'curve': name, **row} for row in rows)
   # Rows are fractions of weights left, not rounds: curves that prune at
   # different rates (layerwise pruning, another step) then share a row only
   # where they have as many weights left, and leave the other rows blank.
-  by_left = [{_left_key(row['fraction_left']): row for row in rows}
-             for rows in summaries.values()]
-  lines = ['| weights left | ' + ' | '.join(summaries) + ' |',
-           '|---' * (len(summaries) + 1) + '|']
+  by_left = [
+      {_left_key(row['fraction_left']): row for row in rows}
+      for rows in summaries.values()
+  ]
+  lines = [
+      '| weights left | ' + ' | '.join(summaries) + ' |',
+      '|---' * (len(summaries) + 1) + '|',
+  ]
   for left in sorted(set().union(*by_left), reverse=True):
     cells = []
     for rows in by_left:
@@ -210,8 +242,9 @@ def tables(curves: dict[str, list[Run]], metric: str) -> tuple[str, str]:
   return out.getvalue(), '\n'.join(lines) + '\n'
 
 
-def plot(curves: dict[str, list[Run]], metric: str, path: str,
-         title: str = '') -> None:
+def plot(
+    curves: dict[str, list[Run]], metric: str, path: str, title: str = ''
+) -> None:
   """The paper's figure: `metric` against the fraction of weights left.
 
   The x axis is logarithmic and decreasing (dense on the left), one curve
@@ -225,16 +258,24 @@ def plot(curves: dict[str, list[Run]], metric: str, path: str,
     rows = summarize(runs, metric)
     left = [100 * r['fraction_left'] for r in rows]
     sem = [0.0 if math.isnan(r['sem']) else r['sem'] for r in rows]
-    ax.errorbar(left, [r['mean'] for r in rows], yerr=sem, label=name,
-                marker='o', markersize=3, capsize=2)
+    ax.errorbar(
+        left,
+        [r['mean'] for r in rows],
+        yerr=sem,
+        label=name,
+        marker='o',
+        markersize=3,
+        capsize=2,
+    )
   ax.set_xscale('log')
   ax.invert_xaxis()
   plain = ticker.FuncFormatter(lambda x, _: f'{x:g}')
   ax.xaxis.set_major_formatter(plain)
   low, high = ax.get_xlim()
   # Within one decade there are no major ticks to speak of: label the minor.
-  ax.xaxis.set_minor_formatter(plain if max(low, high) / min(low, high) < 10
-                               else ticker.NullFormatter())
+  ax.xaxis.set_minor_formatter(
+      plain if max(low, high) / min(low, high) < 10 else ticker.NullFormatter()
+  )
   ax.set_xlabel('% of weights left')
   ax.set_ylabel(metric)
   if title:
@@ -262,14 +303,17 @@ def expand_workdirs(pattern: str) -> list[str]:
   """The workdirs a glob (`*`, `?`, `[...]`) matches, sorted; a workdir
   without wildcards is itself."""
   parts = pattern.split('/')
-  wild = next((i for i, part in enumerate(parts)
-               if re.search(r'[*?[]', part)), None)
+  wild = next(
+      (i for i, part in enumerate(parts) if re.search(r'[*?[]', part)), None
+  )
   if wild is None:
     return [pattern]
-  base = epath.Path('/'.join(parts[:wild]) or
-                    ('/' if pattern.startswith('/') else '.'))
-  found = sorted(str(p) for p in base.glob('/'.join(parts[wild:]))
-                 if p.is_dir())
+  base = epath.Path(
+      '/'.join(parts[:wild]) or ('/' if pattern.startswith('/') else '.')
+  )
+  found = sorted(
+      str(p) for p in base.glob('/'.join(parts[wild:])) if p.is_dir()
+  )
   if not found:
     raise FileNotFoundError(f'{pattern} matches no directory.')
   return found
@@ -282,11 +326,17 @@ def parse_curves(specs: list[str]) -> dict[str, list[Run]]:
   for spec in specs:
     name, sep, dirs = spec.partition('=')
     if not sep or not name or not dirs:
-      raise ValueError(f'--curve takes name=workdir[,workdir...], got '
-                       f'{spec!r}.')
-    curves[name] = merge_by_seed([load_run(d) for pattern in dirs.split(',')
-                                  if pattern
-                                  for d in expand_workdirs(pattern)])
+      raise ValueError(
+          f'--curve takes name=workdir[,workdir...], got ' f'{spec!r}.'
+      )
+    curves[name] = merge_by_seed(
+        [
+            load_run(d)
+            for pattern in dirs.split(',')
+            if pattern
+            for d in expand_workdirs(pattern)
+        ]
+    )
   if not curves:
     raise ValueError('Give at least one --curve.')
   return curves
@@ -309,9 +359,13 @@ if __name__ == '__main__':
   # Defined here, not on import: the modules that import this one define
   # --out and --workdir of their own.
   flags.DEFINE_multi_string(
-      'curve', [], 'name=workdir,workdir,...: the runs (seeds) of one curve; '
-      'workdirs may be globs.')
-  flags.DEFINE_string('metric', 'test_accuracy',
-                      'A column of the runs\' results.csv.')
+      'curve',
+      [],
+      'name=workdir,workdir,...: the runs (seeds) of one curve; '
+      'workdirs may be globs.',
+  )
+  flags.DEFINE_string(
+      'metric', 'test_accuracy', "A column of the runs' results.csv."
+  )
   flags.DEFINE_string('out', None, 'Where the table and plot go.')
   app.run(main)

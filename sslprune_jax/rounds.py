@@ -45,6 +45,7 @@ PyTree = Any
 @dataclasses.dataclass
 class _Member:
   """One seed of the runs that `run_rounds` trains together."""
+
   exp: Experiment
   workdir: epath.Path
   ckpts: checkpoint.RunCheckpoints
@@ -53,12 +54,17 @@ class _Member:
   results: list[dict] = dataclasses.field(default_factory=list)
 
 
-def run_rounds(exps: list[Experiment], workdir: str, *, rounds,
-               start: Callable[[Experiment, checkpoint.RunCheckpoints, int],
-                               train.TrainState],
-               save_rewind: bool = False,
-               stop: Callable[[dict], bool] = lambda row: False
-               ) -> list[list[dict]]:
+def run_rounds(
+    exps: list[Experiment],
+    workdir: str,
+    *,
+    rounds,
+    start: Callable[
+        [Experiment, checkpoint.RunCheckpoints, int], train.TrainState
+    ],
+    save_rewind: bool = False,
+    stop: Callable[[dict], bool] = lambda row: False,
+) -> list[list[dict]]:
   """Trains one round after another, each resumable, and records them.
 
   The round loop of a pruning run, and of the evaluations that train a
@@ -87,33 +93,52 @@ def run_rounds(exps: list[Experiment], workdir: str, *, rounds,
   with contextlib.ExitStack() as stack:
     # Seeds save one after another: each keeps its previous in-round
     # checkpoint too (`_start_states`).
-    members = [_open_member(stack, e, where, in_round_keep=min(len(exps), 2))
-               for e, where in zip(exps, _member_dirs(exps, workdir))]
+    members = [
+        _open_member(stack, e, where, in_round_keep=min(len(exps), 2))
+        for e, where in zip(exps, _member_dirs(exps, workdir))
+    ]
     options = config.train.get('xla_options', 'auto')
     conv_impl = models.conv_impl_of(config.model)
     train_step = train.make_train_step(
-        lead.task, lead.mesh, config.train.get('exact_reduction', False),
+        lead.task,
+        lead.mesh,
+        config.train.get('exact_reduction', False),
         num_seeds=len(exps),
         seed_batching=config.train.get('seed_batching', 'auto'),
-        xla_options=options, conv_impl=conv_impl)
-    eval_step = train.make_eval_step(lead.task, lead.mesh, options,
-                                     conv_impl)
+        xla_options=options,
+        conv_impl=conv_impl,
+    )
+    eval_step = train.make_eval_step(lead.task, lead.mesh, options, conv_impl)
     rounds = list(rounds)
     shown = progress.Progress(
-        len(rounds), steps_per_round=lead.num_steps - lead.rewind_step,
+        len(rounds),
+        steps_per_round=lead.num_steps - lead.rewind_step,
         images_per_step=images_per_step(config) * len(exps),
-        enabled=is_main)
+        enabled=is_main,
+    )
     for position, r in enumerate(rounds):
       if all(r in m.completed for m in members):
         for m in members:
-          m.results.append(sources.restore(
-              lambda: m.ckpts.round_metrics(r), f'end of round {r}',
-              rundir.round_end_dir(m.workdir, r)))
+          m.results.append(
+              sources.restore(
+                  lambda: m.ckpts.round_metrics(r),
+                  f'end of round {r}',
+                  rundir.round_end_dir(m.workdir, r),
+              )
+          )
           _rebuild_round_files(m, r)
         row = members[0].results[-1]
       else:
-        row = _train_round(members, r, start, train_step, eval_step,
-                           save_rewind, shown, position)
+        row = _train_round(
+            members,
+            r,
+            start,
+            train_step,
+            eval_step,
+            save_rewind,
+            shown,
+            position,
+        )
       if stop(row):
         break
     # Written again from the checkpoints' rows, in case a run was killed
@@ -133,52 +158,81 @@ def _member_dirs(exps: list[Experiment], workdir: str) -> list[epath.Path]:
     return [top]
   config = exps[0].config
   checkpoint.check_or_write_config(
-      str(top), ml_collections.ConfigDict(
-          {**config.to_dict(), 'seed': config.seed, 'num_seeds': len(exps)}))
+      str(top),
+      ml_collections.ConfigDict(
+          {**config.to_dict(), 'seed': config.seed, 'num_seeds': len(exps)}
+      ),
+  )
   return [rundir.seed_dir(workdir, e.config.seed) for e in exps]
 
 
-def _open_member(stack: contextlib.ExitStack, exp: Experiment,
-                 where: epath.Path, in_round_keep: int) -> _Member:
+def _open_member(
+    stack: contextlib.ExitStack,
+    exp: Experiment,
+    where: epath.Path,
+    in_round_keep: int,
+) -> _Member:
   """One seed's checkpoints and round-by-round writer, closed by `stack`."""
   where.mkdir(parents=True, exist_ok=True)
   checkpoint.check_or_write_config(str(where), exp.config)
   ckpts = stack.enter_context(
-      checkpoint.RunCheckpoints(str(where), in_round_keep=in_round_keep))
+      checkpoint.RunCheckpoints(str(where), in_round_keep=in_round_keep)
+  )
   writer = metric_writers.create_default_writer(
       str(rundir.rounds_events_dir(where)),
-      just_logging=jax.process_index() != 0)
+      just_logging=jax.process_index() != 0,
+  )
   stack.callback(writer.close)
-  return _Member(exp=exp, workdir=where, ckpts=ckpts, summary_writer=writer,
-                 completed=ckpts.completed_rounds())
+  return _Member(
+      exp=exp,
+      workdir=where,
+      ckpts=ckpts,
+      summary_writer=writer,
+      completed=ckpts.completed_rounds(),
+  )
 
 
-def _train_round(members: list[_Member], r: int, start, train_step,
-                 eval_step, save_rewind: bool, shown: progress.Progress,
-                 position: int) -> dict:
+def _train_round(
+    members: list[_Member],
+    r: int,
+    start,
+    train_step,
+    eval_step,
+    save_rewind: bool,
+    shown: progress.Progress,
+    position: int,
+) -> dict:
   """Trains round `r` of every member at once; returns the first's row."""
   num_seeds = len(members)
   lead = members[0].exp
   config = lead.config
   is_main = jax.process_index() == 0
   states = _start_states(members, r, start)
-  counts = [pruning.count(s.mask, m.exp.prunable)
-            for s, m in zip(states, members)]
+  counts = [
+      pruning.count(s.mask, m.exp.prunable) for s, m in zip(states, members)
+  ]
   start_step = int(states[0].step)  # Every member's (`_start_states`).
-  state = (states[0] if num_seeds == 1 else
-           parallel.replicate(train.stack_trees(states), lead.mesh))
+  state = (
+      states[0]
+      if num_seeds == 1
+      else parallel.replicate(train.stack_trees(states), lead.mesh)
+  )
   del states
-  seed_state = ((lambda s, i: s) if num_seeds == 1 else train.seed_slice)
+  seed_state = (lambda s, i: s) if num_seeds == 1 else train.seed_slice
   hooks = {}
   if r == 0 and save_rewind:
 
     def save_rewind_point(s):
       for i, m in enumerate(members):
         own = seed_state(s, i)
-        m.ckpts.save_rewind(lead.rewind_step,
-                            {'params': own.params,
-                             'batch_stats': own.batch_stats,
-                             'task_state': own.task_state})
+        m.ckpts.save_rewind(
+            lead.rewind_step,
+            {
+                'params': own.params,
+                'batch_stats': own.batch_stats,
+                'task_state': own.task_state,
+            },
+        )
 
     hooks[lead.rewind_step] = save_rewind_point
 
@@ -186,34 +240,52 @@ def _train_round(members: list[_Member], r: int, start, train_step,
     for i, m in enumerate(members):
       m.ckpts.save_in_round(r, seed_state(s, i))
 
-  writers = [metric_writers.create_default_writer(
-      str(rundir.round_events_dir(m.workdir, r)), just_logging=not is_main)
-             for m in members]
-  batches = [train_batches(m.exp.config, m.exp.task,
-                           seed=_data_seed(m.exp.config, r),
-                           start_step=start_step)
-             for m in members]
+  writers = [
+      metric_writers.create_default_writer(
+          str(rundir.round_events_dir(m.workdir, r)), just_logging=not is_main
+      )
+      for m in members
+  ]
+  batches = [
+      train_batches(
+          m.exp.config,
+          m.exp.task,
+          seed=_data_seed(m.exp.config, r),
+          start_step=start_step,
+      )
+      for m in members
+  ]
   remaining, total = counts[0]
   seeds = f', {num_seeds} seeds' if num_seeds > 1 else ''
   bar = shown.round(
-      position, f'round {r} ({position + 1} of {shown.num_rounds}, '
+      position,
+      f'round {r} ({position + 1} of {shown.num_rounds}, '
       f'{100 * remaining / total:.3g}% left)',
-      start_step=start_step, num_steps=lead.num_steps)
+      start_step=start_step,
+      num_steps=lead.num_steps,
+  )
   try:
     result = train.train_round(
         state,
-        train_step=train_step, eval_step=eval_step,
-        train_batches=(batches[0] if num_seeds == 1
-                       else _stacked_batches(batches)),
+        train_step=train_step,
+        eval_step=eval_step,
+        train_batches=(
+            batches[0] if num_seeds == 1 else _stacked_batches(batches)
+        ),
         eval_batches=lambda: data.eval_iterator(
-            config.data, global_batch_size=config.train.eval_batch_size),
-        mesh=lead.mesh, num_steps=lead.num_steps, task=lead.task,
+            config.data, global_batch_size=config.train.eval_batch_size
+        ),
+        mesh=lead.mesh,
+        num_steps=lead.num_steps,
+        task=lead.task,
         writer=writers[0] if num_seeds == 1 else writers,
         log_every_steps=config.log_every_steps,
         checkpoint_every_steps=config.checkpoint_every_steps,
-        save_checkpoint=save_in_round, hooks=hooks,
+        save_checkpoint=save_in_round,
+        hooks=hooks,
         description=f'round {r} ({100 * remaining / total:.2f}% left{seeds})',
-        progress=bar)
+        progress=bar,
+    )
   finally:
     bar.close()
     for w in writers:
@@ -222,12 +294,15 @@ def _train_round(members: list[_Member], r: int, start, train_step,
     final = seed_state(result.state, i)
     remaining, total = counts[i]
     if r in m.completed:  # Trained again only alongside the other seeds.
-      row = sources.restore(lambda: m.ckpts.round_metrics(r),
-                            f'end of round {r}',
-                            rundir.round_end_dir(m.workdir, r))
+      row = sources.restore(
+          lambda: m.ckpts.round_metrics(r),
+          f'end of round {r}',
+          rundir.round_end_dir(m.workdir, r),
+      )
     else:
       row = {
-          'round': r, 'fraction_left': remaining / total,
+          'round': r,
+          'fraction_left': remaining / total,
           'remaining': remaining,
           # Every task reports an accuracy or a loss or both; NaN if not.
           **{f'test_{k}': math.nan for k in ('accuracy', 'loss')},
@@ -238,20 +313,33 @@ def _train_round(members: list[_Member], r: int, start, train_step,
           'sparsity': pruning.sparsity_report(final.mask, m.exp.prunable),
       }
       row = save_round_end(
-          m.ckpts, m.workdir, r, final, row,
-          with_task_state=saves_task_state(m.exp.config, m.exp.task_state))
+          m.ckpts,
+          m.workdir,
+          r,
+          final,
+          row,
+          with_task_state=saves_task_state(m.exp.config, m.exp.task_state),
+      )
       preemption.kill_point(f'round_saved:{r}')
     m.ckpts.clear_in_round(r)
     m.results.append(row)
     summaries.write_round(
-        m.summary_writer, r, m.results, final.mask, m.exp.prunable,
-        {k: row[k] for k in results_csv.fields([row])[1:]})
+        m.summary_writer,
+        r,
+        m.results,
+        final.mask,
+        m.exp.prunable,
+        {k: row[k] for k in results_csv.fields([row])[1:]},
+    )
     results_csv.write(m.workdir, m.results, is_writer=is_main)
     if is_main:
-      seed = (f' (seed {m.exp.config.seed}, {m.workdir})'
-              if num_seeds > 1 else '')
-      print(f'\nRound {r} done{seed}.\n' + results_csv.table(m.results),
-            flush=True)
+      seed = (
+          f' (seed {m.exp.config.seed}, {m.workdir})' if num_seeds > 1 else ''
+      )
+      print(
+          f'\nRound {r} done{seed}.\n' + results_csv.table(m.results),
+          flush=True,
+      )
   return members[0].results[-1]
 
 
@@ -267,19 +355,30 @@ def _rebuild_round_files(member: _Member, r: int) -> None:
     export.load(str(where))
     return
   except (FileNotFoundError, ValueError) as e:
-    logging.warning('Round %d: writing its export again (%s).', r,
-                    str(e).split('. ')[0])
-  saved = sources.restore(lambda: member.ckpts.load_round(r),
-                          f'end of round {r}',
-                          rundir.round_end_dir(member.workdir, r))
-  export.save(str(where), {'params': saved['params'],
-                           'batch_stats': saved['batch_stats']},
-              saved['mask'])
+    logging.warning(
+        'Round %d: writing its export again (%s).', r, str(e).split('. ')[0]
+    )
+  saved = sources.restore(
+      lambda: member.ckpts.load_round(r),
+      f'end of round {r}',
+      rundir.round_end_dir(member.workdir, r),
+  )
+  export.save(
+      str(where),
+      {'params': saved['params'], 'batch_stats': saved['batch_stats']},
+      saved['mask'],
+  )
 
 
-def save_round_end(ckpts: checkpoint.RunCheckpoints, workdir: epath.Path,
-                   round_idx: int, state: train.TrainState,
-                   row: dict, *, with_task_state: bool = False) -> dict:
+def save_round_end(
+    ckpts: checkpoint.RunCheckpoints,
+    workdir: epath.Path,
+    round_idx: int,
+    state: train.TrainState,
+    row: dict,
+    *,
+    with_task_state: bool = False,
+) -> dict:
   """Saves a finished round: its compact export, then its checkpoint.
 
   With `with_task_state`, the checkpoint keeps the task's state too (for a
@@ -290,9 +389,12 @@ def save_round_end(ckpts: checkpoint.RunCheckpoints, workdir: epath.Path,
     left; see `sslprune_jax.export`), as saved with the checkpoint.
   """
   network = {'params': state.params, 'batch_stats': state.batch_stats}
-  row = {**row, 'export_bytes': export.save(
-      str(rundir.export_dir(workdir, round_idx)), network,
-      state.mask)}
+  row = {
+      **row,
+      'export_bytes': export.save(
+          str(rundir.export_dir(workdir, round_idx)), network, state.mask
+      ),
+  }
   saved = {**network, 'mask': state.mask}
   if with_task_state:
     saved['task_state'] = state.task_state
@@ -300,8 +402,9 @@ def save_round_end(ckpts: checkpoint.RunCheckpoints, workdir: epath.Path,
   return row
 
 
-def _start_states(members: list[_Member], r: int, start
-                  ) -> list[train.TrainState]:
+def _start_states(
+    members: list[_Member], r: int, start
+) -> list[train.TrainState]:
   """Every member's start of round `r`, resumed at one common step.
 
   Seeds save their in-round checkpoints one after another, so a run killed
@@ -314,16 +417,28 @@ def _start_states(members: list[_Member], r: int, start
     return states
   common = min(steps)
   if common and all(common in m.ckpts.in_round_steps(r) for m in members):
-    logging.info('Round %d: seeds saved up to steps %s; resuming all at '
-                 'step %d.', r, steps, common)
-    return [s if step == common else
-            sources.restore(
-                lambda m=m, s=s: m.ckpts.restore_in_round(r, s, common),
-                f'in-round state of round {r}',
-                rundir.in_round_dir(m.workdir, r))
-            for s, step, m in zip(states, steps, members)]
-  logging.warning('Round %d: the seeds\' in-round checkpoints (steps %s) '
-                  'share no step; restarting the round.', r, steps)
+    logging.info(
+        'Round %d: seeds saved up to steps %s; resuming all at ' 'step %d.',
+        r,
+        steps,
+        common,
+    )
+    return [
+        s
+        if step == common
+        else sources.restore(
+            lambda m=m, s=s: m.ckpts.restore_in_round(r, s, common),
+            f'in-round state of round {r}',
+            rundir.in_round_dir(m.workdir, r),
+        )
+        for s, step, m in zip(states, steps, members)
+    ]
+  logging.warning(
+      "Round %d: the seeds' in-round checkpoints (steps %s) "
+      'share no step; restarting the round.',
+      r,
+      steps,
+  )
   for m in members:
     m.ckpts.clear_in_round(r)
   return [start(m.exp, m.ckpts, r) for m in members]
@@ -335,11 +450,17 @@ def _stacked_batches(iterators):
     yield train.stack_trees(batches)
 
 
-def start_state(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
-                round_idx: int, variables: dict, mask: PyTree,
-                task_state: PyTree, *, step: int = 0,
-                optimizer: train.Optimizer | None = None
-                ) -> train.TrainState:
+def start_state(
+    exp: Experiment,
+    ckpts: checkpoint.RunCheckpoints,
+    round_idx: int,
+    variables: dict,
+    mask: PyTree,
+    task_state: PyTree,
+    *,
+    step: int = 0,
+    optimizer: train.Optimizer | None = None,
+) -> train.TrainState:
   """The replicated train state of a round that starts from `variables`
   under `mask` at global step `step`, or the round's in-round checkpoint if
   it has one.
@@ -357,18 +478,25 @@ def start_state(exp: Experiment, ckpts: checkpoint.RunCheckpoints,
   optimizer = optimizer or exp.optimizer
   state = parallel.replicate(
       train.create_train_state(
-          exp.model, variables, mask, optimizer.tx,
-          jax.random.fold_in(exp.rngs['state'], round_idx), task_state,
-          step=step, learning_rate_fn=optimizer.learning_rate_fn),
-      exp.mesh)
+          exp.model,
+          variables,
+          mask,
+          optimizer.tx,
+          jax.random.fold_in(exp.rngs['state'], round_idx),
+          task_state,
+          step=step,
+          learning_rate_fn=optimizer.learning_rate_fn,
+      ),
+      exp.mesh,
+  )
   restored = sources.restore(
       lambda: ckpts.restore_in_round(round_idx, state),
       f'in-round state of round {round_idx}',
-      rundir.in_round_dir(ckpts.workdir, round_idx))
+      rundir.in_round_dir(ckpts.workdir, round_idx),
+  )
   if restored is None:
     return state
-  logging.info('Round %d: resuming at step %d.', round_idx,
-               int(restored.step))
+  logging.info('Round %d: resuming at step %d.', round_idx, int(restored.step))
   return restored
 
 
@@ -385,5 +513,6 @@ def _data_seed(config, round_idx: int) -> int:
   """
   if config.pruning.get('data_order', 'per_round') == 'same':
     round_idx = 0
-  return int(np.random.SeedSequence([config.seed, round_idx]
-                                    ).generate_state(1)[0])
+  return int(
+      np.random.SeedSequence([config.seed, round_idx]).generate_state(1)[0]
+  )

@@ -20,17 +20,21 @@ from sslprune_jax.evaluation import linear
 from sslprune_jax.evaluation import retrain
 
 
-
-def prune(config: ml_collections.ConfigDict, workdir: str
-          ) -> list[dict] | list[list[dict]]:
+def prune(
+    config: ml_collections.ConfigDict, workdir: str
+) -> list[dict] | list[list[dict]]:
   """A pruning run's rows (`lottery.run`): one run's, or with several
   seeds one list per seed."""
   results = lottery.run(config, workdir)
   return results[0] if len(results) == 1 else results
 
 
-RUNS = {'prune': prune, 'retrain': retrain.run, 'linear': linear.run,
-        'layerwise': layerwise.run}
+RUNS = {
+    'prune': prune,
+    'retrain': retrain.run,
+    'linear': linear.run,
+    'layerwise': layerwise.run,
+}
 
 # Written into the workdir when a run has finished all it was asked to do.
 COMPLETE = rundir.COMPLETE

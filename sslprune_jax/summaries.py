@@ -59,6 +59,7 @@ def figure(**kwargs):
   # pylint: disable=g-import-not-at-top
   from matplotlib.backends.backend_agg import FigureCanvasAgg
   from matplotlib.figure import Figure
+
   fig = Figure(**kwargs)
   FigureCanvasAgg(fig)
   return fig, fig.add_subplot()
@@ -76,8 +77,13 @@ def sparsity_chart(report: dict) -> np.ndarray:
   layers = report['layers']
   fig, ax = figure(figsize=(max(4, 0.35 * len(layers) + 1.5), 3), dpi=80)
   ax.bar(range(len(layers)), [100 * l['fraction_left'] for l in layers])
-  ax.axhline(100 * report['fraction_left'], color='k', lw=0.8, ls='--',
-             label=f"global {100 * report['fraction_left']:.2f}%")
+  ax.axhline(
+      100 * report['fraction_left'],
+      color='k',
+      lw=0.8,
+      ls='--',
+      label=f"global {100 * report['fraction_left']:.2f}%",
+  )
   ax.set_xticks(range(len(layers)))
   ax.set_xticklabels([l['name'] for l in layers], rotation=90, fontsize=6)
   ax.set_ylabel('% of weights left')
@@ -102,14 +108,18 @@ def fraction_left_plot(rows: Sequence[dict]) -> np.ndarray | None:
     return None
   # pylint: disable-next=g-import-not-at-top
   from matplotlib import ticker
-  points = [(100 * r['fraction_left'], r[metric]) for r in rows
-            if math.isfinite(r.get(metric, math.nan))]
+
+  points = [
+      (100 * r['fraction_left'], r[metric])
+      for r in rows
+      if math.isfinite(r.get(metric, math.nan))
+  ]
   fig, ax = figure(figsize=(5, 3.2), dpi=80)
   ax.plot(*zip(*points), marker='o')
   ax.set_xscale('log')
   # The rounds' own fractions as ticks: they are evenly spaced on the log
   # axis when each round prunes the same fraction, as the paper's are.
-  ticks = points[::math.ceil(len(points) / 10)]
+  ticks = points[:: math.ceil(len(points) / 10)]
   ax.set_xticks([p[0] for p in ticks], [f'{p[0]:.3g}' for p in ticks])
   ax.xaxis.set_minor_locator(ticker.NullLocator())
   ax.set_xlim(points[0][0] * 1.15, min(p[0] for p in points) / 1.15)
@@ -128,8 +138,14 @@ def _drawn_layers(names: list[str]) -> list[str]:
   return [names[i] for i in picks]
 
 
-def write_round(writer, round_idx: int, rows: Sequence[dict], mask: PyTree,
-                prunable: PyTree, scalars: dict[str, float]) -> None:
+def write_round(
+    writer,
+    round_idx: int,
+    rows: Sequence[dict],
+    mask: PyTree,
+    prunable: PyTree,
+    scalars: dict[str, float],
+) -> None:
   """Writes round `round_idx`'s summaries (see the module docstring).
 
   Args:
@@ -142,13 +158,16 @@ def write_round(writer, round_idx: int, rows: Sequence[dict], mask: PyTree,
     scalars: this round's results.csv metrics.
   """
   report = rows[-1]['sparsity']
-  layers = {f"sparsity/{l['name']}": l['fraction_left']
-            for l in report['layers']}
+  layers = {
+      f"sparsity/{l['name']}": l['fraction_left'] for l in report['layers']
+  }
   writer.write_scalars(round_idx, {**scalars, **layers})
   masks = dict(pruning.prunable_leaves(mask, prunable))
   # Only the drawn layers' masks are copied to the host.
-  images = {f'mask/{name}': mask_image(np.asarray(masks[name]))
-            for name in _drawn_layers(list(masks))}
+  images = {
+      f'mask/{name}': mask_image(np.asarray(masks[name]))
+      for name in _drawn_layers(list(masks))
+  }
   images['sparsity'] = sparsity_chart(report)
   plot = fraction_left_plot(rows)
   if plot is not None:

@@ -48,6 +48,7 @@ class TrainState(train_state.TrainState):
     task_state: the task's own state (NPID's memory bank; usually empty),
       replicated like the rest.
   """
+
   batch_stats: PyTree
   mask: PyTree
   rng: jax.Array
@@ -55,16 +56,19 @@ class TrainState(train_state.TrainState):
   # The schedule `tx` follows (step -> learning rate), for logging; static,
   # like `tx`.
   learning_rate_fn: Callable[[int], Any] | None = flax.struct.field(
-      pytree_node=False, default=None)
+      pytree_node=False, default=None
+  )
 
   def apply_gradients(self, *, grads, **kwargs):
     # Pruned weights get no gradient, hence no momentum and no update.
     return super().apply_gradients(
-        grads=pruning.apply_mask(grads, self.mask), **kwargs)
+        grads=pruning.apply_mask(grads, self.mask), **kwargs
+    )
 
 
-def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
-                            steps_per_epoch: int) -> optax.Schedule:
+def create_learning_rate_fn(
+    train_config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.Schedule:
   """The paper's learning-rate schedules, in steps.
 
   Args:
@@ -85,11 +89,13 @@ def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
   if c.schedule == 'step':
     main = optax.piecewise_constant_schedule(
         c.learning_rate,
-        {int(round(e * steps_per_epoch)) - warmup: c.decay_factor
-         for e in c.decay_epochs})
+        {
+            int(round(e * steps_per_epoch)) - warmup: c.decay_factor
+            for e in c.decay_epochs
+        },
+    )
   elif c.schedule == 'cosine':
-    main = optax.cosine_decay_schedule(c.learning_rate,
-                                       max(total - warmup, 1))
+    main = optax.cosine_decay_schedule(c.learning_rate, max(total - warmup, 1))
   else:
     main = optax.constant_schedule(c.learning_rate)
   if warmup == 0:
@@ -100,35 +106,45 @@ def create_learning_rate_fn(train_config: ml_collections.ConfigDict,
 
 class Optimizer(NamedTuple):
   """An optimiser and the learning-rate schedule it follows."""
+
   tx: optax.GradientTransformation
   learning_rate_fn: optax.Schedule
 
 
-def create_optimizer(train_config: ml_collections.ConfigDict,
-                     learning_rate_fn: optax.Schedule
-                     ) -> optax.GradientTransformation:
+def create_optimizer(
+    train_config: ml_collections.ConfigDict, learning_rate_fn: optax.Schedule
+) -> optax.GradientTransformation:
   """SGD with momentum and (PyTorch-style, coupled) weight decay."""
   return optax.chain(
       optax.add_decayed_weights(train_config.weight_decay),
-      optax.sgd(learning_rate_fn, momentum=train_config.momentum,
-                nesterov=train_config.nesterov))
+      optax.sgd(
+          learning_rate_fn,
+          momentum=train_config.momentum,
+          nesterov=train_config.nesterov,
+      ),
+  )
 
 
 def init_variables(model, rng: jax.Array, image_shape) -> dict:
   """Fresh model variables for one (unbatched) image shape."""
   dummy = jnp.zeros((1, *image_shape), jnp.float32)
   params_rng, dropout_rng = jax.random.split(rng)
-  return model.init({'params': params_rng, 'dropout': dropout_rng}, dummy,
-                    train=False)
+  return model.init(
+      {'params': params_rng, 'dropout': dropout_rng}, dummy, train=False
+  )
 
 
-def create_train_state(model, variables: dict, mask: PyTree,
-                       tx: optax.GradientTransformation,
-                       rng: jax.Array,
-                       task_state: PyTree | None = None, *,
-                       step: int = 0,
-                       learning_rate_fn: optax.Schedule | None = None
-                       ) -> TrainState:
+def create_train_state(
+    model,
+    variables: dict,
+    mask: PyTree,
+    tx: optax.GradientTransformation,
+    rng: jax.Array,
+    task_state: PyTree | None = None,
+    *,
+    step: int = 0,
+    learning_rate_fn: optax.Schedule | None = None,
+) -> TrainState:
   """A fresh optimiser state (no momentum) at global step `step`.
 
   Starting at `step` > 0 continues a training run from there, as
@@ -151,8 +167,12 @@ def create_train_state(model, variables: dict, mask: PyTree,
       apply_fn=model.apply,
       params=_apply_mask(variables['params'], mask),
       batch_stats=variables.get('batch_stats', {}),
-      mask=mask, rng=rng, tx=tx, learning_rate_fn=learning_rate_fn,
-      task_state={} if task_state is None else task_state)
+      mask=mask,
+      rng=rng,
+      tx=tx,
+      learning_rate_fn=learning_rate_fn,
+      task_state={} if task_state is None else task_state,
+  )
   return at_step(state, step) if step else state
 
 
@@ -170,9 +190,11 @@ def at_step(state: TrainState, step: int) -> TrainState:
   opt_state = state.opt_state
   if optax.tree_utils.tree_get_all_with_path(opt_state, 'count'):
     opt_state = optax.tree_utils.tree_set(
-        opt_state, count=jnp.asarray(step, jnp.int32))
-  return state.replace(step=jnp.asarray(step, jnp.asarray(state.step).dtype),
-                       opt_state=opt_state)
+        opt_state, count=jnp.asarray(step, jnp.int32)
+    )
+  return state.replace(
+      step=jnp.asarray(step, jnp.asarray(state.step).dtype), opt_state=opt_state
+  )
 
 
 def _forward(state: TrainState, params, images, train: bool, rng=None):
@@ -181,8 +203,12 @@ def _forward(state: TrainState, params, images, train: bool, rng=None):
   if not train:
     return state.apply_fn(variables, images, train=False), state.batch_stats
   outputs, updates = state.apply_fn(
-      variables, images, train=True, mutable=['batch_stats'],
-      rngs={'dropout': rng})
+      variables,
+      images,
+      train=True,
+      mutable=['batch_stats'],
+      rngs={'dropout': rng},
+  )
   return outputs, updates.get('batch_stats', state.batch_stats)
 
 
@@ -195,18 +221,22 @@ def per_device_train_step(task, exact_reduction: bool = False) -> Callable:
   over devices. The task updates its own state (identically on every
   device) from the step's outputs.
   """
-  pmean = (parallel.exact_pmean if exact_reduction else
-           lambda tree: jax.lax.pmean(tree, parallel.AXIS))
+  pmean = (
+      parallel.exact_pmean
+      if exact_reduction
+      else lambda tree: jax.lax.pmean(tree, parallel.AXIS)
+  )
 
   def step(state: TrainState, batch: dict):
-    rng = jax.random.fold_in(jax.random.fold_in(state.rng, state.step),
-                             jax.lax.axis_index(parallel.AXIS))
+    rng = jax.random.fold_in(
+        jax.random.fold_in(state.rng, state.step),
+        jax.lax.axis_index(parallel.AXIS),
+    )
     prepare_rng, loss_rng, rng = jax.random.split(rng, 3)
     batch = task.prepare(batch, prepare_rng)
 
     def loss_fn(params):
-      outputs, batch_stats = _forward(state, params, batch['image'], True,
-                                      rng)
+      outputs, batch_stats = _forward(state, params, batch['image'], True, rng)
       loss, aux = task.loss(outputs, batch, state.task_state, loss_rng)
       return loss, (outputs, batch_stats, aux)
 
@@ -216,22 +246,23 @@ def per_device_train_step(task, exact_reduction: bool = False) -> Callable:
     # shard_map's transpose of the broadcast.
     params = jax.lax.pcast(state.params, parallel.AXIS, to='varying')
     (_, (outputs, batch_stats, aux)), grads = jax.value_and_grad(
-        loss_fn, has_aux=True)(params)
+        loss_fn, has_aux=True
+    )(params)
     grads = pmean(grads)
     # Keeping one copy of the running statistics (their device average)
     # makes the state replicated and checkpointable as one tree.
     batch_stats = pmean(batch_stats)
     task_state = task.update_state(state.task_state, outputs, batch, aux)
-    state = state.apply_gradients(grads=grads, batch_stats=batch_stats,
-                                  task_state=task_state)
+    state = state.apply_gradients(
+        grads=grads, batch_stats=batch_stats, task_state=task_state
+    )
     metrics = task.train_metrics_of(outputs, batch, aux)
     return state, jax.lax.psum(metrics, parallel.AXIS)
 
   return step
 
 
-def seed_batching_for(seed_batching: str, platform: str | None = None
-                      ) -> str:
+def seed_batching_for(seed_batching: str, platform: str | None = None) -> str:
   """'vmap' or 'unroll': how one step trains several seeds.
 
   'auto' is 'unroll' on CPU and 'vmap' elsewhere. `jax.vmap` turns the
@@ -244,19 +275,25 @@ def seed_batching_for(seed_batching: str, platform: str | None = None
   the tests' runs; XLA may fuse the larger program differently).
   """
   if seed_batching not in SEED_BATCHINGS:
-    raise ValueError(f'Unknown train.seed_batching {seed_batching!r}; '
-                     f'valid: {SEED_BATCHINGS}.')
+    raise ValueError(
+        f'Unknown train.seed_batching {seed_batching!r}; '
+        f'valid: {SEED_BATCHINGS}.'
+    )
   if seed_batching != 'auto':
     return seed_batching
   platform = platform or jax.default_backend()
   return 'unroll' if platform == 'cpu' else 'vmap'
 
 
-def make_train_step(task, mesh, exact_reduction: bool = False,
-                    num_seeds: int = 1,
-                    seed_batching: str = 'auto',
-                    xla_options: str = 'auto',
-                    conv_impl: str = 'xla') -> Callable:
+def make_train_step(
+    task,
+    mesh,
+    exact_reduction: bool = False,
+    num_seeds: int = 1,
+    seed_batching: str = 'auto',
+    xla_options: str = 'auto',
+    conv_impl: str = 'xla',
+) -> Callable:
   """The jitted data-parallel train step: (state, batch) -> (state, metrics).
 
   `per_device_train_step` under `shard_map` over the mesh; the batch is split
@@ -279,29 +316,37 @@ def make_train_step(task, mesh, exact_reduction: bool = False,
   batch_spec = P(parallel.AXIS)
   if num_seeds > 1:
     batch_spec = P(None, parallel.AXIS)
-    if seed_batching_for(seed_batching, mesh.devices.flat[0].platform
-                         ) == 'vmap':
+    if (
+        seed_batching_for(seed_batching, mesh.devices.flat[0].platform)
+        == 'vmap'
+    ):
       step = jax.vmap(step)
     else:
       step = _unrolled(step, num_seeds)
-  sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), batch_spec),
-                          out_specs=(P(), P()))
-  return jax.jit(sharded, donate_argnums=0,
-                 compiler_options=_compiler_options(xla_options, mesh,
-                                                    conv_impl))
+  sharded = jax.shard_map(
+      step, mesh=mesh, in_specs=(P(), batch_spec), out_specs=(P(), P())
+  )
+  return jax.jit(
+      sharded,
+      donate_argnums=0,
+      compiler_options=_compiler_options(xla_options, mesh, conv_impl),
+  )
 
 
 def _compiler_options(choice: str, mesh, conv_impl: str) -> dict | None:
   return xla_options_lib.compiler_options(
-      choice, mesh.devices.flat[0].platform, conv_impl)
+      choice, mesh.devices.flat[0].platform, conv_impl
+  )
 
 
 def _unrolled(step: Callable, num_seeds: int) -> Callable:
   """`step` over a stacked state and batch, seed after seed."""
 
   def unrolled(state, batch):
-    outs = [step(seed_slice(state, i), seed_slice(batch, i))
-            for i in range(num_seeds)]
+    outs = [
+        step(seed_slice(state, i), seed_slice(batch, i))
+        for i in range(num_seeds)
+    ]
     return stack_trees(outs, jnp.stack)
 
   return unrolled
@@ -327,8 +372,9 @@ def seed_slice(tree: PyTree, i: int) -> PyTree:
   return jax.tree.map(lambda x: x[i], tree)
 
 
-def make_eval_step(task, mesh, xla_options: str = 'auto',
-                   conv_impl: str = 'xla') -> Callable:
+def make_eval_step(
+    task, mesh, xla_options: str = 'auto', conv_impl: str = 'xla'
+) -> Callable:
   """The data-parallel eval step: (state, batch) -> (metrics, outputs).
 
   `batch['mask']` marks real examples; padding does not count. `outputs`
@@ -345,15 +391,24 @@ def make_eval_step(task, mesh, xla_options: str = 'auto',
       kept = {**kept, 'mask': batch['mask']}
     return jax.lax.psum(metrics, parallel.AXIS), kept
 
-  return jax.jit(jax.shard_map(step, mesh=mesh,
-                               in_specs=(P(), P(parallel.AXIS)),
-                               out_specs=(P(), P(parallel.AXIS))),
-                 compiler_options=_compiler_options(xla_options, mesh,
-                                                    conv_impl))
+  return jax.jit(
+      jax.shard_map(
+          step,
+          mesh=mesh,
+          in_specs=(P(), P(parallel.AXIS)),
+          out_specs=(P(), P(parallel.AXIS)),
+      ),
+      compiler_options=_compiler_options(xla_options, mesh, conv_impl),
+  )
 
 
-def evaluate(eval_step: Callable, state: TrainState,
-             batches: Iterator[dict], mesh, task=None) -> dict[str, float]:
+def evaluate(
+    eval_step: Callable,
+    state: TrainState,
+    batches: Iterator[dict],
+    mesh,
+    task=None,
+) -> dict[str, float]:
   """Runs `eval_step` over an eval iterator; returns the reduced metrics.
 
   With `task`, its `eval_summary` of the whole split's `eval_outputs` is
@@ -370,10 +425,14 @@ def evaluate(eval_step: Callable, state: TrainState,
   result = {k: float(v) for k, v in total.compute().items()}
   if kept and task is not None:
     mask = np.concatenate([o['mask'] for o in kept]).astype(bool)
-    collected = {k: np.concatenate([o[k] for o in kept])[mask]
-                 for k in kept[0] if k != 'mask'}
-    result.update({k: float(v)
-                   for k, v in task.eval_summary(collected).items()})
+    collected = {
+        k: np.concatenate([o[k] for o in kept])[mask]
+        for k in kept[0]
+        if k != 'mask'
+    }
+    result.update(
+        {k: float(v) for k, v in task.eval_summary(collected).items()}
+    )
   return result
 
 
@@ -392,6 +451,7 @@ class RoundResult:
     eval_metrics: one dict per seed of the metrics on the eval split.
     seconds: wall time of the round (training and evaluation).
   """
+
   state: TrainState
   train_metrics: list[dict[str, float]]
   eval_metrics: list[dict[str, float]]
@@ -457,27 +517,30 @@ def train_round(
   num_seeds = len(writers)
   start = int(np.asarray(state.step).reshape(-1)[0])
   t0 = time.time()
-  report = periodic_actions.ReportProgress(num_train_steps=num_steps,
-                                           writer=writers[0],
-                                           every_steps=log_every_steps)
+  report = periodic_actions.ReportProgress(
+      num_train_steps=num_steps, writer=writers[0], every_steps=log_every_steps
+  )
   if start == 0 and 0 in hooks:
     hooks[0](state)
   accumulated, last_train = None, [{} for _ in writers]
   with preemption.listening():
     for step in range(start + 1, num_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        batch = parallel.shard_batch(next(train_batches), mesh,
-                                     num_seeds=num_seeds)
+        batch = parallel.shard_batch(
+            next(train_batches), mesh, num_seeds=num_seeds
+        )
         state, metrics = train_step(state, batch)
-      accumulated = metrics if accumulated is None else accumulated.merge(
-          metrics)
+      accumulated = (
+          metrics if accumulated is None else accumulated.merge(metrics)
+      )
       report(step)
       if progress is not None:
         progress.update(step)
       preempted = preemption.reached()
       is_log = step % log_every_steps == 0 or step == num_steps
-      is_ckpt = preempted or (checkpoint_every_steps
-                              and step % checkpoint_every_steps == 0)
+      is_ckpt = preempted or (
+          checkpoint_every_steps and step % checkpoint_every_steps == 0
+      )
       if is_log or is_ckpt or step in hooks:
         # Metrics are fetched (a host sync) only here; the NaN check
         # piggybacks on that so that a non-finite state is never saved.
@@ -489,17 +552,27 @@ def train_round(
             raise NonFiniteLossError(
                 f'{description}: training loss{seed} is {metrics["loss"]} '
                 f'at step {step}. Stopped; the checkpoints written so far '
-                'are kept. Lower the learning rate or check the data.')
+                'are kept. Lower the learning rate or check the data.'
+            )
         if is_log:
           # Update `step` (1-based) used the schedule's rate at step - 1.
           rate_fn = getattr(state, 'learning_rate_fn', None)
-          rate = ({} if rate_fn is None else
-                  {'learning_rate': float(rate_fn(step - 1))})
+          rate = (
+              {}
+              if rate_fn is None
+              else {'learning_rate': float(rate_fn(step - 1))}
+          )
           for w, metrics in zip(writers, last_train):
-            w.write_scalars(step, {**{f'train_{k}': v
-                                      for k, v in metrics.items()}, **rate})
-          logging.info('%s step %d/%d: %s', description, step, num_steps,
-                       last_train[0] if num_seeds == 1 else last_train)
+            w.write_scalars(
+                step, {**{f'train_{k}': v for k, v in metrics.items()}, **rate}
+            )
+          logging.info(
+              '%s step %d/%d: %s',
+              description,
+              step,
+              num_steps,
+              last_train[0] if num_seeds == 1 else last_train,
+          )
           if progress is not None:
             progress.update(step, last_train[0])
       if step in hooks:
@@ -511,7 +584,8 @@ def train_round(
           w.flush()
         raise preemption.Preempted(
             f'{description}: SIGTERM at step {step}/{num_steps}, '
-            'checkpointed there.')
+            'checkpointed there.'
+        )
   eval_metrics = []
   if progress is not None:
     progress.evaluating()
@@ -519,18 +593,27 @@ def train_round(
     for i, w in enumerate(writers):
       seed_state = state if num_seeds == 1 else seed_slice(state, i)
       eval_metrics.append(
-          evaluate(eval_step, seed_state, eval_batches(), mesh, task))
+          evaluate(eval_step, seed_state, eval_batches(), mesh, task)
+      )
       # Named as in results.csv and the run's summary: one name per metric.
-      w.write_scalars(num_steps, {f'test_{k}': v
-                                  for k, v in eval_metrics[-1].items()})
+      w.write_scalars(
+          num_steps, {f'test_{k}': v for k, v in eval_metrics[-1].items()}
+      )
       w.flush()
-  return RoundResult(state=state, train_metrics=last_train,
-                     eval_metrics=eval_metrics, seconds=time.time() - t0)
+  return RoundResult(
+      state=state,
+      train_metrics=last_train,
+      eval_metrics=eval_metrics,
+      seconds=time.time() - t0,
+  )
 
 
 def _per_seed(metrics, num_seeds: int) -> list[dict[str, float]]:
   """A clu metrics collection (stacked over seeds if several) computed, as a
   dict per seed."""
-  per_seed = ([metrics] if num_seeds == 1 else
-              [seed_slice(metrics, i) for i in range(num_seeds)])
+  per_seed = (
+      [metrics]
+      if num_seeds == 1
+      else [seed_slice(metrics, i) for i in range(num_seeds)]
+  )
   return [{k: float(v) for k, v in m.compute().items()} for m in per_seed]

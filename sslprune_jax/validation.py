@@ -40,78 +40,102 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not isinstance(p.num_rounds, int) or p.num_rounds < 0:
     problems.append(
         'pruning.num_rounds must be an int >= 0 (0: the dense network '
-        f'only), got {p.num_rounds!r}.')
+        f'only), got {p.num_rounds!r}.'
+    )
   if not 0.0 <= p.target_fraction_left < 1.0:
-    problems.append('pruning.target_fraction_left must be in [0, 1) '
-                    f'(0 = no target), got {p.target_fraction_left}.')
+    problems.append(
+        'pruning.target_fraction_left must be in [0, 1) '
+        f'(0 = no target), got {p.target_fraction_left}.'
+    )
   if p.method not in pruning.METHODS:
-    problems.append(f'Unknown pruning.method {p.method!r}; valid: '
-                    f'{pruning.METHODS}.')
+    problems.append(
+        f'Unknown pruning.method {p.method!r}; valid: ' f'{pruning.METHODS}.'
+    )
   if p.reset not in RESETS:
     problems.append(f'Unknown pruning.reset {p.reset!r}; valid: {RESETS}.')
   if p.rewind_samples < 0:
     problems.append(
-        f'pruning.rewind_samples must be >= 0, got {p.rewind_samples}.')
+        f'pruning.rewind_samples must be >= 0, got {p.rewind_samples}.'
+    )
   if p.get('data_order', 'per_round') not in DATA_ORDERS:
-    problems.append(f'Unknown pruning.data_order {p.data_order!r}; valid: '
-                    f'{DATA_ORDERS}.')
+    problems.append(
+        f'Unknown pruning.data_order {p.data_order!r}; valid: '
+        f'{DATA_ORDERS}.'
+    )
   if p.layers < 0:
     problems.append(f'pruning.layers must be >= 0 (0 = all), got {p.layers}.')
   if p.natural_threshold < 0:
-    problems.append('pruning.natural_threshold must be >= 0, got '
-                    f'{p.natural_threshold}.')
+    problems.append(
+        'pruning.natural_threshold must be >= 0, got ' f'{p.natural_threshold}.'
+    )
   if p.method == 'random_like' and not p.reference_workdir:
-    problems.append("pruning.method='random_like' needs "
-                    'pruning.reference_workdir (a finished pruning run).')
+    problems.append(
+        "pruning.method='random_like' needs "
+        'pruning.reference_workdir (a finished pruning run).'
+    )
   if p.method == 'random_like' and config.init_from.workdir:
-    problems.append("pruning.method='random_like' draws its masks afresh "
-                    'and cannot start from init_from.workdir.')
+    problems.append(
+        "pruning.method='random_like' draws its masks afresh "
+        'and cannot start from init_from.workdir.'
+    )
   if config.init_from.round < 0:
     problems.append(
-        f'init_from.round must be >= 0, got {config.init_from.round}.')
+        f'init_from.round must be >= 0, got {config.init_from.round}.'
+    )
   if config.model.name not in models.MODELS:
-    problems.append(f'Unknown model.name {config.model.name!r}; valid: '
-                    f'{models.MODELS}.')
+    problems.append(
+        f'Unknown model.name {config.model.name!r}; valid: ' f'{models.MODELS}.'
+    )
   try:
     conv_problem = kernels.check_conv_impl(
-        config.model.get('conv_impl', 'auto'), jax.default_backend(),
-        models.parse_dtype(config.model.get('dtype', None)))
+        config.model.get('conv_impl', 'auto'),
+        jax.default_backend(),
+        models.parse_dtype(config.model.get('dtype', None)),
+    )
   except ValueError as e:  # An unknown dtype.
     conv_problem = str(e)
   if conv_problem is not None:
     problems.append(conv_problem)
   task_problems = tasks.check_fields(config.task)
   problems.extend(task_problems)
-  mixed = (not task_problems
-           and tasks.TASKS[config.task.name].stream == 'mixed')
+  mixed = not task_problems and tasks.TASKS[config.task.name].stream == 'mixed'
   if mixed and t.get('labelled_batch_size', 0) <= 0:
-    problems.append(f'task {config.task.name!r} needs '
-                    'train.labelled_batch_size > 0 (labelled images per step, '
-                    'on top of train.batch_size images without labels).')
+    problems.append(
+        f'task {config.task.name!r} needs '
+        'train.labelled_batch_size > 0 (labelled images per step, '
+        'on top of train.batch_size images without labels).'
+    )
   if config.data.name not in data.DATASETS:
-    problems.append(f'Unknown data.name {config.data.name!r}; valid: '
-                    f'{data.DATASETS}.')
+    problems.append(
+        f'Unknown data.name {config.data.name!r}; valid: ' f'{data.DATASETS}.'
+    )
   if t.get('seed_batching', 'auto') not in train.SEED_BATCHINGS:
-    problems.append(f'Unknown train.seed_batching {t.seed_batching!r}; '
-                    f'valid: {train.SEED_BATCHINGS}.')
+    problems.append(
+        f'Unknown train.seed_batching {t.seed_batching!r}; '
+        f'valid: {train.SEED_BATCHINGS}.'
+    )
   try:
-    xla_options.preset_for(t.get('xla_options', 'auto'),
-                           jax.default_backend())
+    xla_options.preset_for(t.get('xla_options', 'auto'), jax.default_backend())
   except ValueError as e:
     problems.append(str(e))
   if t.schedule not in train.SCHEDULES:
-    problems.append(f'Unknown train.schedule {t.schedule!r}; valid: '
-                    f'{train.SCHEDULES}.')
+    problems.append(
+        f'Unknown train.schedule {t.schedule!r}; valid: ' f'{train.SCHEDULES}.'
+    )
   problems.extend(_range_problems(config))
   if not all(_is_number(e) and e >= 0 for e in _as_tuple(t.decay_epochs)):
-    problems.append('train.decay_epochs must be epochs (numbers >= 0) at '
-                    'which the step schedule decays, e.g. 80,120; got '
-                    f'{t.decay_epochs!r}.')
+    problems.append(
+        'train.decay_epochs must be epochs (numbers >= 0) at '
+        'which the step schedule decays, e.g. 80,120; got '
+        f'{t.decay_epochs!r}.'
+    )
   if t.batch_size <= 0 or t.eval_batch_size <= 0:
     problems.append('train.batch_size and train.eval_batch_size must be > 0.')
   if config.log_every_steps <= 0 or config.checkpoint_every_steps < 0:
-    problems.append('log_every_steps must be > 0 and checkpoint_every_steps '
-                    '>= 0 (0 = only at the end of rounds).')
+    problems.append(
+        'log_every_steps must be > 0 and checkpoint_every_steps '
+        '>= 0 (0 = only at the end of rounds).'
+    )
   if problems:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
 
@@ -131,8 +155,11 @@ RANGES = (
 
 
 def _is_number(value) -> bool:
-  return (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value))
+  return (
+      isinstance(value, (int, float))
+      and not isinstance(value, bool)
+      and math.isfinite(value)
+  )
 
 
 def _as_tuple(value) -> tuple:
@@ -151,7 +178,8 @@ def _range_problems(config: ml_collections.ConfigDict) -> list[str]:
     ok = _is_number(value) and (not integer or float(value).is_integer())
     if ok:
       ok = (value >= low if low_ok else value > low) and (
-          high is None or value < high)
+          high is None or value < high
+      )
     if not ok:
       kind = 'an integer' if integer else 'a finite number'
       bounds = f'{">=" if low_ok else ">"} {low}'

@@ -15,8 +15,9 @@ import numpy as np
 POSITIVE, DIFFICULT, NEGATIVE = 1, 0, -1
 
 
-def targets(labels: list, labels_no_difficult: list,
-            num_classes: int) -> np.ndarray:
+def targets(
+    labels: list, labels_no_difficult: list, num_classes: int
+) -> np.ndarray:
   """Per-image, per-class targets in {1, 0, -1}.
 
   Args:
@@ -73,8 +74,9 @@ def average_precision(scores: np.ndarray, target: np.ndarray) -> float:
   return float(ap)
 
 
-def mean_average_precision(scores: np.ndarray,
-                           target: np.ndarray) -> tuple[float, np.ndarray]:
+def mean_average_precision(
+    scores: np.ndarray, target: np.ndarray
+) -> tuple[float, np.ndarray]:
   """VOC 2007 mAP over the classes that have a positive.
 
   Args:
@@ -84,8 +86,12 @@ def mean_average_precision(scores: np.ndarray,
   Returns:
     (mAP, [C] per-class APs, NaN for classes without positives).
   """
-  aps = np.array([average_precision(scores[:, c], target[:, c])
-                  for c in range(scores.shape[1])])
+  aps = np.array(
+      [
+          average_precision(scores[:, c], target[:, c])
+          for c in range(scores.shape[1])
+      ]
+  )
   if np.all(np.isnan(aps)):
     raise ValueError('No class has a positive image.')
   return float(np.nanmean(aps)), aps

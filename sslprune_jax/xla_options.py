@@ -31,8 +31,9 @@ from typing import Any
 
 # `xla_cpu_experimental_ynn_fusion_type` takes a comma-separated list of the
 # proto enum's names (the short forms only work in XLA_FLAGS).
-_YNN_FUSIONS = ','.join(f'LIBRARY_FUSION_TYPE_{kind}'
-                        for kind in ('DOT', 'ELTWISE', 'REDUCE'))
+_YNN_FUSIONS = ','.join(
+    f'LIBRARY_FUSION_TYPE_{kind}' for kind in ('DOT', 'ELTWISE', 'REDUCE')
+)
 
 # Named option sets; 'auto' picks one per platform and convolution
 # implementation (`AUTO`; XLA's defaults where it has no entry).
@@ -64,25 +65,32 @@ def preset_for(choice: str, platform: str, conv_impl: str = 'xla') -> str:
       platform (its options mean nothing there).
   """
   if choice not in CHOICES:
-    raise ValueError(f'Unknown train.xla_options {choice!r}; valid: '
-                     f'{CHOICES}.')
+    raise ValueError(
+        f'Unknown train.xla_options {choice!r}; valid: ' f'{CHOICES}.'
+    )
   if choice == 'auto':
     return AUTO.get((platform, conv_impl), 'none')
   if choice not in presets_for(platform):
-    raise ValueError(f'train.xla_options={choice!r} is for the CPU; the '
-                     f'devices are {platform!r}.')
+    raise ValueError(
+        f'train.xla_options={choice!r} is for the CPU; the '
+        f'devices are {platform!r}.'
+    )
   return choice
 
 
 def presets_for(platform: str) -> tuple[str, ...]:
   """The presets that mean something on `platform` (the `cpu_` ones only
   on the CPU)."""
-  return tuple(name for name in PRESETS
-               if not name.startswith('cpu_') or platform == 'cpu')
+  return tuple(
+      name
+      for name in PRESETS
+      if not name.startswith('cpu_') or platform == 'cpu'
+  )
 
 
-def compiler_options(choice: str, platform: str,
-                     conv_impl: str = 'xla') -> dict[str, Any] | None:
+def compiler_options(
+    choice: str, platform: str, conv_impl: str = 'xla'
+) -> dict[str, Any] | None:
   """`jax.jit`'s `compiler_options` for `choice` on `platform` with
   `conv_impl`'s convolutions (None: XLA's defaults)."""
   return dict(PRESETS[preset_for(choice, platform, conv_impl)]) or None

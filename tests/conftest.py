@@ -6,8 +6,7 @@ import os
 import pickle
 
 # Must be set before jax is imported anywhere.
-os.environ.setdefault('XLA_FLAGS',
-                      '--xla_force_host_platform_device_count=8')
+os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 
@@ -17,24 +16,45 @@ import pytest
 
 from sslprune_jax import data
 
-
 # What trains a network end to end (a pruning run, the notebook, `main` in
 # a subprocess, the benchmark's sections) is marked slow;
 # `pytest -m "not slow"` runs the rest, the unit tests.
-SLOW_FIXTURES = frozenset({
-    'labels_run', 'labels_run_xla_defaults', 'finished_run', 'npid_run',
-    'rotnet_run', 'shrunk', 'shared', 'network', 'exports'})
-SLOW_MODULES = frozenset({
-    'test_bench', 'test_imp', 'test_multihost', 'test_notebook',
-    'test_rewind', 'test_ssl_runs', 'test_transfer'})
+SLOW_FIXTURES = frozenset(
+    {
+        'labels_run',
+        'labels_run_xla_defaults',
+        'finished_run',
+        'npid_run',
+        'rotnet_run',
+        'shrunk',
+        'shared',
+        'network',
+        'exports',
+    }
+)
+SLOW_MODULES = frozenset(
+    {
+        'test_bench',
+        'test_imp',
+        'test_multihost',
+        'test_notebook',
+        'test_rewind',
+        'test_ssl_runs',
+        'test_transfer',
+    }
+)
 
 
 # Tests that share a module's expensive fixture run in one xdist worker
 # (`--dist loadgroup`, pyproject.toml), which makes it once; xdist's default
 # deals a module's tests out to every worker, and each would make its own.
-GROUPED_FIXTURES = {'shared': 'reproduce', 'npid_run': 'npid_run',
-                    'rotnet_run': 'rotnet_run', 'network': 'export',
-                    'exports': 'export'}
+GROUPED_FIXTURES = {
+    'shared': 'reproduce',
+    'npid_run': 'npid_run',
+    'rotnet_run': 'rotnet_run',
+    'network': 'export',
+    'exports': 'export',
+}
 
 
 @pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
@@ -44,8 +64,9 @@ def pytest_collection_modifyitems(config, items):
     module = item.module.__name__.rpartition('.')[2]
     if module in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames):
       item.add_marker(pytest.mark.slow)
-    groups = {GROUPED_FIXTURES[f] for f in item.fixturenames
-              if f in GROUPED_FIXTURES}
+    groups = {
+        GROUPED_FIXTURES[f] for f in item.fixturenames if f in GROUPED_FIXTURES
+    }
     if groups:
       item.add_marker(pytest.mark.xdist_group('_'.join(sorted(groups))))
 
@@ -113,8 +134,12 @@ def labels_run_xla_defaults(data_dir, tmp_path_factory):
   """The run of `labels_run` with XLA's convolutions and default options
   (`model.conv_impl='xla'`, `train.xla_options='none'`) instead of the
   platform's measured choices."""
-  return _tiny_run(data_dir, tmp_path_factory, 'labels_quick_xla_defaults',
-                   **{'model.conv_impl': 'xla', 'train.xla_options': 'none'})
+  return _tiny_run(
+      data_dir,
+      tmp_path_factory,
+      'labels_quick_xla_defaults',
+      **{'model.conv_impl': 'xla', 'train.xla_options': 'none'},
+  )
 
 
 def _tiny_run(data_dir, tmp_path_factory, name, **overrides):
@@ -125,6 +150,7 @@ def _tiny_run(data_dir, tmp_path_factory, name, **overrides):
   """
   from sslprune_jax import imp
   from test_imp import tiny_config
+
   root = _shared_root(tmp_path_factory) / 'runs'
   root.mkdir(exist_ok=True)
   workdir, saved = root / name, root / f'{name}.results.pkl'

@@ -28,10 +28,19 @@ from sslprune_jax import xla_options
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 # The quick network (ResNet-10 at width 1/4) at batch 8 everywhere.
-TINY = dict(models=('quick',), quick_batch_size=8, steps=2,
-            min_block_s=0.0, warmup=1,
-            repeats=1, matmul_size=256, matmul_repeats=1,
-            prune_model='quick', prune_repeats=1, seeds=(1, 2))
+TINY = dict(
+    models=('quick',),
+    quick_batch_size=8,
+    steps=2,
+    min_block_s=0.0,
+    warmup=1,
+    repeats=1,
+    matmul_size=256,
+    matmul_repeats=1,
+    prune_model='quick',
+    prune_repeats=1,
+    seeds=(1, 2),
+)
 
 
 def _positive(x) -> bool:
@@ -39,8 +48,11 @@ def _positive(x) -> bool:
 
 
 def test_tiny_run_reports_every_section(num_devices):
-  results = bench.run(bench.Settings(
-      sections=('step', 'unmasked', 'flops', 'prune', 'seeds'), **TINY))
+  results = bench.run(
+      bench.Settings(
+          sections=('step', 'unmasked', 'flops', 'prune', 'seeds'), **TINY
+      )
+  )
   json.dumps(results)  # JSON-able as it is.
   env = results['environment']
   assert env['num_devices'] == num_devices
@@ -54,7 +66,8 @@ def test_tiny_run_reports_every_section(num_devices):
   for variant in ('masked', 'unmasked'):
     assert _positive(step[variant]['step_s'])
     assert step[variant]['images_per_s'] == pytest.approx(
-        8 / step[variant]['step_s'])
+        8 / step[variant]['step_s']
+    )
   assert _positive(step['masked_over_unmasked'])
 
   flops = results['flops']
@@ -62,13 +75,15 @@ def test_tiny_run_reports_every_section(num_devices):
   f = flops['models']['quick']
   assert _positive(f['flops_per_device'])
   assert f['flops_per_step'] == pytest.approx(
-      f['flops_per_device'] * num_devices)
+      f['flops_per_device'] * num_devices
+  )
   assert _positive(f['fraction_of_peak'])
 
   prune = results['prune']
   assert prune['tree'] == 'quick'
   assert prune['remaining_after'] == prune['remaining_before'] - (
-      pruning.num_to_prune(0.2, prune['remaining_before']))
+      pruning.num_to_prune(0.2, prune['remaining_before'])
+  )
   assert _positive(prune['prune_s']) and _positive(prune['rewind_s'])
 
   seeds = results['seeds']
@@ -78,34 +93,40 @@ def test_tiny_run_reports_every_section(num_devices):
   for batching in ('vmap', 'unroll'):
     s = seeds['by_seeds']['2'][batching]
     assert s['images_per_s'] == pytest.approx(16 / s['step_s'])
-    assert s['images_per_s_per_seed'] == pytest.approx(
-        s['images_per_s'] / 2)
+    assert s['images_per_s_per_seed'] == pytest.approx(s['images_per_s'] / 2)
 
   targets = results['targets']
-  assert {'masked_over_unmasked_quick', 'prune_seconds'} <= set(
-      targets)
+  assert {'masked_over_unmasked_quick', 'prune_seconds'} <= set(targets)
   for t in targets.values():
     assert {'value', 'target', 'comparison', 'met'} <= set(t)
     assert isinstance(t['met'], bool)
 
 
 def test_options_and_startup_sections(num_devices, data_dir):
-  results = bench.run(bench.Settings(sections=('options', 'startup'),
-                                     data_dir=data_dir, **TINY))
+  results = bench.run(
+      bench.Settings(sections=('options', 'startup'), data_dir=data_dir, **TINY)
+  )
   json.dumps(results)
   options = results['options']
   assert options['auto'] == xla_options.preset_for(
-      'auto', jax.default_backend(), kernels.resolve_conv_impl('auto'))
+      'auto', jax.default_backend(), kernels.resolve_conv_impl('auto')
+  )
   assert 'none' in options['presets'] and options['auto'] in (
-      options['presets'])
+      options['presets']
+  )
   by = options['models']['quick']
   for preset in options['presets']:
-    assert by[preset]['images_per_s'] == pytest.approx(
-        8 / by[preset]['step_s'])
+    assert by[preset]['images_per_s'] == pytest.approx(8 / by[preset]['step_s'])
   assert by['none']['speedup_over_none'] == 1.0
   startup = results['startup']
-  for key in ('build_s', 'first_state_s', 'train_step_compile_s',
-              'eval_step_compile_s', 'finished_run_s', 'to_first_step_s'):
+  for key in (
+      'build_s',
+      'first_state_s',
+      'train_step_compile_s',
+      'eval_step_compile_s',
+      'finished_run_s',
+      'to_first_step_s',
+  ):
     assert _positive(startup[key]), key
   assert 'startup quick' in bench.summary(results)
 
@@ -115,8 +136,9 @@ def test_kernels_section_and_the_flops_of_custom_calls(num_devices):
   oneDNN's custom calls is counted the FLOPs of the same step with XLA's."""
   if kernels.check_conv_impl('onednn') is not None:
     pytest.skip(kernels.check_conv_impl('onednn'))
-  results = bench.run(bench.Settings(sections=('kernels', 'flops'),
-                                     conv_impl='onednn', **TINY))
+  results = bench.run(
+      bench.Settings(sections=('kernels', 'flops'), conv_impl='onednn', **TINY)
+  )
   json.dumps(results)
   section = results['kernels']
   assert section['impls'] == ['xla', 'onednn']
@@ -124,17 +146,22 @@ def test_kernels_section_and_the_flops_of_custom_calls(num_devices):
   by = section['models']['quick']
   assert by['xla']['speedup_over_xla'] == 1.0
   assert by['onednn']['speedup_over_xla'] == pytest.approx(
-      by['xla']['step_s'] / by['onednn']['step_s'])
+      by['xla']['step_s'] / by['onednn']['step_s']
+  )
   assert 'kernels quick' in bench.summary(results)
-  assert results['step']['quick']['network']['model']['conv_impl'] == (
-      'onednn')
+  assert results['step']['quick']['network']['model']['conv_impl'] == ('onednn')
   # With the same compiler options (XLA's defaults, which 'auto' gives
   # oneDNN's steps): YNNPACK's fusions count a few elementwise FLOPs apart.
-  xla = bench.run(bench.Settings(sections=('flops',), conv_impl='xla',
-                                 xla_options='none', **TINY))
+  xla = bench.run(
+      bench.Settings(
+          sections=('flops',), conv_impl='xla', xla_options='none', **TINY
+      )
+  )
   assert results['flops']['models']['quick']['flops_per_device'] == (
-      pytest.approx(xla['flops']['models']['quick']['flops_per_device'],
-                    rel=1e-6))
+      pytest.approx(
+          xla['flops']['models']['quick']['flops_per_device'], rel=1e-6
+      )
+  )
 
 
 def test_unmasked_step_matches_masked_step_under_a_full_mask():
@@ -148,9 +175,11 @@ def test_unmasked_step_matches_masked_step_under_a_full_mask():
   rng = jax.random.PRNGKey(1)
   batch = parallel.shard_batch(bench.random_batch(spec), mesh)
   masked = parallel.replicate(
-      train.create_train_state(model, variables, mask, tx, rng), mesh)
+      train.create_train_state(model, variables, mask, tx, rng), mesh
+  )
   unmasked = parallel.replicate(
-      bench.create_unmasked_state(model, variables, tx, rng), mesh)
+      bench.create_unmasked_state(model, variables, tx, rng), mesh
+  )
   masked_step = train.make_train_step(task, mesh)
   unmasked_step = train.make_train_step(task, mesh)
   for _ in range(2):
@@ -158,23 +187,42 @@ def test_unmasked_step_matches_masked_step_under_a_full_mask():
     unmasked, u_metrics = unmasked_step(unmasked, batch)
   assert unmasked.mask == {}
   for name in ('params', 'batch_stats', 'opt_state'):
-    for a, b in zip(jax.tree.leaves(getattr(masked, name)),
-                    jax.tree.leaves(getattr(unmasked, name))):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5,
-                                 atol=1e-6)
+    for a, b in zip(
+        jax.tree.leaves(getattr(masked, name)),
+        jax.tree.leaves(getattr(unmasked, name)),
+    ):
+      np.testing.assert_allclose(
+          np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6
+      )
   for k, v in m_metrics.compute().items():
-    np.testing.assert_allclose(float(v), float(u_metrics.compute()[k]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        float(v), float(u_metrics.compute()[k]), rtol=1e-5
+    )
 
 
 def test_command_prints_one_json_line_then_the_summary(tmp_path):
   out = tmp_path / 'bench.json'
   proc = subprocess.run(
-      [sys.executable, '-m', 'sslprune_jax.bench', '--sections=4',
-       '--prune_model=quick', '--prune_repeats=1', f'--json_out={out}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env={**os.environ, 'PYTHONPATH': os.pathsep.join(
-          [str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])])})
+      [
+          sys.executable,
+          '-m',
+          'sslprune_jax.bench',
+          '--sections=4',
+          '--prune_model=quick',
+          '--prune_repeats=1',
+          f'--json_out={out}',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+      env={
+          **os.environ,
+          'PYTHONPATH': os.pathsep.join(
+              [str(ROOT), *filter(None, [os.environ.get('PYTHONPATH')])]
+          ),
+      },
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   lines = proc.stdout.splitlines()
   assert len(lines) == 1
@@ -195,7 +243,8 @@ def test_conv_profile_counts_every_stage():
   for name in ('forward', 'input_grad', 'weight_grad'):
     assert _positive(row[f'{name}_flops_per_s'])
     assert row[f'{name}_fraction_of_peak'] == pytest.approx(
-        row[f'{name}_flops_per_s'] / 1e9)
+        row[f'{name}_flops_per_s'] / 1e9
+    )
 
 
 class _FakeTorchStep:
@@ -219,6 +268,7 @@ class _FakeTorchStep:
 
 def test_pytorch_section_compares_with_the_faster_pytorch(monkeypatch):
   from sslprune_jax.bench import torch_side as bench_torch
+
   monkeypatch.setattr(bench_torch, 'available', lambda: None)
   monkeypatch.setattr(bench_torch, 'Remote', _FakeTorchStep)
   results = bench.run(bench.Settings(sections=('pytorch',), **TINY))
@@ -235,6 +285,7 @@ def test_pytorch_section_compares_with_the_faster_pytorch(monkeypatch):
 
 def test_pytorch_section_without_pytorch(monkeypatch):
   from sslprune_jax.bench import torch_side as bench_torch
+
   monkeypatch.setattr(bench_torch, 'available', lambda: 'no torch here')
   results = bench.run(bench.Settings(sections=('pytorch',), **TINY))
   assert results['pytorch'] == {'skipped': 'no torch here'}
@@ -246,18 +297,25 @@ def test_pytorch_network_is_the_projects(num_devices):
   """The yardstick trains the same network: as many parameters as the
   project's, and the real step runs through the pipe."""
   from sslprune_jax import bench_torch
+
   if bench_torch.available():
     pytest.skip(bench_torch.available())
   spec = bench.get_spec('quick', bench.Settings(**TINY))
   model = bench._model(spec)
   variables = bench._pruned_variables(spec, model, 0, 0.0)[0]
-  args = (model.stage_sizes,
-          [bench.scale_width(w, model.width) for w in bench.BASE_WIDTHS],
-          spec.image_shape, spec.num_classes, spec.batch_size,
-          spec.config.train, 0.8)
+  args = (
+      model.stage_sizes,
+      [bench.scale_width(w, model.width) for w in bench.BASE_WIDTHS],
+      spec.image_shape,
+      spec.num_classes,
+      spec.batch_size,
+      spec.config.train,
+      0.8,
+  )
   local = bench_torch.Stepper(*args)
   assert sum(p.numel() for p in local.model.parameters()) == sum(
-      np.size(x) for x in jax.tree.leaves(variables['params']))
+      np.size(x) for x in jax.tree.leaves(variables['params'])
+  )
   remote = bench_torch.Remote(*args)
   try:
     assert remote.run(2) > 0

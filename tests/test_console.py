@@ -23,8 +23,9 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
 def _run_round(shown, position=0, steps=8, start=0, pause=0.0):
-  bar = shown.round(position, f'round {position}', start_step=start,
-                    num_steps=steps)
+  bar = shown.round(
+      position, f'round {position}', start_step=start, num_steps=steps
+  )
   for step in range(start + 1, steps + 1):
     time.sleep(pause)
     metrics = {'loss': 0.5, 'accuracy': 0.75} if step % 4 == 0 else None
@@ -36,8 +37,9 @@ def _run_round(shown, position=0, steps=8, start=0, pause=0.0):
 def test_plain_lines_without_a_terminal(monkeypatch):
   monkeypatch.setattr(progress, 'PLAIN_INTERVAL', 0.0)
   out = io.StringIO()
-  shown = progress.Progress(3, steps_per_round=8, images_per_step=128,
-                            stream=out, terminal=False)
+  shown = progress.Progress(
+      3, steps_per_round=8, images_per_step=128, stream=out, terminal=False
+  )
   _run_round(shown)
   lines = out.getvalue().splitlines()
   assert '\r' not in out.getvalue()
@@ -45,23 +47,31 @@ def test_plain_lines_without_a_terminal(monkeypatch):
   # The last step is shown once, with its metrics and both ETAs.
   assert sum(' step 8/8' in l for l in lines) == 1
   last = lines[-1]
-  for part in ('step/s', 'round ETA 0s', 'img/s', 'loss 0.5',
-               'accuracy 0.75', 'run ETA'):
+  for part in (
+      'step/s',
+      'round ETA 0s',
+      'img/s',
+      'loss 0.5',
+      'accuracy 0.75',
+      'run ETA',
+  ):
     assert part in last, last
 
 
 def test_plain_lines_are_spaced_in_time():
   out = io.StringIO()
-  shown = progress.Progress(1, steps_per_round=100, images_per_step=1,
-                            stream=out, terminal=False)
+  shown = progress.Progress(
+      1, steps_per_round=100, images_per_step=1, stream=out, terminal=False
+  )
   _run_round(shown, steps=100)
   # The first step, then (well within PLAIN_INTERVAL) only the last.
   assert len(out.getvalue().splitlines()) == 2
 
 
 def test_run_eta_counts_the_rounds_left_at_the_measured_pace():
-  shown = progress.Progress(4, steps_per_round=10, images_per_step=1,
-                            enabled=False)
+  shown = progress.Progress(
+      4, steps_per_round=10, images_per_step=1, enabled=False
+  )
   # Before a round has finished: this round's rate.
   assert shown.run_eta(1, 5.0, rate=2.0) == pytest.approx(5 + 2 * 10 / 2)
   # After: the finished rounds' time per step, evaluation included.
@@ -73,12 +83,12 @@ def test_run_eta_counts_the_rounds_left_at_the_measured_pace():
 def test_a_bar_on_a_terminal():
   leader, follower = pty.openpty()
   # A terminal window of 100 columns, as tmux or an xterm reports.
-  fcntl.ioctl(follower, termios.TIOCSWINSZ,
-              struct.pack('HHHH', 24, 100, 0, 0))
+  fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack('HHHH', 24, 100, 0, 0))
   with os.fdopen(follower, 'w') as tty:
     assert tty.isatty()
-    shown = progress.Progress(2, steps_per_round=8, images_per_step=64,
-                              stream=tty)
+    shown = progress.Progress(
+        2, steps_per_round=8, images_per_step=64, stream=tty
+    )
     # Slower than the bar's redraw interval (0.1 s), as real steps are.
     _run_round(shown, position=1, pause=0.05)
     tty.flush()
@@ -94,7 +104,8 @@ def test_a_bar_on_a_terminal():
 def test_each_warning_once():
   once = console.Once()
   record = lambda level, msg: pylogging.LogRecord(
-      'tf', level, 'x.py', 1, msg, None, None)
+      'tf', level, 'x.py', 1, msg, None, None
+  )
   assert once.filter(record(pylogging.WARNING, 'deprecated'))
   assert not once.filter(record(pylogging.WARNING, 'deprecated'))
   assert once.filter(record(pylogging.WARNING, 'another'))
@@ -107,8 +118,9 @@ def test_each_warning_once():
 def test_log_lines_wait_for_the_workdir(tmp_path):
   handler = console.WorkdirLog(tmp_path / 'w' / 'log.txt')
   handler.setFormatter(pylogging.Formatter('%(message)s'))
-  emit = lambda msg: handler.emit(pylogging.LogRecord(
-      'x', pylogging.INFO, 'x.py', 1, msg, None, None))
+  emit = lambda msg: handler.emit(
+      pylogging.LogRecord('x', pylogging.INFO, 'x.py', 1, msg, None, None)
+  )
   emit('before')
   assert not (tmp_path / 'w').exists()  # Bad input leaves nothing behind.
   (tmp_path / 'w').mkdir()
@@ -118,16 +130,31 @@ def test_log_lines_wait_for_the_workdir(tmp_path):
 
 
 def _quick(workdir, data_dir, *extra):
-  overrides = {'data.train_split': 'train[:1024]',
-               'data.eval_split': 'test[:500]', 'model.width': 0.125,
-               'train.num_epochs': 1.0, 'pruning.num_rounds': 1,
-               'pruning.rewind_samples': 256, 'log_every_steps': 4,
-               'data.data_dir': data_dir}
+  overrides = {
+      'data.train_split': 'train[:1024]',
+      'data.eval_split': 'test[:500]',
+      'model.width': 0.125,
+      'train.num_epochs': 1.0,
+      'pruning.num_rounds': 1,
+      'pruning.rewind_samples': 256,
+      'log_every_steps': 4,
+      'data.data_dir': data_dir,
+  }
   return subprocess.run(
-      [sys.executable, '-m', 'sslprune_jax.main',
-       '--config=configs/labels.py:quick', f'--workdir={workdir}',
-       *[f'--config.{k}={v}' for k, v in overrides.items()], *extra],
-      cwd=ROOT, capture_output=True, text=True, timeout=600)
+      [
+          sys.executable,
+          '-m',
+          'sslprune_jax.main',
+          '--config=configs/labels.py:quick',
+          f'--workdir={workdir}',
+          *[f'--config.{k}={v}' for k, v in overrides.items()],
+          *extra,
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=600,
+  )
 
 
 @pytest.mark.slow

@@ -121,8 +121,9 @@ def test_idx_reader_rejects_corrupt_files(tmp_path):
   assert fashion_mnist.read_images(good, 2).shape == (2, 28, 28, 1)
 
   cases = {
-      'magic number': (np.array([0x801, 2, 28, 28], '>u4').tobytes()
-                       + bytes(2 * 28 * 28)),
+      'magic number': (
+          np.array([0x801, 2, 28, 28], '>u4').tobytes() + bytes(2 * 28 * 28)
+      ),
       'shape': header + bytes(2 * 28 * 28),  # Read with a wrong count.
       'truncated': header + bytes(28 * 28),
   }
@@ -289,8 +290,11 @@ def test_index_is_the_position_in_the_base_split(sharded_dir, cache):
   assert builder.info.splits['train'].shard_lengths == [200, 200, 200]
   # The slice starts in the first file and ends in the last one.
   config = _config(
-      'fashion_mnist', sharded_dir, train_split='train[100:500]',
-      augment='none', cache=cache,
+      'fashion_mnist',
+      sharded_dir,
+      train_split='train[100:500]',
+      augment='none',
+      cache=cache,
   )
   epoch = _take(data.train_iterator(config, global_batch_size=100, seed=1), 4)
   indices = np.concatenate([b['index'] for b in epoch])
@@ -320,8 +324,11 @@ def test_index_is_the_position_in_the_base_split(sharded_dir, cache):
 
 def test_per_class_subset(fmnist_dir):
   config = _config(
-      'fashion_mnist', fmnist_dir, train_split='train[:500]',
-      labelled='per_class', labelled_fraction=0.29,
+      'fashion_mnist',
+      fmnist_dir,
+      train_split='train[:500]',
+      labelled='per_class',
+      labelled_fraction=0.29,
   )
   labels = _split_labels(fmnist_dir, 'train[:500]')
   counts = np.bincount(labels, minlength=10)
@@ -350,8 +357,12 @@ def test_per_class_subset(fmnist_dir):
 
 def test_classes_subset(fmnist_dir):
   config = _config(
-      'fashion_mnist', fmnist_dir, train_split='train[:2000]',
-      labelled='classes', labelled_fraction=0.25, labelled_seed=3,
+      'fashion_mnist',
+      fmnist_dir,
+      train_split='train[:2000]',
+      labelled='classes',
+      labelled_fraction=0.25,
+      labelled_seed=3,
   )
   labels = _split_labels(fmnist_dir, 'train[:2000]')
   # floor(0.25 * 10 + 1/2) = 3 classes.
@@ -365,8 +376,14 @@ def test_classes_subset(fmnist_dir):
 
 @pytest.mark.parametrize('cache', [True, False])
 def test_dataset_of_some_classes(fmnist_dir, cache):
-  config = _config('fashion_mnist', fmnist_dir, train_split='train[:2000]',
-                   eval_split='test[:1000]', classes=(7, 2, 5), cache=cache)
+  config = _config(
+      'fashion_mnist',
+      fmnist_dir,
+      train_split='train[:2000]',
+      eval_split='test[:1000]',
+      classes=(7, 2, 5),
+      cache=cache,
+  )
   labels = _split_labels(fmnist_dir, 'train[:2000]')
   members = np.flatnonzero(np.isin(labels, (7, 2, 5)))
   np.testing.assert_array_equal(data.class_subset(config), members)
@@ -378,35 +395,46 @@ def test_dataset_of_some_classes(fmnist_dir, cache):
   assert info.num_labelled_examples == len(members)
   # Relabelled in the order listed: 7 -> 0, 2 -> 1, 5 -> 2.
   relabel = {7: 0, 2: 1, 5: 2}
-  stream = _take(data.train_iterator(config, global_batch_size=64, seed=1),
-                 len(members) // 64 + 1)
-  epoch = stream[:len(members) // 64]
+  stream = _take(
+      data.train_iterator(config, global_batch_size=64, seed=1),
+      len(members) // 64 + 1,
+  )
+  epoch = stream[: len(members) // 64]
   indices = np.concatenate([b['index'] for b in epoch])
   assert len(set(indices)) == len(indices) == len(members) // 64 * 64
   assert set(indices) <= set(members)
   for batch in stream:
     np.testing.assert_array_equal(
-        batch['label'], [relabel[c] for c in labels[batch['index']]])
+        batch['label'], [relabel[c] for c in labels[batch['index']]]
+    )
   _assert_same_batches(
-      stream[2:], _take(data.train_iterator(config, global_batch_size=64,
-                                            seed=1, start_step=2),
-                        len(stream) - 2))
+      stream[2:],
+      _take(
+          data.train_iterator(
+              config, global_batch_size=64, seed=1, start_step=2
+          ),
+          len(stream) - 2,
+      ),
+  )
   evaluated = list(data.eval_iterator(config, global_batch_size=128))
   real = np.concatenate([b['label'][b['mask']] for b in evaluated])
   np.testing.assert_array_equal(
-      real, [relabel[c] for c in test_labels if c in relabel])
+      real, [relabel[c] for c in test_labels if c in relabel]
+  )
   # The labelled subset is chosen among the classes.
   config.labelled = 'per_class'
   labelled = data.labelled_indices(config)
   assert set(labelled) <= set(members)
-  assert len(labelled) == sum(round(0.1 * np.sum(labels == c))
-                              for c in relabel)
+  assert len(labelled) == sum(round(0.1 * np.sum(labels == c)) for c in relabel)
 
 
 def test_classes_must_exist_and_be_distinct(fmnist_dir):
   config = _config('fashion_mnist', fmnist_dir)
-  for classes, message in (((3, 3), 'distinct'), ((-1,), 'distinct'),
-                           ((2, 10), r'\[10\] not in its 10 classes')):
+  for classes, message in (
+      ((3, 3), 'distinct'),
+      ((-1,), 'distinct'),
+      ((2, 10), r'\[10\] not in its 10 classes'),
+  ):
     config.classes = classes
     with pytest.raises(ValueError, match=message):
       data.get_info(config)
@@ -418,8 +446,11 @@ def test_classes_must_exist_and_be_distinct(fmnist_dir):
 @pytest.mark.parametrize('cache', [True, False])
 def test_only_labelled_stream(fmnist_dir, cache):
   config = _config(
-      'fashion_mnist', fmnist_dir, train_split='train[:2000]',
-      labelled='per_class', cache=cache,
+      'fashion_mnist',
+      fmnist_dir,
+      train_split='train[:2000]',
+      labelled='per_class',
+      cache=cache,
   )
   subset = data.labelled_indices(config)
   assert len(subset) == 201
@@ -440,15 +471,19 @@ def test_only_labelled_stream(fmnist_dir, cache):
     assert set(indices) <= set(subset)
   resumed = _take(
       data.train_iterator(
-          config, global_batch_size=50, seed=2, start_step=3,
+          config,
+          global_batch_size=50,
+          seed=2,
+          start_step=3,
           only_labelled=True,
       ),
       5,
   )
   _assert_same_batches(stream[3:], resumed)
   # The whole stream flags the labelled examples.
-  everything = _take(data.train_iterator(config, global_batch_size=500,
-                                         seed=2), 1)[0]
+  everything = _take(
+      data.train_iterator(config, global_batch_size=500, seed=2), 1
+  )[0]
   np.testing.assert_array_equal(
       everything['labelled'], np.isin(everything['index'], subset)
   )
@@ -460,12 +495,15 @@ def test_only_labelled_stream(fmnist_dir, cache):
 
 def test_mixed_stream(fmnist_dir):
   config = _config(
-      'fashion_mnist', fmnist_dir, train_split='train[:2000]',
+      'fashion_mnist',
+      fmnist_dir,
+      train_split='train[:2000]',
       labelled='per_class',
   )
   subset = data.labelled_indices(config)
-  kwargs = dict(labelled_batch_size=16, unlabelled_batch_size=32, seed=5,
-                num_shards=8)
+  kwargs = dict(
+      labelled_batch_size=16, unlabelled_batch_size=32, seed=5, num_shards=8
+  )
   stream = _take(data.mixed_train_iterator(config, **kwargs), 14)
   for batch in stream:
     assert set(batch) == {'image', 'label', 'index', 'labelled'}
@@ -481,8 +519,11 @@ def test_mixed_stream(fmnist_dir):
   assert len(set(unlabelled)) == len(unlabelled)  # Within one epoch.
   resumed = _take(data.mixed_train_iterator(config, start_step=11, **kwargs), 3)
   _assert_same_batches(stream[11:], resumed)
-  for bad in (dict(labelled_batch_size=12), dict(unlabelled_batch_size=20),
-              dict(num_shards=0)):
+  for bad in (
+      dict(labelled_batch_size=12),
+      dict(unlabelled_batch_size=20),
+      dict(num_shards=0),
+  ):
     with pytest.raises(ValueError, match='num_shards'):
       data.mixed_train_iterator(config, **{**kwargs, **bad})
 
@@ -501,32 +542,45 @@ def _fake_imagenet(num_examples, subsets):
     names = [f'n{i}.JPEG' for i in range(num_examples)]
     if builder.name == 'imagenet2012_subset':
       names = subsets[builder.builder_config.name]
-    return tf.data.Dataset.from_tensor_slices({
-        'file_name': names,
-        'image': tf.fill([len(names)], image),
-        'label': np.arange(len(names), dtype=np.int64) % 5,
-    })
+    return tf.data.Dataset.from_tensor_slices(
+        {
+            'file_name': names,
+            'image': tf.fill([len(names)], image),
+            'label': np.arange(len(names), dtype=np.int64) % 5,
+        }
+    )
 
   return as_dataset
 
 
 def test_imagenet_per_class_uses_tfds_subsets(tmp_path, monkeypatch):
-  subsets = {'1pct': ['n3.JPEG', 'n7.JPEG', 'n11.JPEG', 'other.JPEG'],
-             '10pct': [f'n{i}.JPEG' for i in range(10)]}
-  config = _config('imagenet2012', tmp_path, image_size=8,
-                   labelled='per_class', labelled_fraction=0.01)
+  subsets = {
+      '1pct': ['n3.JPEG', 'n7.JPEG', 'n11.JPEG', 'other.JPEG'],
+      '10pct': [f'n{i}.JPEG' for i in range(10)],
+  }
+  config = _config(
+      'imagenet2012',
+      tmp_path,
+      image_size=8,
+      labelled='per_class',
+      labelled_fraction=0.01,
+  )
   with tfds.testing.mock_data(as_dataset_fn=_fake_imagenet(20, subsets)):
     np.testing.assert_array_equal(data.labelled_indices(config), [3, 7, 11])
-    batch = next(data.train_iterator(config, global_batch_size=3, seed=0,
-                                     only_labelled=True))
+    batch = next(
+        data.train_iterator(
+            config, global_batch_size=3, seed=0, only_labelled=True
+        )
+    )
     assert sorted(batch['index']) == [3, 7, 11]
     assert batch['image'].shape == (3, 8, 8, 3)
     config.labelled_fraction = 0.1
     assert data.get_info(config).num_labelled_examples == 10
 
     config.data_dir = os.fspath(tmp_path / 'other')
-    monkeypatch.setattr(sources, '_has_data',
-                        lambda builder: builder.name == 'imagenet2012')
+    monkeypatch.setattr(
+        sources, '_has_data', lambda builder: builder.name == 'imagenet2012'
+    )
     with pytest.raises(data.DatasetNotFoundError) as error:
       data.labelled_indices(config)
   message = str(error.value)
@@ -667,7 +721,7 @@ def test_cifar_augment_is_a_padded_crop():
         for flip in (False, True)
         if np.allclose(
             out[:, ::-1] if flip else out,
-            padded[top:top + 32, left:left + 32],
+            padded[top : top + 32, left : left + 32],
         )
     ]
     assert windows, 'output is not a window of the padded image'
@@ -735,8 +789,9 @@ def test_invalid_configs(tmp_path):
     assert 'imagenet2012_subset/10pct' in str(error.value)
   # 'classes' takes any fraction on ImageNet.
   pipeline._resolve_config(
-      _config('imagenet2012', tmp_path, labelled='classes',
-              labelled_fraction=0.05)
+      _config(
+          'imagenet2012', tmp_path, labelled='classes', labelled_fraction=0.05
+      )
   )
   config = _config('fashion_mnist', tmp_path).to_dict()
   config['batch_size'] = 8

@@ -80,7 +80,9 @@ def test_default_configs():
   voc07 = data.default_data_config('voc2007')
   assert (voc07.train_split, voc07.eval_split) == ('train+validation', 'test')
   assert (voc07.image_size, voc07.augment, voc07.cache) == (
-      224, 'imagenet', False
+      224,
+      'imagenet',
+      False,
   )
   assert voc07.labelled == 'all'
   for name in ('places365_small', 'voc2007'):
@@ -94,15 +96,17 @@ def test_invalid_configs(tmp_path):
       data.train_iterator(config, global_batch_size=8, seed=0)
 
   # Only VOC joins splits.
-  check('places365_small', 'one split.*only voc2007',
-        train_split='train+validation')
+  check(
+      'places365_small',
+      'one split.*only voc2007',
+      train_split='train+validation',
+  )
   check('voc2007', 'twice', train_split='train[:10]+train[20:]')
   check('voc2007', 'several joined', train_split='train++validation')
   check('voc2007', 'several joined', train_split='train+')
   # Labelled subsets are defined by single labels.
   for labelled in ('per_class', 'classes'):
-    check('voc2007', "multi-label: labelled must be 'all'",
-          labelled=labelled)
+    check('voc2007', "multi-label: labelled must be 'all'", labelled=labelled)
   # Slices of joined splits are fine.
   pipeline._resolve_config(
       _config('voc2007', tmp_path, train_split='train[:50%]+validation[5:]')
@@ -131,8 +135,7 @@ def test_mock_info_and_batches(tmp_path, name, num_classes, multi_label):
     assert info.num_labelled_examples == info.index_size == _NUM_EXAMPLES
 
     # Epochs of 12 // 4 = 3 steps; 4 batches cross into the second one.
-    batches = _take(data.train_iterator(config, global_batch_size=4, seed=0),
-                    4)
+    batches = _take(data.train_iterator(config, global_batch_size=4, seed=0), 4)
     for batch in batches:
       assert set(batch) == {'image', 'label', 'index', 'labelled'}
       assert batch['image'].shape == (4, _IMAGE_SIZE, _IMAGE_SIZE, 3)
@@ -174,8 +177,7 @@ def test_voc_labels_are_voc_targets(tmp_path):
     # Random objects make classes of all three kinds.
     assert {voc.POSITIVE, voc.DIFFICULT, voc.NEGATIVE} <= set(expected.flat)
 
-    batches = _take(data.train_iterator(config, global_batch_size=4, seed=1),
-                    3)
+    batches = _take(data.train_iterator(config, global_batch_size=4, seed=1), 3)
     for batch in batches:
       # Without split statistics, indices number the examples in file order.
       np.testing.assert_array_equal(batch['label'], expected[batch['index']])
@@ -183,14 +185,20 @@ def test_voc_labels_are_voc_targets(tmp_path):
     evaluation = list(data.eval_iterator(config, global_batch_size=8))
     labels = np.concatenate([b['label'] for b in evaluation])
     masks = np.concatenate([b['mask'] for b in evaluation])
-    np.testing.assert_array_equal(labels[masks], _raw_voc_targets(
-        tmp_path, 'test'))
+    np.testing.assert_array_equal(
+        labels[masks], _raw_voc_targets(tmp_path, 'test')
+    )
 
     # The mixed stream needs nothing but batches of any label shape.
-    mixed = next(data.mixed_train_iterator(
-        config, labelled_batch_size=8, unlabelled_batch_size=8, seed=0,
-        num_shards=8,
-    ))
+    mixed = next(
+        data.mixed_train_iterator(
+            config,
+            labelled_batch_size=8,
+            unlabelled_batch_size=8,
+            seed=0,
+            num_shards=8,
+        )
+    )
     assert mixed['label'].shape == (16, 20)
     assert mixed['labelled'].reshape(8, 2)[:, 0].all()
 
@@ -270,10 +278,13 @@ def sharded_dir(tmp_path_factory):
 def _read_in_file_order(data_dir, split):
   """Returns a Fashion-MNIST split as numpy arrays, in file order."""
   builder = tfds.builder('fashion_mnist', data_dir=os.fspath(data_dir))
-  return tfds.as_numpy(builder.as_dataset(
-      split=split, batch_size=-1,
-      read_config=tfds.ReadConfig(interleave_cycle_length=1),
-  ))
+  return tfds.as_numpy(
+      builder.as_dataset(
+          split=split,
+          batch_size=-1,
+          read_config=tfds.ReadConfig(interleave_cycle_length=1),
+      )
+  )
 
 
 def test_joined_split_numbers_each_part_after_the_last(
@@ -282,8 +293,12 @@ def test_joined_split_numbers_each_part_after_the_last(
   # Fashion-MNIST stands in for VOC, whose splits cannot be prepared here.
   monkeypatch.setattr(schema, '_JOINED_TRAIN_SPLITS', ('fashion_mnist',))
   # 41 + 41 examples, each part running over shard boundaries (20 per file).
-  config = _config('fashion_mnist', sharded_dir, augment='none',
-                   train_split='train[10:51]+test[5:46]')
+  config = _config(
+      'fashion_mnist',
+      sharded_dir,
+      augment='none',
+      train_split='train[10:51]+test[5:46]',
+  )
   builder = data.get_builder(config)
   assert builder.info.splits['train'].shard_lengths == [20, 20, 20]
   info = data.get_info(config)
@@ -303,7 +318,8 @@ def test_joined_split_numbers_each_part_after_the_last(
   for batch in epoch:
     np.testing.assert_array_equal(batch['label'], labels[batch['index']])
     np.testing.assert_allclose(
-        batch['image'], (images[batch['index']] / 255 - mean) / std,
+        batch['image'],
+        (images[batch['index']] / 255 - mean) / std,
         atol=1e-5,
     )
 
@@ -314,14 +330,12 @@ def test_joined_split_numbers_each_part_after_the_last(
   seen = []
   for process_index in range(3):
     monkeypatch.setattr(jax, 'process_index', lambda i=process_index: i)
-    stream = _take(
-        data.train_iterator(config, global_batch_size=27, seed=0), 5
-    )
+    stream = _take(data.train_iterator(config, global_batch_size=27, seed=0), 5)
     for part in (stream[:2], stream[2:4]):
       assert len(set(np.concatenate([b['index'] for b in part]))) == 18
     resumed = _take(
-        data.train_iterator(config, global_batch_size=27, seed=0,
-                            start_step=3), 2
+        data.train_iterator(config, global_batch_size=27, seed=0, start_step=3),
+        2,
     )
     for a, b in zip(stream[3:], resumed):
       for key in a:
@@ -364,8 +378,10 @@ _VOC_OBJECTS = {
 
 def _voc_annotation(objects):
   """Returns a VOC annotation XML with the given objects."""
-  parts = ['<annotation><size><width>24</width><height>16</height>'
-           '<depth>3</depth></size>']
+  parts = [
+      '<annotation><size><width>24</width><height>16</height>'
+      '<depth>3</depth></size>'
+  ]
   for name, difficult in objects:
     parts.append(
         f'<object><name>{name}</name><pose>Unspecified</pose>'
@@ -421,7 +437,8 @@ def voc_dir(tmp_path_factory):
   with pytest.MonkeyPatch.context() as patch:
     # Both archives extract to the same fake devkit.
     patch.setattr(
-        tfds.download.DownloadManager, 'download_and_extract',
+        tfds.download.DownloadManager,
+        'download_and_extract',
         lambda self, urls: {key: os.fspath(source) for key in urls},
     )
     tfds.builder('voc/2007', data_dir=data_dir).download_and_prepare(
@@ -465,9 +482,7 @@ def test_prepared_voc_trainval(voc_dir):
   assert [name[:3] for name in by_index] == ['tra'] * 6 + ['val'] * 4
 
   epoch = _take(data.train_iterator(config, global_batch_size=5, seed=0), 2)
-  assert sorted(np.concatenate([b['index'] for b in epoch])) == list(
-      range(10)
-  )
+  assert sorted(np.concatenate([b['index'] for b in epoch])) == list(range(10))
   for batch in epoch:
     assert batch['image'].shape == (5, 16, 16, 3)
     for index, label in zip(batch['index'], batch['label']):
@@ -479,9 +494,7 @@ def test_prepared_voc_trainval(voc_dir):
   np.testing.assert_array_equal(batch['mask'], np.arange(8) < 5)
   expected = [targets[name] for name in _file_names(data_dir, 'test')]
   # Evaluation may interleave the files; compare the sets of rows.
-  assert sorted(map(tuple, batch['label'][:5])) == sorted(
-      map(tuple, expected)
-  )
+  assert sorted(map(tuple, batch['label'][:5])) == sorted(map(tuple, expected))
   assert (batch['label'][5:] == voc.NEGATIVE).all()
 
 
@@ -504,8 +517,9 @@ def test_missing_datasets_say_how_to_get_them(tmp_path, monkeypatch):
   # VOC is downloaded when a download host answers; here none does.
   monkeypatch.setattr(sources, '_download_hosts_reachable', lambda _: False)
   with pytest.raises(data.DatasetNotFoundError) as error:
-    data.train_iterator(_config('voc2007', tmp_path), global_batch_size=8,
-                        seed=0)
+    data.train_iterator(
+        _config('voc2007', tmp_path), global_batch_size=8, seed=0
+    )
   message = str(error.value)
   assert f'tfds build voc/2007 --data_dir={tmp_path}' in message
   assert 'network' in message

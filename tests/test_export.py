@@ -51,7 +51,8 @@ def network():
   # ones, so that a mix-up between leaves shows.
   shapes = jax.eval_shape(
       functools.partial(train.init_variables, model, image_shape=IMAGE_SHAPE),
-      jax.random.PRNGKey(0))
+      jax.random.PRNGKey(0),
+  )
   rng = np.random.default_rng(0)
 
   def draw(x):
@@ -62,12 +63,20 @@ def network():
 
   variables = jax.tree.map(draw, shapes)
   prunable = pruning.prunable_tree(variables['params'])
-  masks = {left: prune_to(variables['params'], prunable, left)
-           for left in FRACTIONS_LEFT}
+  masks = {
+      left: prune_to(variables['params'], prunable, left)
+      for left in FRACTIONS_LEFT
+  }
   images = rng.normal(size=(4, *IMAGE_SHAPE)).astype(np.float32)
   apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
-  return {'config': config, 'variables': variables, 'prunable': prunable,
-          'masks': masks, 'images': images, 'apply': apply}
+  return {
+      'config': config,
+      'variables': variables,
+      'prunable': prunable,
+      'masks': masks,
+      'images': images,
+      'apply': apply,
+  }
 
 
 @pytest.fixture(scope='module')
@@ -77,8 +86,10 @@ def exports(network, tmp_path_factory):
   for left, mask in network['masks'].items():
     directory = tmp_path_factory.mktemp(f'export_{left}')
     # The unmasked weights: pruned ones must not be stored.
-    out[left] = (directory,
-                 export.save(str(directory), network['variables'], mask))
+    out[left] = (
+        directory,
+        export.save(str(directory), network['variables'], mask),
+    )
   return out
 
 
@@ -105,35 +116,46 @@ def test_round_trip_is_exact(network, exports, left):
 
   masked = as_np(pruning.apply_mask(original['params'], expected_mask))
   assert jax.tree.structure(variables['params']) == jax.tree.structure(masked)
-  for got, want, keep in zip(jax.tree.leaves(variables['params']),
-                             jax.tree.leaves(original['params']),
-                             jax.tree.leaves(expected_mask)):
+  for got, want, keep in zip(
+      jax.tree.leaves(variables['params']),
+      jax.tree.leaves(original['params']),
+      jax.tree.leaves(expected_mask),
+  ):
     assert got.dtype == want.dtype and got.shape == want.shape
     np.testing.assert_array_equal(bits(got[keep]), bits(want[keep]))
-    np.testing.assert_array_equal(bits(got[~keep]),
-                                  bits(np.zeros_like(want[~keep])))
-  for got, want in zip(jax.tree.leaves(variables['params']),
-                       jax.tree.leaves(masked)):
+    np.testing.assert_array_equal(
+        bits(got[~keep]), bits(np.zeros_like(want[~keep]))
+    )
+  for got, want in zip(
+      jax.tree.leaves(variables['params']), jax.tree.leaves(masked)
+  ):
     np.testing.assert_array_equal(got, want)
-  assert (jax.tree.structure(variables['batch_stats'])
-          == jax.tree.structure(original['batch_stats']))
-  for got, want in zip(jax.tree.leaves(variables['batch_stats']),
-                       jax.tree.leaves(original['batch_stats'])):
+  assert jax.tree.structure(variables['batch_stats']) == jax.tree.structure(
+      original['batch_stats']
+  )
+  for got, want in zip(
+      jax.tree.leaves(variables['batch_stats']),
+      jax.tree.leaves(original['batch_stats']),
+  ):
     assert got.dtype == want.dtype
     np.testing.assert_array_equal(bits(got), bits(want))
 
   outputs = network['apply'](variables, network['images'])
-  expected = network['apply']({'params': masked,
-                               'batch_stats': original['batch_stats']},
-                              network['images'])
+  expected = network['apply'](
+      {'params': masked, 'batch_stats': original['batch_stats']},
+      network['images'],
+  )
   np.testing.assert_array_equal(np.asarray(outputs), np.asarray(expected))
 
 
 def predicted_bytes(variables, mask, prunable):
   """Array bytes the encodings should take, worked out leaf by leaf."""
   total = export.dense_bytes({'batch_stats': variables['batch_stats']})
-  for p, m, ok in zip(jax.tree.leaves(variables['params']),
-                      jax.tree.leaves(mask), jax.tree.leaves(prunable)):
+  for p, m, ok in zip(
+      jax.tree.leaves(variables['params']),
+      jax.tree.leaves(mask),
+      jax.tree.leaves(prunable),
+  ):
     n, k = p.size, int(m.sum())
     if not ok or k == n:
       total += n * p.itemsize
@@ -151,21 +173,30 @@ def test_size_shrinks_with_the_weights_left(network, exports):
   assert dense == sum(x.nbytes for x in jax.tree.leaves(variables))
   for left in FRACTIONS_LEFT:
     directory, size = exports[left]
-    manifest = len(json.dumps(export.read_manifest(str(directory)),
-                              separators=(',', ':')))
+    manifest = len(
+        json.dumps(export.read_manifest(str(directory)), separators=(',', ':'))
+    )
     mask = network['masks'][left]
     payload = predicted_bytes(variables, mask, prunable)
     assert payload == export.dense_bytes(
-        {'batch_stats': variables['batch_stats']}) + sum(
-            export.encoded_bytes(p.size, int(m.sum()), p.itemsize)
-            for p, m in zip(jax.tree.leaves(variables['params']),
-                            jax.tree.leaves(mask)))
+        {'batch_stats': variables['batch_stats']}
+    ) + sum(
+        export.encoded_bytes(p.size, int(m.sum()), p.itemsize)
+        for p, m in zip(
+            jax.tree.leaves(variables['params']), jax.tree.leaves(mask)
+        )
+    )
     # Beyond the arrays and the manifest: a few pools' npy and zip headers.
     assert payload + manifest < size < payload + manifest + 2048, left
   # Fully kept, the export is the dense network plus its headers.
   assert exports[1.0][1] < dense + 12_000
-  prunable_bytes = sum(p.nbytes for p, ok in zip(
-      jax.tree.leaves(variables['params']), jax.tree.leaves(prunable)) if ok)
+  prunable_bytes = sum(
+      p.nbytes
+      for p, ok in zip(
+          jax.tree.leaves(variables['params']), jax.tree.leaves(prunable)
+      )
+      if ok
+  )
   rest = dense - prunable_bytes
   assert exports[0.01][1] < 0.05 * prunable_bytes + rest
 
@@ -175,8 +206,7 @@ def test_encodings_by_hand(tmp_path):
 
   def leaf(shape, dtype=np.float32):
     # Nonzero everywhere, so that a lost weight shows.
-    return (rng.uniform(1, 2, shape) * rng.choice([-1, 1], shape)
-            ).astype(dtype)
+    return (rng.uniform(1, 2, shape) * rng.choice([-1, 1], shape)).astype(dtype)
 
   def keep(shape, positions):
     m = np.zeros(math.prod(shape), np.bool_)
@@ -209,12 +239,15 @@ def test_encodings_by_hand(tmp_path):
       'big': {'kernel': keep((300, 300), [7, 89_999])},
       'bf16': {'kernel': keep((4, 8), [1, 2, 3, 5, 8, 13, 21, 22, 30, 31])},
   }
-  variables = {'params': params,
-               'batch_stats': {'bn': {'mean': leaf((3,)),
-                                      'var': leaf((3,))}}}
+  variables = {
+      'params': params,
+      'batch_stats': {'bn': {'mean': leaf((3,)), 'var': leaf((3,))}},
+  }
   size = export.save(str(tmp_path), variables, mask)
-  entries = {'/'.join(e['path']): e
-             for e in export.read_manifest(str(tmp_path))['leaves']}
+  entries = {
+      '/'.join(e['path']): e
+      for e in export.read_manifest(str(tmp_path))['leaves']
+  }
   expected = {
       'params/full/kernel': ('dense', None),
       'params/full/bias': ('dense', None),
@@ -228,8 +261,9 @@ def test_encodings_by_hand(tmp_path):
       'batch_stats/bn/mean': ('dense', None),
       'batch_stats/bn/var': ('dense', None),
   }
-  assert {name: (e['encoding'], e.get('index_dtype'))
-          for name, e in entries.items()} == expected
+  assert {
+      name: (e['encoding'], e.get('index_dtype')) for name, e in entries.items()
+  } == expected
   assert entries['params/bf16/kernel']['dtype'] == 'bfloat16'
   assert entries['params/few/kernel']['kept'] == 3
 
@@ -248,7 +282,7 @@ def test_encodings_by_hand(tmp_path):
   for name, (got, want) in {
       'mask': (loaded_mask, mask),
       'params': (loaded['params'], pruning.apply_mask(params, mask)),
-      'batch_stats': (loaded['batch_stats'], variables['batch_stats'])
+      'batch_stats': (loaded['batch_stats'], variables['batch_stats']),
   }.items():
     assert jax.tree.structure(got) == jax.tree.structure(want), name
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -260,25 +294,38 @@ def test_encodings_by_hand(tmp_path):
   np.testing.assert_array_equal(bits(got[m]), bits(want[m]))
 
 
-@pytest.mark.parametrize('size,dtype', [
-    (1, np.uint8), (256, np.uint8), (257, np.uint16), (2**16, np.uint16),
-    (2**16 + 1, np.uint32), (2**32, np.uint32), (2**32 + 1, np.uint64)])
+@pytest.mark.parametrize(
+    'size,dtype',
+    [
+        (1, np.uint8),
+        (256, np.uint8),
+        (257, np.uint16),
+        (2**16, np.uint16),
+        (2**16 + 1, np.uint32),
+        (2**32, np.uint32),
+        (2**32 + 1, np.uint64),
+    ],
+)
 def test_index_dtype_is_the_smallest_that_fits(size, dtype):
   assert export.index_dtype(size) == np.dtype(dtype)
 
 
 def small_network():
-  variables = {'params': {'conv': {'kernel': np.arange(1, 13, dtype=np.float32
-                                                       ).reshape(3, 4)}},
-               'batch_stats': {}}
+  variables = {
+      'params': {
+          'conv': {'kernel': np.arange(1, 13, dtype=np.float32).reshape(3, 4)}
+      },
+      'batch_stats': {},
+  }
   mask = {'conv': {'kernel': np.arange(12).reshape(3, 4) % 5 == 0}}
   return variables, mask
 
 
 def test_missing_export_is_named(tmp_path):
   missing = tmp_path / 'nowhere'
-  with pytest.raises(FileNotFoundError,
-                     match=re.escape(str(missing / 'network.npz'))):
+  with pytest.raises(
+      FileNotFoundError, match=re.escape(str(missing / 'network.npz'))
+  ):
     export.load(str(missing))
 
 
@@ -286,7 +333,7 @@ def test_truncated_or_flipped_file_is_refused(tmp_path):
   export.save(str(tmp_path), *small_network())
   path = tmp_path / 'network.npz'
   data = path.read_bytes()
-  path.write_bytes(data[:len(data) // 2])
+  path.write_bytes(data[: len(data) // 2])
   with pytest.raises(ValueError, match='damaged.*Export the network again'):
     export.load(str(tmp_path))
   # One bit flipped in the first array's data: its checksum fails.
@@ -326,8 +373,11 @@ def test_mask_must_match_params(tmp_path):
   with pytest.raises(ValueError, match='structure of params'):
     export.save(str(tmp_path), variables, {'other': mask['conv']})
   with pytest.raises(ValueError, match='boolean'):
-    export.save(str(tmp_path), variables,
-                {'conv': {'kernel': mask['conv']['kernel'].astype(np.float32)}})
+    export.save(
+        str(tmp_path),
+        variables,
+        {'conv': {'kernel': mask['conv']['kernel'].astype(np.float32)}},
+    )
   assert not list(tmp_path.iterdir())
 
 
@@ -336,8 +386,11 @@ def test_export_of_a_finished_round(network, tmp_path):
   workdir, out = tmp_path / 'run', tmp_path / 'out'
   checkpoint.check_or_write_config(str(workdir), network['config'])
   mask = network['masks'][0.1]
-  saved = {'params': network['variables']['params'],
-           'batch_stats': network['variables']['batch_stats'], 'mask': mask}
+  saved = {
+      'params': network['variables']['params'],
+      'batch_stats': network['variables']['batch_stats'],
+      'mask': mask,
+  }
   ckpts = checkpoint.RunCheckpoints(str(workdir))
   ckpts.save_round(0, saved, {'fraction_left': 0.1})
   ckpts.close()
@@ -354,6 +407,7 @@ def test_export_of_a_finished_round(network, tmp_path):
   for got, want in zip(jax.tree.leaves(loaded_mask), jax.tree.leaves(mask)):
     np.testing.assert_array_equal(got, want)
   masked = pruning.apply_mask(network['variables']['params'], mask)
-  for got, want in zip(jax.tree.leaves(variables['params']),
-                       jax.tree.leaves(masked)):
+  for got, want in zip(
+      jax.tree.leaves(variables['params']), jax.tree.leaves(masked)
+  ):
     np.testing.assert_array_equal(got, np.asarray(want))

@@ -32,18 +32,36 @@ from test_imp import OVERRIDES, ROOT, assert_same_masks, tiny_config
 
 # Smaller than test_imp's shrunk run: 8 steps a round, 2 rounds, in-round
 # checkpoints every 2 steps.
-SMALL = {**OVERRIDES, 'data.train_split': 'train[:1024]',
-         'train.num_epochs': 1.0, 'pruning.num_rounds': 1,
-         'pruning.rewind_samples': 256, 'checkpoint_every_steps': 2}
+SMALL = {
+    **OVERRIDES,
+    'data.train_split': 'train[:1024]',
+    'train.num_epochs': 1.0,
+    'pruning.num_rounds': 1,
+    'pruning.rewind_samples': 256,
+    'checkpoint_every_steps': 2,
+}
 
 
 def _main(workdir, data_dir, *extra, **popen):
   flags = [f'--config.{k}={v}' for k, v in SMALL.items()]
-  cmd = [sys.executable, '-m', 'sslprune_jax.main',
-         '--config=configs/labels.py:quick', f'--workdir={workdir}',
-         f'--config.data.data_dir={data_dir}', *flags, *extra]
-  return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True, **popen)
+  cmd = [
+      sys.executable,
+      '-m',
+      'sslprune_jax.main',
+      '--config=configs/labels.py:quick',
+      f'--workdir={workdir}',
+      f'--config.data.data_dir={data_dir}',
+      *flags,
+      *extra,
+  ]
+  return subprocess.Popen(
+      cmd,
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+      **popen,
+  )
 
 
 def _finish(proc, timeout=600):
@@ -59,9 +77,13 @@ def _rows(workdir):
 @pytest.mark.slow  # `main` in subprocesses.
 def test_kill_after_the_last_checkpoint_loses_no_row(data_dir, tmp_path):
   workdir = tmp_path / 'w'
-  code, _, err = _finish(_main(
-      workdir, data_dir,
-      env={**os.environ, preemption.KILL_AT: 'round_saved:1'}))
+  code, _, err = _finish(
+      _main(
+          workdir,
+          data_dir,
+          env={**os.environ, preemption.KILL_AT: 'round_saved:1'},
+      )
+  )
   assert code == -signal.SIGKILL, err[-3000:]
   # Killed after round 1's checkpoint, before its row and clean-up.
   assert [r['round'] for r in _rows(workdir)] == ['0']
@@ -79,10 +101,12 @@ def test_kill_after_the_last_checkpoint_loses_no_row(data_dir, tmp_path):
     for r in (0, 1):
       saved = ckpts.round_metrics(r)
       assert float(rows[r]['test_accuracy']) == pytest.approx(
-          saved['test_accuracy'])
+          saved['test_accuracy']
+      )
       variables, mask = export.load(str(workdir / 'export' / f'round_{r:02d}'))
-      for a, b in zip(jax.tree.leaves(mask),
-                      jax.tree.leaves(ckpts.load_round(r)['mask'])):
+      for a, b in zip(
+          jax.tree.leaves(mask), jax.tree.leaves(ckpts.load_round(r)['mask'])
+      ):
         np.testing.assert_array_equal(a, np.asarray(b))
       assert variables['params']
   finally:
@@ -93,7 +117,8 @@ def test_kill_after_the_last_checkpoint_loses_no_row(data_dir, tmp_path):
 
 @pytest.mark.slow  # `main` in subprocesses.
 def test_second_process_is_refused_and_a_killed_one_blocks_nothing(
-    data_dir, tmp_path):
+    data_dir, tmp_path
+):
   workdir = tmp_path / 'w'
   first = _main(workdir, data_dir)
   start = time.time()
@@ -120,10 +145,18 @@ def test_lock_is_held_once_and_refusal_names_the_holder(tmp_path):
     with lock.held(str(tmp_path / 'w')):  # Re-entrant in one process.
       pass
     taken = subprocess.run(
-        [sys.executable, '-c',
-         'import sys; from sslprune_jax import lock\n'
-         'with lock.held(sys.argv[1]): pass', str(tmp_path / 'w')],
-        cwd=ROOT, capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            '-c',
+            'import sys; from sslprune_jax import lock\n'
+            'with lock.held(sys.argv[1]): pass',
+            str(tmp_path / 'w'),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert taken.returncode == 1
     assert f'is in use by process {os.getpid()}' in taken.stderr
   with lock.held(str(tmp_path / 'w')):  # Released.
@@ -137,35 +170,42 @@ def test_a_new_workdir_left_by_bad_input_is_removed(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
-@pytest.mark.parametrize('content,message', [
-    ('', 'is damaged \\(not JSON'),
-    ('{"seed": ', 'is damaged \\(not JSON'),
-    ('[]', 'it holds \\[\\], not a config'),
-    ('{}', 'it holds \\{\\}, not a config'),
-])
+@pytest.mark.parametrize(
+    'content,message',
+    [
+        ('', 'is damaged \\(not JSON'),
+        ('{"seed": ', 'is damaged \\(not JSON'),
+        ('[]', 'it holds \\[\\], not a config'),
+        ('{}', 'it holds \\{\\}, not a config'),
+    ],
+)
 def test_damaged_config_json_is_named(tmp_path, content, message):
   (tmp_path / 'config.json').write_text(content)
-  with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=re.escape(str(tmp_path / 'config.json')) + '.*'
-                     + message):
+  with pytest.raises(
+      checkpoint.ConfigMismatchError,
+      match=re.escape(str(tmp_path / 'config.json')) + '.*' + message,
+  ):
     checkpoint.check_or_write_config(str(tmp_path), tiny_config('/nowhere'))
 
 
-def test_checkpoints_without_config_json_are_refused(labels_run, data_dir,
-                                                     tmp_path):
+def test_checkpoints_without_config_json_are_refused(
+    labels_run, data_dir, tmp_path
+):
   _, reference, _ = labels_run
   copy = tmp_path / 'copy'
   shutil.copytree(reference, copy)
   (copy / 'config.json').unlink()
-  with pytest.raises(checkpoint.ConfigMismatchError,
-                     match='holds checkpoints \\(rewind, rounds\\) but no '
-                     'config.json'):
+  with pytest.raises(
+      checkpoint.ConfigMismatchError,
+      match='holds checkpoints \\(rewind, rounds\\) but no ' 'config.json',
+  ):
     imp.run(tiny_config(data_dir, seed=1), str(copy))
   assert not (copy / 'config.json').exists()
 
 
-def test_damaged_rewind_point_advice_leads_to_the_same_masks(labels_run,
-                                                            tmp_path):
+def test_damaged_rewind_point_advice_leads_to_the_same_masks(
+    labels_run, tmp_path
+):
   config, reference, _ = labels_run
   copy = tmp_path / 'copy'
   shutil.copytree(reference, copy)
@@ -187,28 +227,49 @@ def test_damaged_rewind_point_advice_leads_to_the_same_masks(labels_run,
 QUICK = '--config=configs/labels.py:quick'
 # name: (flags after --workdir, what stderr says); {data} is the data_dir.
 BAD_COMMANDS = {
-    'variant': (['--config=configs/labels.py:quik'],
-                "Unknown variant 'quik' of labels.py; valid: ("),
-    'field': ([QUICK, '--config.train.momentun=0.5'],
-              "--config.train.momentun: the config has no field 'momentun'. "
-              'Did you mean "momentum"'),
-    'file': (['--config=configs/nothere.py'],
-             "--config: No such file or directory: 'configs/nothere.py'"),
-    'nan': ([QUICK, '--config.data.data_dir={data}',
-             '--config.train.num_epochs=nan'],
-            'train.num_epochs must be a finite number > 0, got nan'),
-    'workdir_is_a_file': ([QUICK, '--config.data.data_dir={data}'],
-                          'is a file, not a directory'),
-    'workdir_under_a_file': ([QUICK, '--config.data.data_dir={data}'],
-                             'cannot be written: NotADirectoryError'),
-    'config_json': ([QUICK, '--config.data.data_dir={data}'],
-                    'config.json is damaged: it holds [], not a config'),
-    'empty_workdir': ([QUICK, '--config.data.data_dir={data}'],
-                      '--workdir is empty'),
+    'variant': (
+        ['--config=configs/labels.py:quik'],
+        "Unknown variant 'quik' of labels.py; valid: (",
+    ),
+    'field': (
+        [QUICK, '--config.train.momentun=0.5'],
+        "--config.train.momentun: the config has no field 'momentun'. "
+        'Did you mean "momentum"',
+    ),
+    'file': (
+        ['--config=configs/nothere.py'],
+        "--config: No such file or directory: 'configs/nothere.py'",
+    ),
+    'nan': (
+        [
+            QUICK,
+            '--config.data.data_dir={data}',
+            '--config.train.num_epochs=nan',
+        ],
+        'train.num_epochs must be a finite number > 0, got nan',
+    ),
+    'workdir_is_a_file': (
+        [QUICK, '--config.data.data_dir={data}'],
+        'is a file, not a directory',
+    ),
+    'workdir_under_a_file': (
+        [QUICK, '--config.data.data_dir={data}'],
+        'cannot be written: NotADirectoryError',
+    ),
+    'config_json': (
+        [QUICK, '--config.data.data_dir={data}'],
+        'config.json is damaged: it holds [], not a config',
+    ),
+    'empty_workdir': (
+        [QUICK, '--config.data.data_dir={data}'],
+        '--workdir is empty',
+    ),
     # Without Fashion-MNIST's files (`SSLPRUNE_FASHION_MNIST_DIR` below): no
     # advice to run the quick variant, which is the one that needs them.
-    'no_fashion_mnist': ([QUICK, '--config.data.data_dir={empty}'],
-                         'its source files are not in'),
+    'no_fashion_mnist': (
+        [QUICK, '--config.data.data_dir={empty}'],
+        'its source files are not in',
+    ),
 }
 
 
@@ -230,10 +291,19 @@ def test_bad_commands_get_a_message_and_no_traceback(data_dir, tmp_path):
       workdir = ''
     empty = tmp_path / name / 'empty'
     procs[name] = subprocess.Popen(
-        [sys.executable, '-m', 'sslprune_jax.main', f'--workdir={workdir}',
-         *(a.format(data=data_dir, empty=empty) for a in args)],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, 'SSLPRUNE_FASHION_MNIST_DIR': str(empty)})
+        [
+            sys.executable,
+            '-m',
+            'sslprune_jax.main',
+            f'--workdir={workdir}',
+            *(a.format(data=data_dir, empty=empty) for a in args),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, 'SSLPRUNE_FASHION_MNIST_DIR': str(empty)},
+    )
   errs = {}
   for name, proc in procs.items():
     _, errs[name] = proc.communicate(timeout=300)
@@ -247,9 +317,18 @@ def test_bad_commands_get_a_message_and_no_traceback(data_dir, tmp_path):
 
 def test_sigterm_while_starting_says_so(tmp_path):
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'sslprune_jax.main',
-       '--config=configs/labels.py:quick', f'--workdir={tmp_path / "w"}'],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      [
+          sys.executable,
+          '-m',
+          'sslprune_jax.main',
+          '--config=configs/labels.py:quick',
+          f'--workdir={tmp_path / "w"}',
+      ],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+  )
   time.sleep(1.0)  # Inside the imports, which take several seconds.
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)
@@ -259,20 +338,28 @@ def test_sigterm_while_starting_says_so(tmp_path):
 
 
 def test_bucket_lease_refuses_a_live_holder_and_takes_a_stale_one(
-    tmp_path, monkeypatch):
+    tmp_path, monkeypatch
+):
   # Buckets have no flock: the lease path, run here on a local folder.
   monkeypatch.setattr(lock, 'LEASE_SETTLE_S', 0.0)
   path = tmp_path / lock.FILENAME
-  live = {'pid': 12, 'host': 'tpu-vm-3', 'started': 'then',
-          'command': 'main.py --config=c', 'token': 'x',
-          'renewed': time.time()}
+  live = {
+      'pid': 12,
+      'host': 'tpu-vm-3',
+      'started': 'then',
+      'command': 'main.py --config=c',
+      'token': 'x',
+      'renewed': time.time(),
+  }
   path.write_text(json.dumps(live))
-  with pytest.raises(lock.WorkdirInUseError,
-                     match='in use by process 12 on tpu-vm-3'):
+  with pytest.raises(
+      lock.WorkdirInUseError, match='in use by process 12 on tpu-vm-3'
+  ):
     with lock._lease(tmp_path):  # pylint: disable=protected-access
       pass
-  path.write_text(json.dumps({**live, 'renewed': time.time()
-                              - lock.LEASE_EXPIRY_S - 1}))
+  path.write_text(
+      json.dumps({**live, 'renewed': time.time() - lock.LEASE_EXPIRY_S - 1})
+  )
   with lock._lease(tmp_path):  # pylint: disable=protected-access
     assert json.loads(path.read_text())['pid'] == os.getpid()
   assert not path.exists()

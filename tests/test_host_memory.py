@@ -16,7 +16,7 @@ import pytest
 
 from sslprune_jax import host_memory
 
-_PROBE = r'''
+_PROBE = r"""
 import ctypes, resource, threading
 import sslprune_jax
 from sslprune_jax import host_memory
@@ -36,17 +36,23 @@ def touch_twice():
 t = threading.Thread(target=touch_twice)
 t.start(); t.join()
 print(host_memory.applied(), faults[1], size // 4096)
-'''
+"""
 
 glibc_only = pytest.mark.skipif(
     platform.system() != 'Linux' or platform.libc_ver()[0] != 'glibc',
-    reason='the policy acts on glibc malloc only')
+    reason='the policy acts on glibc malloc only',
+)
 
 
 def _probe(policy: str) -> tuple[str, int, int]:
   env = {**os.environ, host_memory.ENV: policy}
-  out = subprocess.run([sys.executable, '-c', _PROBE], env=env, check=True,
-                       capture_output=True, text=True).stdout.split()
+  out = subprocess.run(
+      [sys.executable, '-c', _PROBE],
+      env=env,
+      check=True,
+      capture_output=True,
+      text=True,
+  ).stdout.split()
   return out[0], int(out[1]), int(out[2])
 
 
@@ -67,8 +73,11 @@ def test_system_defaults_refault_it():
 
 def test_unknown_policy_is_refused(monkeypatch):
   monkeypatch.setenv(host_memory.ENV, 'jemalloc')
-  with pytest.raises(ValueError, match="SSLPRUNE_JAX_HOST_MALLOC='jemalloc'"
-                     r".*valid: \('retain', 'system'\)"):
+  with pytest.raises(
+      ValueError,
+      match="SSLPRUNE_JAX_HOST_MALLOC='jemalloc'"
+      r".*valid: \('retain', 'system'\)",
+  ):
     host_memory.policy_from_env()
   with pytest.raises(ValueError, match='Unknown malloc policy'):
     host_memory.apply('jemalloc')

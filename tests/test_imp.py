@@ -63,8 +63,9 @@ def load_config(arg='quick', name='labels'):
 
 def tiny_config(data_dir, **extra):
   config = load_config()
-  config.update_from_flattened_dict({**OVERRIDES, 'data.data_dir': data_dir,
-                                     **extra})
+  config.update_from_flattened_dict(
+      {**OVERRIDES, 'data.data_dir': data_dir, **extra}
+  )
   return config
 
 
@@ -79,8 +80,10 @@ def expected_fractions(total, rounds, fraction=0.2):
 def round_masks(workdir):
   """The mask of every finished round, as numpy, keyed by round."""
   ckpts = checkpoint.RunCheckpoints(str(workdir))
-  out = {r: jax.tree.map(np.asarray, ckpts.load_round(r)['mask'])
-         for r in ckpts.completed_rounds()}
+  out = {
+      r: jax.tree.map(np.asarray, ckpts.load_round(r)['mask'])
+      for r in ckpts.completed_rounds()
+  }
   ckpts.close()
   return out
 
@@ -105,7 +108,8 @@ def test_quick_run_reports_every_round(finished_run):
   assert [r['round'] for r in results] == [0, 1, 2]
   total = results[0]['sparsity']['total']
   assert [r['fraction_left'] for r in results] == pytest.approx(
-      expected_fractions(total, 2))
+      expected_fractions(total, 2)
+  )
   assert results[1]['remaining'] == total - pruning.num_to_prune(0.2, total)
   for r in results:
     # 32 steps on 2048 images, batch-norm scales starting at U[0, 1): far
@@ -132,20 +136,21 @@ def test_saved_params_are_zero_where_masked(finished_run):
     assert np.all(p[~m] == 0.0)
   # Each round's compact export holds the same network, and shrinks.
   exported, exported_mask = export.load(str(workdir / 'export' / 'round_02'))
-  for a, b in zip(jax.tree.leaves(exported['params']),
-                  jax.tree.leaves(params)):
+  for a, b in zip(jax.tree.leaves(exported['params']), jax.tree.leaves(params)):
     np.testing.assert_array_equal(a, np.asarray(b))
   for a, b in zip(jax.tree.leaves(exported_mask), jax.tree.leaves(mask)):
     np.testing.assert_array_equal(a, np.asarray(b))
   sizes = [r['export_bytes'] for r in finished_run[2]]
   assert sizes == sorted(sizes, reverse=True) and sizes[2] < sizes[0]
   for r, size in enumerate(sizes):
-    assert (workdir / 'export' / f'round_{r:02d}' / 'network.npz'
-            ).stat().st_size == size
+    assert (
+        workdir / 'export' / f'round_{r:02d}' / 'network.npz'
+    ).stat().st_size == size
   masks = round_masks(workdir)
   for r in (1, 2):
-    for old, new in zip(jax.tree.leaves(masks[r - 1]),
-                        jax.tree.leaves(masks[r])):
+    for old, new in zip(
+        jax.tree.leaves(masks[r - 1]), jax.tree.leaves(masks[r])
+    ):
       assert not np.any(new & ~old)
 
 
@@ -153,8 +158,7 @@ def _leaves(tree):
   return [np.asarray(x) for x in jax.tree.leaves(tree)]
 
 
-def test_seeds_in_one_run_match_separate_runs(finished_run, data_dir,
-                                              tmp_path):
+def test_seeds_in_one_run_match_separate_runs(finished_run, data_dir, tmp_path):
   # Seeds 0 and 1 trained together against seed 0's ordinary run (the
   # session's) and a separate run of seed 1, over rounds 0 and 1. On CPU
   # the seeds' step is unrolled (train.seed_batching='auto'): the weights
@@ -162,15 +166,17 @@ def test_seeds_in_one_run_match_separate_runs(finished_run, data_dir,
   # differently in the larger program, to an ulp (they only feed eval).
   rounds = {'pruning.num_rounds': 1}
   together = tmp_path / 'seeds'
-  results = imp.run(tiny_config(data_dir, num_seeds=2, **rounds),
-                    str(together))
+  results = imp.run(tiny_config(data_dir, num_seeds=2, **rounds), str(together))
   seed1 = tmp_path / 'seed1'
-  separate = [finished_run[2][:2],
-              imp.run(tiny_config(data_dir, seed=1, **rounds), str(seed1))]
+  separate = [
+      finished_run[2][:2],
+      imp.run(tiny_config(data_dir, seed=1, **rounds), str(seed1)),
+  ]
   assert json.loads((together / 'config.json').read_text())['num_seeds'] == 2
   # Seed 1's workdir is that of a run of seed 1 alone.
-  assert ((together / 'seed_1' / 'config.json').read_text()
-          == (seed1 / 'config.json').read_text())
+  assert (together / 'seed_1' / 'config.json').read_text() == (
+      seed1 / 'config.json'
+  ).read_text()
   for seed, alone in zip((0, 1), (finished_run[1], seed1)):
     mine = together / f'seed_{seed}'
     ckpts, theirs = (checkpoint.RunCheckpoints(str(d)) for d in (mine, alone))
@@ -187,8 +193,14 @@ def test_seeds_in_one_run_match_separate_runs(finished_run, data_dir,
       for x, y in zip(_leaves(a['batch_stats']), _leaves(b['batch_stats'])):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-8)
     for row, other in zip(results[seed], separate[seed]):
-      for key in ('remaining', 'fraction_left', 'export_bytes', 'sparsity',
-                  'train_loss', 'train_accuracy'):
+      for key in (
+          'remaining',
+          'fraction_left',
+          'export_bytes',
+          'sparsity',
+          'train_loss',
+          'train_accuracy',
+      ):
         assert row[key] == other[key], key
       for key in ('test_accuracy', 'test_loss'):
         assert row[key] == pytest.approx(other[key], rel=1e-4), key
@@ -197,16 +209,19 @@ def test_seeds_in_one_run_match_separate_runs(finished_run, data_dir,
   # The seeds really are different runs.
   assert results[0][0]['test_accuracy'] != results[1][0]['test_accuracy']
   # Resuming the finished run does no work and gives the same rows.
-  assert imp.run(tiny_config(data_dir, num_seeds=2, **rounds),
-                 str(together)) == results
+  assert (
+      imp.run(tiny_config(data_dir, num_seeds=2, **rounds), str(together))
+      == results
+  )
 
 
 def test_rerun_of_a_finished_run_does_no_work(finished_run):
   config, workdir, results = finished_run
   start = time.time()
   again = imp.run(config, str(workdir))
-  assert [(r['round'], r['remaining'], r['test_accuracy']) for r in again] \
-      == [(r['round'], r['remaining'], r['test_accuracy']) for r in results]
+  assert [(r['round'], r['remaining'], r['test_accuracy']) for r in again] == [
+      (r['round'], r['remaining'], r['test_accuracy']) for r in results
+  ]
   assert time.time() - start < 60
 
 
@@ -232,12 +247,15 @@ def test_workdir_saved_before_a_field_was_added_resumes(data_dir, tmp_path):
   checkpoint.check_or_write_config(str(tmp_path), config)
   # Any other value is another run.
   config.data.classes = (0, 1)
-  with pytest.raises(checkpoint.ConfigMismatchError,
-                     match=r"data.classes: \[\] -> \[0, 1\]"):
+  with pytest.raises(
+      checkpoint.ConfigMismatchError, match=r'data.classes: \[\] -> \[0, 1\]'
+  ):
     checkpoint.check_or_write_config(str(tmp_path), config)
 
 
-def test_damaged_checkpoint_advice_leads_to_the_same_masks(finished_run, tmp_path):
+def test_damaged_checkpoint_advice_leads_to_the_same_masks(
+    finished_run, tmp_path
+):
   config, workdir, _ = finished_run
   copy = tmp_path / 'copy'
   shutil.copytree(workdir, copy)
@@ -245,8 +263,9 @@ def test_damaged_checkpoint_advice_leads_to_the_same_masks(finished_run, tmp_pat
   for f in (copy / 'rounds' / '1').rglob('*'):
     if f.is_file() and f.stat().st_size > 0:
       f.write_bytes(b'\0' * 7)
-  with pytest.raises(checkpoint.CorruptCheckpointError,
-                     match='rounds/1') as error:
+  with pytest.raises(
+      checkpoint.CorruptCheckpointError, match='rounds/1'
+  ) as error:
     imp.run(config, str(copy))
   # Its advice, followed, redoes that round and the next: the same masks.
   assert f'Delete {copy}/rounds/1 to redo the work' in str(error.value)
@@ -255,30 +274,47 @@ def test_damaged_checkpoint_advice_leads_to_the_same_masks(finished_run, tmp_pat
   assert_same_masks(workdir, copy)
 
 
-def test_random_like_copies_the_reference_layer_sparsity(finished_run,
-                                                        data_dir, tmp_path):
+def test_random_like_copies_the_reference_layer_sparsity(
+    finished_run, data_dir, tmp_path
+):
   _, reference, _ = finished_run
-  config = tiny_config(data_dir, **{
-      'pruning.method': 'random_like', 'pruning.num_rounds': 1,
-      'pruning.reference_workdir': str(reference)})
+  config = tiny_config(
+      data_dir,
+      **{
+          'pruning.method': 'random_like',
+          'pruning.num_rounds': 1,
+          'pruning.reference_workdir': str(reference),
+      },
+  )
   results = imp.run(config, str(tmp_path / 'random_like'))
-  ref_masks, masks = round_masks(reference), round_masks(tmp_path /
-                                                         'random_like')
+  ref_masks, masks = round_masks(reference), round_masks(
+      tmp_path / 'random_like'
+  )
   assert [r['round'] for r in results] == [0, 1]
   counts = lambda tree: [int(m.sum()) for m in jax.tree.leaves(tree)]
   assert counts(masks[1]) == counts(ref_masks[1])
-  assert any(not np.array_equal(a, b) for a, b in
-             zip(jax.tree.leaves(masks[1]), jax.tree.leaves(ref_masks[1])))
+  assert any(
+      not np.array_equal(a, b)
+      for a, b in zip(jax.tree.leaves(masks[1]), jax.tree.leaves(ref_masks[1]))
+  )
 
 
 def test_reinit_with_random_natural_pruning(data_dir, tmp_path):
-  config = tiny_config(data_dir, **{
-      'pruning.reset': 'reinit', 'pruning.method': 'random_natural',
-      'pruning.natural_threshold': 3e-3, 'pruning.num_rounds': 1})
+  config = tiny_config(
+      data_dir,
+      **{
+          'pruning.reset': 'reinit',
+          'pruning.method': 'random_natural',
+          'pruning.natural_threshold': 3e-3,
+          'pruning.num_rounds': 1,
+      },
+  )
   results = imp.run(config, str(tmp_path / 'w'))
   total = results[0]['sparsity']['total']
   assert [r['remaining'] for r in results] == [
-      total, total - pruning.num_to_prune(0.2, total)]
+      total,
+      total - pruning.num_to_prune(0.2, total),
+  ]
   # Re-initialisation needs no rewind point.
   assert not list((tmp_path / 'w' / 'rewind').glob('*'))
   ckpts = checkpoint.RunCheckpoints(str(tmp_path / 'w'))
@@ -288,9 +324,11 @@ def test_reinit_with_random_natural_pruning(data_dir, tmp_path):
   # (there are fewer of them than the 20% to prune).
   prunable = pruning.prunable_tree(trained['params'])
   near_zero = 0
-  for p, m, ok in zip(jax.tree.leaves(trained['params']),
-                      jax.tree.leaves(pruned['mask']),
-                      jax.tree.leaves(prunable)):
+  for p, m, ok in zip(
+      jax.tree.leaves(trained['params']),
+      jax.tree.leaves(pruned['mask']),
+      jax.tree.leaves(prunable),
+  ):
     if ok:
       small = np.abs(np.asarray(p)) < 3e-3
       near_zero += small.sum()
@@ -300,13 +338,21 @@ def test_reinit_with_random_natural_pruning(data_dir, tmp_path):
 
 def test_rotnet_quick_prunes_end_to_end(data_dir, tmp_path):
   config = load_config('quick', 'rotnet')
-  config.update_from_flattened_dict({
-      **OVERRIDES, 'data.data_dir': data_dir, 'train.batch_size': 64,
-      'train.num_epochs': 1.0, 'pruning.num_rounds': 1})
+  config.update_from_flattened_dict(
+      {
+          **OVERRIDES,
+          'data.data_dir': data_dir,
+          'train.batch_size': 64,
+          'train.num_epochs': 1.0,
+          'pruning.num_rounds': 1,
+      }
+  )
   results = imp.run(config, str(tmp_path / 'rotnet'))
   total = results[0]['sparsity']['total']
   assert [r['remaining'] for r in results] == [
-      total, total - pruning.num_to_prune(0.2, total)]
+      total,
+      total - pruning.num_to_prune(0.2, total),
+  ]
   for r in results:
     # Rotation accuracy after 32 steps; chance is 0.25.
     assert r['test_accuracy'] > 0.4, r
@@ -316,15 +362,18 @@ def test_rotnet_quick_prunes_end_to_end(data_dir, tmp_path):
   assert head.shape[-1] == 4
 
 
-@pytest.mark.parametrize('variant,num_train,steps,rewind_step', [
-    # CIFAR-10: 50,000 // 128 = 390 steps per epoch, 160 epochs; rewind
-    # after 50,000 samples = step 390.
-    ('', 50_000, 62_400, 390),
-    ('vgg19', 50_000, 62_400, 390),
-    # ImageNet: 1,281,167 // 256 = 5,004 steps per epoch, 90 epochs; rewind
-    # after one epoch of samples = step 5,004.
-    ('imagenet', 1_281_167, 450_360, 5_004),
-])
+@pytest.mark.parametrize(
+    'variant,num_train,steps,rewind_step',
+    [
+        # CIFAR-10: 50,000 // 128 = 390 steps per epoch, 160 epochs; rewind
+        # after 50,000 samples = step 390.
+        ('', 50_000, 62_400, 390),
+        ('vgg19', 50_000, 62_400, 390),
+        # ImageNet: 1,281,167 // 256 = 5,004 steps per epoch, 90 epochs; rewind
+        # after one epoch of samples = step 5,004.
+        ('imagenet', 1_281_167, 450_360, 5_004),
+    ],
+)
 def test_paper_configs(variant, num_train, steps, rewind_step):
   config = load_config(variant, 'labels')
   imp.validate_config(config)
@@ -343,34 +392,45 @@ def test_layerwise_pruning_targets_the_first_layers(data_dir):
     imp.build(tiny_config(data_dir, **{'pruning.layers': 13}))
 
 
-@pytest.mark.parametrize('key,value,message', [
-    ('pruning.fraction', 1.5, r'fraction must be in \(0, 1\)'),
-    ('pruning.fraction', 0.0, r'fraction must be in \(0, 1\)'),
-    ('pruning.num_rounds', -1, r'num_rounds must be an int >= 0'),
-    ('pruning.num_rounds', -30, r'num_rounds must be an int >= 0'),
-    ('model.name', 'resnet_tiny', 'Unknown model.name'),
-    ('data.name', 'mnist', 'Unknown data.name'),
-    ('train.schedule', 'exponential', 'Unknown train.schedule'),
-    ('pruning.method', 'taylor', 'Unknown pruning.method'),
-    ('pruning.reset', 'none', 'Unknown pruning.reset'),
-    ('pruning.method', 'random_like', 'needs pruning.reference_workdir'),
-    ('pruning.rewind_samples', 10**6, 'not before the end of the run'),
-    ('train.batch_size', 100, 'multiple of the number of devices'),
-    ('task.name', 'jigsaw', 'Unknown task'),
-    ('train.xla_options', 'fastest', 'Unknown train.xla_options'),
-    ('model.width', 0.0, 'model.width must be a finite number > 0'),
-    ('train.momentum', -5.0, 'train.momentum must be a finite number >= 0 '
-     'and < 1'),
-    ('train.warmup_epochs', -1.0, 'train.warmup_epochs must be'),
-    ('train.num_epochs', float('inf'), 'train.num_epochs must be a finite'),
-    ('train.num_epochs', float('nan'), 'got nan'),
-    ('train.decay_epochs', ('abc',), 'train.decay_epochs must be epochs'),
-    ('seed', -1, 'seed must be an integer >= 0'),
-    ('pruning.num_rounds', 10**9, 'the model.s 76488 prunable weights; at most 45 '
-     'rounds leave any'),
-])
-def test_bad_config_is_refused_before_compute(data_dir, tmp_path, key,
-                                              value, message):
+@pytest.mark.parametrize(
+    'key,value,message',
+    [
+        ('pruning.fraction', 1.5, r'fraction must be in \(0, 1\)'),
+        ('pruning.fraction', 0.0, r'fraction must be in \(0, 1\)'),
+        ('pruning.num_rounds', -1, r'num_rounds must be an int >= 0'),
+        ('pruning.num_rounds', -30, r'num_rounds must be an int >= 0'),
+        ('model.name', 'resnet_tiny', 'Unknown model.name'),
+        ('data.name', 'mnist', 'Unknown data.name'),
+        ('train.schedule', 'exponential', 'Unknown train.schedule'),
+        ('pruning.method', 'taylor', 'Unknown pruning.method'),
+        ('pruning.reset', 'none', 'Unknown pruning.reset'),
+        ('pruning.method', 'random_like', 'needs pruning.reference_workdir'),
+        ('pruning.rewind_samples', 10**6, 'not before the end of the run'),
+        ('train.batch_size', 100, 'multiple of the number of devices'),
+        ('task.name', 'jigsaw', 'Unknown task'),
+        ('train.xla_options', 'fastest', 'Unknown train.xla_options'),
+        ('model.width', 0.0, 'model.width must be a finite number > 0'),
+        (
+            'train.momentum',
+            -5.0,
+            'train.momentum must be a finite number >= 0 ' 'and < 1',
+        ),
+        ('train.warmup_epochs', -1.0, 'train.warmup_epochs must be'),
+        ('train.num_epochs', float('inf'), 'train.num_epochs must be a finite'),
+        ('train.num_epochs', float('nan'), 'got nan'),
+        ('train.decay_epochs', ('abc',), 'train.decay_epochs must be epochs'),
+        ('seed', -1, 'seed must be an integer >= 0'),
+        (
+            'pruning.num_rounds',
+            10**9,
+            'the model.s 76488 prunable weights; at most 45 '
+            'rounds leave any',
+        ),
+    ],
+)
+def test_bad_config_is_refused_before_compute(
+    data_dir, tmp_path, key, value, message
+):
   config = tiny_config(data_dir, **{key: value})
   with pytest.raises(ValueError, match=message):
     imp.run(config, str(tmp_path / 'w'))
@@ -378,23 +438,35 @@ def test_bad_config_is_refused_before_compute(data_dir, tmp_path, key,
 
 
 def test_nan_loss_stops_the_run(data_dir, tmp_path):
-  config = tiny_config(data_dir, **{'train.learning_rate': 1e30,
-                                    'log_every_steps': 1})
+  config = tiny_config(
+      data_dir, **{'train.learning_rate': 1e30, 'log_every_steps': 1}
+  )
   with pytest.raises(train.NonFiniteLossError, match='round 0'):
     imp.run(config, str(tmp_path / 'w'))
   assert (tmp_path / 'w' / 'config.json').exists()
   assert not (tmp_path / 'w' / 'results.csv').exists()
 
 
-@pytest.mark.parametrize('name', ['rotnet', 'exemplar', 'npid', 's4l',
-                                  'few_labels'])
-def test_missing_imagenet_stops_at_once_naming_the_quick_variant(name,
-                                                                 tmp_path):
+@pytest.mark.parametrize(
+    'name', ['rotnet', 'exemplar', 'npid', 's4l', 'few_labels']
+)
+def test_missing_imagenet_stops_at_once_naming_the_quick_variant(
+    name, tmp_path
+):
   done = subprocess.run(
-      [sys.executable, '-m', 'sslprune_jax.main',
-       f'--config=configs/{name}.py', f'--workdir={tmp_path / "w"}',
-       f'--config.data.data_dir={tmp_path / "tfds"}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300)
+      [
+          sys.executable,
+          '-m',
+          'sslprune_jax.main',
+          f'--config=configs/{name}.py',
+          f'--workdir={tmp_path / "w"}',
+          f'--config.data.data_dir={tmp_path / "tfds"}',
+      ],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
   assert done.returncode != 0
   assert 'imagenet2012' in done.stderr and 'downloads/manual' in done.stderr
   assert f'--config=configs/{name}.py:quick' in done.stderr
@@ -405,10 +477,16 @@ def _command(workdir, data_dir):
   """`main` on the shrunk config, with in-round checkpoints every 4 steps
   (a later `--config.checkpoint_every_steps` overrides it)."""
   flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
-  return [sys.executable, '-m', 'sslprune_jax.main',
-          '--config=configs/labels.py:quick', f'--workdir={workdir}',
-          f'--config.data.data_dir={data_dir}', *flags,
-          '--config.checkpoint_every_steps=4']
+  return [
+      sys.executable,
+      '-m',
+      'sslprune_jax.main',
+      '--config=configs/labels.py:quick',
+      f'--workdir={workdir}',
+      f'--config.data.data_dir={data_dir}',
+      *flags,
+      '--config.checkpoint_every_steps=4',
+  ]
 
 
 def _signal_when(proc, ready, signum, timeout=300):
@@ -430,8 +508,9 @@ def _steps(directory):
   return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
 
 
-def test_preempt_kill_and_resume_give_identical_masks(finished_run, data_dir,
-                                                      tmp_path):
+def test_preempt_kill_and_resume_give_identical_masks(
+    finished_run, data_dir, tmp_path
+):
   _, reference, _ = finished_run
   workdir = tmp_path / 'interrupted'
   cmd = _command(workdir, data_dir)
@@ -440,10 +519,12 @@ def test_preempt_kill_and_resume_give_identical_masks(finished_run, data_dir,
   # SIGTERM in round 0, once the rewind point is saved (step 4). With no
   # periodic checkpoints, the one it leaves is the preemption's own.
   with open(log, 'w') as err:
-    proc = subprocess.Popen([*cmd, '--config.checkpoint_every_steps=0'],
-                            stderr=err, **quiet)
-    code = _signal_when(proc, lambda: _steps(workdir / 'rewind'),
-                        signal.SIGTERM)
+    proc = subprocess.Popen(
+        [*cmd, '--config.checkpoint_every_steps=0'], stderr=err, **quiet
+    )
+    code = _signal_when(
+        proc, lambda: _steps(workdir / 'rewind'), signal.SIGTERM
+    )
   stderr = log.read_text()
   assert code == preemption.EXIT_CODE, stderr[-3000:]
   assert 'Run the same command again to resume' in stderr
@@ -453,8 +534,9 @@ def test_preempt_kill_and_resume_give_identical_masks(finished_run, data_dir,
   proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL, **quiet)
   _signal_when(proc, lambda: _steps(workdir / 'round_01'), signal.SIGKILL)
   # ... and then left to finish.
-  done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                        timeout=600)
+  done = subprocess.run(
+      cmd, cwd=ROOT, capture_output=True, text=True, timeout=600
+  )
   assert done.returncode == 0, done.stderr[-3000:]
   assert_same_masks(reference, workdir)
   assert (workdir / 'COMPLETE').exists()
@@ -470,9 +552,11 @@ def test_natural_sparsity_of_a_finished_run(finished_run):
   ckpts = checkpoint.RunCheckpoints(str(workdir))
   params = ckpts.load_round(0)['params']
   ckpts.close()
-  small = sum(int(np.sum(np.abs(np.asarray(leaf)) < 1e-2))
-              for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
-              if np.ndim(leaf) >= 2 and 'classifier' not in str(path))
+  small = sum(
+      int(np.sum(np.abs(np.asarray(leaf)) < 1e-2))
+      for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+      if np.ndim(leaf) >= 2 and 'classifier' not in str(path)
+  )
   assert reports[0]['near_zero'] == small > 0
   with pytest.raises(ValueError, match='no finished round'):
     natural_sparsity.of_run(str(workdir), rounds=[5])
@@ -488,24 +572,38 @@ def test_seeds_resume_at_the_step_they_all_saved(tmp_path):
   # Killed between two seeds' saves: seed 0 saved step 8, seed 1 only 4.
   members = []
   for seed, steps in ((0, (4, 8)), (1, (4,))):
-    ckpts = checkpoint.RunCheckpoints(str(tmp_path / f'seed_{seed}'),
-                                      in_round_keep=2)
+    ckpts = checkpoint.RunCheckpoints(
+        str(tmp_path / f'seed_{seed}'), in_round_keep=2
+    )
     for step in steps:
-      ckpts.save_in_round(1, _Counter(step=jnp.asarray(step),
-                                      value=jnp.asarray(10. * step + seed)))
+      ckpts.save_in_round(
+          1,
+          _Counter(
+              step=jnp.asarray(step), value=jnp.asarray(10.0 * step + seed)
+          ),
+      )
     ckpts.close()
-    members.append(rounds._Member(
-        exp=None, workdir=tmp_path / f'seed_{seed}', summary_writer=None,
-        completed=[], ckpts=checkpoint.RunCheckpoints(
-            str(tmp_path / f'seed_{seed}'), in_round_keep=2)))
+    members.append(
+        rounds._Member(
+            exp=None,
+            workdir=tmp_path / f'seed_{seed}',
+            summary_writer=None,
+            completed=[],
+            ckpts=checkpoint.RunCheckpoints(
+                str(tmp_path / f'seed_{seed}'), in_round_keep=2
+            ),
+        )
+    )
 
   def start(exp, ckpts, r):
-    fresh = _Counter(step=jnp.asarray(0), value=jnp.asarray(-1.))
+    fresh = _Counter(step=jnp.asarray(0), value=jnp.asarray(-1.0))
     return ckpts.restore_in_round(r, fresh) or fresh
 
   states = rounds._start_states(members, 1, start)
-  assert [(int(s.step), float(s.value)) for s in states] == [(4, 40.),
-                                                             (4, 41.)]
+  assert [(int(s.step), float(s.value)) for s in states] == [
+      (4, 40.0),
+      (4, 41.0),
+  ]
   # With no step in common, the round starts over for every seed.
   members[1].ckpts.clear_in_round(1)
   states = rounds._start_states(members, 1, start)

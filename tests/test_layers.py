@@ -15,15 +15,35 @@ PACKAGE = pathlib.Path(sslprune_jax.__file__).parent
 # Top-level modules and packages of sslprune_jax, by layer.
 LAYERS = [
     # Utilities.
-    {'', 'checkpoint', 'config_lib', 'console', 'host_memory', 'kernels',
-     'lock', 'parallel', 'preemption', 'progress', 'rundir', 'voc',
-     'xla_options'},
+    {
+        '',
+        'checkpoint',
+        'config_lib',
+        'console',
+        'host_memory',
+        'kernels',
+        'lock',
+        'parallel',
+        'preemption',
+        'progress',
+        'rundir',
+        'voc',
+        'xla_options',
+    },
     # The leaves: pruning math, networks, objectives, input.
     {'data', 'models', 'pruning', 'tasks'},
     {'train'},
     # A pruning run and what reads one.
-    {'experiment', 'export', 'imp', 'lottery', 'report', 'rounds',
-     'summaries', 'validation'},
+    {
+        'experiment',
+        'export',
+        'imp',
+        'lottery',
+        'report',
+        'rounds',
+        'summaries',
+        'validation',
+    },
     {'evaluation'},
     # The commands.
     {'bench', 'bench_torch', 'figure3', 'main', 'reproduce', 'runner'},
@@ -82,11 +102,16 @@ def _violations(edges):
   for module, imported in edges:
     if _top(module) == 'configs':
       if imported not in CONFIGS_MAY_IMPORT:
-        bad.append(f'{module} -> {imported} (configs may import only '
-                   f'{sorted(CONFIGS_MAY_IMPORT)})')
+        bad.append(
+            f'{module} -> {imported} (configs may import only '
+            f'{sorted(CONFIGS_MAY_IMPORT)})'
+        )
       continue
-    if (_top(module) == _top(imported) and module not in MODULE_LAYERS
-        or SHIMS.get(module) == imported):
+    if (
+        _top(module) == _top(imported)
+        and module not in MODULE_LAYERS
+        or SHIMS.get(module) == imported
+    ):
       continue
     mine, theirs = _layer(module), _layer(imported)
     if theirs > mine or (theirs == mine == LEAVES):
@@ -100,11 +125,13 @@ def test_every_import_goes_down_the_layers():
 
 
 def test_the_rule_refuses_upward_and_sideways_imports():
-  edges = [('sslprune_jax.data.reading', 'sslprune_jax.train'),
-           ('sslprune_jax.models.resnet', 'sslprune_jax.tasks.base'),
-           ('sslprune_jax.configs.labels', 'sslprune_jax.evaluation.linear'),
-           ('sslprune_jax.rounds', 'sslprune_jax.runner'),
-           # Allowed: down the layers, and within a package.
-           ('sslprune_jax.rounds', 'sslprune_jax.train'),
-           ('sslprune_jax.data.iterators', 'sslprune_jax.data.reading')]
+  edges = [
+      ('sslprune_jax.data.reading', 'sslprune_jax.train'),
+      ('sslprune_jax.models.resnet', 'sslprune_jax.tasks.base'),
+      ('sslprune_jax.configs.labels', 'sslprune_jax.evaluation.linear'),
+      ('sslprune_jax.rounds', 'sslprune_jax.runner'),
+      # Allowed: down the layers, and within a package.
+      ('sslprune_jax.rounds', 'sslprune_jax.train'),
+      ('sslprune_jax.data.iterators', 'sslprune_jax.data.reading'),
+  ]
   assert len(_violations(edges)) == 4

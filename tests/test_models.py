@@ -31,7 +31,8 @@ def make_config(name, depth=18, width=1.0, **kwargs):
     The ConfigDict.
   """
   return ml_collections.ConfigDict(
-      dict(name=name, depth=depth, width=width, **kwargs))
+      dict(name=name, depth=depth, width=width, **kwargs)
+  )
 
 
 def abstract_variables(model, shape):
@@ -46,7 +47,8 @@ def abstract_variables(model, shape):
   """
   return jax.eval_shape(
       lambda x: model.init(RNGS, x, train=False),
-      jax.ShapeDtypeStruct(shape, jnp.float32))
+      jax.ShapeDtypeStruct(shape, jnp.float32),
+  )
 
 
 def abstract_output(model, shape, train=False):
@@ -65,8 +67,12 @@ def abstract_output(model, shape, train=False):
     variables = model.init(RNGS, x, train=False)
     if train:
       out, _ = model.apply(
-          variables, x, train=True, rngs={'dropout': RNGS['dropout']},
-          mutable=['batch_stats'])
+          variables,
+          x,
+          train=True,
+          rngs={'dropout': RNGS['dropout']},
+          mutable=['batch_stats'],
+      )
       return out
     return model.apply(variables, x, train=False)
 
@@ -130,8 +136,7 @@ def random_variables(model, shape, seed=0):
     if name == 'var':
       return jnp.ones(leaf.shape, leaf.dtype)
     fan_in = max(1, math.prod(leaf.shape[:-1]))
-    return jnp.asarray(
-        rng.randn(*leaf.shape) / np.sqrt(fan_in), leaf.dtype)
+    return jnp.asarray(rng.randn(*leaf.shape) / np.sqrt(fan_in), leaf.dtype)
 
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
@@ -198,42 +203,54 @@ def test_logits_shape_small_inputs(config, shape, train):
   assert out.dtype == jnp.float32
 
 
-@pytest.mark.parametrize('name,depth', [('resnet', 18), ('resnet', 50),
-                                        ('resnet_cifar', 18), ('vgg', 16),
-                                        ('alexnet', 0)])
+@pytest.mark.parametrize(
+    'name,depth',
+    [
+        ('resnet', 18),
+        ('resnet', 50),
+        ('resnet_cifar', 18),
+        ('vgg', 16),
+        ('alexnet', 0),
+    ],
+)
 def test_logits_shape_imagenet_input(name, depth):
   model = models.create_model(make_config(name, depth=depth), 1000)
   assert abstract_output(model, (2, 224, 224, 3)).shape == (2, 1000)
 
 
-@pytest.mark.parametrize('name,depth,width,dim', [
-    ('resnet_cifar', 18, 1.0, 512),
-    ('resnet_cifar', 18, 0.5, 256),
-    ('resnet', 50, 1.0, 2048),
-    ('vgg', 19, 1.0, 512),
-    ('vgg', 19, 0.25, 128),
-    ('alexnet', 0, 1.0, 6 * 6 * 256),
-])
-@pytest.mark.parametrize('shape', [(2, 28, 28, 1), (2, 32, 32, 3),
-                                   (2, 224, 224, 3)])
+@pytest.mark.parametrize(
+    'name,depth,width,dim',
+    [
+        ('resnet_cifar', 18, 1.0, 512),
+        ('resnet_cifar', 18, 0.5, 256),
+        ('resnet', 50, 1.0, 2048),
+        ('vgg', 19, 1.0, 512),
+        ('vgg', 19, 0.25, 128),
+        ('alexnet', 0, 1.0, 6 * 6 * 256),
+    ],
+)
+@pytest.mark.parametrize(
+    'shape', [(2, 28, 28, 1), (2, 32, 32, 3), (2, 224, 224, 3)]
+)
 def test_features_mode(name, depth, width, dim, shape):
-  model = models.create_model(make_config(name, depth=depth, width=width),
-                              None)
+  model = models.create_model(make_config(name, depth=depth, width=width), None)
   assert abstract_output(model, shape).shape == (2, dim)
   params = abstract_variables(model, shape)['params']
   assert 'classifier' not in params
 
 
-@pytest.mark.parametrize('name,depth', [('resnet_cifar', 18), ('resnet', 50),
-                                        ('vgg', 19), ('alexnet', 0)])
+@pytest.mark.parametrize(
+    'name,depth',
+    [('resnet_cifar', 18), ('resnet', 50), ('vgg', 19), ('alexnet', 0)],
+)
 def test_width_multiplier_shrinks_params(name, depth):
   shape = (1, 32, 32, 3)
   full = num_params(
-      models.create_model(make_config(name, depth=depth, width=1.0), 10),
-      shape)
+      models.create_model(make_config(name, depth=depth, width=1.0), 10), shape
+  )
   half = num_params(
-      models.create_model(make_config(name, depth=depth, width=0.5), 10),
-      shape)
+      models.create_model(make_config(name, depth=depth, width=0.5), 10), shape
+  )
   assert half < full / 2
 
 
@@ -253,17 +270,19 @@ def test_resnet10():
 
 def test_resnet_stems():
   cifar = abstract_variables(
-      models.create_model(make_config('resnet_cifar'), 10), (1, 32, 32, 3))
+      models.create_model(make_config('resnet_cifar'), 10), (1, 32, 32, 3)
+  )
   imagenet = abstract_variables(
-      models.create_model(make_config('resnet'), 10), (1, 32, 32, 3))
+      models.create_model(make_config('resnet'), 10), (1, 32, 32, 3)
+  )
   assert cifar['params']['conv1']['kernel'].shape == (3, 3, 3, 64)
   assert imagenet['params']['conv1']['kernel'].shape == (7, 7, 3, 64)
 
 
 def test_bottleneck_shortcuts():
   params = abstract_variables(
-      models.create_model(make_config('resnet', depth=50), 10),
-      (1, 64, 64, 3))['params']
+      models.create_model(make_config('resnet', depth=50), 10), (1, 64, 64, 3)
+  )['params']
   # The first block of every stage changes the channel count (64 -> 256 in
   # stage 1), so it projects; the other blocks use the identity.
   for stage in range(1, 5):
@@ -271,8 +290,11 @@ def test_bottleneck_shortcuts():
     assert 'downsample_conv' not in params[f'layer{stage}_1']
   # ResNet v1.5: the stride sits on the 3x3 conv.
   assert params['layer2_0']['conv2']['kernel'].shape == (3, 3, 128, 128)
-  assert all('bias' not in layer for name, layer in params['layer2_0'].items()
-             if 'conv' in name)
+  assert all(
+      'bias' not in layer
+      for name, layer in params['layer2_0'].items()
+      if 'conv' in name
+  )
 
 
 def test_unknown_name_raises():
@@ -297,25 +319,29 @@ def test_models_list():
 
 def test_bfloat16_keeps_float32_params_and_logits():
   model = models.create_model(
-      make_config('resnet_cifar', depth=10, width=0.25, dtype='bfloat16'), 10)
+      make_config('resnet_cifar', depth=10, width=0.25, dtype='bfloat16'), 10
+  )
   variables = abstract_variables(model, (2, 32, 32, 3))
-  assert all(leaf.dtype == jnp.float32
-             for leaf in jax.tree.leaves(variables))
+  assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(variables))
   assert abstract_output(model, (2, 32, 32, 3)).dtype == jnp.float32
   features = models.create_model(
-      make_config('resnet_cifar', depth=10, width=0.25, dtype='bfloat16'),
-      None)
+      make_config('resnet_cifar', depth=10, width=0.25, dtype='bfloat16'), None
+  )
   assert abstract_output(features, (2, 32, 32, 3)).dtype == jnp.bfloat16
 
 
 # --- batch norm and determinism ----------------------------------------------
 
 
-@pytest.mark.parametrize('config', [
-    make_config('resnet_cifar', depth=10, width=0.125),
-    make_config('vgg', depth=11, width=0.125),
-    make_config('alexnet', width=0.125, batch_norm=True),
-], ids=['resnet', 'vgg', 'alexnet_bn'])
+@pytest.mark.parametrize(
+    'config',
+    [
+        make_config('resnet_cifar', depth=10, width=0.125),
+        make_config('vgg', depth=11, width=0.125),
+        make_config('alexnet', width=0.125, batch_norm=True),
+    ],
+    ids=['resnet', 'vgg', 'alexnet_bn'],
+)
 def test_batch_stats_update_in_train_mode(config):
   model = models.create_model(config, 10)
   x = jax.random.normal(jax.random.key(2), (4, 28, 28, 1)) * 3.0 + 1.0
@@ -328,9 +354,13 @@ def test_batch_stats_update_in_train_mode(config):
   variables = random_variables(model, x.shape)
   assert 'batch_stats' in variables
   out_train, state = model.apply(
-      variables, x, train=True, rngs={'dropout': jax.random.key(3)},
+      variables,
+      x,
+      train=True,
+      rngs={'dropout': jax.random.key(3)},
       mutable=['batch_stats', 'intermediates'],
-      capture_intermediates=lambda mdl, _: mdl.name == conv_name)
+      capture_intermediates=lambda mdl, _: mdl.name == conv_name,
+  )
   before = jax.tree.leaves(variables['batch_stats'])
   after = jax.tree.leaves(state['batch_stats'])
   assert len(before) == len(after) > 0
@@ -340,7 +370,10 @@ def test_batch_stats_update_in_train_mode(config):
   conv_out = state['intermediates'][conv_name]['__call__'][0]
   np.testing.assert_allclose(
       state['batch_stats'][bn_name]['mean'],
-      0.1 * conv_out.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+      0.1 * conv_out.mean(axis=(0, 1, 2)),
+      rtol=1e-4,
+      atol=1e-6,
+  )
 
   out_a = evaluate(variables)
   out_b = evaluate(variables)
@@ -353,9 +386,11 @@ def test_batch_stats_update_in_train_mode(config):
 
 def test_resnet_initialisation():
   model = models.create_model(
-      make_config('resnet_cifar', depth=10, width=0.5), 10)
+      make_config('resnet_cifar', depth=10, width=0.5), 10
+  )
   variables = jax.jit(
-      lambda: model.init(RNGS, jnp.zeros((1, 32, 32, 3)), train=False))()
+      lambda: model.init(RNGS, jnp.zeros((1, 32, 32, 3)), train=False)
+  )()
   params = variables['params']
   # Kaiming-normal on fan-out: std = sqrt(2 / (3 * 3 * 256)).
   kernel = np.asarray(params['layer4_0']['conv2']['kernel'])
@@ -372,24 +407,29 @@ def test_alexnet_dropout_only_in_train_mode():
   x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
   variables = random_variables(model, x.shape)
   assert 'batch_stats' not in variables
+
   def forward(rng, train):
     return model.apply(variables, x, train=train, rngs={'dropout': rng})
 
   train_a = forward(jax.random.key(4), True)
   train_b = forward(jax.random.key(5), True)
   assert not np.allclose(train_a, train_b)
-  np.testing.assert_array_equal(forward(jax.random.key(4), False),
-                                forward(jax.random.key(5), False))
+  np.testing.assert_array_equal(
+      forward(jax.random.key(4), False), forward(jax.random.key(5), False)
+  )
 
 
 def test_alexnet_stem_choice():
   small = abstract_variables(
-      models.create_model(make_config('alexnet'), 10), (1, 32, 32, 3))
+      models.create_model(make_config('alexnet'), 10), (1, 32, 32, 3)
+  )
   large = abstract_variables(
-      models.create_model(make_config('alexnet'), 10), (1, 224, 224, 3))
+      models.create_model(make_config('alexnet'), 10), (1, 224, 224, 3)
+  )
   forced = abstract_variables(
       models.create_model(make_config('alexnet', cifar_stem=False), 10),
-      (1, 63, 63, 3))
+      (1, 63, 63, 3),
+  )
   assert small['params']['conv1']['kernel'].shape == (3, 3, 3, 64)
   assert large['params']['conv1']['kernel'].shape == (11, 11, 3, 64)
   assert forced['params']['conv1']['kernel'].shape == (11, 11, 3, 64)
@@ -414,15 +454,19 @@ def reference_adaptive_pool(x, size):
 def test_adaptive_avg_pool_matches_pytorch_bins(hw):
   x = np.random.RandomState(0).randn(2, *hw, 3).astype(np.float32)
   np.testing.assert_allclose(
-      adaptive_avg_pool(jnp.asarray(x), 6), reference_adaptive_pool(x, 6),
-      rtol=1e-5, atol=1e-6)
+      adaptive_avg_pool(jnp.asarray(x), 6),
+      reference_adaptive_pool(x, 6),
+      rtol=1e-5,
+      atol=1e-6,
+  )
 
 
 def test_adaptive_avg_pool_divisible_case():
   x = np.random.RandomState(1).randn(1, 12, 12, 2).astype(np.float32)
   expected = x.reshape(1, 6, 2, 6, 2, 2).mean(axis=(2, 4))
-  np.testing.assert_allclose(adaptive_avg_pool(jnp.asarray(x), 6), expected,
-                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(
+      adaptive_avg_pool(jnp.asarray(x), 6), expected, rtol=1e-5, atol=1e-6
+  )
 
 
 # --- kernel order -------------------------------------------------------------
@@ -448,17 +492,21 @@ def check_kernel_order(model, shape):
 
 def test_kernel_order_resnet18():
   model = models.create_model(
-      make_config('resnet_cifar', depth=18, width=0.25), 10)
+      make_config('resnet_cifar', depth=18, width=0.25), 10
+  )
   order = check_kernel_order(model, (1, 32, 32, 3))
   # 1 stem + 16 block convs + 3 projection shortcuts + classifier.
   assert len(order) == 21
   assert order[0] == ('conv1', 'kernel')
   assert order[-1] == ('classifier', 'kernel')
-  assert order[1:4] == [('layer1_0', 'conv1', 'kernel'),
-                        ('layer1_0', 'conv2', 'kernel'),
-                        ('layer1_1', 'conv1', 'kernel')]
+  assert order[1:4] == [
+      ('layer1_0', 'conv1', 'kernel'),
+      ('layer1_0', 'conv2', 'kernel'),
+      ('layer1_1', 'conv1', 'kernel'),
+  ]
   assert order.index(('layer2_0', 'downsample_conv', 'kernel')) == (
-      order.index(('layer2_0', 'conv2', 'kernel')) + 1)
+      order.index(('layer2_0', 'conv2', 'kernel')) + 1
+  )
 
 
 def test_kernel_order_resnet50():
@@ -474,10 +522,12 @@ def test_kernel_order_vgg_is_numeric_not_alphabetical():
   model = models.create_model(make_config('vgg', depth=19, width=0.125), 10)
   order = check_kernel_order(model, (1, 32, 32, 3))
   assert order == [(f'conv{i}', 'kernel') for i in range(16)] + [
-      ('classifier', 'kernel')]
+      ('classifier', 'kernel')
+  ]
   # The sorted flattening that jax uses would put conv10 before conv2.
-  flat = params_leaf_paths(abstract_variables(model, (1, 32, 32, 3))['params'],
-                           min_ndim=2)
+  flat = params_leaf_paths(
+      abstract_variables(model, (1, 32, 32, 3))['params'], min_ndim=2
+  )
   assert flat != order
 
 
@@ -485,12 +535,16 @@ def test_kernel_order_alexnet():
   model = models.create_model(make_config('alexnet', batch_norm=True), 10)
   order = check_kernel_order(model, (1, 28, 28, 1))
   assert order == [(f'conv{i}', 'kernel') for i in range(1, 6)] + [
-      ('fc6', 'kernel'), ('fc7', 'kernel'), ('classifier', 'kernel')]
+      ('fc6', 'kernel'),
+      ('fc7', 'kernel'),
+      ('classifier', 'kernel'),
+  ]
 
 
 def test_kernel_order_features_mode():
   model = models.create_model(
-      make_config('resnet_cifar', depth=10, width=0.25), None)
+      make_config('resnet_cifar', depth=10, width=0.25), None
+  )
   order = check_kernel_order(model, (1, 32, 32, 3))
   assert order[-1] == ('layer4_0', 'downsample_conv', 'kernel')
   assert all('classifier' not in path for path in order)
@@ -499,7 +553,8 @@ def test_kernel_order_features_mode():
 def test_kernel_order_accepts_shape_dtype_struct():
   model = models.create_model(make_config('vgg', depth=11, width=0.125), 10)
   order = models.kernel_order(
-      model, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+      model, jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+  )
   assert order[0] == ('conv0', 'kernel')
 
 
@@ -507,11 +562,15 @@ def test_kernel_order_accepts_shape_dtype_struct():
 def test_batch_norm_scales_start_as_configured(name, depth):
   def scales(**kwargs):
     model = models.create_model(
-        make_config(name, depth=depth, width=0.25, **kwargs), 10)
+        make_config(name, depth=depth, width=0.25, **kwargs), 10
+    )
     variables = model.init(RNGS, jnp.zeros((1, 32, 32, 3)), train=False)
     leaves = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
-    return [(jax.tree_util.keystr(path), np.asarray(x)) for path, x in leaves
-            if 'bn' in jax.tree_util.keystr(path)]
+    return [
+        (jax.tree_util.keystr(path), np.asarray(x))
+        for path, x in leaves
+        if 'bn' in jax.tree_util.keystr(path)
+    ]
 
   # open_lth's CIFAR models: scales from U[0, 1), offsets zero.
   uniform = scales(bn_scale_init='uniform')
@@ -527,6 +586,7 @@ def test_batch_norm_scales_start_as_configured(name, depth):
 
 def test_cifar_configs_take_open_lth_batch_norm_init():
   from sslprune_jax import config_lib  # pylint: disable=import-outside-toplevel
+
   assert config_lib.load('labels', '').model.bn_scale_init == 'uniform'
   assert config_lib.load('labels', 'vgg19').model.bn_scale_init == 'uniform'
   assert config_lib.load('labels', 'quick').model.bn_scale_init == 'uniform'

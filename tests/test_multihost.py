@@ -36,9 +36,13 @@ def _free_port():
 
 def _differing(expected, got):
   """Number of mask entries that differ, per round."""
-  return {r: sum(int(np.sum(a != b)) for a, b in zip(
-      jax.tree.leaves(expected[r]), jax.tree.leaves(got[r])))
-          for r in expected}
+  return {
+      r: sum(
+          int(np.sum(a != b))
+          for a, b in zip(jax.tree.leaves(expected[r]), jax.tree.leaves(got[r]))
+      )
+      for r in expected
+  }
 
 
 def _thread_pool_size():
@@ -51,17 +55,29 @@ def test_two_processes_match_one(labels_run, data_dir, tmp_path):
   _, reference, results = labels_run
   workdir = tmp_path / 'two_processes'
   port = _free_port()
-  env = dict(os.environ, NPROC=str(_thread_pool_size()),
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+  env = dict(
+      os.environ,
+      NPROC=str(_thread_pool_size()),
+      XLA_FLAGS='--xla_force_host_platform_device_count=4',
+  )
   logs = [tmp_path / f'process_{i}.log' for i in range(2)]
   procs = []
   for i, log in enumerate(logs):
     with open(log, 'w') as out:
-      procs.append(subprocess.Popen(
-          [*_command(workdir, data_dir),
-           f'--coordinator_address=localhost:{port}', '--num_processes=2',
-           f'--process_id={i}'],
-          cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT))
+      procs.append(
+          subprocess.Popen(
+              [
+                  *_command(workdir, data_dir),
+                  f'--coordinator_address=localhost:{port}',
+                  '--num_processes=2',
+                  f'--process_id={i}',
+              ],
+              cwd=ROOT,
+              env=env,
+              stdout=out,
+              stderr=subprocess.STDOUT,
+          )
+      )
   try:
     codes = [p.wait(timeout=900) for p in procs]
   finally:
@@ -71,29 +87,39 @@ def test_two_processes_match_one(labels_run, data_dir, tmp_path):
   assert codes == [0, 0], '\n\n'.join(t[-3000:] for t in texts)
   # Each process logs to its own file in the workdir.
   for i, name in enumerate(['log.txt', 'log_process1.txt']):
-    assert (f'JAX process {i}/2, 4 local / 8 global devices'
-            in (workdir / name).read_text())
+    assert (
+        f'JAX process {i}/2, 4 local / 8 global devices'
+        in (workdir / name).read_text()
+    )
 
   one, two = (checkpoint.RunCheckpoints(str(d)) for d in (reference, workdir))
   rewind_gap = max(
       float(np.max(np.abs(np.asarray(a) - np.asarray(b))))
-      for a, b in zip(jax.tree.leaves(one.load_rewind()),
-                      jax.tree.leaves(two.load_rewind())))
+      for a, b in zip(
+          jax.tree.leaves(one.load_rewind()), jax.tree.leaves(two.load_rewind())
+      )
+  )
   one.close()
   two.close()
   expected, got = round_masks(reference), round_masks(workdir)
   assert sorted(got) == sorted(expected) == [0, 1, 2]
   differing = _differing(expected, got)
-  print('rewind point max |difference|:', rewind_gap,
-        '; mask entries differing from the one-process run:', differing)
+  print(
+      'rewind point max |difference|:',
+      rewind_gap,
+      '; mask entries differing from the one-process run:',
+      differing,
+  )
   assert rewind_gap == 0.0
   assert set(differing.values()) == {0}, differing
+
   # The same results, but for the time taken (the last column); metric sums
   # over devices (not training) may add up in another order.
   def table(run):
     lines = (run / 'results.csv').read_text().splitlines()
     assert lines[0].endswith(',seconds')
     return np.array([line.split(',')[:-1] for line in lines[1:]], float)
+
   np.testing.assert_allclose(table(workdir), table(reference), rtol=1e-6)
   # Summaries come from process 0 alone.
   assert len(list((workdir / 'tb' / 'rounds').iterdir())) == 1

@@ -51,22 +51,28 @@ def test_notebook_runs(labels_run, data_dir, tmp_path, monkeypatch):
   (workdir / runner.COMPLETE).unlink(missing_ok=True)
   nb = nbformat.read(NOTEBOOK, as_version=4)
   overrides = {**OVERRIDES, 'data.data_dir': data_dir}
-  parameters_cell(nb).source = '\n'.join([
-      "SOURCE = ''",
-      f'WORKDIR = {str(workdir)!r}',
-      "CONFIG = 'labels'",
-      "VARIANT = 'quick'",
-      f'OVERRIDES = {overrides!r}',
-  ])
+  parameters_cell(nb).source = '\n'.join(
+      [
+          "SOURCE = ''",
+          f'WORKDIR = {str(workdir)!r}',
+          "CONFIG = 'labels'",
+          "VARIANT = 'quick'",
+          f'OVERRIDES = {overrides!r}',
+      ]
+  )
   # Matplotlib's inline backend: no window, figures become image/png outputs.
-  monkeypatch.setenv('MPLBACKEND',
-                     'module://matplotlib_inline.backend_inline')
+  monkeypatch.setenv('MPLBACKEND', 'module://matplotlib_inline.backend_inline')
   # No kernel_dirs: only the native kernel, i.e. this sys.executable.
-  kernel = KernelManager(kernel_name='python3',
-                         kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
+  kernel = KernelManager(
+      kernel_name='python3',
+      kernel_spec_manager=KernelSpecManager(kernel_dirs=[]),
+  )
   client = nbclient.NotebookClient(
-      nb, km=kernel, timeout=600,
-      resources={'metadata': {'path': str(NOTEBOOK.parent)}})
+      nb,
+      km=kernel,
+      timeout=600,
+      resources={'metadata': {'path': str(NOTEBOOK.parent)}},
+  )
   client.execute()  # Raises CellExecutionError if a cell fails.
 
   for cell in nb.cells:
@@ -76,13 +82,22 @@ def test_notebook_runs(labels_run, data_dir, tmp_path, monkeypatch):
   with open(workdir / 'results.csv', encoding='utf-8') as f:
     rows = list(csv.DictReader(f))
   assert [int(r['round']) for r in rows] == list(
-      range(config.pruning.num_rounds + 1))
-  images = [cell for cell in nb.cells if cell.cell_type == 'code' and any(
-      'image/png' in o.get('data', {}) for o in cell.outputs)]
+      range(config.pruning.num_rounds + 1)
+  )
+  images = [
+      cell
+      for cell in nb.cells
+      if cell.cell_type == 'code'
+      and any('image/png' in o.get('data', {}) for o in cell.outputs)
+  ]
   # The accuracy plot and the mask.
   assert len(images) == 2
-  text = ''.join(o.get('text', '') for cell in nb.cells
-                 if cell.cell_type == 'code' for o in cell.outputs)
+  text = ''.join(
+      o.get('text', '')
+      for cell in nb.cells
+      if cell.cell_type == 'code'
+      for o in cell.outputs
+  )
   assert 'layer1_0/conv1/kernel' in text  # The sparsity report.
   # Resumed: only the missing round was trained.
   assert f'Round {last} done.' in text

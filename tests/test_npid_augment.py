@@ -29,8 +29,13 @@ def _over_seeds(fn, n=_DRAWS, offset=0):
 
   A tf.data map traces `fn` once, which keeps thousands of draws fast.
   """
-  seeds = tf.stack([tf.range(offset, offset + n, dtype=tf.int64),
-                    tf.fill([n], tf.constant(11, tf.int64))], axis=1)
+  seeds = tf.stack(
+      [
+          tf.range(offset, offset + n, dtype=tf.int64),
+          tf.fill([n], tf.constant(11, tf.int64)),
+      ],
+      axis=1,
+  )
   ds = tf.data.Dataset.from_tensor_slices(seeds).map(fn).batch(n)
   return tf.nest.map_structure(lambda x: x.numpy(), ds.get_single_element())
 
@@ -51,7 +56,8 @@ def _npid(image, size, channels):
   """The 'npid' training policy on `image` as a function of the seed."""
   image = tf.constant(image)
   return lambda seed: augment.preprocess_train(
-      image, seed, augment='npid', image_size=size, channels=channels)
+      image, seed, augment='npid', image_size=size, channels=channels
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -62,8 +68,11 @@ def test_crop_windows_have_the_area_and_aspect_ratio_of_torchvision():
   # Square, so that the attempts which do not fit are as often too wide as
   # too tall and the ratios that remain stay symmetric.
   height, width = 600, 600
-  windows = _over_seeds(lambda seed: augment.sample_resized_crop_window(
-      tf.constant([height, width, 3]), seed, area_range=(0.2, 1.0)))
+  windows = _over_seeds(
+      lambda seed: augment.sample_resized_crop_window(
+          tf.constant([height, width, 3]), seed, area_range=(0.2, 1.0)
+      )
+  )
   top, left, h, w = windows.T
   assert (top >= 0).all() and (left >= 0).all()
   assert (top + h <= height).all() and (left + w <= width).all()
@@ -84,23 +93,33 @@ def test_crop_windows_have_the_area_and_aspect_ratio_of_torchvision():
 
 
 def test_crop_windows_on_small_images_fit():
-  windows = _over_seeds(lambda seed: augment.sample_resized_crop_window(
-      tf.constant([28, 28, 1]), seed, area_range=(0.2, 1.0)))
+  windows = _over_seeds(
+      lambda seed: augment.sample_resized_crop_window(
+          tf.constant([28, 28, 1]), seed, area_range=(0.2, 1.0)
+      )
+  )
   top, left, h, w = windows.T
   assert (h >= 1).all() and (w >= 1).all()
   assert (top + h <= 28).all() and (left + w <= 28).all()
   assert len({tuple(window) for window in windows}) > 500
 
 
-@pytest.mark.parametrize('shape, expected', [
-    # No window of 20%+ of the area fits a 10 x 1000 strip: the fallback is
-    # the centred crop at the nearest aspect ratio in range, 4/3.
-    ((10, 1000), [0, 493, 10, 13]),
-    ((1000, 10), [493, 0, 13, 10]),
-])
+@pytest.mark.parametrize(
+    'shape, expected',
+    [
+        # No window of 20%+ of the area fits a 10 x 1000 strip: the fallback is
+        # the centred crop at the nearest aspect ratio in range, 4/3.
+        ((10, 1000), [0, 493, 10, 13]),
+        ((1000, 10), [493, 0, 13, 10]),
+    ],
+)
 def test_crop_falls_back_to_a_centred_crop(shape, expected):
-  windows = _over_seeds(lambda seed: augment.sample_resized_crop_window(
-      tf.constant([*shape, 3]), seed, area_range=(0.2, 1.0)), n=20)
+  windows = _over_seeds(
+      lambda seed: augment.sample_resized_crop_window(
+          tf.constant([*shape, 3]), seed, area_range=(0.2, 1.0)
+      ),
+      n=20,
+  )
   np.testing.assert_array_equal(windows, [expected] * 20)
 
 
@@ -123,13 +142,12 @@ def test_grayscale_keeps_three_channels_and_is_identity_on_one():
   grey = augment.grayscale(colour).numpy()
   assert grey.shape == colour.shape
   np.testing.assert_allclose(
-      grey[..., 0], colour.numpy() @ np.array(augment.LUMA_WEIGHTS),
-      rtol=1e-6)
+      grey[..., 0], colour.numpy() @ np.array(augment.LUMA_WEIGHTS), rtol=1e-6
+  )
   np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
   single = colour[..., :1]
   np.testing.assert_array_equal(augment.grayscale(single), single)
-  np.testing.assert_array_equal(augment.adjust_saturation(single, 0.0),
-                                single)
+  np.testing.assert_array_equal(augment.adjust_saturation(single, 0.0), single)
   np.testing.assert_array_equal(augment.adjust_hue(single, 0.3), single)
 
 
@@ -149,8 +167,9 @@ def test_color_jitter_factors_are_in_range_and_the_order_random():
   np.testing.assert_allclose(scaling.mean(axis=0), 1.0, atol=0.02)
   # Every order is a permutation of the four operations, and all 24 occur
   # about equally often.
-  np.testing.assert_array_equal(np.sort(orders, axis=1),
-                                np.tile(np.arange(4), (3000, 1)))
+  np.testing.assert_array_equal(
+      np.sort(orders, axis=1), np.tile(np.arange(4), (3000, 1))
+  )
   _, counts = np.unique(orders, axis=0, return_counts=True)
   assert len(counts) == 24
   tolerance = _binomial_tolerance(3000, 1 / 24)
@@ -159,10 +178,12 @@ def test_color_jitter_factors_are_in_range_and_the_order_random():
 
 def _jitter_in_order(image, factors, order):
   """Applies the jitter operations one by one in `order`."""
-  functions = {'brightness': augment.adjust_brightness,
-               'contrast': augment.adjust_contrast,
-               'saturation': augment.adjust_saturation,
-               'hue': augment.adjust_hue}
+  functions = {
+      'brightness': augment.adjust_brightness,
+      'contrast': augment.adjust_contrast,
+      'saturation': augment.adjust_saturation,
+      'hue': augment.adjust_hue,
+  }
   for op in order:
     image = functions[augment.JITTER_OPS[op]](image, factors[op])
   return image
@@ -177,7 +198,8 @@ def test_color_jitter_applies_the_operations_in_the_sampled_order():
     jittered = augment.color_jitter(image, seed).numpy()
     assert 0.0 <= jittered.min() and jittered.max() <= 1.0
     np.testing.assert_allclose(
-        jittered, _jitter_in_order(image, factors, order.numpy()), atol=1e-6)
+        jittered, _jitter_in_order(image, factors, order.numpy()), atol=1e-6
+    )
     fixed = _jitter_in_order(image, factors, range(4)).numpy()
     differs_from_fixed_order += not np.allclose(jittered, fixed, atol=1e-4)
   # The operations do not commute, so the order shows in the pixels.
@@ -186,20 +208,25 @@ def test_color_jitter_applies_the_operations_in_the_sampled_order():
 
 def test_adjustments_follow_pil():
   image = tf.constant(_colour_image(), tf.float32) / 255.0
-  np.testing.assert_allclose(augment.adjust_brightness(image, 0.5),
-                             image * 0.5, rtol=1e-6)
+  np.testing.assert_allclose(
+      augment.adjust_brightness(image, 0.5), image * 0.5, rtol=1e-6
+  )
   # Contrast 0 gives the mean grey level everywhere, saturation 0 the grey
   # image; factor 1 keeps the image.
   grey_mean = (image.numpy() @ np.array(augment.LUMA_WEIGHTS)).mean()
-  np.testing.assert_allclose(augment.adjust_contrast(image, 0.0), grey_mean,
-                             rtol=1e-5)
-  np.testing.assert_allclose(augment.adjust_saturation(image, 0.0),
-                             augment.grayscale(image), rtol=1e-6)
-  for adjust in (augment.adjust_brightness, augment.adjust_contrast,
-                 augment.adjust_saturation):
+  np.testing.assert_allclose(
+      augment.adjust_contrast(image, 0.0), grey_mean, rtol=1e-5
+  )
+  np.testing.assert_allclose(
+      augment.adjust_saturation(image, 0.0), augment.grayscale(image), rtol=1e-6
+  )
+  for adjust in (
+      augment.adjust_brightness,
+      augment.adjust_contrast,
+      augment.adjust_saturation,
+  ):
     np.testing.assert_allclose(adjust(image, 1.0), image, atol=1e-6)
-  np.testing.assert_allclose(augment.adjust_hue(image, 0.0), image,
-                             atol=1e-5)
+  np.testing.assert_allclose(augment.adjust_hue(image, 0.0), image, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -213,7 +240,8 @@ def test_flip_frequency():
   ramp = np.tile(np.linspace(30, 150, 28), (28, 1))[..., None]
   images = _over_seeds(_npid(ramp.round().astype(np.uint8), 28, 1))
   flipped = images[:, :, :14].mean(axis=(1, 2, 3)) > images[:, :, 14:].mean(
-      axis=(1, 2, 3))
+      axis=(1, 2, 3)
+  )
   assert abs(flipped.sum() - _DRAWS / 2) < _binomial_tolerance(_DRAWS, 0.5)
 
 
@@ -222,11 +250,15 @@ def test_policy_applies_main_py_order():
   seed = tf.constant([4, 2])
   crop_seed, grey_seed, jitter_seed, flip_seed = augment.split_seed(seed, 4)
   window = augment.sample_resized_crop_window(
-      tf.shape(image), crop_seed, area_range=augment.NPID_CROP_AREA_RANGE)
+      tf.shape(image), crop_seed, area_range=augment.NPID_CROP_AREA_RANGE
+  )
   top, left, h, w = window.numpy()
   expected = tf.image.resize(
-      tf.constant(image[top:top + h, left:left + w], tf.float32) / 255.0,
-      (32, 32), method='bilinear', antialias=True)
+      tf.constant(image[top : top + h, left : left + w], tf.float32) / 255.0,
+      (32, 32),
+      method='bilinear',
+      antialias=True,
+  )
   expected = augment.random_grayscale(expected, grey_seed, 0.2)
   expected = augment.color_jitter(expected, jitter_seed)
   expected = augment.random_flip(expected, flip_seed)
@@ -241,8 +273,9 @@ def test_same_seed_same_image_other_seed_other_image():
   assert not np.array_equal(first, policy(tf.constant([1, 3])))
   # An encoded (PNG) image gets the same crop and the same pixels.
   png = tf.io.encode_png(image)
-  np.testing.assert_allclose(_npid(png, 32, 3)(tf.constant([1, 2])), first,
-                             atol=1e-6)
+  np.testing.assert_allclose(
+      _npid(png, 32, 3)(tf.constant([1, 2])), first, atol=1e-6
+  )
   # Thousands of seeds, thousands of different images.
   images = _over_seeds(policy, n=500)
   assert len({x.tobytes() for x in images}) == 500
@@ -250,23 +283,29 @@ def test_same_seed_same_image_other_seed_other_image():
 
 def test_eval_keeps_images_of_the_output_size():
   image = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28, 1)
-  out = augment.preprocess_eval(tf.constant(image), augment='npid',
-                                image_size=28, channels=1, shape=(28, 28, 1))
+  out = augment.preprocess_eval(
+      tf.constant(image),
+      augment='npid',
+      image_size=28,
+      channels=1,
+      shape=(28, 28, 1),
+  )
   np.testing.assert_allclose(out, image / 255.0, rtol=1e-6)
   # Larger images get main.py's resize-and-centre-crop.
   large = tf.constant(_colour_image(64, 80))
   np.testing.assert_array_equal(
-      augment.preprocess_eval(large, augment='npid', image_size=32,
-                              channels=3),
-      augment.imagenet_eval(large, 32, 3))
+      augment.preprocess_eval(large, augment='npid', image_size=32, channels=3),
+      augment.imagenet_eval(large, 32, 3),
+  )
 
 
 # ---------------------------------------------------------------------------
 # configs/npid.py and the resumable training stream.
 
 
-@pytest.mark.parametrize('variant, size', [('', 224), ('imagenet', 224),
-                                           ('quick', 28)])
+@pytest.mark.parametrize(
+    'variant, size', [('', 224), ('imagenet', 224), ('quick', 28)]
+)
 def test_every_npid_variant_uses_the_npid_policy(variant, size):
   config = config_lib.load('npid', variant)
   assert config.data.augment == 'npid'
@@ -283,11 +322,11 @@ def test_npid_stream_resumes_exactly(data_dir, cache):
   # Step 5 is inside the second epoch; the comparison crosses no boundary,
   # the one from step 4 starts on it.
   _assert_same_batches(
-      stream[5:], _take(data.train_iterator(config, start_step=5, **kwargs),
-                        2))
+      stream[5:], _take(data.train_iterator(config, start_step=5, **kwargs), 2)
+  )
   _assert_same_batches(
-      stream[4:6], _take(data.train_iterator(config, start_step=4, **kwargs),
-                         2))
+      stream[4:6], _take(data.train_iterator(config, start_step=4, **kwargs), 2)
+  )
   # The images are augmented: the same examples read without augmentation
   # differ from them.
   plain = config.copy_and_resolve_references()

@@ -49,31 +49,34 @@ def onednn():
 
 def _compare(x, w, strides, padding, dy_seed=2):
   """Forward, input and weight gradients of both implementations."""
+
   def run(conv):
     f = lambda x, w: conv(x, w, strides, padding, dimension_numbers=NHWC)
     y, vjp = jax.vjp(f, x, w)
     dy = jax.random.normal(jax.random.PRNGKey(dy_seed), y.shape)
     return (y, *vjp(dy))
+
   want = jax.jit(lambda x, w: run(lax.conv_general_dilated))(x, w)
   got = jax.jit(lambda x, w: run(onednn_conv.conv_general_dilated))(x, w)
-  for name, a, b in zip(('forward', 'input_grad', 'weight_grad'), want,
-                        got):
+  for name, a, b in zip(('forward', 'input_grad', 'weight_grad'), want, got):
     assert a.shape == b.shape, name
     scale = float(jnp.max(jnp.abs(a)))
-    np.testing.assert_allclose(b, a, rtol=0, atol=2e-6 * scale,
-                               err_msg=name)
+    np.testing.assert_allclose(b, a, rtol=0, atol=2e-6 * scale, err_msg=name)
 
 
-@pytest.mark.parametrize('n,h,w,c,k,o,strides,padding', [
-    (4, 9, 9, 5, 3, 7, (1, 1), ((1, 1), (1, 1))),   # a block's 3x3
-    (4, 10, 10, 4, 3, 6, (2, 2), ((1, 1), (1, 1))),  # strided 3x3
-    (4, 11, 11, 3, 1, 8, (2, 2), ((0, 0), (0, 0))),  # 1x1 downsample
-    (2, 16, 16, 3, 7, 5, (2, 2), ((3, 3), (3, 3))),  # ImageNet stem
-    (2, 7, 12, 3, 3, 4, (1, 2), ((0, 2), (1, 0))),   # asymmetric
-    (3, 8, 8, 4, 3, 4, (1, 1), 'SAME'),
-    (3, 8, 8, 4, 3, 4, (2, 2), 'SAME'),
-    (3, 9, 9, 4, 3, 4, (2, 2), 'VALID'),
-])
+@pytest.mark.parametrize(
+    'n,h,w,c,k,o,strides,padding',
+    [
+        (4, 9, 9, 5, 3, 7, (1, 1), ((1, 1), (1, 1))),  # a block's 3x3
+        (4, 10, 10, 4, 3, 6, (2, 2), ((1, 1), (1, 1))),  # strided 3x3
+        (4, 11, 11, 3, 1, 8, (2, 2), ((0, 0), (0, 0))),  # 1x1 downsample
+        (2, 16, 16, 3, 7, 5, (2, 2), ((3, 3), (3, 3))),  # ImageNet stem
+        (2, 7, 12, 3, 3, 4, (1, 2), ((0, 2), (1, 0))),  # asymmetric
+        (3, 8, 8, 4, 3, 4, (1, 1), 'SAME'),
+        (3, 8, 8, 4, 3, 4, (2, 2), 'SAME'),
+        (3, 9, 9, 4, 3, 4, (2, 2), 'VALID'),
+    ],
+)
 def test_matches_xla(onednn, n, h, w, c, k, o, strides, padding):
   kx, kw = jax.random.split(jax.random.PRNGKey(n * h + c))
   x = jax.random.normal(kx, (n, h, w, c))
@@ -86,38 +89,59 @@ def test_matches_xla_vmapped_over_seeds(onednn):
   kx, kw = jax.random.split(jax.random.PRNGKey(0))
   x = jax.random.normal(kx, (3, 4, 8, 8, 5))
   w = jax.random.normal(kw, (3, 3, 3, 5, 6))
+
   def loss(conv):
     def one(x, w):
-      return jnp.sum(jnp.sin(conv(x, w, (1, 1), 'SAME',
-                                  dimension_numbers=NHWC)))
+      return jnp.sum(
+          jnp.sin(conv(x, w, (1, 1), 'SAME', dimension_numbers=NHWC))
+      )
+
     return jax.jit(jax.vmap(jax.value_and_grad(one, argnums=(0, 1))))
-  (want, (dx_want, dw_want)) = loss(lax.conv_general_dilated)(x, w)
-  (got, (dx_got, dw_got)) = loss(onednn_conv.conv_general_dilated)(x, w)
+
+  want, (dx_want, dw_want) = loss(lax.conv_general_dilated)(x, w)
+  got, (dx_got, dw_got) = loss(onednn_conv.conv_general_dilated)(x, w)
   for a, b in ((want, got), (dx_want, dx_got), (dw_want, dw_got)):
-    np.testing.assert_allclose(b, a, rtol=0,
-                               atol=1e-5 * float(jnp.max(jnp.abs(a))))
+    np.testing.assert_allclose(
+        b, a, rtol=0, atol=1e-5 * float(jnp.max(jnp.abs(a)))
+    )
 
 
-@pytest.mark.parametrize('kwargs', [
-    dict(lhs=jnp.ones((2, 6, 6, 3), jnp.bfloat16),
-         rhs=jnp.ones((3, 3, 3, 4), jnp.bfloat16)),
-    dict(rhs_dilation=(2, 2)),
-    dict(lhs_dilation=(2, 2), padding=((1, 1), (1, 1))),
-    dict(feature_group_count=3, rhs=jnp.ones((3, 3, 1, 3))),
-    dict(dimension_numbers=('NCHW', 'OIHW', 'NCHW'),
-         lhs=jnp.ones((2, 3, 6, 6)), rhs=jnp.ones((4, 3, 3, 3))),
-])
+@pytest.mark.parametrize(
+    'kwargs',
+    [
+        dict(
+            lhs=jnp.ones((2, 6, 6, 3), jnp.bfloat16),
+            rhs=jnp.ones((3, 3, 3, 4), jnp.bfloat16),
+        ),
+        dict(rhs_dilation=(2, 2)),
+        dict(lhs_dilation=(2, 2), padding=((1, 1), (1, 1))),
+        dict(feature_group_count=3, rhs=jnp.ones((3, 3, 1, 3))),
+        dict(
+            dimension_numbers=('NCHW', 'OIHW', 'NCHW'),
+            lhs=jnp.ones((2, 3, 6, 6)),
+            rhs=jnp.ones((4, 3, 3, 3)),
+        ),
+    ],
+)
 def test_unsupported_convolutions_go_to_xla(kwargs):
   """Exactly XLA's convolution, and no custom call in the program."""
-  args = dict(lhs=jnp.ones((2, 6, 6, 3)), rhs=jnp.ones((3, 3, 3, 4)),
-              window_strides=(1, 1), padding='SAME',
-              dimension_numbers=NHWC)
+  args = dict(
+      lhs=jnp.ones((2, 6, 6, 3)),
+      rhs=jnp.ones((3, 3, 3, 4)),
+      window_strides=(1, 1),
+      padding='SAME',
+      dimension_numbers=NHWC,
+  )
   args.update(kwargs)
-  hlo = jax.jit(lambda: onednn_conv.conv_general_dilated(**args)).lower(
-  ).as_text()
+  hlo = (
+      jax.jit(lambda: onednn_conv.conv_general_dilated(**args))
+      .lower()
+      .as_text()
+  )
   assert 'sslprune_onednn_conv' not in hlo
-  np.testing.assert_array_equal(onednn_conv.conv_general_dilated(**args),
-                                lax.conv_general_dilated(**args))
+  np.testing.assert_array_equal(
+      onednn_conv.conv_general_dilated(**args), lax.conv_general_dilated(**args)
+  )
 
 
 def test_the_models_use_it_where_chosen(onednn):
@@ -125,15 +149,20 @@ def test_the_models_use_it_where_chosen(onednn):
   for name, depth in (('resnet_cifar', 10), ('vgg', 11), ('alexnet', 0)):
     outs = []
     for impl in ('xla', 'onednn'):
-      model = models.create_model(dict(name=name, depth=depth, width=0.125,
-                                       conv_impl=impl), 10)
+      model = models.create_model(
+          dict(name=name, depth=depth, width=0.125, conv_impl=impl), 10
+      )
       variables = model.init(jax.random.PRNGKey(0), x, train=False)
-      hlo = jax.jit(lambda v, model=model: model.apply(
-          v, x, train=False)).lower(variables).as_text()
+      hlo = (
+          jax.jit(lambda v, model=model: model.apply(v, x, train=False))
+          .lower(variables)
+          .as_text()
+      )
       assert ('sslprune_onednn_conv' in hlo) == (impl == 'onednn'), name
       outs.append(model.apply(variables, x, train=False))
-    np.testing.assert_allclose(outs[1], outs[0], rtol=1e-5, atol=1e-6,
-                               err_msg=name)
+    np.testing.assert_allclose(
+        outs[1], outs[0], rtol=1e-5, atol=1e-6, err_msg=name
+    )
 
 
 def test_step_with_onednn_matches_xla(onednn, num_devices):
@@ -167,11 +196,14 @@ def test_auto_picks_onednn_on_the_cpu_only(onednn):
   assert xla_options.preset_for('auto', 'cpu', 'xla') == 'cpu_ynn'
 
 
-@pytest.mark.parametrize('choice,platform,dtype,message', [
-    ('fastest', 'cpu', jnp.float32, 'Unknown model.conv_impl'),
-    ('onednn', 'gpu', jnp.float32, 'CPU only'),
-    ('onednn', 'cpu', jnp.bfloat16, 'float32 only'),
-])
+@pytest.mark.parametrize(
+    'choice,platform,dtype,message',
+    [
+        ('fastest', 'cpu', jnp.float32, 'Unknown model.conv_impl'),
+        ('onednn', 'gpu', jnp.float32, 'CPU only'),
+        ('onednn', 'cpu', jnp.bfloat16, 'float32 only'),
+    ],
+)
 def test_bad_choice_is_refused(choice, platform, dtype, message):
   with pytest.raises(ValueError, match=message):
     kernels.resolve_conv_impl(choice, platform, dtype)
@@ -190,7 +222,8 @@ def unbuildable(monkeypatch, tmp_path):
 
 
 def test_without_a_compiler_auto_falls_back_and_onednn_is_refused(
-    unbuildable, data_dir):
+    unbuildable, data_dir
+):
   with pytest.raises(onednn_conv.Unavailable, match='no C.. compiler'):
     onednn_conv.build()
   assert kernels.resolve_conv_impl('auto', 'cpu') == 'xla'
@@ -207,13 +240,17 @@ def test_a_failed_compilation_says_what_to_install(monkeypatch, tmp_path):
   monkeypatch.setenv('SSLPRUNE_JAX_CACHE', str(tmp_path))
   real = onednn_conv._command
   monkeypatch.setattr(
-      onednn_conv, '_command',
-      lambda cxx, out: [a.replace('-ldnnl', '-lno_such_dnnl') for a in
-                        real(cxx, out)])
+      onednn_conv,
+      '_command',
+      lambda cxx, out: [
+          a.replace('-ldnnl', '-lno_such_dnnl') for a in real(cxx, out)
+      ],
+  )
   if onednn_conv.shutil.which(os.environ.get('CXX', 'g++')) is None:
     pytest.skip('no C++ compiler')
-  with pytest.raises(onednn_conv.Unavailable,
-                     match='compiling the oneDNN convolution failed'):
+  with pytest.raises(
+      onednn_conv.Unavailable, match='compiling the oneDNN convolution failed'
+  ):
     onednn_conv.build()
   assert not list(tmp_path.rglob('*.so'))
 

@@ -13,15 +13,20 @@ from sslprune_jax import pruning
 def small_params():
   """Two prunable kernels (10 and 6 weights) plus leaves never pruned."""
   return {
-      'conv': {'kernel': jnp.array([[0.3, -0.1, 0.9, 0.05, -0.7],
-                                    [0.2, 0.6, -0.4, 0.8, 0.01]])},
-      'bn': {'scale': jnp.array([0.001, 0.002]),
-             'bias': jnp.array([0.0, 0.0])},
-      'dense': {'kernel': jnp.array([[-0.25, 0.15, 0.5],
-                                     [0.02, -0.95, 0.35]]),
-                'bias': jnp.array([0.0, 0.0, 0.0])},
-      'classifier': {'kernel': jnp.array([[1e-6, 2e-6]]),
-                     'bias': jnp.array([0.0, 0.0])},
+      'conv': {
+          'kernel': jnp.array(
+              [[0.3, -0.1, 0.9, 0.05, -0.7], [0.2, 0.6, -0.4, 0.8, 0.01]]
+          )
+      },
+      'bn': {'scale': jnp.array([0.001, 0.002]), 'bias': jnp.array([0.0, 0.0])},
+      'dense': {
+          'kernel': jnp.array([[-0.25, 0.15, 0.5], [0.02, -0.95, 0.35]]),
+          'bias': jnp.array([0.0, 0.0, 0.0]),
+      },
+      'classifier': {
+          'kernel': jnp.array([[1e-6, 2e-6]]),
+          'bias': jnp.array([0.0, 0.0]),
+      },
   }
 
 
@@ -43,9 +48,21 @@ def test_prunable_excludes_classifier_biases_and_batchnorm():
     pruning.prunable_tree(small_params(), exclude=('.*',))
 
 
-@pytest.mark.parametrize('fraction,remaining,expected', [
-    (0.2, 10, 2), (0.2, 15, 3), (0.2, 16, 4), (0.2, 7, 2), (0.2, 1, 1),
-    (0.5, 5, 3), (0.1, 30, 3), (0.3, 10, 3), (0.7, 10, 7), (0.2, 0, 0)])
+@pytest.mark.parametrize(
+    'fraction,remaining,expected',
+    [
+        (0.2, 10, 2),
+        (0.2, 15, 3),
+        (0.2, 16, 4),
+        (0.2, 7, 2),
+        (0.2, 1, 1),
+        (0.5, 5, 3),
+        (0.1, 30, 3),
+        (0.3, 10, 3),
+        (0.7, 10, 7),
+        (0.2, 0, 0),
+    ],
+)
 def test_num_to_prune_is_exact_ceil(fraction, remaining, expected):
   # 0.2 * 15 == 3.0000000000000004 in floating point; the answer is 3.
   assert pruning.num_to_prune(fraction, remaining) == expected
@@ -66,9 +83,11 @@ def test_global_magnitude_pruning_by_hand():
   new = as_np(pruning.magnitude_prune(params, mask, prunable, 0.2))
   np.testing.assert_array_equal(
       new['conv']['kernel'],
-      [[True, False, True, False, True], [True, True, True, True, False]])
-  np.testing.assert_array_equal(new['dense']['kernel'],
-                                [[True, True, True], [False, True, True]])
+      [[True, False, True, False, True], [True, True, True, True, False]],
+  )
+  np.testing.assert_array_equal(
+      new['dense']['kernel'], [[True, True, True], [False, True, True]]
+  )
   # Excluded leaves keep everything, however small their values.
   assert new['classifier']['kernel'].all() and new['bn']['scale'].all()
   assert pruning.count(new, prunable) == (12, 16)
@@ -77,36 +96,46 @@ def test_global_magnitude_pruning_by_hand():
   newer = as_np(pruning.magnitude_prune(params, new, prunable, 0.2))
   np.testing.assert_array_equal(
       newer['conv']['kernel'],
-      [[True, False, True, False, True], [False, True, True, True, False]])
-  np.testing.assert_array_equal(newer['dense']['kernel'],
-                                [[False, False, True], [False, True, True]])
+      [[True, False, True, False, True], [False, True, True, True, False]],
+  )
+  np.testing.assert_array_equal(
+      newer['dense']['kernel'], [[False, False, True], [False, True, True]]
+  )
   assert pruning.count(newer, prunable) == (9, 16)
 
 
 def test_ties_prune_exactly_the_count_in_tree_order():
-  params = {'a': {'kernel': jnp.ones((2, 2))},
-            'b': {'kernel': jnp.ones((1, 3))}}
+  params = {
+      'a': {'kernel': jnp.ones((2, 2))},
+      'b': {'kernel': jnp.ones((1, 3))},
+  }
   prunable = pruning.prunable_tree(params, exclude=())
   mask = pruning.init_mask(params)
   # 7 equal weights, ceil(0.2 * 7) = 2: the first two in tree order.
   new = as_np(pruning.magnitude_prune(params, mask, prunable, 0.2))
-  np.testing.assert_array_equal(new['a']['kernel'],
-                                [[False, False], [True, True]])
+  np.testing.assert_array_equal(
+      new['a']['kernel'], [[False, False], [True, True]]
+  )
   assert new['b']['kernel'].all()
   # A tie straddling the threshold: |w| = .5 1 1 1 2, ceil(0.5 * 5) = 3.
   params = {'k': {'kernel': jnp.array([[1.0, -1.0, 2.0, 0.5, 1.0]])}}
-  new = pruning.magnitude_prune(params, pruning.init_mask(params),
-                                pruning.prunable_tree(params, exclude=()),
-                                0.5)
-  np.testing.assert_array_equal(new['k']['kernel'],
-                                [[False, False, True, False, True]])
+  new = pruning.magnitude_prune(
+      params,
+      pruning.init_mask(params),
+      pruning.prunable_tree(params, exclude=()),
+      0.5,
+  )
+  np.testing.assert_array_equal(
+      new['k']['kernel'], [[False, False, True, False, True]]
+  )
 
 
 def test_pruned_weights_stay_pruned_whatever_their_value():
   params = small_params()
   prunable = pruning.prunable_tree(params)
-  mask = pruning.magnitude_prune(params, pruning.init_mask(params), prunable,
-                                 0.2)
+  mask = pruning.magnitude_prune(
+      params, pruning.init_mask(params), prunable, 0.2
+  )
   # Give the pruned weights the largest magnitudes: they must stay pruned
   # and must not count towards the remaining weights.
   big = jax.tree.map(lambda p, m: jnp.where(m, p, 100.0), params, mask)
@@ -119,10 +148,12 @@ def test_pruned_weights_stay_pruned_whatever_their_value():
 @pytest.mark.parametrize('fraction', [0.2, 0.35])
 def test_counts_accumulate_over_rounds(fraction):
   rng = np.random.default_rng(0)
-  params = {'c1': {'kernel': jnp.asarray(rng.normal(size=(3, 3, 4, 8)))},
-            'c2': {'kernel': jnp.asarray(rng.normal(size=(3, 3, 8, 8)))},
-            'd': {'kernel': jnp.asarray(rng.normal(size=(8, 5)))},
-            'classifier': {'kernel': jnp.asarray(rng.normal(size=(5, 2)))}}
+  params = {
+      'c1': {'kernel': jnp.asarray(rng.normal(size=(3, 3, 4, 8)))},
+      'c2': {'kernel': jnp.asarray(rng.normal(size=(3, 3, 8, 8)))},
+      'd': {'kernel': jnp.asarray(rng.normal(size=(8, 5)))},
+      'classifier': {'kernel': jnp.asarray(rng.normal(size=(5, 2)))},
+  }
   prunable = pruning.prunable_tree(params)
   total = 288 + 576 + 40
   expected = total
@@ -135,8 +166,12 @@ def test_counts_accumulate_over_rounds(fraction):
     assert (remaining, count_total) == (expected, total)
     # Nested masks; every pruned weight is no larger than every kept one.
     kept, dropped = [], []
-    for o, m, p, ok in zip(jax.tree.leaves(old), jax.tree.leaves(mask),
-                           jax.tree.leaves(params), jax.tree.leaves(prunable)):
+    for o, m, p, ok in zip(
+        jax.tree.leaves(old),
+        jax.tree.leaves(mask),
+        jax.tree.leaves(params),
+        jax.tree.leaves(prunable),
+    ):
       o, m, p = np.asarray(o), np.asarray(m), np.abs(np.asarray(p))
       assert not np.any(m & ~o)
       if ok:
@@ -154,8 +189,10 @@ def test_random_pruning_counts_and_randomness():
   b = pruning.random_prune(jax.random.PRNGKey(1), mask, prunable, 0.5)
   assert pruning.count(a, prunable) == (8, 16)
   assert pruning.count(b, prunable) == (8, 16)
-  assert any(not np.array_equal(x, y) for x, y in
-             zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  assert any(
+      not np.array_equal(x, y)
+      for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
   c = pruning.random_prune(jax.random.PRNGKey(2), a, prunable, 0.5)
   assert pruning.count(c, prunable) == (4, 16)
   for old, new in zip(jax.tree.leaves(a), jax.tree.leaves(c)):
@@ -166,8 +203,9 @@ def test_random_pruning_counts_and_randomness():
 def test_random_pruning_is_roughly_uniform():
   params = {'k': {'kernel': jnp.ones((100, 100))}}
   prunable = pruning.prunable_tree(params, exclude=())
-  mask = pruning.random_prune(jax.random.PRNGKey(0),
-                              pruning.init_mask(params), prunable, 0.5)
+  mask = pruning.random_prune(
+      jax.random.PRNGKey(0), pruning.init_mask(params), prunable, 0.5
+  )
   rows = np.asarray(mask['k']['kernel']).mean(axis=1)
   assert abs(rows[:50].mean() - rows[50:].mean()) < 0.05
 
@@ -179,15 +217,21 @@ def test_random_natural_prunes_near_zero_weights_first():
   # Below 0.06: 0.05, 0.01, 0.02 (3 weights); ceil(0.5 * 16) = 8 go, so the
   # other 5 are random.
   for seed in range(3):
-    new = as_np(pruning.random_natural_prune(
-        jax.random.PRNGKey(seed), params, mask, prunable, 0.5, 0.06))
+    new = as_np(
+        pruning.random_natural_prune(
+            jax.random.PRNGKey(seed), params, mask, prunable, 0.5, 0.06
+        )
+    )
     assert pruning.count(new, prunable) == (8, 16)
     assert not new['conv']['kernel'][0, 3]
     assert not new['conv']['kernel'][1, 4]
     assert not new['dense']['kernel'][1, 0]
   # More near-zero weights than the target: the smallest of them go.
-  new = as_np(pruning.random_natural_prune(
-      jax.random.PRNGKey(0), params, mask, prunable, 0.1, 0.06))
+  new = as_np(
+      pruning.random_natural_prune(
+          jax.random.PRNGKey(0), params, mask, prunable, 0.1, 0.06
+      )
+  )
   assert pruning.count(new, prunable) == (14, 16)
   assert not new['conv']['kernel'][1, 4] and not new['dense']['kernel'][1, 0]
   assert new['conv']['kernel'][0, 3]
@@ -200,9 +244,15 @@ def test_paper_random_baseline_is_one_global_natural_adjusted_mask():
   # (conv); the classifier's tiny weights are not prunable.
   seen = set()
   for seed in range(20):
-    mask = as_np(pruning.random_natural_oneshot(
-        jax.random.PRNGKey(seed), params, prunable, num_kept=10,
-        threshold=0.06))
+    mask = as_np(
+        pruning.random_natural_oneshot(
+            jax.random.PRNGKey(seed),
+            params,
+            prunable,
+            num_kept=10,
+            threshold=0.06,
+        )
+    )
     # Exactly 10 kept, counted over both kernels together.
     assert pruning.count(mask, prunable) == (10, 16)
     assert not mask['conv']['kernel'][0, 3]
@@ -214,25 +264,31 @@ def test_paper_random_baseline_is_one_global_natural_adjusted_mask():
   # vary from draw to draw (a per-layer draw would fix them).
   assert len(seen) > 1
   # Fewer to remove than naturally-zero weights: the smallest go.
-  mask = as_np(pruning.random_natural_oneshot(
-      jax.random.PRNGKey(0), params, prunable, num_kept=14, threshold=0.06))
+  mask = as_np(
+      pruning.random_natural_oneshot(
+          jax.random.PRNGKey(0), params, prunable, num_kept=14, threshold=0.06
+      )
+  )
   assert not mask['conv']['kernel'][1, 4] and not mask['dense']['kernel'][1, 0]
   assert mask['conv']['kernel'][0, 3]
   # Everything kept, or nothing.
   for kept in (16, 0):
     mask = pruning.random_natural_oneshot(
-        jax.random.PRNGKey(0), params, prunable, num_kept=kept,
-        threshold=0.06)
+        jax.random.PRNGKey(0), params, prunable, num_kept=kept, threshold=0.06
+    )
     assert pruning.count(mask, prunable) == (kept, 16)
   with pytest.raises(ValueError, match='num_kept'):
-    pruning.random_natural_oneshot(jax.random.PRNGKey(0), params, prunable,
-                                   num_kept=17, threshold=0.06)
+    pruning.random_natural_oneshot(
+        jax.random.PRNGKey(0), params, prunable, num_kept=17, threshold=0.06
+    )
 
 
 def test_random_prune_like_keeps_per_layer_counts():
   rng = np.random.default_rng(1)
-  params = {'a': {'kernel': jnp.asarray(rng.normal(size=(20, 10)))},
-            'b': {'kernel': jnp.asarray(rng.normal(size=(10, 30)) * 5)}}
+  params = {
+      'a': {'kernel': jnp.asarray(rng.normal(size=(20, 10)))},
+      'b': {'kernel': jnp.asarray(rng.normal(size=(10, 30)) * 5)},
+  }
   prunable = pruning.prunable_tree(params, exclude=())
   ref = pruning.init_mask(params)
   for _ in range(3):
@@ -240,20 +296,25 @@ def test_random_prune_like_keeps_per_layer_counts():
   rand = pruning.random_prune_like(jax.random.PRNGKey(0), ref, prunable)
   for r, m in zip(jax.tree.leaves(ref), jax.tree.leaves(rand)):
     assert int(np.sum(r)) == int(np.sum(m))
-  assert not all(np.array_equal(r, m) for r, m in
-                 zip(jax.tree.leaves(ref), jax.tree.leaves(rand)))
+  assert not all(
+      np.array_equal(r, m)
+      for r, m in zip(jax.tree.leaves(ref), jax.tree.leaves(rand))
+  )
 
 
 def test_layerwise_prunes_only_the_listed_layers():
   params = small_params()
-  prunable = pruning.restrict_to_layers(pruning.prunable_tree(params),
-                                        [('conv', 'kernel')])
-  new = as_np(pruning.magnitude_prune(params, pruning.init_mask(params),
-                                      prunable, 0.2))
+  prunable = pruning.restrict_to_layers(
+      pruning.prunable_tree(params), [('conv', 'kernel')]
+  )
+  new = as_np(
+      pruning.magnitude_prune(params, pruning.init_mask(params), prunable, 0.2)
+  )
   # ceil(0.2 * 10) = 2 of conv: 0.01 and 0.05; dense untouched.
   np.testing.assert_array_equal(
       new['conv']['kernel'],
-      [[True, True, True, False, True], [True, True, True, True, False]])
+      [[True, True, True, False, True], [True, True, True, True, False]],
+  )
   assert new['dense']['kernel'].all()
   with pytest.raises(ValueError, match='Unknown parameter paths'):
     pruning.restrict_to_layers(prunable, [('nope', 'kernel')])
@@ -263,11 +324,13 @@ def test_rewind_restores_saved_weights_under_the_new_mask():
   saved = small_params()
   trained = jax.tree.map(lambda x: x * 3.0 + 1.0, saved)
   prunable = pruning.prunable_tree(trained)
-  mask = pruning.magnitude_prune(trained, pruning.init_mask(trained),
-                                 prunable, 0.2)
+  mask = pruning.magnitude_prune(
+      trained, pruning.init_mask(trained), prunable, 0.2
+  )
   rewound = pruning.rewind(saved, mask)
-  for s, m, r in zip(jax.tree.leaves(saved), jax.tree.leaves(mask),
-                     jax.tree.leaves(rewound)):
+  for s, m, r in zip(
+      jax.tree.leaves(saved), jax.tree.leaves(mask), jax.tree.leaves(rewound)
+  ):
     s, m, r = map(np.asarray, (s, m, r))
     np.testing.assert_array_equal(r[m], s[m])
     assert np.all(r[~m] == 0.0)
@@ -290,11 +353,13 @@ def test_reinit_draws_fresh_weights_under_the_mask():
 def test_sparsity_report():
   params = small_params()
   prunable = pruning.prunable_tree(params)
-  mask = pruning.magnitude_prune(params, pruning.init_mask(params), prunable,
-                                 0.2)
+  mask = pruning.magnitude_prune(
+      params, pruning.init_mask(params), prunable, 0.2
+  )
   report = pruning.sparsity_report(mask, prunable)
-  assert [(l['name'], l['remaining'], l['total']) for l in report['layers']] \
-      == [('conv/kernel', 7, 10), ('dense/kernel', 5, 6)]
+  assert [
+      (l['name'], l['remaining'], l['total']) for l in report['layers']
+  ] == [('conv/kernel', 7, 10), ('dense/kernel', 5, 6)]
   assert report['remaining'] == 12 and report['total'] == 16
   assert report['fraction_left'] == pytest.approx(0.75)
   text = pruning.format_report(report)
@@ -303,8 +368,9 @@ def test_sparsity_report():
 
 def test_apply_mask_zeroes_exactly():
   params = small_params()
-  mask = pruning.magnitude_prune(params, pruning.init_mask(params),
-                                 pruning.prunable_tree(params), 0.5)
+  mask = pruning.magnitude_prune(
+      params, pruning.init_mask(params), pruning.prunable_tree(params), 0.5
+  )
   masked = pruning.apply_mask(params, mask)
   for p, m in zip(jax.tree.leaves(masked), jax.tree.leaves(mask)):
     assert np.all(np.asarray(p)[~np.asarray(m)] == 0.0)
@@ -312,8 +378,10 @@ def test_apply_mask_zeroes_exactly():
 
 def test_natural_sparsity_on_a_hand_made_tree():
   params = {
-      'conv': {'kernel': jnp.array([[0.0, 5e-4], [-2e-4, 0.3]]),
-               'bias': jnp.array([0.0, 0.0])},
+      'conv': {
+          'kernel': jnp.array([[0.0, 5e-4], [-2e-4, 0.3]]),
+          'bias': jnp.array([0.0, 0.0]),
+      },
       'bn': {'scale': jnp.array([0.0, 1e-5])},
       'dense': {'kernel': jnp.array([[1.0, -1e-3, 2e-3]])},
       'classifier': {'kernel': jnp.zeros((3, 2))},
@@ -323,8 +391,9 @@ def test_natural_sparsity_on_a_hand_made_tree():
   # conv: 0, 5e-4 and -2e-4 are below 1e-3 (3 of 4); dense: none of 3
   # (|-1e-3| is not below 1e-3). Biases, batch norm and the classifier are
   # left out even though they are all zero.
-  assert [(l['name'], l['near_zero'], l['total']) for l in report['layers']
-          ] == [('conv/kernel', 3, 4), ('dense/kernel', 0, 3)]
+  assert [
+      (l['name'], l['near_zero'], l['total']) for l in report['layers']
+  ] == [('conv/kernel', 3, 4), ('dense/kernel', 0, 3)]
   assert (report['near_zero'], report['total']) == (3, 7)
   assert report['fraction'] == pytest.approx(3 / 7)
   with pytest.raises(ValueError, match='threshold'):
@@ -354,12 +423,17 @@ def test_rank_selection_matches_a_stable_sort(case):
   # zeros, infinities and pruned (-inf) entries included.
   rng = np.random.default_rng(case)
   n = int(rng.integers(1, 5000))
-  pool = np.array([0.0, -0.0, 1.0, -1.0, 0.5, np.inf, -np.inf, 1e-30, 3.0],
-                  np.float32)
-  scores = (rng.choice(pool, n) if case % 2 else
-            rng.normal(size=n).astype(np.float32))
+  pool = np.array(
+      [0.0, -0.0, 1.0, -1.0, 0.5, np.inf, -np.inf, 1e-30, 3.0], np.float32
+  )
+  scores = (
+      rng.choice(pool, n) if case % 2 else rng.normal(size=n).astype(np.float32)
+  )
   scores[rng.random(n) < 0.2] = -np.inf
   for num_pruned in {0, 1, n // 3, n // 2, n - 1, n}:
-    keep = np.asarray(pruning._keep_above_rank(  # pylint: disable=protected-access
-        jnp.asarray(scores), jnp.asarray(num_pruned)))
+    keep = np.asarray(
+        pruning._keep_above_rank(  # pylint: disable=protected-access
+            jnp.asarray(scores), jnp.asarray(num_pruned)
+        )
+    )
     np.testing.assert_array_equal(keep, _reference_keep(scores, num_pruned))

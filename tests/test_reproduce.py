@@ -42,8 +42,10 @@ def test_plateau_is_the_first_count_whose_doubling_adds_little():
 
 
 def test_the_regime_waits_for_the_slowest_objective():
-  curves = {'labels': {2: 0.80, 4: 0.801, 8: 0.802},
-            'rotnet': {2: 0.60, 4: 0.70, 8: 0.702}}
+  curves = {
+      'labels': {2: 0.80, 4: 0.801, 8: 0.802},
+      'rotnet': {2: 0.60, 4: 0.70, 8: 0.702},
+  }
   assert reproduce.choose(curves) == 4
   curves['rotnet'][8] = 0.75
   assert reproduce.choose(curves) is None
@@ -78,8 +80,9 @@ def test_regime_end_to_end(tmp_path, data_dir, monkeypatch):
     return config
 
   monkeypatch.setattr(reproduce, 'dense_config', shrunk)
-  curves = reproduce.learning_curves(str(tmp_path), ['labels'], [0.5, 1],
-                                     train_images=320)
+  curves = reproduce.learning_curves(
+      str(tmp_path), ['labels'], [0.5, 1], train_images=320
+  )
   assert set(curves['labels']) == {0.5, 1}
   for e in (0.5, 1):
     run = report.load_run(reproduce.run_dir(str(tmp_path), 'labels', e))
@@ -89,11 +92,14 @@ def test_regime_end_to_end(tmp_path, data_dir, monkeypatch):
   paths = reproduce.write(curves, str(tmp_path / 'out'))
   rows = list(csv.DictReader(open(paths['csv'])))
   assert [(r['objective'], r['epochs']) for r in rows] == [
-      ('labels', '0.5'), ('labels', '1')]
+      ('labels', '0.5'),
+      ('labels', '1'),
+  ]
   assert 'labels' in open(paths['md']).read()
   # Resuming does no more work: both runs are complete.
-  again = reproduce.learning_curves(str(tmp_path), ['labels'], [0.5, 1],
-                                    train_images=320)
+  again = reproduce.learning_curves(
+      str(tmp_path), ['labels'], [0.5, 1], train_images=320
+  )
   assert again == curves
 
 
@@ -101,8 +107,9 @@ def test_regime_end_to_end(tmp_path, data_dir, monkeypatch):
 
 
 def _curve(values_by_seed, fractions=(0.5, 0.25, 0.01)):
-  return {s: dict(zip(fractions, values))
-          for s, values in enumerate(values_by_seed)}
+  return {
+      s: dict(zip(fractions, values)) for s, values in enumerate(values_by_seed)
+  }
 
 
 def test_estimate_is_the_paired_mean_with_a_t_interval():
@@ -122,7 +129,8 @@ def test_differences_pair_seeds_and_average_over_the_levels():
   d = verdicts.differences(a, b, verdicts.pruned)
   assert d == pytest.approx({0: 0.1 / 3, 1: 0.2 / 3})
   assert verdicts.differences(a, b, verdicts.severe) == pytest.approx(
-      {0: 0.1, 1: 0.1})
+      {0: 0.1, 1: 0.1}
+  )
   # A seed only one curve has is left out.
   b.pop(1)
   assert list(verdicts.differences(a, b, verdicts.pruned)) == [0]
@@ -132,15 +140,19 @@ def _hand_made():
   """Three seeds of a base curve 'b', one 5 points above it ('above'), one
   scattered around it by ±10 points ('noisy'), and two within a fraction
   of a point of it ('same', 'close')."""
-  return {'b': _curve([(0.80, 0.70, 0.50)] * 3),
-          'above': _curve([(0.85, 0.75, 0.55), (0.86, 0.76, 0.56),
-                           (0.84, 0.74, 0.54)]),
-          'noisy': _curve([(0.9, 0.8, 0.6), (0.7, 0.6, 0.4),
-                           (0.85, 0.75, 0.55)]),
-          'same': _curve([(0.80, 0.70, 0.501), (0.80, 0.70, 0.499),
-                          (0.80, 0.70, 0.50)]),
-          'close': _curve([(0.802, 0.70, 0.50), (0.799, 0.70, 0.50),
-                           (0.80, 0.701, 0.50)])}
+  return {
+      'b': _curve([(0.80, 0.70, 0.50)] * 3),
+      'above': _curve(
+          [(0.85, 0.75, 0.55), (0.86, 0.76, 0.56), (0.84, 0.74, 0.54)]
+      ),
+      'noisy': _curve([(0.9, 0.8, 0.6), (0.7, 0.6, 0.4), (0.85, 0.75, 0.55)]),
+      'same': _curve(
+          [(0.80, 0.70, 0.501), (0.80, 0.70, 0.499), (0.80, 0.70, 0.50)]
+      ),
+      'close': _curve(
+          [(0.802, 0.70, 0.50), (0.799, 0.70, 0.50), (0.80, 0.701, 0.50)]
+      ),
+  }
 
 
 def test_better_holds_fails_or_is_inconclusive():
@@ -149,8 +161,7 @@ def test_better_holds_fails_or_is_inconclusive():
   assert verdicts.better('f', curves, 'same', 'b').verdict == 'does not hold'
   assert verdicts.better('f', curves, 'noisy', 'b').verdict == 'inconclusive'
   # B above A: the claim that A is above does not hold.
-  assert verdicts.better('f', curves, 'b', 'above').verdict == (
-      'does not hold')
+  assert verdicts.better('f', curves, 'b', 'above').verdict == ('does not hold')
   one = {k: {0: c[0]} for k, c in curves.items()}
   assert verdicts.better('f', one, 'above', 'b').verdict == 'inconclusive'
 
@@ -159,37 +170,44 @@ def test_similar_needs_the_interval_inside_one_point():
   curves = _hand_made()
   assert verdicts.similar('f', curves, 'close', 'b').verdict == 'holds'
   assert verdicts.similar('f', curves, 'above', 'b').verdict == (
-      'does not hold')
+      'does not hold'
+  )
   assert verdicts.similar('f', curves, 'b', 'above').verdict == (
-      'does not hold')
-  assert verdicts.similar('f', curves, 'noisy', 'b').verdict == (
-      'inconclusive')
+      'does not hold'
+  )
+  assert verdicts.similar('f', curves, 'noisy', 'b').verdict == ('inconclusive')
 
 
 def test_gap_grows_compares_severe_with_moderate_levels():
   fractions = (0.5, 0.25, 0.02, 0.01)
   random = {s: dict(zip(fractions, (0.8, 0.7, 0.4, 0.3))) for s in range(3)}
-  grows = {s: dict(zip(fractions, (0.8, 0.71, 0.5 + s / 100, 0.4)))
-           for s in range(3)}
-  flat = {s: dict(zip(fractions, (0.81, 0.71, 0.41, 0.31)))
-          for s in range(3)}
+  grows = {
+      s: dict(zip(fractions, (0.8, 0.71, 0.5 + s / 100, 0.4))) for s in range(3)
+  }
+  flat = {s: dict(zip(fractions, (0.81, 0.71, 0.41, 0.31))) for s in range(3)}
   curves = {'random': random, 'grows': grows, 'flat': flat}
   v = verdicts.gap_grows('f', curves, 'grows', 'random')
   # Severe gap 0.1 + s/200 against moderate 0.005: ~ +10 points.
   assert v.estimate.mean == pytest.approx(0.1, abs=0.01)
   assert v.verdict == 'holds'
   assert verdicts.gap_grows('f', curves, 'flat', 'random').verdict == (
-      'does not hold')
+      'does not hold'
+  )
   # No severe level yet: inconclusive, not an error.
-  early = {k: {s: {f: x for f, x in c.items() if f > 0.1}
-               for s, c in curve.items()} for k, curve in curves.items()}
+  early = {
+      k: {s: {f: x for f, x in c.items() if f > 0.1} for s, c in curve.items()}
+      for k, curve in curves.items()
+  }
   assert verdicts.gap_grows('f', early, 'grows', 'random').verdict == (
-      'inconclusive')
+      'inconclusive'
+  )
 
 
 def test_verdict_table_reports_points_and_seeds():
-  curves = {'a': _curve([(0.85, 0.75, 0.55), (0.86, 0.76, 0.56)]),
-            'b': _curve([(0.80, 0.70, 0.50)] * 2)}
+  curves = {
+      'a': _curve([(0.85, 0.75, 0.55), (0.86, 0.76, 0.56)]),
+      'b': _curve([(0.80, 0.70, 0.50)] * 2),
+  }
   md = verdicts.table([verdicts.better('A beats B', curves, 'a', 'b')])
   assert '| A beats B | a > b | +5.50 ± 0.50' in md
   # Two seeds: t(0.975, 1 dof) = 12.7 widens the interval past 0.
@@ -240,8 +258,9 @@ def test_fig3_end_to_end(shrunk, shared):
   assert all(len(by_curve[c]) == 1 for c in fig3.CURVES[1:])
   assert all(r['n'] == '1' for r in rows)
   section = open(paths['section']).read()
-  assert section.count('| **') == len(fig3.findings(
-      {c: {} for c in fig3.CURVES}))
+  assert section.count('| **') == len(
+      fig3.findings({c: {} for c in fig3.CURVES})
+  )
   assert (out / 'test_accuracy.png').stat().st_size > 0
 
 
@@ -269,20 +288,24 @@ def test_fig2_end_to_end(shrunk, shared, monkeypatch):
   out = shared / 'report' / 'fig2'
   paths = fig2.make(str(shared / 'w'), str(out), seeds=1)
   curves = _curves_of(paths)
-  assert set(curves) == {f'{o}, pruned {when}' for o in fig2.OBJECTIVES
-                         for when in ('during pre-training', 'during transfer')}
+  assert set(curves) == {
+      f'{o}, pruned {when}'
+      for o in fig2.OBJECTIVES
+      for when in ('during pre-training', 'during transfer')
+  }
   # Both arms have the dense round and the pruned one.
   assert all(len(rows) == 2 for rows in curves.values())
   runs = fig2.runs(str(shared / 'w'), 1)
   for o in fig2.OBJECTIVES:
-    pretrain = report.load_run(runs[f'{o}, pruned during pre-training']
-                               .config.source.workdir)
-    transfer = report.load_run(runs[f'{o}, pruned during transfer']
-                               .directory)
+    pretrain = report.load_run(
+        runs[f'{o}, pruned during pre-training'].config.source.workdir
+    )
+    transfer = report.load_run(runs[f'{o}, pruned during transfer'].directory)
     assert tuple(pretrain.config['data']['classes']) == fig2.PRETRAIN
     assert tuple(transfer.config['data']['classes']) == fig2.TRANSFER
     assert transfer.config['init_from']['workdir'] == (
-        runs[f'{o}, pruned during pre-training'].config.source.workdir)
+        runs[f'{o}, pruned during pre-training'].config.source.workdir
+    )
   section = open(paths['section']).read()
   assert section.count('| **') == len(fig2.OBJECTIVES)
 
@@ -291,22 +314,26 @@ def test_retraining_a_packed_source_reads_its_own_seed(tmp_path):
   source = tmp_path / 'source'
   for d in (source, source / 'seed_3', source / 'seed_4'):
     d.mkdir()
-  (source / 'config.json').write_text(json.dumps(
-      {'seed': 3, 'num_seeds': 2, 'model': {}}))
+  (source / 'config.json').write_text(
+      json.dumps({'seed': 3, 'num_seeds': 2, 'model': {}})
+  )
   config = settings.apply(config_lib.load('retrain', 'quick'), seeds=2)
   config.seed = 3
   config.source.workdir = str(source)
   seeds = [retrain.seed_source(c) for c in imp.seed_configs(config)]
   assert [c.source.workdir for c in seeds] == [
-      str(source / 'seed_3'), str(source / 'seed_4')]
+      str(source / 'seed_3'),
+      str(source / 'seed_4'),
+  ]
   assert config.source.workdir == str(source)  # Not changed in place.
   # Pruning that starts from a packed run (init_from) pairs seeds likewise.
   prune = settings.config('labels', seeds=2)
   prune.seed = 3
   prune.init_from.workdir = str(source)
-  assert [experiment.own_seed_init(c).init_from.workdir
-          for c in imp.seed_configs(prune)] == [
-              str(source / 'seed_3'), str(source / 'seed_4')]
+  assert [
+      experiment.own_seed_init(c).init_from.workdir
+      for c in imp.seed_configs(prune)
+  ] == [str(source / 'seed_3'), str(source / 'seed_4')]
   config.num_seeds = 1
   config.seed = 7
   with pytest.raises(ValueError, match='trained seeds 3..4; it has no seed 7'):
@@ -318,8 +345,17 @@ def test_retraining_a_packed_source_reads_its_own_seed(tmp_path):
 
 def test_command_refuses_an_unknown_figure(tmp_path):
   result = subprocess.run(
-      [sys.executable, '-m', 'sslprune_jax.reproduce', '--figure=9',
-       f'--workdir={tmp_path}'], capture_output=True, text=True, check=False)
+      [
+          sys.executable,
+          '-m',
+          'sslprune_jax.reproduce',
+          '--figure=9',
+          f'--workdir={tmp_path}',
+      ],
+      capture_output=True,
+      text=True,
+      check=False,
+  )
   assert result.returncode != 0
   assert "--figure='9': choose regime or one of 1, 2, 3" in result.stderr
   assert not list(tmp_path.iterdir())
@@ -339,8 +375,11 @@ def _curves_of(paths):
   return out
 
 
-@pytest.mark.parametrize('module', [fig6, fig1, fig4, fig5, fig7],
-                         ids=lambda m: m.__name__.rsplit('.', 1)[-1])
+@pytest.mark.parametrize(
+    'module',
+    [fig6, fig1, fig4, fig5, fig7],
+    ids=lambda m: m.__name__.rsplit('.', 1)[-1],
+)
 def test_figure_end_to_end(module, shrunk, shared):
   out = shared / 'report' / module.__name__.rsplit('.', 1)[-1]
   paths = module.make(str(shared / 'w'), str(out), seeds=1)
@@ -353,8 +392,9 @@ def test_figure_end_to_end(module, shrunk, shared):
   section = open(paths['section']).read()
   assert '| finding |' in section and 'inconclusive' in section
   assert (out / 'test_accuracy.png').stat().st_size > 0
-  assert (shared / 'w' / 'wall_seconds' / module.__name__.rsplit(
-      '.', 1)[-1]).exists()
+  assert (
+      shared / 'w' / 'wall_seconds' / module.__name__.rsplit('.', 1)[-1]
+  ).exists()
 
 
 def test_fig6_reports_every_objectives_natural_sparsity(shrunk, shared):

@@ -60,9 +60,11 @@ def start_of(config, workdir, round_idx):
   ckpts = checkpoint.RunCheckpoints(str(workdir))
   try:
     state = imp.round_start(exp, ckpts, round_idx)
-    saved = {'rewind': ckpts.load_rewind() if ckpts.has_rewind() else None,
-             'prev': ckpts.load_round(round_idx - 1),
-             'end': ckpts.load_round(round_idx)}
+    saved = {
+        'rewind': ckpts.load_rewind() if ckpts.has_rewind() else None,
+        'prev': ckpts.load_round(round_idx - 1),
+        'end': ckpts.load_round(round_idx),
+    }
   finally:
     ckpts.close()
   return exp, state, _np(saved)
@@ -83,8 +85,11 @@ def check_first_update(state, rate, weight_decay=5e-4):
   params = _np(state.params)
   grads = jax.tree.map(np.ones_like, params)
   new = _np(state.apply_gradients(grads=grads).params)
-  for p, m, q in zip(jax.tree.leaves(params), jax.tree.leaves(_np(state.mask)),
-                     jax.tree.leaves(new)):
+  for p, m, q in zip(
+      jax.tree.leaves(params),
+      jax.tree.leaves(_np(state.mask)),
+      jax.tree.leaves(new),
+  ):
     expected = np.where(m, p - rate * (1.0 + weight_decay * p), 0.0)
     np.testing.assert_allclose(q, expected, rtol=1e-5, atol=1e-7)
 
@@ -92,8 +97,9 @@ def check_first_update(state, rate, weight_decay=5e-4):
 def test_the_tiny_schedule_by_hand():
   rate = train.create_learning_rate_fn(tiny_config('unused').train, 16)
   for step in range(T):
-    assert float(rate(step)) == pytest.approx(schedule(step), rel=1e-5,
-                                              abs=1e-8)
+    assert float(rate(step)) == pytest.approx(
+        schedule(step), rel=1e-5, abs=1e-8
+    )
 
 
 def test_rewound_round_starts_at_k_with_the_rate_of_k(labels_run):
@@ -105,10 +111,17 @@ def test_rewound_round_starts_at_k_with_the_rate_of_k(labels_run):
   # The rewind point's weights under round 1's mask, and its statistics.
   mask = saved['end']['mask']
   jax.tree.map(np.testing.assert_array_equal, _np(state.mask), mask)
-  jax.tree.map(lambda a, b, m: np.testing.assert_array_equal(a, b * m),
-               _np(state.params), saved['rewind']['params'], mask)
-  jax.tree.map(np.testing.assert_array_equal, _np(state.batch_stats),
-               saved['rewind']['batch_stats'])
+  jax.tree.map(
+      lambda a, b, m: np.testing.assert_array_equal(a, b * m),
+      _np(state.params),
+      saved['rewind']['params'],
+      mask,
+  )
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      _np(state.batch_stats),
+      saved['rewind']['batch_stats'],
+  )
   check_first_update(state, schedule(K))
 
 
@@ -127,10 +140,12 @@ def test_every_round_ends_at_T_and_logs_its_rate(labels_run):
 
 
 @pytest.mark.parametrize('reset', ['lr_rewind', 'finetune'])
-def test_renda_resets_start_from_the_previous_round_end(data_dir, tmp_path,
-                                                        reset):
-  config = tiny_config(data_dir, **{'pruning.reset': reset,
-                                    'pruning.num_rounds': 1})
+def test_renda_resets_start_from_the_previous_round_end(
+    data_dir, tmp_path, reset
+):
+  config = tiny_config(
+      data_dir, **{'pruning.reset': reset, 'pruning.num_rounds': 1}
+  )
   rows = imp.run(config, str(tmp_path))
   assert [r['round'] for r in rows] == [0, 1]
   exp, state, saved = start_of(config, tmp_path, 1)
@@ -138,10 +153,17 @@ def test_renda_resets_start_from_the_previous_round_end(data_dir, tmp_path,
   assert saved['rewind'] is None
   check_fresh_optimizer_at(state, K)
   mask = saved['end']['mask']
-  jax.tree.map(lambda a, b, m: np.testing.assert_array_equal(a, b * m),
-               _np(state.params), saved['prev']['params'], mask)
-  jax.tree.map(np.testing.assert_array_equal, _np(state.batch_stats),
-               saved['prev']['batch_stats'])
+  jax.tree.map(
+      lambda a, b, m: np.testing.assert_array_equal(a, b * m),
+      _np(state.params),
+      saved['prev']['params'],
+      mask,
+  )
+  jax.tree.map(
+      np.testing.assert_array_equal,
+      _np(state.batch_stats),
+      saved['prev']['batch_stats'],
+  )
   rates = logged(tmp_path, 1, 'learning_rate')
   assert list(rates) == list(range(K + LOG_EVERY, T + 1, LOG_EVERY))
   if reset == 'lr_rewind':
@@ -161,8 +183,12 @@ def test_renda_resets_start_from_the_previous_round_end(data_dir, tmp_path,
 def test_round_end_keeps_the_task_state_only_where_a_round_starts_there():
   bank = {'bank': np.zeros((4, 2))}
   config = tiny_config('unused')
-  for reset, keeps in (('rewind', False), ('reinit', False),
-                       ('lr_rewind', True), ('finetune', True)):
+  for reset, keeps in (
+      ('rewind', False),
+      ('reinit', False),
+      ('lr_rewind', True),
+      ('finetune', True),
+  ):
     config.pruning.reset = reset
     assert imp.saves_task_state(config, bank) == keeps
     assert not imp.saves_task_state(config, {})
@@ -170,37 +196,43 @@ def test_round_end_keeps_the_task_state_only_where_a_round_starts_there():
 
 def test_reinit_trains_from_step_0(data_dir):
   # 'reinit' rounds take no rewind step: k may be anything, even T.
-  config = tiny_config(data_dir, **{'pruning.reset': 'reinit',
-                                    'pruning.rewind_samples': 32 * 128})
+  config = tiny_config(
+      data_dir,
+      **{'pruning.reset': 'reinit', 'pruning.rewind_samples': 32 * 128},
+  )
   exp = imp.build(config)
   assert exp.num_steps == T
 
 
 def test_a_rewind_point_at_or_after_T_is_refused(data_dir):
   for reset in ('rewind', 'lr_rewind', 'finetune'):
-    config = tiny_config(data_dir, **{'pruning.reset': reset,
-                                      'pruning.rewind_samples': T * 128})
+    config = tiny_config(
+        data_dir, **{'pruning.reset': reset, 'pruning.rewind_samples': T * 128}
+    )
     with pytest.raises(ValueError, match='not before the end of the run'):
       imp.build(config)
 
 
-@pytest.mark.parametrize('name,variant,images,rewind_step', [
-    # RotNet's step holds 64 images (x4 rotations made in the step): the
-    # 6,400 samples are 100 steps, not 25.
-    ('rotnet', 'quick', 64, 6_400 // 64),
-    ('rotnet', 'cifar10', 128, 50_000 // 128),
-    ('rotnet', '', 256, 1_281_167 // 256),
-    # Exemplar's and NPID's copies are made in the step too.
-    ('exemplar', 'quick', 64, 6_400 // 64),
-    ('labels', 'quick', 128, 6_400 // 128),
-    ('labels', 'imagenet', 256, 5_004),
-])
-def test_rewind_step_counts_dataset_images(name, variant, images,
-                                           rewind_step):
+@pytest.mark.parametrize(
+    'name,variant,images,rewind_step',
+    [
+        # RotNet's step holds 64 images (x4 rotations made in the step): the
+        # 6,400 samples are 100 steps, not 25.
+        ('rotnet', 'quick', 64, 6_400 // 64),
+        ('rotnet', 'cifar10', 128, 50_000 // 128),
+        ('rotnet', '', 256, 1_281_167 // 256),
+        # Exemplar's and NPID's copies are made in the step too.
+        ('exemplar', 'quick', 64, 6_400 // 64),
+        ('labels', 'quick', 128, 6_400 // 128),
+        ('labels', 'imagenet', 256, 5_004),
+    ],
+)
+def test_rewind_step_counts_dataset_images(name, variant, images, rewind_step):
   config = config_lib.load(name, variant)
   assert imp.images_per_step(config) == images
   assert imp.rewind_step_of(config, config.pruning.rewind_samples) == (
-      rewind_step)
+      rewind_step
+  )
 
 
 def test_s4l_counts_labelled_and_unlabelled_images():
@@ -208,14 +240,18 @@ def test_s4l_counts_labelled_and_unlabelled_images():
   per_step = config.train.batch_size + config.train.labelled_batch_size
   assert imp.images_per_step(config) == per_step
   assert imp.rewind_step_of(config, config.pruning.rewind_samples) == (
-      config.pruning.rewind_samples // per_step)
+      config.pruning.rewind_samples // per_step
+  )
   # The unlabelled batch alone would put the rewind point later.
-  assert (config.pruning.rewind_samples // config.train.batch_size
-          > config.pruning.rewind_samples // per_step)
+  assert (
+      config.pruning.rewind_samples // config.train.batch_size
+      > config.pruning.rewind_samples // per_step
+  )
 
 
 def test_winning_ticket_retraining_continues_from_the_rewind_step(
-    labels_run, data_dir, tmp_path):
+    labels_run, data_dir, tmp_path
+):
   _, source, _ = labels_run
   config = tiny_config(data_dir)
   retrain.add_source(config, init='winning_ticket')
@@ -247,20 +283,31 @@ def test_paper_random_baseline_from_the_dense_network(labels_run, data_dir):
       _, mask, _ = retrain.round_start(exp, ckpts, r)
       mask = _np(mask)
       # Exactly the source round's count, over all layers together...
-      assert (pruning.count(mask, exp.prunable)[0]
-              == pruning.count(source_mask, exp.prunable)[0])
+      assert (
+          pruning.count(mask, exp.prunable)[0]
+          == pruning.count(source_mask, exp.prunable)[0]
+      )
       # ... and every naturally-zero weight of the dense network goes first
       # (there are fewer of them than weights to remove here).
-      flat = [(p, m) for p, m, ok in zip(jax.tree.leaves(dense),
-                                         jax.tree.leaves(mask),
-                                         jax.tree.leaves(exp.prunable)) if ok]
+      flat = [
+          (p, m)
+          for p, m, ok in zip(
+              jax.tree.leaves(dense),
+              jax.tree.leaves(mask),
+              jax.tree.leaves(exp.prunable),
+          )
+          if ok
+      ]
       small = sum(int(np.sum(np.abs(p) < 1e-2)) for p, _ in flat)
       assert 0 < small < sum(m.size - m.sum() for _, m in flat)
       assert all(not np.any(m[np.abs(p) < 1e-2]) for p, m in flat)
       # Global, not per layer: the layers' rates differ from the source's.
-      assert ([int(m.sum()) for _, m in flat] != [
-          int(m.sum()) for m, ok in zip(jax.tree.leaves(source_mask),
-                                        jax.tree.leaves(exp.prunable))
-          if ok])
+      assert [int(m.sum()) for _, m in flat] != [
+          int(m.sum())
+          for m, ok in zip(
+              jax.tree.leaves(source_mask), jax.tree.leaves(exp.prunable)
+          )
+          if ok
+      ]
   finally:
     ckpts.close()

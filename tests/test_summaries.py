@@ -31,7 +31,8 @@ def test_drawn_layers_are_first_middle_last():
 
 def _tags(directory):
   acc = event_accumulator.EventAccumulator(
-      str(directory), size_guidance={event_accumulator.TENSORS: 0})
+      str(directory), size_guidance={event_accumulator.TENSORS: 0}
+  )
   acc.Reload()
   return acc
 
@@ -47,18 +48,29 @@ def test_tensorboard_shows_rates_sparsity_masks_and_the_plot(labels_run):
   layer = first.split('/', 1)[1]
   events = rounds.Tensors(first)
   assert [e.step for e in events] == [r['round'] for r in results]
-  want = [next(l['fraction_left'] for l in r['sparsity']['layers']
-               if l['name'] == layer) for r in results]
+  want = [
+      next(
+          l['fraction_left']
+          for l in r['sparsity']['layers']
+          if l['name'] == layer
+      )
+      for r in results
+  ]
   got = [float(tensor_util.make_ndarray(e.tensor_proto)) for e in events]
   assert got == pytest.approx(want)
-  for tag in ('test_accuracy', 'fraction_left', 'sparsity',
-              'fraction_left_plot'):
+  for tag in (
+      'test_accuracy',
+      'fraction_left',
+      'sparsity',
+      'fraction_left_plot',
+  ):
     assert tag in tags, (tag, sorted(tags))
   masks = [t for t in tags if t.startswith('mask/')]
   assert len(masks) == summaries.MASK_LAYERS
   # Images are [width, height, png...] string tensors.
   plot = tensor_util.make_ndarray(
-      rounds.Tensors('fraction_left_plot')[-1].tensor_proto)
+      rounds.Tensors('fraction_left_plot')[-1].tensor_proto
+  )
   assert plot[2].startswith(b'\x89PNG')
   per_step = _tags(workdir / 'tb' / 'round_01')
   step_tags = set(per_step.Tags()['tensors'])

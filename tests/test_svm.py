@@ -17,15 +17,23 @@ from sslprune_jax import voc
 # At large costs liblinear stops at the benchmark's max_iter=2000 before its
 # tolerance, as it does in the benchmark: expected, and not what is tested.
 pytestmark = pytest.mark.filterwarnings(
-    'ignore::sklearn.exceptions.ConvergenceWarning')
+    'ignore::sklearn.exceptions.ConvergenceWarning'
+)
 
 
 def _reference_svm(cost):
   """LinearSVC as train_svm_kfold.py builds it (plus a fixed seed)."""
-  return sk_svm.LinearSVC(C=cost, class_weight={1: 2, -1: 1},
-                          intercept_scaling=1.0, penalty='l2',
-                          loss='squared_hinge', tol=0.0001, dual=True,
-                          max_iter=2000, random_state=0)
+  return sk_svm.LinearSVC(
+      C=cost,
+      class_weight={1: 2, -1: 1},
+      intercept_scaling=1.0,
+      penalty='l2',
+      loss='squared_hinge',
+      tol=0.0001,
+      dual=True,
+      max_iter=2000,
+      random_state=0,
+  )
 
 
 def _reference_normalize(x):
@@ -60,9 +68,19 @@ def _problem(seed=0, n_train=150, n_test=120, d=24, num_classes=4):
 def test_cost_grid_is_the_benchmarks():
   grid = svm.cost_grid()
   # GETTING_STARTED.md's --costs_list, then parse_cost_list's 0.5^4..0.5^19.
-  assert grid[:10] == (1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 0.01, 0.1, 1.0, 10.0,
-                       100.0)
-  assert grid[10:] == tuple(0.5 ** k for k in range(4, 20))
+  assert grid[:10] == (
+      1e-7,
+      1e-6,
+      1e-5,
+      1e-4,
+      1e-3,
+      0.01,
+      0.1,
+      1.0,
+      10.0,
+      100.0,
+  )
+  assert grid[10:] == tuple(0.5**k for k in range(4, 20))
   assert svm.cost_grid((0.1, 0.01))[:2] == (0.1, 0.01)
   with pytest.raises(ValueError, match='positive'):
     svm.cost_grid((1.0, 0.0))
@@ -76,8 +94,9 @@ def test_normalization_and_training_labels():
   np.testing.assert_array_equal(out[1], [0.0, 0.0])
   # Difficult (0) trains as a negative, as the benchmark's 0 -> -1 map of
   # its own targets (where difficult is -1) does.
-  np.testing.assert_array_equal(svm.train_labels(np.array([1, 0, -1])),
-                                [1, -1, -1])
+  np.testing.assert_array_equal(
+      svm.train_labels(np.array([1, 0, -1])), [1, -1, -1]
+  )
 
 
 def test_average_precision_by_hand():
@@ -107,7 +126,8 @@ def test_average_precision_by_hand():
   assert np.isnan(svm.average_precision(scores, np.array([-1, 0, -1, -1])))
   # Scores of difficult images do not matter.
   scores, target = np.array([0.5, 0.9, 0.4, 0.7, 0.8, 0.6]), np.array(
-      [-1, 1, 1, 0, -1, 1])
+      [-1, 1, 1, 0, -1, 1]
+  )
   moved = scores.copy()
   moved[3] = -5.0
   assert svm.average_precision(moved, target) == pytest.approx(34 / 45)
@@ -127,15 +147,19 @@ def test_cross_validation_is_sklearns_with_average_precision():
   (x, target), _ = _problem(seed=1, n_train=120, num_classes=2)
   x = _reference_normalize(x)
   costs = (0.01, 1.0, 100.0)
-  best, cv_ap = svm.cross_validate(x, target, costs, num_folds=3, seed=0,
-                                   workers=2)
+  best, cv_ap = svm.cross_validate(
+      x, target, costs, num_folds=3, seed=0, workers=2
+  )
   grid = svm.cost_grid(costs)
   assert cv_ap.shape == (2, len(grid))
   for c in range(2):
     y = np.where(target[:, c] == 1, 1, -1)
-    expected = [model_selection.cross_val_score(
-        _reference_svm(cost), x, y, cv=3, scoring='average_precision').mean()
-                for cost in grid]
+    expected = [
+        model_selection.cross_val_score(
+            _reference_svm(cost), x, y, cv=3, scoring='average_precision'
+        ).mean()
+        for cost in grid
+    ]
     np.testing.assert_allclose(cv_ap[c], expected, rtol=0, atol=1e-12)
     assert best[c] == grid[int(np.argmax(expected))]
 
@@ -152,11 +176,18 @@ def test_cost_choice_known_best_and_ties_in_grid_order():
   n = 240
   first = rng.random(n) < 0.4
   second = rng.random(n) < 0.3
-  x = np.stack([np.where(first, 0.1, -0.1),
-                rng.normal(size=n) + np.where(first, 0.5, -0.5),
-                np.where(second, 1.0, -1.0), np.ones(n)], 1)
-  target = np.stack([np.where(first, 1, -1),
-                     np.where(second, 1, -1)], 1).astype(np.int8)
+  x = np.stack(
+      [
+          np.where(first, 0.1, -0.1),
+          rng.normal(size=n) + np.where(first, 0.5, -0.5),
+          np.where(second, 1.0, -1.0),
+          np.ones(n),
+      ],
+      1,
+  )
+  target = np.stack(
+      [np.where(first, 1, -1), np.where(second, 1, -1)], 1
+  ).astype(np.int8)
   costs = (1e-3, 0.1, 1.0, 100.0)
   best, cv_ap = svm.cross_validate(x, target, costs, seed=0, workers=1)
   assert cv_ap[0, 0] < 0.9
@@ -176,16 +207,18 @@ def test_evaluate_equals_linear_svc_configured_by_hand():
   for c in range(train_t.shape[1]):
     # train_svm_kfold.py: difficult trains as a negative.
     y = np.where(train_t[:, c] == voc.POSITIVE, 1, -1)
-    cv = [model_selection.cross_val_score(
-        _reference_svm(cost), xtr, y, cv=3,
-        scoring='average_precision').mean() for cost in grid]
+    cv = [
+        model_selection.cross_val_score(
+            _reference_svm(cost), xtr, y, cv=3, scoring='average_precision'
+        ).mean()
+        for cost in grid
+    ]
     # test_svm.py: the argmax of the cross-validation APs.
     cost = grid[int(np.argmax(cv))]
     assert out['cost'][c] == cost
     clf = _reference_svm(cost).fit(xtr, y)
     scores = clf.decision_function(xte)
-    np.testing.assert_allclose(out['scores'][:, c], scores, rtol=0,
-                               atol=1e-9)
+    np.testing.assert_allclose(out['scores'][:, c], scores, rtol=0, atol=1e-9)
     aps.append(_ap_from_positives(scores, test_t[:, c]))
     assert abs(out['ap'][c] - aps[-1]) < 1e-4
   assert out['mAP'] == pytest.approx(np.mean(aps), abs=1e-4)
@@ -212,8 +245,9 @@ def test_difficult_images_are_negatives_in_training_only():
 def test_class_without_positives_is_left_out():
   (train_x, train_t), (test_x, test_t) = _problem(seed=3, num_classes=3)
   train_t[:, 2] = voc.NEGATIVE
-  out = svm.evaluate(train_x, train_t, test_x, test_t, costs=(0.1, 1.0),
-                     workers=1)
+  out = svm.evaluate(
+      train_x, train_t, test_x, test_t, costs=(0.1, 1.0), workers=1
+  )
   assert np.isnan(out['cost'][2]) and np.all(np.isnan(out['cv_ap'][2]))
   assert np.isnan(out['ap'][2]) and np.all(np.isnan(out['scores'][:, 2]))
   assert out['mAP'] == pytest.approx(np.mean(out['ap'][:2]))

@@ -28,12 +28,23 @@ def test_benchmark_variants_have_the_benchmarks_settings():
     # SOLVER: BASE_LR 0.01, MOMENTUM 0.9, NESTEROV, WEIGHT_DECAY 1e-4,
     # STEP_SIZES 3 x 40000 (cumulative), NUM_ITERATIONS 140000, GAMMA 0.1;
     # TRAIN.BATCH_SIZE 256; FC_INIT_STD 0.01; BN_NO_SCALE_SHIFT.
-    assert (lin.learning_rate, lin.momentum, lin.nesterov,
-            lin.weight_decay) == (0.01, 0.9, True, 1e-4)
-    assert (lin.num_steps, tuple(lin.decay_steps), lin.decay_factor,
-            lin.batch_size) == (140_000, (40_000, 80_000, 120_000), 0.1, 256)
-    assert (lin.norm, lin.bn_momentum, lin.init_std) == ('batch_norm', 0.9,
-                                                         0.01)
+    assert (
+        lin.learning_rate,
+        lin.momentum,
+        lin.nesterov,
+        lin.weight_decay,
+    ) == (0.01, 0.9, True, 1e-4)
+    assert (
+        lin.num_steps,
+        tuple(lin.decay_steps),
+        lin.decay_factor,
+        lin.batch_size,
+    ) == (140_000, (40_000, 80_000, 120_000), 0.1, 256)
+    assert (lin.norm, lin.bn_momentum, lin.init_std) == (
+        'batch_norm',
+        0.9,
+        0.01,
+    )
     assert tuple(lin.svm_costs) == svm.BENCHMARK_COSTS
     assert lin.svm_folds == 3
     assert not linear._linear_problems(lin)
@@ -62,8 +73,11 @@ def test_pooling_is_6x6_windows_at_stride_1_flattened_channel_major():
   # (i, j); window (1, 0) covers rows 1-6, columns 0-5.
   expected = np.asarray(x)[1, 1:7, 0:6, 2].mean()
   np.testing.assert_allclose(out[1, 2 * 4 + 1 * 2 + 0], expected, rtol=1e-6)
-  np.testing.assert_allclose(np.asarray(linear.pool_features(x, ())),
-                             np.asarray(x).mean(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(linear.pool_features(x, ())),
+      np.asarray(x).mean(axis=(1, 2)),
+      rtol=1e-6,
+  )
   with pytest.raises(ValueError, match='larger than'):
     linear.pool_features(x[:, :5, :5], (6, 1))
 
@@ -71,8 +85,11 @@ def test_pooling_is_6x6_windows_at_stride_1_flattened_channel_major():
 def test_res5_is_resnet50s_last_block():
   config = config_lib.load('linear_eval', 'voc07')
   model = models.create_model(config.model, None)
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False))
+  shapes = jax.eval_shape(
+      lambda: model.init(
+          jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False
+      )
+  )
   blocks = sorted(k for k in shapes['params'] if k.startswith('layer4_'))
   assert blocks[-1] == config.linear.layer == 'layer4_2'
 
@@ -80,8 +97,11 @@ def test_res5_is_resnet50s_last_block():
 def _random_variables(model):
   """Random weights, unit batch-norm statistics (quicker than `init`)."""
   rng = np.random.default_rng(0)
-  shapes = jax.eval_shape(lambda: model.init(
-      jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False))
+  shapes = jax.eval_shape(
+      lambda: model.init(
+          jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False
+      )
+  )
 
   def fill(path, leaf):
     name = jax.tree_util.keystr(path[-1:])
@@ -102,19 +122,30 @@ def test_feature_fn_pools_a_blocks_output_in_windows():
   mesh = parallel.create_mesh()
   features = linear.feature_fn(config.model, 'layer4_0', mesh, (6, 1))
   model = models.create_model(config.model, None)
-  images = jnp.asarray(np.random.default_rng(0).random((8, 224, 224, 3)),
-                       jnp.float32)
+  images = jnp.asarray(
+      np.random.default_rng(0).random((8, 224, 224, 3)), jnp.float32
+  )
   variables = _random_variables(model)
-  out = parallel.to_host(features(parallel.replicate(variables, mesh),
-                                  parallel.shard_batch(images, mesh)))
+  out = parallel.to_host(
+      features(
+          parallel.replicate(variables, mesh),
+          parallel.shard_batch(images, mesh),
+      )
+  )
   assert out.shape == (8, 64 * 2 * 2) and np.abs(out).max() > 0
-  _, state = model.apply(variables, images, train=False,
-                         capture_intermediates=True, mutable=['intermediates'])
+  _, state = model.apply(
+      variables,
+      images,
+      train=False,
+      capture_intermediates=True,
+      mutable=['intermediates'],
+  )
   last = np.asarray(state['intermediates']['layer4_0']['__call__'][0])
   assert last.shape[1:3] == (7, 7)
   # Channel 5, window (1, 1): rows and columns 1-6.
-  np.testing.assert_allclose(out[3, 5 * 4 + 3], last[3, 1:, 1:, 5].mean(),
-                             rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(
+      out[3, 5 * 4 + 3], last[3, 1:, 1:, 5].mean(), rtol=1e-4, atol=1e-6
+  )
 
 
 def test_schedule_is_in_iterations_as_the_benchmark():
@@ -123,8 +154,14 @@ def test_schedule_is_in_iterations_as_the_benchmark():
   assert steps == 140_000
   # lr_utils.py: iteration t (from 1) is decayed once for each cumulative
   # step size below t; optax counts from 0.
-  for count, expected in ((0, 0.01), (39_999, 0.01), (40_000, 1e-3),
-                          (80_000, 1e-4), (120_000, 1e-5), (139_999, 1e-5)):
+  for count, expected in (
+      (0, 0.01),
+      (39_999, 0.01),
+      (40_000, 1e-3),
+      (80_000, 1e-4),
+      (120_000, 1e-5),
+      (139_999, 1e-5),
+  ):
     assert float(lr(count)) == pytest.approx(expected)
 
 
@@ -154,16 +191,19 @@ def test_batch_norm_head_trains_and_keeps_running_averages():
   rng = np.random.default_rng(0)
   centres = rng.normal(size=(4, 12)) * 3
   labels = rng.integers(0, 4, size=512)
-  features = (centres[labels] + rng.normal(size=(512, 12)) * 0.3 + 5.0
-              ).astype(np.float32)
+  features = (centres[labels] + rng.normal(size=(512, 12)) * 0.3 + 5.0).astype(
+      np.float32
+  )
   lin = config_lib.load('linear_eval', '').linear
-  lin.update(dict(num_steps=200, decay_steps=(150,), batch_size=64,
-                  learning_rate=0.1))
-  params, stats = linear.train_classifier(features[:400], labels[:400], 4,
-                                          lin, seed=0)
+  lin.update(
+      dict(num_steps=200, decay_steps=(150,), batch_size=64, learning_rate=0.1)
+  )
+  params, stats = linear.train_classifier(
+      features[:400], labels[:400], 4, lin, seed=0
+  )
   assert linear.accuracy(params, stats, features[400:], labels[400:]) == 1.0
   # 200 updates at momentum 0.9 forget the start (mean 0, variance 1).
-  np.testing.assert_allclose(stats['mean'], features[:400].mean(0),
-                             atol=0.3)
-  np.testing.assert_allclose(stats['scale'], 1 / features[:400].std(0),
-                             rtol=0.2)
+  np.testing.assert_allclose(stats['mean'], features[:400].mean(0), atol=0.3)
+  np.testing.assert_allclose(
+      stats['scale'], 1 / features[:400].std(0), rtol=0.2
+  )

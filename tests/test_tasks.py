@@ -22,6 +22,7 @@ from sslprune_jax.tasks import npid
 
 class TinyNet(nn.Module):
   """Conv -> pool -> head; no batch norm, so device splits do not matter."""
+
   outputs: int = 10
 
   @nn.compact
@@ -33,34 +34,43 @@ class TinyNet(nn.Module):
 
 def _state(model, task, seed=0, size=8):
   tx = train.create_optimizer(
-      ml_collections.ConfigDict(dict(weight_decay=1e-4, momentum=0.9,
-                                     nesterov=False)),
-      optax.constant_schedule(0.1))
-  variables = train.init_variables(model, jax.random.PRNGKey(seed),
-                                   (size, size, 1))
+      ml_collections.ConfigDict(
+          dict(weight_decay=1e-4, momentum=0.9, nesterov=False)
+      ),
+      optax.constant_schedule(0.1),
+  )
+  variables = train.init_variables(
+      model, jax.random.PRNGKey(seed), (size, size, 1)
+  )
   return train.create_train_state(
-      model, variables, pruning.init_mask(variables['params']), tx,
-      jax.random.PRNGKey(seed + 1), task.init_state(jax.random.PRNGKey(3)))
+      model,
+      variables,
+      pruning.init_mask(variables['params']),
+      tx,
+      jax.random.PRNGKey(seed + 1),
+      task.init_state(jax.random.PRNGKey(3)),
+  )
 
 
 def _run_step(task, state, batch, devices):
   mesh = parallel.create_mesh(devices)
   step = train.make_train_step(task, mesh)
-  return step(parallel.replicate(state, mesh),
-              parallel.shard_batch(batch, mesh))
+  return step(
+      parallel.replicate(state, mesh), parallel.shard_batch(batch, mesh)
+  )
 
 
 def _info(**kw):
   """What `get_task` reads of a `data.DatasetInfo`."""
-  return types.SimpleNamespace(**{'num_classes': 10, 'index_range': (0, 64),
-                                  **kw})
+  return types.SimpleNamespace(
+      **{'num_classes': 10, 'index_range': (0, 64), **kw}
+  )
 
 
 def test_get_task_fills_dataset_fields_and_refuses_bad_ones():
   config = ml_collections.ConfigDict(dict(name='npid', num_negatives=7))
   task = tasks.get_task(config, _info(index_range=(100, 200)))
-  assert (task.bank_size, task.num_classes, task.num_negatives) == (100, 10,
-                                                                   7)
+  assert (task.bank_size, task.num_classes, task.num_negatives) == (100, 10, 7)
   with pytest.raises(ValueError, match='Unknown fields'):
     tasks.get_task(ml_collections.ConfigDict(dict(name='rotnet', margin=1)))
   with pytest.raises(ValueError, match='Unknown task'):
@@ -74,24 +84,26 @@ def test_get_task_fills_dataset_fields_and_refuses_bad_ones():
 
 def test_triplet_loss_by_hand():
   anchors = jnp.array([[1.0, 0.0]])
-  positives = jnp.array([[[0.0, 1.0]]])              # |a - p| = sqrt(2)
+  positives = jnp.array([[[0.0, 1.0]]])  # |a - p| = sqrt(2)
   candidates = jnp.array([[1.0, 0.0], [-1.0, 0.0], [0.6, 0.8]])
-  negative = jnp.array([[True, True, False]])        # the third is not
+  negative = jnp.array([[True, True, False]])  # the third is not
   # |a - n| = 0 and 2: hinges max(0, 0.5 + 1.41421 - 0) = 1.91421 and
   # max(0, 0.5 + 1.41421 - 2) = 0; their mean is 0.95711.
-  losses = exemplar.triplet_losses(anchors, positives, candidates, negative,
-                                   margin=0.5)
+  losses = exemplar.triplet_losses(
+      anchors, positives, candidates, negative, margin=0.5
+  )
   np.testing.assert_allclose(losses, [(0.5 + math.sqrt(2)) / 2], rtol=1e-6)
   # With a margin of 1, the far negative counts too: 2.41421 + 0.41421.
-  losses = exemplar.triplet_losses(anchors, positives, candidates, negative,
-                                   margin=1.0)
-  np.testing.assert_allclose(losses, [(2 + 2 * math.sqrt(2) - 2) / 2],
-                             rtol=1e-6)
+  losses = exemplar.triplet_losses(
+      anchors, positives, candidates, negative, margin=1.0
+  )
+  np.testing.assert_allclose(
+      losses, [(2 + 2 * math.sqrt(2) - 2) / 2], rtol=1e-6
+  )
 
 
 def test_exemplar_copies_are_identity_or_mirror_without_randomness():
-  task = exemplar.Exemplar(copies=4, min_scale=1.0, max_degrees=0.0,
-                           jitter=0.0)
+  task = exemplar.Exemplar(copies=4, min_scale=1.0, max_degrees=0.0, jitter=0.0)
   rng = np.random.default_rng(0)
   image = jnp.asarray(rng.normal(size=(6, 6, 3)).astype(np.float32))
   for seed in range(4):
@@ -102,15 +114,20 @@ def test_exemplar_copies_are_identity_or_mirror_without_randomness():
 
 def test_exemplar_augmentations_differ_between_copies(num_devices):
   task = exemplar.Exemplar(copies=3)
-  images = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype(
-      np.float32)
+  images = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype(np.float32)
   mesh = parallel.create_mesh()
-  prepare = jax.jit(jax.shard_map(
-      lambda b: task.prepare(b, jax.random.PRNGKey(1)), mesh=mesh,
-      in_specs=parallel.P(parallel.AXIS), out_specs=parallel.P(parallel.AXIS)))
-  out = np.asarray(prepare(parallel.shard_batch({'image': images},
-                                                mesh))['image'])
-  assert out.shape == (24, 8, 8, 1)   # 3 copies of 1 image per device
+  prepare = jax.jit(
+      jax.shard_map(
+          lambda b: task.prepare(b, jax.random.PRNGKey(1)),
+          mesh=mesh,
+          in_specs=parallel.P(parallel.AXIS),
+          out_specs=parallel.P(parallel.AXIS),
+      )
+  )
+  out = np.asarray(
+      prepare(parallel.shard_batch({'image': images}, mesh))['image']
+  )
+  assert out.shape == (24, 8, 8, 1)  # 3 copies of 1 image per device
   assert not np.allclose(out[0], out[8])
 
 
@@ -118,22 +135,28 @@ def test_exemplar_negatives_come_from_the_global_batch(num_devices):
   """8 devices x 2 images give the same step as 1 device x 16 images."""
   # Copies depend on each device's key; with the random transformations
   # turned off and mirror-symmetric images, they do not.
-  task = exemplar.Exemplar(copies=2, embedding_dim=4, min_scale=1.0,
-                           max_degrees=0.0, jitter=0.0)
+  task = exemplar.Exemplar(
+      copies=2, embedding_dim=4, min_scale=1.0, max_degrees=0.0, jitter=0.0
+  )
   model = TinyNet(outputs=4)
   state = _state(model, task)
-  images = np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(
-      np.float32)
-  batch = {'image': (images + images[:, :, ::-1]) / 2,
-           'label': np.zeros(16, np.int32)}
+  images = (
+      np.random.default_rng(0).normal(size=(16, 8, 8, 1)).astype(np.float32)
+  )
+  batch = {
+      'image': (images + images[:, :, ::-1]) / 2,
+      'label': np.zeros(16, np.int32),
+  }
   many, m_many = _run_step(task, state, batch, jax.devices())
   one, m_one = _run_step(task, state, batch, jax.devices()[:1])
-  np.testing.assert_allclose(float(m_many.loss.compute()),
-                             float(m_one.loss.compute()), rtol=1e-5)
+  np.testing.assert_allclose(
+      float(m_many.loss.compute()), float(m_one.loss.compute()), rtol=1e-5
+  )
   assert float(m_one.loss.compute()) > 0
   for a, b in zip(jax.tree.leaves(many.params), jax.tree.leaves(one.params)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6
+    )
   assert int(m_many.loss.count) == 32
 
 
@@ -144,8 +167,9 @@ def test_nce_loss_by_hand():
   # N = 10, K = 2, Z = 5: P = score / 5, K * P_n = 0.2.
   # Positive score 5: P = 1, h = 1 / 1.2, -log h = log 1.2.
   # Noise scores 5 and 0.5: P = 1 and 0.1, 1 - h = 0.2 / 1.2 and 0.2 / 0.3.
-  losses, h_pos = npid.nce_losses(jnp.array([5.0]), jnp.array([[5.0, 0.5]]),
-                                  jnp.array(5.0), bank_size=10)
+  losses, h_pos = npid.nce_losses(
+      jnp.array([5.0]), jnp.array([[5.0, 0.5]]), jnp.array(5.0), bank_size=10
+  )
   expected = math.log(1.2) - math.log(0.2 / 1.2) - math.log(0.2 / 0.3)
   np.testing.assert_allclose(losses, [expected], rtol=1e-5)
   np.testing.assert_allclose(h_pos, [1 / 1.2], rtol=1e-5)
@@ -153,23 +177,27 @@ def test_nce_loss_by_hand():
 
 def test_memory_bank_update_by_hand():
   bank = jnp.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])
-  new = npid.update_bank(bank, jnp.array([0, 2]),
-                         jnp.array([[0.0, 1.0], [0.6, 0.8]]), momentum=0.5)
-  np.testing.assert_allclose(new, [[0.5 ** 0.5, 0.5 ** 0.5], [0.0, 1.0],
-                                   [0.6, 0.8]], rtol=1e-6)
+  new = npid.update_bank(
+      bank, jnp.array([0, 2]), jnp.array([[0.0, 1.0], [0.6, 0.8]]), momentum=0.5
+  )
+  np.testing.assert_allclose(
+      new, [[0.5**0.5, 0.5**0.5], [0.0, 1.0], [0.6, 0.8]], rtol=1e-6
+  )
 
 
 def test_knn_by_hand():
-  bank = jnp.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0],
-                    [0.96, 0.28]])
-  labels = jnp.array([0, 1, 1, 2, -1])   # the last entry was never seen
+  bank = jnp.array(
+      [[1.0, 0.0], [0.8, 0.6], [0.0, 1.0], [-1.0, 0.0], [0.96, 0.28]]
+  )
+  labels = jnp.array([0, 1, 1, 2, -1])  # the last entry was never seen
   queries = jnp.array([[1.0, 0.0], [0.0, 1.0]])
   # Query 0, k=2: entry 0 (sim 1, class 0) and entry 1 (sim 0.8, class 1);
   # entry 4 (0.96) is unseen. Class 0 wins with exp(1/T) > exp(0.8/T).
   # k=3 adds entry 2 (sim 0, class 1): exp(0.8/T) + 1 < exp(1/T) still.
   # With T=10: exp(0.1) = 1.105 < exp(0.08) + exp(0) = 2.083: class 1.
-  predict = lambda k, t: np.asarray(npid.knn_predict(
-      queries, bank, labels, num_classes=3, k=k, temperature=t))
+  predict = lambda k, t: np.asarray(
+      npid.knn_predict(queries, bank, labels, num_classes=3, k=k, temperature=t)
+  )
   np.testing.assert_array_equal(predict(2, 0.07), [0, 1])
   np.testing.assert_array_equal(predict(3, 0.07), [0, 1])
   np.testing.assert_array_equal(predict(3, 10.0), [1, 1])
@@ -178,18 +206,23 @@ def test_knn_by_hand():
 
 
 def test_npid_bank_is_identical_on_every_device_after_a_step(num_devices):
-  task = tasks.get_task(ml_collections.ConfigDict(dict(
-      name='npid', dim=8, num_negatives=16)), _info(index_range=(0, 40)))
+  task = tasks.get_task(
+      ml_collections.ConfigDict(dict(name='npid', dim=8, num_negatives=16)),
+      _info(index_range=(0, 40)),
+  )
   model = TinyNet(outputs=8)
   state = _state(model, task)
   rng = np.random.default_rng(0)
   index = rng.permutation(40)[:16].astype(np.int32)
-  batch = {'image': rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
-           'label': rng.integers(0, 10, size=16).astype(np.int32),
-           'index': index}
+  batch = {
+      'image': rng.normal(size=(16, 8, 8, 1)).astype(np.float32),
+      'label': rng.integers(0, 10, size=16).astype(np.int32),
+      'index': index,
+  }
   new, metrics = _run_step(task, state, batch, jax.devices())
-  shards = [np.asarray(s.data) for s in
-            new.task_state['bank'].addressable_shards]
+  shards = [
+      np.asarray(s.data) for s in new.task_state['bank'].addressable_shards
+  ]
   assert len(shards) == num_devices
   for s in shards[1:]:
     np.testing.assert_array_equal(s, shards[0])
@@ -215,8 +248,9 @@ def test_npid_bank_is_identical_on_every_device_after_a_step(num_devices):
   mixed = 0.5 * expected[index] + 0.5 * np.asarray(v2)
   expected[index] = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
   for shard in again.task_state['bank'].addressable_shards:
-    np.testing.assert_allclose(np.asarray(shard.data), expected, rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(shard.data), expected, rtol=1e-4, atol=1e-5
+    )
   assert float(again.task_state['z']) == z
   assert np.isfinite(float(metrics.loss.compute()))
 
@@ -225,16 +259,23 @@ def test_npid_bank_is_identical_on_every_device_after_a_step(num_devices):
 
 
 def test_s4l_loss_is_the_sum_of_its_parts():
-  task = tasks.get_task(ml_collections.ConfigDict(dict(
-      name='s4l', rotation_weight=0.7)), _info(num_classes=3))
+  task = tasks.get_task(
+      ml_collections.ConfigDict(dict(name='s4l', rotation_weight=0.7)),
+      _info(num_classes=3),
+  )
   assert task.num_outputs(3) == 7
   rng = np.random.default_rng(0)
   images = rng.normal(size=(4, 5, 5, 1)).astype(np.float32)
   labels = np.array([2, 0, 1, 1], np.int32)
   labelled = np.array([True, False, True, False])
-  batch = task.prepare({'image': jnp.asarray(images),
-                        'label': jnp.asarray(labels),
-                        'labelled': jnp.asarray(labelled)}, None)
+  batch = task.prepare(
+      {
+          'image': jnp.asarray(images),
+          'label': jnp.asarray(labels),
+          'labelled': jnp.asarray(labelled),
+      },
+      None,
+  )
   assert batch['image'].shape == (16, 5, 5, 1)
   outputs = jnp.asarray(rng.normal(size=(16, 7)).astype(np.float32))
   loss, _ = task.loss(outputs, batch, {}, None)
@@ -244,14 +285,21 @@ def test_s4l_loss_is_the_sum_of_its_parts():
   # S4L's mean of the two streams' means is the mean over all rows).
   log_softmax = lambda x: x - np.log(np.sum(np.exp(x), -1, keepdims=True))
   out = np.asarray(outputs)
-  supervised = -np.mean([log_softmax(out[4 * k + i, :3])[labels[i]]
-                         for k in range(4) for i in (0, 2)])
+  supervised = -np.mean(
+      [
+          log_softmax(out[4 * k + i, :3])[labels[i]]
+          for k in range(4)
+          for i in (0, 2)
+      ]
+  )
   rotation = -np.mean([log_softmax(out[i, 3:])[i // 4] for i in range(16)])
-  np.testing.assert_allclose(float(loss), supervised + 0.7 * rotation,
-                             rtol=1e-5)
+  np.testing.assert_allclose(
+      float(loss), supervised + 0.7 * rotation, rtol=1e-5
+  )
   parts = task.loss_parts(outputs, batch)
-  np.testing.assert_allclose([float(p) for p in parts],
-                             [supervised, rotation], rtol=1e-5)
+  np.testing.assert_allclose(
+      [float(p) for p in parts], [supervised, rotation], rtol=1e-5
+  )
 
 
 def test_few_labels_is_labels_on_the_labelled_stream():
@@ -264,14 +312,16 @@ def test_few_labels_is_labels_on_the_labelled_stream():
 def test_replacing_the_head_keeps_the_trunk_and_its_mask():
   config = {'name': 'resnet_cifar', 'depth': 10, 'width': 0.125}
   rotation_net = models.create_model(config, 4)
-  variables = rotation_net.init(jax.random.PRNGKey(0),
-                                jnp.zeros((1, 8, 8, 1)), train=False)
+  variables = rotation_net.init(
+      jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False
+  )
   prunable = pruning.prunable_tree(variables['params'])
-  mask = pruning.magnitude_prune(variables['params'],
-                                 pruning.init_mask(variables['params']),
-                                 prunable, 0.5)
+  mask = pruning.magnitude_prune(
+      variables['params'], pruning.init_mask(variables['params']), prunable, 0.5
+  )
   model, new_vars, new_mask = models.replace_head(
-      config, variables, mask, 10, jax.random.PRNGKey(1), (8, 8, 1))
+      config, variables, mask, 10, jax.random.PRNGKey(1), (8, 8, 1)
+  )
   head = new_vars['params'][models.HEAD]
   assert head['kernel'].shape[-1] == 10
   assert all(np.all(m) for m in jax.tree.leaves(new_mask[models.HEAD]))
@@ -282,23 +332,34 @@ def test_replacing_the_head_keeps_the_trunk_and_its_mask():
   trunk = models.create_model(config, None)
   images = np.random.default_rng(0).normal(size=(2, 8, 8, 1))
   features = lambda v, m: trunk.apply(
-      {'params': pruning.apply_mask(v['params'], m),
-       'batch_stats': v['batch_stats']}, images, train=False)
-  np.testing.assert_array_equal(features(new_vars, new_mask),
-                                features(variables, mask))
+      {
+          'params': pruning.apply_mask(v['params'], m),
+          'batch_stats': v['batch_stats'],
+      },
+      images,
+      train=False,
+  )
+  np.testing.assert_array_equal(
+      features(new_vars, new_mask), features(variables, mask)
+  )
   assert model.apply(new_vars, images, train=False).shape == (2, 10)
 
 
 def test_npid_exact_softmax_by_hand():
   """num_negatives=0: cross-entropy over the whole bank (lemniscate's
   LinearAverage), against numpy."""
-  task = tasks.get_task(ml_collections.ConfigDict(dict(
-      name='npid', dim=3, num_negatives=0, temperature=0.5)),
-      _info(index_range=(10, 14)))
-  bank = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.6, 0.8, 0]],
-                  np.float32)
-  state = {'bank': jnp.asarray(bank), 'labels': jnp.zeros(4, jnp.int32),
-           'z': jnp.array(-1.0)}
+  task = tasks.get_task(
+      ml_collections.ConfigDict(
+          dict(name='npid', dim=3, num_negatives=0, temperature=0.5)
+      ),
+      _info(index_range=(10, 14)),
+  )
+  bank = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.6, 0.8, 0]], np.float32)
+  state = {
+      'bank': jnp.asarray(bank),
+      'labels': jnp.zeros(4, jnp.int32),
+      'z': jnp.array(-1.0),
+  }
   outputs = jnp.array([[2.0, 0.0, 0.0], [0.0, 3.0, 4.0]])
   batch = {'index': jnp.array([13, 11]), 'label': jnp.array([0, 1])}
   # No collective on this path: called outside any mapped axis.
@@ -311,5 +372,6 @@ def test_npid_exact_softmax_by_hand():
   np.testing.assert_allclose(loss, expected.mean(), rtol=1e-5)
   np.testing.assert_allclose(aux['h_pos'], np.exp(-expected), rtol=1e-5)
   with pytest.raises(ValueError, match='num_negatives must be >= 0'):
-    tasks.get_task(ml_collections.ConfigDict(dict(
-        name='npid', num_negatives=-1)), _info())
+    tasks.get_task(
+        ml_collections.ConfigDict(dict(name='npid', num_negatives=-1)), _info()
+    )

@@ -34,13 +34,17 @@ def test_auto_is_measured_per_platform():
   assert xla_options.compiler_options('none', 'cpu') is None
   assert xla_options.compiler_options('auto', 'gpu') is None
   assert xla_options.compiler_options('auto', 'cpu') == (
-      xla_options.PRESETS['cpu_ynn'])
+      xla_options.PRESETS['cpu_ynn']
+  )
 
 
-@pytest.mark.parametrize('choice,platform,message', [
-    ('fastest', 'cpu', 'Unknown train.xla_options'),
-    ('cpu_ynn', 'gpu', 'is for the CPU'),
-])
+@pytest.mark.parametrize(
+    'choice,platform,message',
+    [
+        ('fastest', 'cpu', 'Unknown train.xla_options'),
+        ('cpu_ynn', 'gpu', 'is for the CPU'),
+    ],
+)
 def test_bad_choice_is_refused(choice, platform, message):
   with pytest.raises(ValueError, match=message):
     xla_options.compiler_options(choice, platform)
@@ -48,23 +52,33 @@ def test_bad_choice_is_refused(choice, platform, message):
 
 def _state_and_batches(num_batches=3):
   model = models.create_model(
-      dict(name='resnet_cifar', depth=10, width=0.125,
-           bn_scale_init='uniform'), 10)
-  variables = train.init_variables(model, jax.random.PRNGKey(0),
-                                   image_shape=(28, 28, 1))
+      dict(name='resnet_cifar', depth=10, width=0.125, bn_scale_init='uniform'),
+      10,
+  )
+  variables = train.init_variables(
+      model, jax.random.PRNGKey(0), image_shape=(28, 28, 1)
+  )
   params = variables['params']
-  mask = pruning.magnitude_prune(params, pruning.init_mask(params),
-                                 pruning.prunable_tree(params), 0.5)
+  mask = pruning.magnitude_prune(
+      params, pruning.init_mask(params), pruning.prunable_tree(params), 0.5
+  )
   tx = train.create_optimizer(
-      ml_collections.ConfigDict(dict(momentum=0.9, nesterov=False,
-                                     weight_decay=5e-4)),
-      optax.constant_schedule(0.1))
-  state = train.create_train_state(model, variables, mask, tx,
-                                   jax.random.PRNGKey(1))
+      ml_collections.ConfigDict(
+          dict(momentum=0.9, nesterov=False, weight_decay=5e-4)
+      ),
+      optax.constant_schedule(0.1),
+  )
+  state = train.create_train_state(
+      model, variables, mask, tx, jax.random.PRNGKey(1)
+  )
   rng = np.random.default_rng(0)
-  batches = [{'image': rng.normal(size=(64, 28, 28, 1)).astype(np.float32),
-              'label': rng.integers(0, 10, size=64).astype(np.int32)}
-             for _ in range(num_batches)]
+  batches = [
+      {
+          'image': rng.normal(size=(64, 28, 28, 1)).astype(np.float32),
+          'label': rng.integers(0, 10, size=64).astype(np.int32),
+      }
+      for _ in range(num_batches)
+  ]
   return state, batches
 
 
@@ -74,8 +88,12 @@ def one_step_each(step, state, sharded_batches, mesh) -> list:
   out = []
   for b in sharded_batches:
     after, metrics = step(parallel.replicate(state, mesh), b)
-    out.append((jax.tree.map(np.asarray, (after.params, after.batch_stats)),
-                {k: float(v) for k, v in metrics.compute().items()}))
+    out.append(
+        (
+            jax.tree.map(np.asarray, (after.params, after.batch_stats)),
+            {k: float(v) for k, v in metrics.compute().items()},
+        )
+    )
   return out
 
 
@@ -83,8 +101,9 @@ def assert_same_updates(want_steps, got_steps, state) -> None:
   """Each leaf's change agrees to 1e-4 of its size, the metrics to 1e-5."""
   before = jax.tree.map(np.asarray, (state.params, state.batch_stats))
   for (want, want_metrics), (got, got_metrics) in zip(want_steps, got_steps):
-    for a, b, start in zip(jax.tree.leaves(want), jax.tree.leaves(got),
-                           jax.tree.leaves(before)):
+    for a, b, start in zip(
+        jax.tree.leaves(want), jax.tree.leaves(got), jax.tree.leaves(before)
+    ):
       assert np.linalg.norm(b - a) <= 1e-4 * np.linalg.norm(a - start) + 1e-7
     for k, v in want_metrics.items():
       np.testing.assert_allclose(got_metrics[k], v, rtol=1e-5)
@@ -102,8 +121,11 @@ def test_step_with_cpu_options_matches_xla_defaults(num_devices):
   results, programs = {}, {}
   for choice in ('none', 'cpu_ynn'):
     step = train.make_train_step(task, mesh, xla_options=choice)
-    programs[choice] = step.lower(parallel.replicate(state, mesh),
-                                  sharded[0]).compile().as_text()
+    programs[choice] = (
+        step.lower(parallel.replicate(state, mesh), sharded[0])
+        .compile()
+        .as_text()
+    )
     results[choice] = one_step_each(step, state, sharded, mesh)
   # The options reached the compiler: the programs differ.
   assert programs['none'] != programs['cpu_ynn']
@@ -119,8 +141,13 @@ def _round(workdir, r):
 
 
 def _flat(tree, prunable):
-  return np.concatenate([np.ravel(x) for x, p in zip(
-      jax.tree.leaves(tree), jax.tree.leaves(prunable)) if p])
+  return np.concatenate(
+      [
+          np.ravel(x)
+          for x, p in zip(jax.tree.leaves(tree), jax.tree.leaves(prunable))
+          if p
+      ]
+  )
 
 
 def _mask_differences(dir_a, dir_b, rounds) -> tuple[int, float]:
@@ -138,14 +165,15 @@ def _mask_differences(dir_a, dir_b, rounds) -> tuple[int, float]:
     threshold = np.min(w_a[mask_a])
     count += int(differ.sum())
     if differ.any():
-      farthest = max(farthest,
-                     float(np.max(np.abs(w_a[differ] - threshold))
-                           / threshold))
+      farthest = max(
+          farthest, float(np.max(np.abs(w_a[differ] - threshold)) / threshold)
+      )
   return count, farthest
 
 
 def test_short_run_masks_differ_only_near_the_threshold(
-    labels_run, labels_run_xla_defaults):
+    labels_run, labels_run_xla_defaults
+):
   """A short run's masks with XLA's defaults and convolutions, and with
   the platform's choices (on the CPU oneDNN's convolutions, which take
   XLA's default options; with XLA's convolutions, YNNPACK's fusions).
@@ -164,12 +192,17 @@ def test_short_run_masks_differ_only_near_the_threshold(
   _, none_dir, _ = labels_run_xla_defaults
   rounds = config.pruning.num_rounds
   count, farthest = _mask_differences(none_dir, auto_dir, rounds)
-  kept = sum(pruning.count(_round(none_dir, r - 1)['mask'],
-                           pruning.prunable_tree(
-                               _round(none_dir, 0)['params']))[0]
-             for r in range(1, rounds + 1))
-  print(f'mask entries that differ over {rounds} rounds: {count} of '
-        f'{kept}, at most {farthest:.1%} of the threshold from it')
+  kept = sum(
+      pruning.count(
+          _round(none_dir, r - 1)['mask'],
+          pruning.prunable_tree(_round(none_dir, 0)['params']),
+      )[0]
+      for r in range(1, rounds + 1)
+  )
+  print(
+      f'mask entries that differ over {rounds} rounds: {count} of '
+      f'{kept}, at most {farthest:.1%} of the threshold from it'
+  )
   assert count <= 0.01 * kept
   assert farthest <= 1.0
 

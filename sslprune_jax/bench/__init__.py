@@ -19,26 +19,50 @@ import importlib
 # not here: PyTorch's step process imports `torch_side` from this package,
 # and must load neither JAX nor TensorFlow next to PyTorch.
 _OWNERS = {
-    **dict.fromkeys(('SECTIONS', 'NETWORKS', 'MODELS', 'TARGETS',
-                     'Settings', 'parse_sections'), 'settings'),
-    **dict.fromkeys(('PyTree', 'quick_config', 'Spec', 'get_spec',
-                     'random_batch', '_model', '_optimizer',
-                     '_pruned_variables'), 'networks'),
-    **dict.fromkeys(('UnmaskedTrainState', 'create_unmasked_state'),
-                    'unmasked'),
-    **dict.fromkeys(('xla_conv_flops', 'compiled_flops', 'measure_step'),
-                    'timing'),
-    **dict.fromkeys(('conv_profile', 'CONV_FORMS', 'conv_forms'),
-                    'convolutions'),
-    **dict.fromkeys(('section_step', 'section_flops', 'section_seeds'),
-                    'steps'),
-    **dict.fromkeys(('section_prune', 'section_round', 'section_startup'),
-                    'rounds'),
+    **dict.fromkeys(
+        (
+            'SECTIONS',
+            'NETWORKS',
+            'MODELS',
+            'TARGETS',
+            'Settings',
+            'parse_sections',
+        ),
+        'settings',
+    ),
+    **dict.fromkeys(
+        (
+            'PyTree',
+            'quick_config',
+            'Spec',
+            'get_spec',
+            'random_batch',
+            '_model',
+            '_optimizer',
+            '_pruned_variables',
+        ),
+        'networks',
+    ),
+    **dict.fromkeys(
+        ('UnmaskedTrainState', 'create_unmasked_state'), 'unmasked'
+    ),
+    **dict.fromkeys(
+        ('xla_conv_flops', 'compiled_flops', 'measure_step'), 'timing'
+    ),
+    **dict.fromkeys(
+        ('conv_profile', 'CONV_FORMS', 'conv_forms'), 'convolutions'
+    ),
+    **dict.fromkeys(
+        ('section_step', 'section_flops', 'section_seeds'), 'steps'
+    ),
+    **dict.fromkeys(
+        ('section_prune', 'section_round', 'section_startup'), 'rounds'
+    ),
     **dict.fromkeys(('cifar_like_batches', 'section_pipeline'), 'pipeline'),
-    **dict.fromkeys(('section_options', 'section_kernels',
-                     'section_pytorch'), 'variants'),
-    **dict.fromkeys(('environment', 'targets_of', 'run', 'summary'),
-                    'suite'),
+    **dict.fromkeys(
+        ('section_options', 'section_kernels', 'section_pytorch'), 'variants'
+    ),
+    **dict.fromkeys(('environment', 'targets_of', 'run', 'summary'), 'suite'),
     # `models.resnet`'s, importable from here too.
     **dict.fromkeys(('BASE_WIDTHS', 'scale_width'), 'variants'),
 }

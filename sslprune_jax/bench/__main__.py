@@ -83,76 +83,124 @@ FLAGS = flags.FLAGS
 _DEFAULTS = Settings()
 
 flags.DEFINE_list(
-    'models', list(_DEFAULTS.models),
-    f'Networks of the step sections, of {NETWORKS}.')
+    'models',
+    list(_DEFAULTS.models),
+    f'Networks of the step sections, of {NETWORKS}.',
+)
 flags.DEFINE_list(
-    'sections', list(_DEFAULTS.sections),
-    f'Sections to run, by name {SECTIONS} or number 1-{len(SECTIONS)}.')
+    'sections',
+    list(_DEFAULTS.sections),
+    f'Sections to run, by name {SECTIONS} or number 1-{len(SECTIONS)}.',
+)
 flags.DEFINE_integer(
-    'batch_size', 0, 'If > 0, the batch of every model (overrides the '
-    'per-model batch flags).')
+    'batch_size',
+    0,
+    'If > 0, the batch of every model (overrides the '
+    'per-model batch flags).',
+)
 flags.DEFINE_integer(
-    'cifar_batch_size', _DEFAULTS.cifar_batch_size,
-    'Global batch of the CIFAR ResNet-18s.')
+    'cifar_batch_size',
+    _DEFAULTS.cifar_batch_size,
+    'Global batch of the CIFAR ResNet-18s.',
+)
 flags.DEFINE_integer(
-    'imagenet_batch_size', _DEFAULTS.imagenet_batch_size,
-    'Global batch of ResNet-50 (0: 8 on CPU, else 128).')
+    'imagenet_batch_size',
+    _DEFAULTS.imagenet_batch_size,
+    'Global batch of ResNet-50 (0: 8 on CPU, else 128).',
+)
 flags.DEFINE_integer(
-    'quick_batch_size', _DEFAULTS.quick_batch_size,
-    "Global batch of the quick network (0: its config's).")
+    'quick_batch_size',
+    _DEFAULTS.quick_batch_size,
+    "Global batch of the quick network (0: its config's).",
+)
 flags.DEFINE_float(
-    'small_width', _DEFAULTS.small_width,
-    "Width multiplier of 'resnet18_small'.")
+    'small_width',
+    _DEFAULTS.small_width,
+    "Width multiplier of 'resnet18_small'.",
+)
 flags.DEFINE_integer(
-    'steps', _DEFAULTS.steps, 'Steps per timed block (at least).')
+    'steps', _DEFAULTS.steps, 'Steps per timed block (at least).'
+)
 flags.DEFINE_float(
-    'min_block_s', _DEFAULTS.min_block_s,
+    'min_block_s',
+    _DEFAULTS.min_block_s,
     'More steps per block if needed for it to last this long (0: exactly '
-    '--steps).')
+    '--steps).',
+)
 flags.DEFINE_integer(
-    'warmup', _DEFAULTS.warmup, 'Untimed steps after compilation.')
+    'warmup', _DEFAULTS.warmup, 'Untimed steps after compilation.'
+)
 flags.DEFINE_integer(
-    'repeats', _DEFAULTS.repeats,
-    'Timed blocks per step; the fastest counts.')
+    'repeats', _DEFAULTS.repeats, 'Timed blocks per step; the fastest counts.'
+)
 flags.DEFINE_float(
-    'fraction_pruned', _DEFAULTS.fraction_pruned,
-    'Share of prunable weights pruned in the masked state.')
+    'fraction_pruned',
+    _DEFAULTS.fraction_pruned,
+    'Share of prunable weights pruned in the masked state.',
+)
 flags.DEFINE_integer(
-    'matmul_size', _DEFAULTS.matmul_size,
-    'n of the n x n float32 matmul of the peak.')
+    'matmul_size',
+    _DEFAULTS.matmul_size,
+    'n of the n x n float32 matmul of the peak.',
+)
 flags.DEFINE_integer(
-    'matmul_repeats', _DEFAULTS.matmul_repeats,
-    'Timed matmul blocks; the fastest counts.')
+    'matmul_repeats',
+    _DEFAULTS.matmul_repeats,
+    'Timed matmul blocks; the fastest counts.',
+)
 flags.DEFINE_enum(
-    'prune_model', _DEFAULTS.prune_model, list(NETWORKS),
-    'Whose parameter shapes the prune section prunes.')
+    'prune_model',
+    _DEFAULTS.prune_model,
+    list(NETWORKS),
+    'Whose parameter shapes the prune section prunes.',
+)
 flags.DEFINE_integer(
-    'prune_repeats', _DEFAULTS.prune_repeats,
-    'Timed prunings and rewinds; the fastest counts.')
+    'prune_repeats',
+    _DEFAULTS.prune_repeats,
+    'Timed prunings and rewinds; the fastest counts.',
+)
 flags.DEFINE_integer(
-    'pipeline_batches', _DEFAULTS.pipeline_batches,
-    'Batches timed per input pipeline.')
+    'pipeline_batches',
+    _DEFAULTS.pipeline_batches,
+    'Batches timed per input pipeline.',
+)
 flags.DEFINE_integer(
-    'pipeline_warmup', _DEFAULTS.pipeline_warmup,
-    'Batches read before timing a pipeline.')
+    'pipeline_warmup',
+    _DEFAULTS.pipeline_warmup,
+    'Batches read before timing a pipeline.',
+)
 flags.DEFINE_list(
-    'seeds', [str(k) for k in _DEFAULTS.seeds],
-    'Numbers of seeds trained together (section seeds).')
+    'seeds',
+    [str(k) for k in _DEFAULTS.seeds],
+    'Numbers of seeds trained together (section seeds).',
+)
 flags.DEFINE_string(
-    'data_dir', None, 'TFDS data dir with Fashion-MNIST (default: '
-    'TFDS_DATA_DIR or ~/tensorflow_datasets).')
+    'data_dir',
+    None,
+    'TFDS data dir with Fashion-MNIST (default: '
+    'TFDS_DATA_DIR or ~/tensorflow_datasets).',
+)
 flags.DEFINE_integer(
-    'eval_repeats', _DEFAULTS.eval_repeats,
-    'Timed eval steps (section round).')
+    'eval_repeats', _DEFAULTS.eval_repeats, 'Timed eval steps (section round).'
+)
 flags.DEFINE_enum(
-    'xla_options', _DEFAULTS.xla_options, list(xla_options_lib.CHOICES),
-    'Compiler options of the timed steps and convolutions.')
+    'xla_options',
+    _DEFAULTS.xla_options,
+    list(xla_options_lib.CHOICES),
+    'Compiler options of the timed steps and convolutions.',
+)
 flags.DEFINE_enum(
-    'conv_impl', _DEFAULTS.conv_impl, list(kernels.CONV_IMPLS),
-    "The networks' convolutions (model.conv_impl).")
+    'conv_impl',
+    _DEFAULTS.conv_impl,
+    list(kernels.CONV_IMPLS),
+    "The networks' convolutions (model.conv_impl).",
+)
 flags.DEFINE_enum(
-    'dtype', _DEFAULTS.dtype, sorted(models.DTYPES),
-    "The networks' computation dtype.")
+    'dtype',
+    _DEFAULTS.dtype,
+    sorted(models.DTYPES),
+    "The networks' computation dtype.",
+)
 flags.DEFINE_string('json_out', None, 'Also write the JSON here.')
 
 
@@ -164,21 +212,30 @@ def settings_from_flags() -> Settings:
   """
   batch = FLAGS.batch_size
   return Settings(
-      models=tuple(FLAGS.models), sections=tuple(FLAGS.sections),
+      models=tuple(FLAGS.models),
+      sections=tuple(FLAGS.sections),
       cifar_batch_size=batch or FLAGS.cifar_batch_size,
       imagenet_batch_size=batch or FLAGS.imagenet_batch_size,
       quick_batch_size=batch or FLAGS.quick_batch_size,
-      small_width=FLAGS.small_width, steps=FLAGS.steps,
+      small_width=FLAGS.small_width,
+      steps=FLAGS.steps,
       min_block_s=FLAGS.min_block_s,
-      warmup=FLAGS.warmup, repeats=FLAGS.repeats,
+      warmup=FLAGS.warmup,
+      repeats=FLAGS.repeats,
       fraction_pruned=FLAGS.fraction_pruned,
-      matmul_size=FLAGS.matmul_size, matmul_repeats=FLAGS.matmul_repeats,
-      prune_model=FLAGS.prune_model, prune_repeats=FLAGS.prune_repeats,
+      matmul_size=FLAGS.matmul_size,
+      matmul_repeats=FLAGS.matmul_repeats,
+      prune_model=FLAGS.prune_model,
+      prune_repeats=FLAGS.prune_repeats,
       pipeline_batches=FLAGS.pipeline_batches,
       pipeline_warmup=FLAGS.pipeline_warmup,
-      seeds=tuple(int(k) for k in FLAGS.seeds), data_dir=FLAGS.data_dir,
-      eval_repeats=FLAGS.eval_repeats, xla_options=FLAGS.xla_options,
-      conv_impl=FLAGS.conv_impl, dtype=FLAGS.dtype)
+      seeds=tuple(int(k) for k in FLAGS.seeds),
+      data_dir=FLAGS.data_dir,
+      eval_repeats=FLAGS.eval_repeats,
+      xla_options=FLAGS.xla_options,
+      conv_impl=FLAGS.conv_impl,
+      dtype=FLAGS.dtype,
+  )
 
 
 def main(argv) -> None:

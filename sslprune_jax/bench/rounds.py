@@ -38,13 +38,17 @@ from sslprune_jax.bench.timing import _times
 def _random_params(spec: Spec) -> dict:
   """The network's parameter shapes (no init computed), random normal."""
   model = _model(spec)
-  shapes = jax.eval_shape(functools.partial(
-      train.init_variables, model, image_shape=spec.image_shape),
-                          jax.random.PRNGKey(0))['params']
+  shapes = jax.eval_shape(
+      functools.partial(
+          train.init_variables, model, image_shape=spec.image_shape
+      ),
+      jax.random.PRNGKey(0),
+  )['params']
   rng = np.random.default_rng(0)
   return jax.tree.map(
-      lambda x: jnp.asarray(rng.standard_normal(x.shape, np.float32),
-                            x.dtype), shapes)
+      lambda x: jnp.asarray(rng.standard_normal(x.shape, np.float32), x.dtype),
+      shapes,
+  )
 
 
 def section_prune(settings: Settings) -> dict:
@@ -64,23 +68,29 @@ def section_prune(settings: Settings) -> dict:
   full = pruning.init_mask(params)
   jax.block_until_ready((params, saved, full))
   [prune_first] = _times(
-      lambda: pruning.magnitude_prune(params, full, prunable, 0.2), 1)
+      lambda: pruning.magnitude_prune(params, full, prunable, 0.2), 1
+  )
   mask = pruning.magnitude_prune(params, full, prunable, 0.2)
   remaining, total = pruning.count(mask, prunable)
   new_mask = pruning.magnitude_prune(params, mask, prunable, 0.2)
   repeats = max(settings.prune_repeats, 1)
   prune_all = _times(
-      lambda: pruning.magnitude_prune(params, mask, prunable, 0.2), repeats)
+      lambda: pruning.magnitude_prune(params, mask, prunable, 0.2), repeats
+  )
   rewind_first, *rewind_all = _times(
-      lambda: pruning.rewind(saved, new_mask), repeats + 1)
+      lambda: pruning.rewind(saved, new_mask), repeats + 1
+  )
   return {
       'tree': settings.prune_model,
       'num_weights': int(sum(x.size for x in jax.tree.leaves(params))),
-      'num_prunable': total, 'remaining_before': remaining,
+      'num_prunable': total,
+      'remaining_before': remaining,
       'remaining_after': pruning.count(new_mask, prunable)[0],
-      'prune_s': min(prune_all), 'prune_s_all': prune_all,
+      'prune_s': min(prune_all),
+      'prune_s_all': prune_all,
       'prune_s_first_call': prune_first,
-      'rewind_s': min(rewind_all), 'rewind_s_all': rewind_all,
+      'rewind_s': min(rewind_all),
+      'rewind_s_all': rewind_all,
       'rewind_s_first_call': rewind_first,
   }
 
@@ -112,19 +122,33 @@ def section_round(cache: _Cache) -> dict:
     try:
       state = lottery.round_start(exp, ckpts, 0)
       pruning.count(state.mask, exp.prunable)
-      ckpts.save_rewind(exp.rewind_step, {
-          'params': state.params, 'batch_stats': state.batch_stats,
-          'task_state': state.task_state})
+      ckpts.save_rewind(
+          exp.rewind_step,
+          {
+              'params': state.params,
+              'batch_stats': state.batch_stats,
+              'task_state': state.task_state,
+          },
+      )
       for r in range(config.pruning.num_rounds):
         t0 = time.perf_counter()
-        rounds.save_round_end(ckpts, epath.Path(workdir), r, state,
-                           {'round': r, 'test_accuracy': 0.0})
+        rounds.save_round_end(
+            ckpts,
+            epath.Path(workdir),
+            r,
+            state,
+            {'round': r, 'test_accuracy': 0.0},
+        )
         t1 = time.perf_counter()
         state = jax.block_until_ready(lottery.round_start(exp, ckpts, r + 1))
         t2 = time.perf_counter()
-        transitions.append({'save_round_s': t1 - t0,
-                            'round_start_s': t2 - t1,
-                            'total_s': t2 - t0})
+        transitions.append(
+            {
+                'save_round_s': t1 - t0,
+                'round_start_s': t2 - t1,
+                'total_s': t2 - t0,
+            }
+        )
       pieces = _round_pieces(exp, ckpts, config, settings.prune_repeats)
     finally:
       ckpts.close()
@@ -134,19 +158,23 @@ def section_round(cache: _Cache) -> dict:
   round_s = train_s + eval_s * num_eval_batches
   return {
       'network': step['network'],
-      'num_steps': num_steps, 'train_examples': exp.info.num_train_examples,
+      'num_steps': num_steps,
+      'train_examples': exp.info.num_train_examples,
       'step_s': step['masked']['step_s'],
-      'eval_step_s': eval_s, 'eval_batch_size': eval_batch,
+      'eval_step_s': eval_s,
+      'eval_batch_size': eval_batch,
       'num_eval_batches': num_eval_batches,
       'round_s': round_s,
       'transitions': transitions,
       'overhead_s': overhead,
       'overhead_fraction': overhead / round_s,
       'pieces_warm': pieces,
-      'note': ('overhead_s: mean over the quick run\'s round transitions '
-               '(the first compiles the pruning program); not counted: '
-               'in-round checkpoints (asynchronous) and the one-off rewind '
-               'point save.'),
+      'note': (
+          "overhead_s: mean over the quick run's round transitions "
+          '(the first compiles the pruning program); not counted: '
+          'in-round checkpoints (asynchronous) and the one-off rewind '
+          'point save.'
+      ),
   }
 
 
@@ -155,33 +183,40 @@ def _round_pieces(exp, ckpts, config, repeats: int) -> dict:
   r = config.pruning.num_rounds
   target = exp.round_target()
   prev = ckpts.restore_round(r - 1, target)
-  rewind_target = {'params': target['params'],
-                   'batch_stats': target['batch_stats'],
-                   'task_state': exp.task_state}
-  mask = pruning.magnitude_prune(prev['params'], prev['mask'], exp.prunable,
-                                 config.pruning.fraction)
+  rewind_target = {
+      'params': target['params'],
+      'batch_stats': target['batch_stats'],
+      'task_state': exp.task_state,
+  }
+  mask = pruning.magnitude_prune(
+      prev['params'], prev['mask'], exp.prunable, config.pruning.fraction
+  )
   saved = ckpts.restore_rewind(rewind_target)
   parts = {
       'restore_round_s': lambda: ckpts.restore_round(r - 1, target),
       'prune_s': lambda: pruning.magnitude_prune(
-          prev['params'], prev['mask'], exp.prunable,
-          config.pruning.fraction),
+          prev['params'], prev['mask'], exp.prunable, config.pruning.fraction
+      ),
       'restore_rewind_s': lambda: ckpts.restore_rewind(rewind_target),
       'rewind_s': lambda: pruning.rewind(saved['params'], mask),
   }
-  return {name: min(_times(fn, max(repeats, 1)))
-          for name, fn in parts.items()}
+  return {name: min(_times(fn, max(repeats, 1))) for name, fn in parts.items()}
 
 
-def _eval_step_seconds(exp, state, eval_batch: int, settings: Settings
-                       ) -> float:
+def _eval_step_seconds(
+    exp, state, eval_batch: int, settings: Settings
+) -> float:
   """Best time of one eval step on a random batch (after compiling)."""
   spec = get_spec('quick', settings)
   eval_step = train.make_eval_step(
-      exp.task, exp.mesh, settings.xla_options,
-      models.conv_impl_of(exp.config.model))
+      exp.task,
+      exp.mesh,
+      settings.xla_options,
+      models.conv_impl_of(exp.config.model),
+  )
   batch = parallel.shard_batch(
-      random_batch(spec, batch_size=eval_batch, eval_mask=True), exp.mesh)
+      random_batch(spec, batch_size=eval_batch, eval_mask=True), exp.mesh
+  )
   fn = lambda: eval_step(state, batch)[0]
   jax.block_until_ready(fn())
   return min(_times(fn, max(settings.eval_repeats, 1)))
@@ -214,25 +249,39 @@ def section_startup(cache: _Cache) -> dict:
       out['first_state_s'] = time.perf_counter() - t0
       batch = parallel.shard_batch(random_batch(spec), exp.mesh)
       eval_batch = parallel.shard_batch(
-          random_batch(spec, batch_size=config.train.eval_batch_size,
-                       eval_mask=True), exp.mesh)
+          random_batch(
+              spec, batch_size=config.train.eval_batch_size, eval_mask=True
+          ),
+          exp.mesh,
+      )
       for name, make, b in (
           ('train_step_compile_s', train.make_train_step, batch),
-          ('eval_step_compile_s', train.make_eval_step, eval_batch)):
-        step = make(exp.task, exp.mesh, xla_options=settings.xla_options,
-                    conv_impl=models.conv_impl_of(config.model))
+          ('eval_step_compile_s', train.make_eval_step, eval_batch),
+      ):
+        step = make(
+            exp.task,
+            exp.mesh,
+            xla_options=settings.xla_options,
+            conv_impl=models.conv_impl_of(config.model),
+        )
         t0 = time.perf_counter()
         step.lower(state, b).compile()
         out[name] = time.perf_counter() - t0
       for r in range(config.pruning.num_rounds + 1):
-        rounds.save_round_end(ckpts, epath.Path(workdir), r, state,
-                           {'round': r, 'test_accuracy': 0.0})
+        rounds.save_round_end(
+            ckpts,
+            epath.Path(workdir),
+            r,
+            state,
+            {'round': r, 'test_accuracy': 0.0},
+        )
     finally:
       ckpts.close()
     jax.clear_caches()
     t0 = time.perf_counter()
     lottery.run(config, workdir)
     out['finished_run_s'] = time.perf_counter() - t0
-  out['to_first_step_s'] = (out['build_s'] + out['first_state_s']
-                            + out['train_step_compile_s'])
+  out['to_first_step_s'] = (
+      out['build_s'] + out['first_state_s'] + out['train_step_compile_s']
+  )
   return out

@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 
-
-SECTIONS = ('step', 'unmasked', 'flops', 'prune', 'round', 'pipeline',
-            'seeds', 'options', 'startup', 'kernels', 'pytorch')
+SECTIONS = (
+    'step',
+    'unmasked',
+    'flops',
+    'prune',
+    'round',
+    'pipeline',
+    'seeds',
+    'options',
+    'startup',
+    'kernels',
+    'pytorch',
+)
 # The networks: CIFAR ResNet-18 at full and small width, ResNet-50, and
 # the network of configs/labels.py:quick (which sections 5-7 use).
 NETWORKS = ('resnet18', 'resnet18_small', 'resnet50', 'quick')
@@ -63,6 +73,7 @@ class Settings:
     dtype: the networks' computation dtype (`model.dtype`: 'float32',
       'bfloat16'); parameters stay float32.
   """
+
   models: tuple[str, ...] = MODELS
   sections: tuple[str, ...] = SECTIONS
   cifar_batch_size: int = 128
@@ -96,7 +107,9 @@ def parse_sections(names) -> tuple[str, ...]:
     if name.isdigit() and 1 <= int(name) <= len(SECTIONS):
       name = SECTIONS[int(name) - 1]
     if name not in SECTIONS:
-      raise ValueError(f'Unknown section {name!r}; valid: {SECTIONS} or '
-                       f'1-{len(SECTIONS)}.')
+      raise ValueError(
+          f'Unknown section {name!r}; valid: {SECTIONS} or '
+          f'1-{len(SECTIONS)}.'
+      )
     out.append(name)
   return tuple(out)

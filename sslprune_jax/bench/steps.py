@@ -45,8 +45,10 @@ def section_flops(cache: _Cache) -> dict:
     flops = step['flops_per_device']
     seconds = step['masked']['step_s']
     if flops is None:
-      out['models'][name] = {'flops_per_device': None,
-                             'note': 'no cost analysis on this backend'}
+      out['models'][name] = {
+          'flops_per_device': None,
+          'note': 'no cost analysis on this backend',
+      }
       continue
     achieved = flops / seconds
     peak = step['peak_flops_per_s_per_device']
@@ -68,10 +70,12 @@ def section_flops(cache: _Cache) -> dict:
     if name in cache.settings.models:
       step = cache.step(name)
       out[f'{name}_convs'] = conv_profile(
-          step['network']['batch_size'] // n, peak,
+          step['network']['batch_size'] // n,
+          peak,
           width=step['network']['model']['width'],
           xla_options=cache.settings.xla_options,
-          conv_impl=step['network']['model']['conv_impl'])
+          conv_impl=step['network']['model']['conv_impl'],
+      )
   return out
 
 
@@ -93,28 +97,37 @@ def section_seeds(cache: _Cache) -> dict:
   for k in settings.seeds:
     if k == 1:
       # The quick network's masked step: one seed, the usual program.
-      out['by_seeds']['1'] = dict(one, images_per_s_per_seed=base,
-                                  speedup_over_one_seed=1.0)
+      out['by_seeds']['1'] = dict(
+          one, images_per_s_per_seed=base, speedup_over_one_seed=1.0
+      )
       continue
     states = []
     for i in range(k):
-      variables, mask = _pruned_variables(spec, model, i,
-                                          settings.fraction_pruned)
-      states.append(train.create_train_state(
-          model, variables, mask, tx, jax.random.PRNGKey(100 + i)))
+      variables, mask = _pruned_variables(
+          spec, model, i, settings.fraction_pruned
+      )
+      states.append(
+          train.create_train_state(
+              model, variables, mask, tx, jax.random.PRNGKey(100 + i)
+          )
+      )
     by_batching = {}
     for batching in ('vmap', 'unroll'):
-      step = train.make_train_step(task, mesh, num_seeds=k,
-                                   seed_batching=batching,
-                                   xla_options=settings.xla_options,
-                                   conv_impl=model.conv_impl)
+      step = train.make_train_step(
+          task,
+          mesh,
+          num_seeds=k,
+          seed_batching=batching,
+          xla_options=settings.xla_options,
+          conv_impl=model.conv_impl,
+      )
       state = parallel.replicate(train.stack_trees(states), mesh)
-      batch = parallel.shard_batch(random_batch(spec, num_seeds=k), mesh,
-                                   num_seeds=k)
+      batch = parallel.shard_batch(
+          random_batch(spec, num_seeds=k), mesh, num_seeds=k
+      )
       stepper = _Stepper(step, state, batch)
       timed = _timed({'s': stepper}, settings)
-      result = _step_stats(timed['s'], k * spec.batch_size,
-                           stepper.compile_s)
+      result = _step_stats(timed['s'], k * spec.batch_size, stepper.compile_s)
       result['steps_per_block'] = timed['steps_per_block']
       result['images_per_s_per_seed'] = result['images_per_s'] / k
       result['speedup_over_one_seed'] = result['images_per_s'] / base

@@ -83,8 +83,11 @@ def compiled_flops(compiled) -> float | None:
   return float(cost['flops'])
 
 
-def _timed(steppers: dict[str, _Stepper], settings: Settings,
-           peak: _MatmulPeak | None = None) -> dict:
+def _timed(
+    steppers: dict[str, _Stepper],
+    settings: Settings,
+    peak: _MatmulPeak | None = None,
+) -> dict:
   """Warms every stepper up, then times them in alternating blocks.
 
   Returns:
@@ -112,12 +115,15 @@ def _timed(steppers: dict[str, _Stepper], settings: Settings,
   return blocks
 
 
-def _step_stats(seconds: list[float], images: int, compile_s: float
-                ) -> dict:
+def _step_stats(seconds: list[float], images: int, compile_s: float) -> dict:
   best = min(seconds)
-  return {'step_s': best, 'images_per_s': images / best,
-          'step_s_median': statistics.median(seconds),
-          'step_s_blocks': seconds, 'compile_s': compile_s}
+  return {
+      'step_s': best,
+      'images_per_s': images / best,
+      'step_s_median': statistics.median(seconds),
+      'step_s_blocks': seconds,
+      'compile_s': compile_s,
+  }
 
 
 class _Cache:
@@ -135,9 +141,14 @@ class _Cache:
     have = self.steps.get(name)
     if have is None or (unmasked and 'unmasked' not in have):
       self.steps[name] = measure_step(
-          get_spec(name, self.settings), self.settings, self.mesh, unmasked,
-          self.peak() if self.with_peak and name in self.settings.models
-          else None)
+          get_spec(name, self.settings),
+          self.settings,
+          self.mesh,
+          unmasked,
+          self.peak()
+          if self.with_peak and name in self.settings.models
+          else None,
+      )
     return self.steps[name]
 
   def peak(self) -> _MatmulPeak:
@@ -146,9 +157,13 @@ class _Cache:
     return self._peak
 
 
-def measure_step(spec: Spec, settings: Settings, mesh,
-                 unmasked: bool = False, peak: _MatmulPeak | None = None
-                 ) -> dict:
+def measure_step(
+    spec: Spec,
+    settings: Settings,
+    mesh,
+    unmasked: bool = False,
+    peak: _MatmulPeak | None = None,
+) -> dict:
   """Times the masked train step of `spec` (and the unmasked one).
 
   Returns:
@@ -163,31 +178,46 @@ def measure_step(spec: Spec, settings: Settings, mesh,
   steppers = {'masked': masked}
   if unmasked:
     steppers['unmasked'] = _Stepper(
-        train.make_train_step(tasks.get_task('labels'), mesh,
-                              xla_options=settings.xla_options,
-                              conv_impl=model.conv_impl),
-        parallel.replicate(create_unmasked_state(
-            model, variables, _optimizer(spec), jax.random.PRNGKey(1)),
-                           mesh), batch)
+        train.make_train_step(
+            tasks.get_task('labels'),
+            mesh,
+            xla_options=settings.xla_options,
+            conv_impl=model.conv_impl,
+        ),
+        parallel.replicate(
+            create_unmasked_state(
+                model, variables, _optimizer(spec), jax.random.PRNGKey(1)
+            ),
+            mesh,
+        ),
+        batch,
+    )
   blocks = _timed(steppers, settings, peak)
   kept, total = pruning.count(mask, pruning.prunable_tree(variables['params']))
-  out = {'network': spec.describe(),
-         'steps_per_block': blocks['steps_per_block'],
-         'fraction_pruned': 1 - kept / total,
-         'num_params': int(sum(np.size(x) for x in
-                               jax.tree.leaves(variables['params']))),
-         'flops_per_device': (
-             steppers['masked'].flops() if model.conv_impl == 'xla' else
-             xla_conv_flops(steppers['masked'].step, steppers['masked'].state,
-                            batch))}
+  out = {
+      'network': spec.describe(),
+      'steps_per_block': blocks['steps_per_block'],
+      'fraction_pruned': 1 - kept / total,
+      'num_params': int(
+          sum(np.size(x) for x in jax.tree.leaves(variables['params']))
+      ),
+      'flops_per_device': (
+          steppers['masked'].flops()
+          if model.conv_impl == 'xla'
+          else xla_conv_flops(
+              steppers['masked'].step, steppers['masked'].state, batch
+          )
+      ),
+  }
   for name, s in steppers.items():
     out[name] = _step_stats(blocks[name], spec.batch_size, s.compile_s)
   if 'peak' in blocks:
     out['peak_flops_per_s_per_device'] = max(blocks['peak'])
   if unmasked:
     out['unmasked']['flops_per_device'] = steppers['unmasked'].flops()
-    out['masked_over_unmasked'] = (out['unmasked']['step_s']
-                                   / out['masked']['step_s'])
+    out['masked_over_unmasked'] = (
+        out['unmasked']['step_s'] / out['masked']['step_s']
+    )
   del steppers
   return out
 
@@ -201,14 +231,22 @@ def _masked_stepper(spec: Spec, settings: Settings, mesh):
   """
   model = _model(spec)
   variables, mask = _pruned_variables(spec, model, 0, settings.fraction_pruned)
-  step = train.make_train_step(tasks.get_task('labels'), mesh,
-                               xla_options=settings.xla_options,
-                               conv_impl=model.conv_impl)
-  state = train.create_train_state(model, variables, mask, _optimizer(spec),
-                                   jax.random.PRNGKey(1))
+  step = train.make_train_step(
+      tasks.get_task('labels'),
+      mesh,
+      xla_options=settings.xla_options,
+      conv_impl=model.conv_impl,
+  )
+  state = train.create_train_state(
+      model, variables, mask, _optimizer(spec), jax.random.PRNGKey(1)
+  )
   batch = parallel.shard_batch(random_batch(spec), mesh)
-  return (_Stepper(step, parallel.replicate(state, mesh), batch), model,
-          variables, mask)
+  return (
+      _Stepper(step, parallel.replicate(state, mesh), batch),
+      model,
+      variables,
+      mask,
+  )
 
 
 class _MatmulPeak:
@@ -233,10 +271,11 @@ class _MatmulPeak:
 
   def measure(self) -> float:
     t0 = time.perf_counter()
-    jax.block_until_ready([self.matmul(self.a, self.b)
-                           for _ in range(self.inner)])
+    jax.block_until_ready(
+        [self.matmul(self.a, self.b) for _ in range(self.inner)]
+    )
     seconds = (time.perf_counter() - t0) / self.inner
-    self.rates.append(2 * self.n ** 3 / seconds)
+    self.rates.append(2 * self.n**3 / seconds)
     return self.rates[-1]
 
   def result(self, repeats: int) -> dict:
@@ -244,9 +283,13 @@ class _MatmulPeak:
     for _ in range(repeats):
       self.measure()
     best = max(self.rates)
-    return {'n': self.n, 'flops_per_s_per_device': best,
-            'seconds': 2 * self.n ** 3 / best,
-            'blocks': len(self.rates), 'device': str(self.device)}
+    return {
+        'n': self.n,
+        'flops_per_s_per_device': best,
+        'seconds': 2 * self.n**3 / best,
+        'blocks': len(self.rates),
+        'device': str(self.device),
+    }
 
 
 def _times(fn: Callable[[], Any], n: int) -> list[float]:

@@ -31,8 +31,10 @@ from sslprune_jax import host_memory
 def available() -> str | None:
   """Why PyTorch's step cannot run here (None where it can)."""
   if importlib.util.find_spec('torch') is None:
-    return ('PyTorch is not installed (pip install torch --index-url '
-            'https://download.pytorch.org/whl/cpu).')
+    return (
+        'PyTorch is not installed (pip install torch --index-url '
+        'https://download.pytorch.org/whl/cpu).'
+    )
   return None
 
 
@@ -49,24 +51,37 @@ def _resnet(stage_sizes, widths, in_channels: int, num_classes: int):
 
     def __init__(self, cin, cout, stride):
       super().__init__()
-      self.body = tnn.Sequential(conv(cin, cout, 3, stride), bn(cout),
-                                 tnn.ReLU(inplace=True),
-                                 conv(cout, cout, 3, 1), bn(cout))
-      self.shortcut = (tnn.Identity() if stride == 1 and cin == cout else
-                       tnn.Sequential(conv(cin, cout, 1, stride), bn(cout)))
+      self.body = tnn.Sequential(
+          conv(cin, cout, 3, stride),
+          bn(cout),
+          tnn.ReLU(inplace=True),
+          conv(cout, cout, 3, 1),
+          bn(cout),
+      )
+      self.shortcut = (
+          tnn.Identity()
+          if stride == 1 and cin == cout
+          else tnn.Sequential(conv(cin, cout, 1, stride), bn(cout))
+      )
 
     def forward(self, x):
       return tnn.functional.relu(self.body(x) + self.shortcut(x))
 
-  layers = [conv(in_channels, widths[0], 3, 1), bn(widths[0]),
-            tnn.ReLU(inplace=True)]
+  layers = [
+      conv(in_channels, widths[0], 3, 1),
+      bn(widths[0]),
+      tnn.ReLU(inplace=True),
+  ]
   cin = widths[0]
   for stage, (blocks, width) in enumerate(zip(stage_sizes, widths)):
     for block in range(blocks):
       layers.append(Block(cin, width, 2 if stage and not block else 1))
       cin = width
-  layers += [tnn.AdaptiveAvgPool2d(1), tnn.Flatten(),
-             tnn.Linear(cin, num_classes)]
+  layers += [
+      tnn.AdaptiveAvgPool2d(1),
+      tnn.Flatten(),
+      tnn.Linear(cin, num_classes),
+  ]
   return tnn.Sequential(*layers)
 
 
@@ -77,29 +92,44 @@ class Stepper:
   steps, `compile_s` the time to build the model.
   """
 
-  def __init__(self, stage_sizes, widths, image_shape, num_classes: int,
-               batch_size: int, train_config, fraction_pruned: float,
-               seed: int = 0):
+  def __init__(
+      self,
+      stage_sizes,
+      widths,
+      image_shape,
+      num_classes: int,
+      batch_size: int,
+      train_config,
+      fraction_pruned: float,
+      seed: int = 0,
+  ):
     import torch  # pylint: disable=g-import-not-at-top
+
     t0 = time.perf_counter()
     torch.manual_seed(seed)
     torch.set_num_threads(os.cpu_count() or 1)
     height, width, channels = image_shape
     self.model = _resnet(stage_sizes, widths, channels, num_classes).to(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     self.optimizer = torch.optim.SGD(
-        self.model.parameters(), lr=0.01, momentum=train_config.momentum,
+        self.model.parameters(),
+        lr=0.01,
+        momentum=train_config.momentum,
         nesterov=train_config.nesterov,
-        weight_decay=train_config.weight_decay)
+        weight_decay=train_config.weight_decay,
+    )
     # Convolution and classifier weights are the prunable ones, as in the
     # project; which ones are zero does not change a dense step's time.
     self.weights = [p for p in self.model.parameters() if p.dim() > 1]
-    self.masks = [(torch.rand_like(p) >= fraction_pruned).float()
-                  for p in self.weights]
+    self.masks = [
+        (torch.rand_like(p) >= fraction_pruned).float() for p in self.weights
+    ]
     with torch.no_grad():
       torch._foreach_mul_(self.weights, self.masks)  # pylint: disable=protected-access
     self.images = torch.randn(batch_size, channels, height, width).to(
-        memory_format=torch.channels_last)
+        memory_format=torch.channels_last
+    )
     self.labels = torch.randint(0, num_classes, (batch_size,))
     self.loss = torch.nn.CrossEntropyLoss()
     self.torch = torch
@@ -128,8 +158,12 @@ def main() -> None:
   args = json.loads(sys.stdin.readline())
   args['train_config'] = types.SimpleNamespace(**args['train_config'])
   stepper = Stepper(**args)
-  print(json.dumps({'compile_s': stepper.compile_s,
-                    'version': stepper.version()}), flush=True)
+  print(
+      json.dumps(
+          {'compile_s': stepper.compile_s, 'version': stepper.version()}
+      ),
+      flush=True,
+  )
   for line in sys.stdin:
     print(json.dumps(stepper.run(int(line))), flush=True)
 
@@ -137,21 +171,43 @@ def main() -> None:
 class Remote:
   """A `Stepper` in a child process, with the same interface."""
 
-  def __init__(self, stage_sizes, widths, image_shape, num_classes: int,
-               batch_size: int, train_config, fraction_pruned: float,
-               seed: int = 0, host_malloc: str = 'system'):
+  def __init__(
+      self,
+      stage_sizes,
+      widths,
+      image_shape,
+      num_classes: int,
+      batch_size: int,
+      train_config,
+      fraction_pruned: float,
+      seed: int = 0,
+      host_malloc: str = 'system',
+  ):
     self.process = subprocess.Popen(
         [sys.executable, '-m', 'sslprune_jax.bench.torch_side'],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-        env={**os.environ, host_memory.ENV: host_malloc})
-    self._send(json.dumps({
-        'stage_sizes': list(stage_sizes), 'widths': list(widths),
-        'image_shape': list(image_shape), 'num_classes': num_classes,
-        'batch_size': batch_size, 'fraction_pruned': fraction_pruned,
-        'seed': seed, 'train_config': {
-            'momentum': train_config.momentum,
-            'nesterov': train_config.nesterov,
-            'weight_decay': train_config.weight_decay}}))
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, host_memory.ENV: host_malloc},
+    )
+    self._send(
+        json.dumps(
+            {
+                'stage_sizes': list(stage_sizes),
+                'widths': list(widths),
+                'image_shape': list(image_shape),
+                'num_classes': num_classes,
+                'batch_size': batch_size,
+                'fraction_pruned': fraction_pruned,
+                'seed': seed,
+                'train_config': {
+                    'momentum': train_config.momentum,
+                    'nesterov': train_config.nesterov,
+                    'weight_decay': train_config.weight_decay,
+                },
+            }
+        )
+    )
     ready = self._receive()
     self.compile_s, self._version = ready['compile_s'], ready['version']
 
@@ -162,8 +218,10 @@ class Remote:
   def _receive(self):
     line = self.process.stdout.readline()
     if not line:
-      raise RuntimeError('PyTorch\'s step process ended (exit code '
-                         f'{self.process.wait()}); its errors are above.')
+      raise RuntimeError(
+          "PyTorch's step process ended (exit code "
+          f'{self.process.wait()}); its errors are above.'
+      )
     return json.loads(line)
 
   def run(self, n: int) -> float:

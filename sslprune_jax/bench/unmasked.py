@@ -16,14 +16,19 @@ class UnmaskedTrainState(train.TrainState):
   """
 
   def apply_gradients(self, *, grads, **kwargs):
-    return train_state.TrainState.apply_gradients(self, grads=grads,
-                                                  **kwargs)
+    return train_state.TrainState.apply_gradients(self, grads=grads, **kwargs)
 
 
-def create_unmasked_state(model, variables: dict, tx, rng: jax.Array
-                          ) -> UnmaskedTrainState:
+def create_unmasked_state(
+    model, variables: dict, tx, rng: jax.Array
+) -> UnmaskedTrainState:
   """A fresh `UnmaskedTrainState` (empty mask) at step 0."""
   return UnmaskedTrainState.create(
-      apply_fn=model.apply, params=variables['params'],
-      batch_stats=variables.get('batch_stats', {}), mask={}, rng=rng, tx=tx,
-      task_state={})
+      apply_fn=model.apply,
+      params=variables['params'],
+      batch_stats=variables.get('batch_stats', {}),
+      mask={},
+      rng=rng,
+      tx=tx,
+      task_state={},
+  )

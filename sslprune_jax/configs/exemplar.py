@@ -51,9 +51,15 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the config of the variant `arg` (see the module docstring)."""
   arg = config_lib.variant(arg, VARIANTS, 'exemplar.py')
   config = config_lib.base(
-      'exemplar', copies=2, margin=0.5, embedding_dim=128,
+      'exemplar',
+      copies=2,
+      margin=0.5,
+      embedding_dim=128,
       # Strong augmentation, on top of the dataset's standard one.
-      min_scale=0.5, max_degrees=20.0, jitter=0.4)
+      min_scale=0.5,
+      max_degrees=20.0,
+      jitter=0.4,
+  )
   if arg in ('', 'imagenet'):
     config_lib.imagenet(config)
     config.train.decay_epochs = (30, 60)

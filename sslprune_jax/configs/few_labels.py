@@ -77,8 +77,9 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   if arg in ('', 'imagenet', 'classes'):
     config_lib.imagenet(config)
     config.train.batch_size = S4L_BATCH_SIZE
-    config.train.learning_rate = (S4L_LEARNING_RATE * S4L_BATCH_SIZE
-                                  / S4L_LR_SCALE_BATCH_SIZE)
+    config.train.learning_rate = (
+        S4L_LEARNING_RATE * S4L_BATCH_SIZE / S4L_LR_SCALE_BATCH_SIZE
+    )
     config.train.weight_decay = S4L_WEIGHT_DECAY
     warmup, *decays, end = S4L_SCHEDULE
     config.train.warmup_epochs = float(warmup)

@@ -65,4 +65,3 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   elif arg == 'figure3':
     config_lib.figure3(config, train_images=6000)
   return config
-

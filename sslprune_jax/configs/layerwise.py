@@ -42,8 +42,7 @@ RESNET10_STAGES = (1, 3, 6, 9, 12)
 def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the config of the variant `arg` (see the module docstring)."""
   arg = config_lib.variant(arg, VARIANTS, 'layerwise.py')
-  config = config_lib.base('rotnet' if arg.startswith('rotnet') else
-                           'labels')
+  config = config_lib.base('rotnet' if arg.startswith('rotnet') else 'labels')
   if arg.endswith('quick'):
     config_lib.quick(config)
     layers = RESNET10_STAGES

@@ -80,10 +80,20 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     # Small-scale probes on cached, globally pooled features: this
     # project's choice, not the benchmark's (whose schedule is for
     # ImageNet-sized data).
-    config.linear.update(dict(
-        cache_features=True, schedule='cosine', learning_rate=0.1,
-        weight_decay=0.0, nesterov=False, num_steps=0, decay_steps=(),
-        decay_epochs=(), norm='standardize', init_std=0.0))
+    config.linear.update(
+        dict(
+            cache_features=True,
+            schedule='cosine',
+            learning_rate=0.1,
+            weight_decay=0.0,
+            nesterov=False,
+            num_steps=0,
+            decay_steps=(),
+            decay_epochs=(),
+            norm='standardize',
+            init_std=0.0,
+        )
+    )
     config.linear.num_epochs = 10.0 if arg == 'quick' else 30.0
     config.train.eval_batch_size = 1000
   return config

@@ -52,8 +52,13 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   """Returns the config of the variant `arg` (see the module docstring)."""
   arg = config_lib.variant(arg, VARIANTS, 'npid.py')
   config = config_lib.base(
-      'npid', dim=128, temperature=0.07, num_negatives=4096, momentum=0.5,
-      knn_k=200)
+      'npid',
+      dim=128,
+      temperature=0.07,
+      num_negatives=4096,
+      momentum=0.5,
+      knn_k=200,
+  )
   config.train.schedule = 'cosine'
   config.train.learning_rate = 0.03
   if arg in ('', 'imagenet'):

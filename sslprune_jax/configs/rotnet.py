@@ -82,4 +82,3 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     config.train.batch_size = 32
     config.train.eval_batch_size = 500
   return config
-

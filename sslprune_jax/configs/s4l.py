@@ -125,7 +125,8 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
     warmup, *decays, end = S4L_SCHEDULE
     config.train.warmup_epochs = s4l_epochs(warmup, config.train.batch_size)
     config.train.decay_epochs = tuple(
-        s4l_epochs(e, config.train.batch_size) for e in decays)
+        s4l_epochs(e, config.train.batch_size) for e in decays
+    )
     config.train.num_epochs = s4l_epochs(end, config.train.batch_size)
   if arg == 'quick':
     config_lib.quick(config)

@@ -60,18 +60,33 @@ def get_config(arg: str = '') -> ml_collections.ConfigDict:
   else:
     config_lib.imagenet(config)
   config.data = data_schema.default_data_config('voc2007')
-  config.train.update(dict(
-      num_epochs=60.0, batch_size=64, eval_batch_size=64, schedule='step',
-      learning_rate=0.01, decay_epochs=(30, 45, 55), decay_factor=0.1,
-      warmup_epochs=0.0, weight_decay=1e-4))
+  config.train.update(
+      dict(
+          num_epochs=60.0,
+          batch_size=64,
+          eval_batch_size=64,
+          schedule='step',
+          learning_rate=0.01,
+          decay_epochs=(30, 45, 55),
+          decay_factor=0.1,
+          warmup_epochs=0.0,
+          weight_decay=1e-4,
+      )
+  )
   config.pruning.rewind_samples = 0
   config.checkpoint_every_steps = 500
   if quick:
     config.data.image_size = 64
     config.data.grayscale = True
-    config.train.update(dict(num_epochs=20.0, schedule='cosine',
-                             decay_epochs=(), warmup_epochs=1.0,
-                             weight_decay=5e-4))
+    config.train.update(
+        dict(
+            num_epochs=20.0,
+            schedule='cosine',
+            decay_epochs=(),
+            warmup_epochs=1.0,
+            weight_decay=5e-4,
+        )
+    )
     config.checkpoint_every_steps = 200
   if arg.startswith('prune'):
     # init_from.workdir comes from the command line.

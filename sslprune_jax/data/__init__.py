@@ -69,8 +69,7 @@ __all__ = sorted(_HOMES)
 
 def __getattr__(name):
   if name in _HOMES:
-    value = getattr(importlib.import_module(f'{__name__}.{_HOMES[name]}'),
-                    name)
+    value = getattr(importlib.import_module(f'{__name__}.{_HOMES[name]}'), name)
     globals()[name] = value  # Later lookups do not come here.
     return value
   raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

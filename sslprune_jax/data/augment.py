@@ -30,6 +30,7 @@ import tensorflow as tf
 # pylint: disable=unused-import
 from sslprune_jax.data.schema import AUGMENTATIONS
 from sslprune_jax.data.schema import check_augment
+
 # pylint: enable=unused-import
 
 # Per-channel mean and standard deviation of [0, 1] pixels.
@@ -238,8 +239,9 @@ def _crop(image, window):
   return tf.image.crop_to_bounding_box(image, top, left, height, width)
 
 
-def decode_and_random_crop(image, seed, channels,
-                           sample_window=_sample_crop_window):
+def decode_and_random_crop(
+    image, seed, channels, sample_window=_sample_crop_window
+):
   """Decodes an image and takes a random crop of it.
 
   JPEGs are cropped while decoding, which skips decoding most of the pixels
@@ -288,7 +290,9 @@ def imagenet_train(image, seed, image_size, channels):
   crop_seed, flip_seed = split_seed(seed)
   image = decode_and_random_crop(image, crop_seed, channels)
   image = tf.image.resize(
-      _to_float(image), (image_size, image_size), method='bilinear',
+      _to_float(image),
+      (image_size, image_size),
+      method='bilinear',
       antialias=True,
   )
   image = tf.image.stateless_random_flip_left_right(image, seed=flip_seed)
@@ -314,9 +318,14 @@ def imagenet_eval(image, image_size, channels):
   return tf.ensure_shape(image, (image_size, image_size, channels))
 
 
-def sample_resized_crop_window(image_shape, seed, *, area_range,
-                               aspect_ratio_range=CROP_ASPECT_RATIO_RANGE,
-                               max_attempts=CROP_MAX_ATTEMPTS):
+def sample_resized_crop_window(
+    image_shape,
+    seed,
+    *,
+    area_range,
+    aspect_ratio_range=CROP_ASPECT_RATIO_RANGE,
+    max_attempts=CROP_MAX_ATTEMPTS,
+):
   """Samples a crop window as torchvision's `RandomResizedCrop` does.
 
   Each attempt draws the crop's area, as a fraction of the image's, uniformly
@@ -346,7 +355,8 @@ def sample_resized_crop_window(image_shape, seed, *, area_range,
   width = tf.cast(image_shape[1], tf.float64)
   # Rows: area fraction, log aspect ratio, vertical and horizontal position.
   uniform = tf.random.stateless_uniform(
-      [4, max_attempts], seed, dtype=tf.float64)
+      [4, max_attempts], seed, dtype=tf.float64
+  )
   low, high = area_range
   target_area = height * width * (low + (high - low) * uniform[0])
   log_low, log_high = (math.log(r) for r in aspect_ratio_range)
@@ -360,22 +370,32 @@ def sample_resized_crop_window(image_shape, seed, *, area_range,
   crop_h, crop_w = crop_h[first], crop_w[first]
   # random.randint(0, H - h) includes both ends; the minimum only guards
   # against a uniform draw rounding up to 1.
-  top = tf.minimum(tf.floor(uniform[2, first] * (height - crop_h + 1)),
-                   height - crop_h)
-  left = tf.minimum(tf.floor(uniform[3, first] * (width - crop_w + 1)),
-                    width - crop_w)
+  top = tf.minimum(
+      tf.floor(uniform[2, first] * (height - crop_h + 1)), height - crop_h
+  )
+  left = tf.minimum(
+      tf.floor(uniform[3, first] * (width - crop_w + 1)), width - crop_w
+  )
 
   low_ratio, high_ratio = aspect_ratio_range
   image_ratio = width / height
-  fallback_w = tf.where(image_ratio > high_ratio,
-                        tf.round(height * high_ratio), width)
-  fallback_h = tf.where(image_ratio < low_ratio,
-                        tf.round(width / low_ratio), height)
-  fallback = tf.stack([tf.floor((height - fallback_h) / 2),
-                       tf.floor((width - fallback_w) / 2),
-                       fallback_h, fallback_w])
-  window = tf.where(tf.reduce_any(fits),
-                    tf.stack([top, left, crop_h, crop_w]), fallback)
+  fallback_w = tf.where(
+      image_ratio > high_ratio, tf.round(height * high_ratio), width
+  )
+  fallback_h = tf.where(
+      image_ratio < low_ratio, tf.round(width / low_ratio), height
+  )
+  fallback = tf.stack(
+      [
+          tf.floor((height - fallback_h) / 2),
+          tf.floor((width - fallback_w) / 2),
+          fallback_h,
+          fallback_w,
+      ]
+  )
+  window = tf.where(
+      tf.reduce_any(fits), tf.stack([top, left, crop_h, crop_w]), fallback
+  )
   return tf.cast(window, tf.int32)
 
 
@@ -432,8 +452,7 @@ def random_flip(image, seed, probability=FLIP_PROBABILITY):
   Returns:
     The mirrored image with `probability`, else `image`.
   """
-  return tf.where(_coin(seed, probability), tf.reverse(image, axis=[1]),
-                  image)
+  return tf.where(_coin(seed, probability), tf.reverse(image, axis=[1]), image)
 
 
 def adjust_brightness(image, factor):
@@ -499,8 +518,12 @@ def adjust_hue(image, delta):
 
 
 # The operations of `JITTER_OPS`, in its order.
-_JITTER_FUNCTIONS = (adjust_brightness, adjust_contrast, adjust_saturation,
-                     adjust_hue)
+_JITTER_FUNCTIONS = (
+    adjust_brightness,
+    adjust_contrast,
+    adjust_saturation,
+    adjust_hue,
+)
 
 
 def sample_color_jitter(seed, strengths=NPID_COLOR_JITTER):
@@ -519,13 +542,23 @@ def sample_color_jitter(seed, strengths=NPID_COLOR_JITTER):
   """
   brightness, contrast, saturation, hue = strengths
   if min(strengths) < 0 or hue > 0.5:
-    raise ValueError('Colour jitter strengths must be >= 0 and hue <= 0.5, '
-                     f'got {strengths}.')
+    raise ValueError(
+        'Colour jitter strengths must be >= 0 and hue <= 0.5, '
+        f'got {strengths}.'
+    )
   factor_seed, order_seed = split_seed(seed)
-  low = tf.constant([max(0.0, 1.0 - brightness), max(0.0, 1.0 - contrast),
-                     max(0.0, 1.0 - saturation), -hue], tf.float32)
-  high = tf.constant([1.0 + brightness, 1.0 + contrast, 1.0 + saturation,
-                      hue], tf.float32)
+  low = tf.constant(
+      [
+          max(0.0, 1.0 - brightness),
+          max(0.0, 1.0 - contrast),
+          max(0.0, 1.0 - saturation),
+          -hue,
+      ],
+      tf.float32,
+  )
+  high = tf.constant(
+      [1.0 + brightness, 1.0 + contrast, 1.0 + saturation, hue], tf.float32
+  )
   factors = low + (high - low) * tf.random.stateless_uniform([4], factor_seed)
   # Sorting i.i.d. uniforms gives each of the 24 orders the same chance, as
   # torchvision's shuffle of the four operations.
@@ -535,8 +568,10 @@ def sample_color_jitter(seed, strengths=NPID_COLOR_JITTER):
 
 def _apply_jitter_op(image, op, factors):
   """Applies operation `op` (an index into `JITTER_OPS`) with its factor."""
-  branches = [functools.partial(fn, image, factors[i])
-              for i, fn in enumerate(_JITTER_FUNCTIONS)]
+  branches = [
+      functools.partial(fn, image, factors[i])
+      for i, fn in enumerate(_JITTER_FUNCTIONS)
+  ]
   return tf.ensure_shape(tf.switch_case(op, branches), image.shape)
 
 
@@ -588,12 +623,15 @@ def npid_train(image, seed, image_size, channels):
     float32 `[image_size, image_size, channels]` in [0, 1].
   """
   crop_seed, grey_seed, jitter_seed, flip_seed = split_seed(seed, 4)
-  sample_window = functools.partial(sample_resized_crop_window,
-                                    area_range=NPID_CROP_AREA_RANGE)
+  sample_window = functools.partial(
+      sample_resized_crop_window, area_range=NPID_CROP_AREA_RANGE
+  )
   image = decode_and_random_crop(image, crop_seed, channels, sample_window)
   # PIL's bilinear resize antialiases when it shrinks.
   image = tf.image.resize(
-      _to_float(image), (image_size, image_size), method='bilinear',
+      _to_float(image),
+      (image_size, image_size),
+      method='bilinear',
       antialias=True,
   )
   image = tf.ensure_shape(image, (image_size, image_size, channels))

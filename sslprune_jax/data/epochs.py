@@ -46,9 +46,22 @@ def _cached_train_source(builder, layout, split, index_start):
 
 
 def _train_epoch(
-    source, builder, config, *, layout, local_split, index_start, labelled,
-    keep, relabel, epoch, seed, local_batch, examples_per_epoch, skip,
-    index_offset
+    source,
+    builder,
+    config,
+    *,
+    layout,
+    local_split,
+    index_start,
+    labelled,
+    keep,
+    relabel,
+    epoch,
+    seed,
+    local_batch,
+    examples_per_epoch,
+    skip,
+    index_offset,
 ):
   """Builds the dataset of one training epoch for this host.
 
@@ -138,9 +151,21 @@ def _relabelled(label, relabel):
   return label if relabel is None else tf.gather(relabel, label)
 
 
-def _shard_batches(builder, config, *, layout, labelled, keep, relabel,
-                   seed, shard, num_shards, shard_batch, steps_per_epoch,
-                   start_step):
+def _shard_batches(
+    builder,
+    config,
+    *,
+    layout,
+    labelled,
+    keep,
+    relabel,
+    seed,
+    shard,
+    num_shards,
+    shard_batch,
+    steps_per_epoch,
+    start_step,
+):
   """Yields the training batches of one read shard forever."""
   local_split = subsets._host_split(config, shard, num_shards)
   index_start = subsets._index_start(builder, layout, local_split, shard)
@@ -176,18 +201,21 @@ def _shard_batches(builder, config, *, layout, labelled, keep, relabel,
 def _train_batches(builder, config, *, shards, **kwargs):
   """Yields this host's training batches forever (see `train_iterator`):
   those of its read shards, joined in order."""
-  streams = [_shard_batches(builder, config, shard=shard, **kwargs)
-             for shard in shards]
+  streams = [
+      _shard_batches(builder, config, shard=shard, **kwargs) for shard in shards
+  ]
   if len(streams) == 1:
     yield from streams[0]
     return
   for parts in zip(*streams):
-    yield {key: np.concatenate([part[key] for part in parts])
-           for key in parts[0]}
+    yield {
+        key: np.concatenate([part[key] for part in parts]) for key in parts[0]
+    }
 
 
-def _subset_steps_per_epoch(builder, config, layout, subset, num_shards,
-                            shard_batch):
+def _subset_steps_per_epoch(
+    builder, config, layout, subset, num_shards, shard_batch
+):
   """Returns the steps of an epoch over a subset of the training split.
 
   Args:
@@ -207,8 +235,12 @@ def _subset_steps_per_epoch(builder, config, layout, subset, num_shards,
   for shard in range(num_shards):
     split = subsets._host_split(config, shard, num_shards)
     index_start = subsets._index_start(builder, layout, split, shard)
-    counts.append(sum(
-        int(np.searchsorted(subset, stop) - np.searchsorted(subset, start))
-        for start, stop in subsets._index_ranges(builder, layout, split, index_start)
-    ))
+    counts.append(
+        sum(
+            int(np.searchsorted(subset, stop) - np.searchsorted(subset, start))
+            for start, stop in subsets._index_ranges(
+                builder, layout, split, index_start
+            )
+        )
+    )
   return min(counts) // shard_batch

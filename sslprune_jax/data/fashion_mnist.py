@@ -211,10 +211,12 @@ def read_labels(path, num_examples):
 
 def features():
   """Returns the feature spec, identical to TFDS's `fashion_mnist`."""
-  return tfds.features.FeaturesDict({
-      'image': tfds.features.Image(shape=IMAGE_SHAPE),
-      'label': tfds.features.ClassLabel(names=list(CLASS_NAMES)),
-  })
+  return tfds.features.FeaturesDict(
+      {
+          'image': tfds.features.Image(shape=IMAGE_SHAPE),
+          'label': tfds.features.ClassLabel(names=list(CLASS_NAMES)),
+      }
+  )
 
 
 class LocalFashionMnist(

@@ -98,15 +98,20 @@ def train_iterator(
     steps_per_epoch = epochs._subset_steps_per_epoch(
         builder, config, layout, kept, num_shards, shard_batch
     )
-    what = (f'The labelled subset ({config.labelled!r}) of split'
-            if only_labelled else f'Classes {list(config.classes)} of split')
+    what = (
+        f'The labelled subset ({config.labelled!r}) of split'
+        if only_labelled
+        else f'Classes {list(config.classes)} of split'
+    )
   else:
     num_examples = sources._num_examples(builder, config.train_split)
     # Read shards split each part of a joined training split on their own,
     # which can leave them fewer than `num_examples // num_shards` examples.
     steps_per_epoch = min(
         num_examples // global_batch_size,
-        sources._num_examples(builder, subsets._host_split(config, 0, num_shards))
+        sources._num_examples(
+            builder, subsets._host_split(config, 0, num_shards)
+        )
         // shard_batch,
     )
     what = 'Split'
@@ -151,6 +156,7 @@ def _interleave_shards(labelled, unlabelled, num_shards):
     `L // num_shards` rows of `labelled`, then the `s`-th
     `U // num_shards` rows of `unlabelled`.
   """
+
   def join(a, b):
     parts = [x.reshape(num_shards, -1, *x.shape[1:]) for x in (a, b)]
     return np.concatenate(parts, axis=1).reshape(-1, *a.shape[1:])
@@ -159,8 +165,13 @@ def _interleave_shards(labelled, unlabelled, num_shards):
 
 
 def mixed_train_iterator(
-    data_config, *, labelled_batch_size, unlabelled_batch_size, seed,
-    start_step=0, num_shards
+    data_config,
+    *,
+    labelled_batch_size,
+    unlabelled_batch_size,
+    seed,
+    start_step=0,
+    num_shards,
 ):
   """Returns this host's stream of labelled plus unlabelled training batches.
 
@@ -263,9 +274,14 @@ def eval_iterator(data_config, *, global_batch_size):
   # the first.
   largest_shard = max(
       subsets._count(
-          builder, config, tfds.split_for_jax_process(
-              config.eval_split, process_index=p,
-              process_count=jax.process_count()))
+          builder,
+          config,
+          tfds.split_for_jax_process(
+              config.eval_split,
+              process_index=p,
+              process_count=jax.process_count(),
+          ),
+      )
       for p in range(jax.process_count() if config.classes else 1)
   )
   num_batches = math.ceil(largest_shard / local_batch)
@@ -302,8 +318,12 @@ def eval_iterator(data_config, *, global_batch_size):
     padding_label = tf.constant(0, tf.int32)
   padding = {
       'image': tf.zeros(
-          (config.image_size, config.image_size,
-           1 if config.grayscale else channels), tf.float32
+          (
+              config.image_size,
+              config.image_size,
+              1 if config.grayscale else channels,
+          ),
+          tf.float32,
       ),
       'label': padding_label,
       'mask': tf.constant(False),

@@ -16,7 +16,6 @@ from sslprune_jax.data import augment as augment_lib
 from sslprune_jax.data import schema
 from sslprune_jax.data import sources
 
-
 # TFDS's record ids: '<shard file name>__<record number in the shard>', the
 # shard file name being '<dataset>-<split>.<format>-<shard>-of-<shards>'.
 _TFDS_ID_PATTERN = r'^(?:.*/)?([^/]*)__(\d+)$'
@@ -170,6 +169,7 @@ def _multi_label_targets(labels, labels_no_difficult, num_classes):
     `labels_no_difficult`, else `voc.DIFFICULT` for those of `labels`, else
     `voc.NEGATIVE`.
   """
+
   def present(classes):
     # Empty lists (images without such objects) give no class.
     return tf.reduce_any(
@@ -205,8 +205,14 @@ def _decoders(builder, keys):
 
 
 def _read(
-    builder, split, *, keys=('image', 'label'), layout=None, index_start=0,
-    shuffle_files=False, file_seed=None
+    builder,
+    split,
+    *,
+    keys=('image', 'label'),
+    layout=None,
+    index_start=0,
+    shuffle_files=False,
+    file_seed=None,
 ):
   """Reads a split with undecoded images, keeping only some features.
 

@@ -15,12 +15,15 @@ import ml_collections
 from ml_collections import config_dict
 import numpy as np
 
-
 # Names of the augmentation policies (`sslprune_jax.data.augment`).
 AUGMENTATIONS = ('cifar', 'imagenet', 'npid', 'none')
 # Datasets the pipelines support.
 DATASETS = (
-    'fashion_mnist', 'cifar10', 'imagenet2012', 'places365_small', 'voc2007'
+    'fashion_mnist',
+    'cifar10',
+    'imagenet2012',
+    'places365_small',
+    'voc2007',
 )
 # TFDS's names of the datasets whose name here differs.
 _TFDS_NAMES = {'voc2007': 'voc/2007'}
@@ -236,8 +239,10 @@ def _resolve_config(data_config):
   if not isinstance(config.grayscale, (bool, np.bool_)):
     raise ValueError(f'grayscale must be a bool, got {config.grayscale!r}.')
   if not _is_int(config.read_shards) or config.read_shards < 0:
-    raise ValueError('read_shards must be a non-negative integer, got '
-                     f'{config.read_shards!r}.')
+    raise ValueError(
+        'read_shards must be a non-negative integer, got '
+        f'{config.read_shards!r}.'
+    )
   _check_train_split(config)
   _check_labelled(config)
   _check_classes(config)

@@ -17,7 +17,6 @@ import tensorflow_datasets as tfds
 from sslprune_jax.data import fashion_mnist
 from sslprune_jax.data import schema
 
-
 # Seconds to wait for a download site before declaring it unreachable; without
 # this check TFDS retries for minutes on a machine without network.
 _PROBE_TIMEOUT_S = 5.0
@@ -155,8 +154,9 @@ def _fashion_mnist_instructions(root, source_dir, missing):
       'network access).'
   ]
   if missing:
-    lines.insert(0, f'Missing source files in {source_dir}: '
-                 + ', '.join(missing) + '.')
+    lines.insert(
+        0, f'Missing source files in {source_dir}: ' + ', '.join(missing) + '.'
+    )
   return '\n'.join(lines)
 
 
@@ -246,7 +246,7 @@ def _places365_not_found(builder):
       f'of preparation): run `tfds build places365_small --data_dir={root}` '
       'on a machine with network access, and copy '
       f'{os.path.join(root, builder.name)} here if that is another machine. '
-      'To read it from another data dir, set the data config\'s data_dir or '
+      "To read it from another data dir, set the data config's data_dir or "
       'the TFDS_DATA_DIR environment variable.'
   )
 
@@ -281,7 +281,9 @@ def _imagenet_subset_not_found(builder):
 
 def _prepared_builder(config):
   """Returns a prepared builder for a validated config (see `get_builder`)."""
-  builder = tfds.builder(schema._tfds_name(config.name), data_dir=config.data_dir)
+  builder = tfds.builder(
+      schema._tfds_name(config.name), data_dir=config.data_dir
+  )
   if not _has_data(builder):
     if config.name == 'fashion_mnist':
       builder = _prepare_fashion_mnist(builder, config.data_dir)

@@ -19,7 +19,6 @@ from sslprune_jax.data import reading
 from sslprune_jax.data import schema
 from sslprune_jax.data import sources
 
-
 # Examples per batch when reading labels and indices of a whole split.
 _SCAN_BATCH = 65_536
 
@@ -72,7 +71,9 @@ def _index_layout(builder, config):
   shards = []
   for base in bases:
     if not splits or not splits[base].shard_lengths:
-      return _IndexLayout(None, sources._num_examples(builder, config.train_split))
+      return _IndexLayout(
+          None, sources._num_examples(builder, config.train_split)
+      )
     shards.extend(zip(splits[base].filenames, splits[base].shard_lengths))
   offsets, size = {}, 0
   for name, length in shards:
@@ -84,8 +85,10 @@ def _index_layout(builder, config):
 def _host_split(config, shard, num_shards):
   """Returns read shard `shard` of `num_shards` of the training split."""
   return tfds.split_for_jax_process(
-      config.train_split, process_index=shard, process_count=num_shards,
-      drop_remainder=True
+      config.train_split,
+      process_index=shard,
+      process_count=num_shards,
+      drop_remainder=True,
   )
 
 
@@ -130,12 +133,15 @@ def _scan(builder, split, keys, layout=None):
   Returns:
     A dict of numpy arrays, one per key (and `'index'`).
   """
-  ds = reading._read(builder, split, keys=keys, layout=layout).batch(_SCAN_BATCH)
+  ds = reading._read(builder, split, keys=keys, layout=layout).batch(
+      _SCAN_BATCH
+  )
   batches = list(tfds.as_numpy(ds))
   names = list(keys) + ([] if layout is None else ['index'])
   return {
       key: np.concatenate([batch[key] for batch in batches])
-      if batches else np.zeros((0,), np.int64)
+      if batches
+      else np.zeros((0,), np.int64)
       for key in names
   }
 

@@ -18,20 +18,25 @@ from sslprune_jax import config_lib
 from sslprune_jax import lottery
 
 
-def run_dirs(config: ml_collections.ConfigDict,
-             workdir: str) -> dict[int, epath.Path]:
+def run_dirs(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[int, epath.Path]:
   """k -> the workdir of the run that prunes the first k layers."""
-  return {k: epath.Path(workdir) / f'layers_{k:02d}'
-          for k in config.layerwise.layers}
+  return {
+      k: epath.Path(workdir) / f'layers_{k:02d}'
+      for k in config.layerwise.layers
+  }
 
 
-def run(config: ml_collections.ConfigDict, workdir: str
-        ) -> dict[int, list[dict]]:
+def run(
+    config: ml_collections.ConfigDict, workdir: str
+) -> dict[int, list[dict]]:
   """Runs (or resumes) one pruning run per k; returns k -> its rows."""
   ks = list(config.layerwise.layers)
   if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
-    raise ValueError('layerwise.layers must list layer counts >= 1, got '
-                     f'{ks}.')
+    raise ValueError(
+        'layerwise.layers must list layer counts >= 1, got ' f'{ks}.'
+    )
   if config.pruning.layers:
     raise ValueError('pruning.layers is set by layerwise.layers; leave it 0.')
   results = {}
@@ -40,8 +45,9 @@ def run(config: ml_collections.ConfigDict, workdir: str
     sub.run = 'prune'
     del sub['layerwise']
     sub.pruning.layers = k
-    print(f'\nPruning the first {k} prunable layers in {directory}.',
-          flush=True)
+    print(
+        f'\nPruning the first {k} prunable layers in {directory}.', flush=True
+    )
     rows = lottery.run(sub, str(directory))
     results[k] = rows[0] if len(rows) == 1 else rows
   return results

@@ -79,8 +79,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   s, lin = config.get('source'), config.get('linear')
   problems = []
   if config.get('num_seeds', 1) != 1:
-    problems.append('num_seeds must be 1 for a linear evaluation (run one '
-                    'per seed).')
+    problems.append(
+        'num_seeds must be 1 for a linear evaluation (run one ' 'per seed).'
+    )
   if s is None or not s.get('workdir'):
     problems.append('source.workdir must name a finished pruning run.')
   elif any(not isinstance(r, int) or r < 0 for r in s.rounds):
@@ -90,8 +91,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
   else:
     problems += _linear_problems(lin)
   if config.data.name not in data.DATASETS:
-    problems.append(f'Unknown data.name {config.data.name!r}; valid: '
-                    f'{data.DATASETS}.')
+    problems.append(
+        f'Unknown data.name {config.data.name!r}; valid: ' f'{data.DATASETS}.'
+    )
   if config.model.name not in models.MODELS:
     problems.append(f'Unknown model.name {config.model.name!r}.')
   if problems:
@@ -104,23 +106,33 @@ def _linear_problems(lin: ml_collections.ConfigDict) -> list[str]:
   if lin.batch_size <= 0:
     problems.append(f'linear.batch_size must be > 0, got {lin.batch_size}.')
   if lin.num_steps < 0 or (lin.num_steps == 0 and lin.num_epochs <= 0):
-    problems.append('linear.num_steps (iterations) or else linear.num_epochs '
-                    'must be > 0.')
+    problems.append(
+        'linear.num_steps (iterations) or else linear.num_epochs '
+        'must be > 0.'
+    )
   if lin.schedule not in train.SCHEDULES:
-    problems.append(f'Unknown linear.schedule {lin.schedule!r}; valid: '
-                    f'{train.SCHEDULES}.')
+    problems.append(
+        f'Unknown linear.schedule {lin.schedule!r}; valid: '
+        f'{train.SCHEDULES}.'
+    )
   elif lin.num_steps > 0 and lin.schedule != 'step':
-    problems.append('linear.num_steps needs linear.schedule="step" (decays '
-                    f'at linear.decay_steps), got {lin.schedule!r}.')
+    problems.append(
+        'linear.num_steps needs linear.schedule="step" (decays '
+        f'at linear.decay_steps), got {lin.schedule!r}.'
+    )
   if lin.learning_rate <= 0:
     problems.append(
-        f'linear.learning_rate must be > 0, got {lin.learning_rate}.')
+        f'linear.learning_rate must be > 0, got {lin.learning_rate}.'
+    )
   if lin.pool and (len(lin.pool) != 2 or min(lin.pool) <= 0):
-    problems.append('linear.pool must be () or (window, stride) > 0, got '
-                    f'{lin.pool}.')
+    problems.append(
+        'linear.pool must be () or (window, stride) > 0, got ' f'{lin.pool}.'
+    )
   if lin.pool and not lin.layer:
-    problems.append('linear.pool needs a spatial feature map: set '
-                    'linear.layer (e.g. "layer4_2", ResNet-50\'s res5).')
+    problems.append(
+        'linear.pool needs a spatial feature map: set '
+        'linear.layer (e.g. "layer4_2", ResNet-50\'s res5).'
+    )
   if lin.norm not in NORMS:
     problems.append(f'Unknown linear.norm {lin.norm!r}; valid: {NORMS}.')
   if not lin.svm_costs or min(lin.svm_costs) <= 0:
@@ -128,24 +140,28 @@ def _linear_problems(lin: ml_collections.ConfigDict) -> list[str]:
   if lin.svm_folds < 2:
     problems.append(f'linear.svm_folds must be >= 2, got {lin.svm_folds}.')
   if lin.svm_workers < 0:
-    problems.append(
-        f'linear.svm_workers must be >= 0, got {lin.svm_workers}.')
+    problems.append(f'linear.svm_workers must be >= 0, got {lin.svm_workers}.')
   return problems
 
 
-def load_trunk(config: ml_collections.ConfigDict, round_idx: int
-               ) -> tuple[dict, PyTree]:
+def load_trunk(
+    config: ml_collections.ConfigDict, round_idx: int
+) -> tuple[dict, PyTree]:
   """Round `round_idx`'s trained trunk: masked variables without the head.
 
   Returns:
     (variables, mask) of `models.create_model(config.model, None)`.
   """
-  _, saved = sources.read_source_round(config, config.source.workdir,
-                                       round_idx)
+  _, saved = sources.read_source_round(config, config.source.workdir, round_idx)
   params = {k: v for k, v in saved['params'].items() if k != models.HEAD}
   mask = {k: v for k, v in saved['mask'].items() if k != models.HEAD}
-  return ({'params': pruning.apply_mask(params, mask),
-           'batch_stats': saved['batch_stats']}, mask)
+  return (
+      {
+          'params': pruning.apply_mask(params, mask),
+          'batch_stats': saved['batch_stats'],
+      },
+      mask,
+  )
 
 
 def pool_features(out: jax.Array, pool=()) -> jax.Array:
@@ -166,21 +182,27 @@ def pool_features(out: jax.Array, pool=()) -> jax.Array:
   if out.ndim == 4 and pool:
     window, stride = pool
     if window > min(out.shape[1:3]):
-      raise ValueError(f'linear.pool window {window} is larger than the '
-                       f'{out.shape[1]} x {out.shape[2]} feature map.')
-    out = nn.avg_pool(out, (window, window), strides=(stride, stride),
-                      padding='VALID')
+      raise ValueError(
+          f'linear.pool window {window} is larger than the '
+          f'{out.shape[1]} x {out.shape[2]} feature map.'
+      )
+    out = nn.avg_pool(
+        out, (window, window), strides=(stride, stride), padding='VALID'
+    )
     out = jnp.transpose(out, (0, 3, 1, 2))
   elif out.ndim == 4:
     out = out.mean(axis=(1, 2))
   elif pool:
-    raise ValueError('linear.pool needs a spatial feature map; got features '
-                     f'of shape {out.shape}.')
+    raise ValueError(
+        'linear.pool needs a spatial feature map; got features '
+        f'of shape {out.shape}.'
+    )
   return out.reshape(out.shape[0], -1).astype(jnp.float32)
 
 
-def feature_fn(model_config: ml_collections.ConfigDict, layer: str, mesh,
-               pool=()):
+def feature_fn(
+    model_config: ml_collections.ConfigDict, layer: str, mesh, pool=()
+):
   """Jitted, data-parallel (variables, images) -> [B, D] float32 features.
 
   Args:
@@ -198,31 +220,45 @@ def feature_fn(model_config: ml_collections.ConfigDict, layer: str, mesh,
       out = model.apply(variables, images, train=False)
     else:
       _, state = model.apply(
-          variables, images, train=False, mutable=['intermediates'],
+          variables,
+          images,
+          train=False,
+          mutable=['intermediates'],
           capture_intermediates=lambda m, name: (
-              name == '__call__' and tuple(m.scope.path) == path))
+              name == '__call__' and tuple(m.scope.path) == path
+          ),
+      )
       node = state.get('intermediates', {})
       for key in path:
         if key not in node:
           names = sorted(variables['params'])
-          raise ValueError(f'linear.layer={layer!r} is not a module of the '
-                           f'model; top-level modules: {names}.')
+          raise ValueError(
+              f'linear.layer={layer!r} is not a module of the '
+              f'model; top-level modules: {names}.'
+          )
         node = node[key]
       out = node['__call__'][0]
     return pool_features(out, tuple(pool))
 
-  return jax.jit(jax.shard_map(features, mesh=mesh,
-                               in_specs=(P(), P(parallel.AXIS)),
-                               out_specs=P(parallel.AXIS)))
+  return jax.jit(
+      jax.shard_map(
+          features,
+          mesh=mesh,
+          in_specs=(P(), P(parallel.AXIS)),
+          out_specs=P(parallel.AXIS),
+      )
+  )
 
 
-def extract(features, variables, batches: Iterator[dict], mesh
-            ) -> tuple[np.ndarray, np.ndarray]:
+def extract(
+    features, variables, batches: Iterator[dict], mesh
+) -> tuple[np.ndarray, np.ndarray]:
   """Features and labels of every real example of an eval-style iterator."""
   feats, labels = [], []
   for batch in batches:
-    f = parallel.to_host(features(variables,
-                                  parallel.shard_batch(batch['image'], mesh)))
+    f = parallel.to_host(
+        features(variables, parallel.shard_batch(batch['image'], mesh))
+    )
     keep = parallel.to_host(parallel.shard_batch(batch['mask'], mesh))
     label = parallel.to_host(parallel.shard_batch(batch['label'], mesh))
     feats.append(f[keep])
@@ -231,12 +267,15 @@ def extract(features, variables, batches: Iterator[dict], mesh
 
 
 def _standardizer(features: np.ndarray) -> dict:
-  return {'mean': features.mean(0),
-          'scale': 1.0 / np.maximum(features.std(0), 1e-6)}
+  return {
+      'mean': features.mean(0),
+      'scale': 1.0 / np.maximum(features.std(0), 1e-6),
+  }
 
 
-def init_classifier(num_features: int, num_classes: int, rng=None,
-                    init_std: float = 0.0) -> dict:
+def init_classifier(
+    num_features: int, num_classes: int, rng=None, init_std: float = 0.0
+) -> dict:
   """The linear layer: N(0, init_std^2) weights (zeros if 0), zero bias.
 
   Goyal et al.'s heads start from std 0.01 (MODEL.FC_INIT_STD, GaussianFill
@@ -286,14 +325,16 @@ def inference_stats(lin: ml_collections.ConfigDict, state: dict) -> dict:
   (SpatialBN with is_test on the test split).
   """
   if lin.norm == 'batch_norm':
-    return {'mean': state['mean'],
-            'scale': jax.lax.rsqrt(state['var'] + lin.bn_epsilon)}
+    return {
+        'mean': state['mean'],
+        'scale': jax.lax.rsqrt(state['var'] + lin.bn_epsilon),
+    }
   return state
 
 
-def learning_rate_schedule(lin: ml_collections.ConfigDict,
-                           steps_per_epoch: int
-                           ) -> tuple[int, optax.Schedule]:
+def learning_rate_schedule(
+    lin: ml_collections.ConfigDict, steps_per_epoch: int
+) -> tuple[int, optax.Schedule]:
   """The classifier's number of steps and learning-rate schedule.
 
   With `lin.num_steps` > 0 both are in iterations, as Goyal et al.'s
@@ -308,7 +349,8 @@ def learning_rate_schedule(lin: ml_collections.ConfigDict,
   if lin.num_steps > 0:
     return lin.num_steps, optax.piecewise_constant_schedule(
         lin.learning_rate,
-        {int(step): lin.decay_factor for step in lin.decay_steps})
+        {int(step): lin.decay_factor for step in lin.decay_steps},
+    )
   steps = max(1, int(round(lin.num_epochs * steps_per_epoch)))
   return steps, train.create_learning_rate_fn(lin, steps_per_epoch)
 
@@ -324,7 +366,8 @@ def _optimizer(lin, learning_rate_fn) -> optax.GradientTransformation:
   return optax.chain(
       optax.add_decayed_weights(lin.weight_decay),
       optax.scale_by_learning_rate(learning_rate_fn),
-      optax.trace(decay=lin.momentum, nesterov=lin.nesterov))
+      optax.trace(decay=lin.momentum, nesterov=lin.nesterov),
+  )
 
 
 def _make_step(tx, lin):
@@ -344,13 +387,16 @@ def _make_step(tx, lin):
       stats = {'mean': mean, 'scale': jax.lax.rsqrt(var + eps)}
       norm_state = jax.tree.map(
           lambda old, new: momentum * old + (1 - momentum) * new,
-          norm_state, {'mean': mean, 'var': var})
+          norm_state,
+          {'mean': mean, 'var': var},
+      )
     else:
       stats = norm_state
 
     def loss_fn(p):
       return optax.softmax_cross_entropy_with_integer_labels(
-          logits(p, stats, features), labels).mean()
+          logits(p, stats, features), labels
+      ).mean()
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -359,9 +405,13 @@ def _make_step(tx, lin):
   return step
 
 
-def train_classifier(features: np.ndarray, labels: np.ndarray,
-                     num_classes: int, lin: ml_collections.ConfigDict,
-                     seed: int) -> tuple[dict, dict]:
+def train_classifier(
+    features: np.ndarray,
+    labels: np.ndarray,
+    num_classes: int,
+    lin: ml_collections.ConfigDict,
+    seed: int,
+) -> tuple[dict, dict]:
   """SGD on features in memory: shuffled passes until the last step.
 
   Args:
@@ -382,27 +432,34 @@ def train_classifier(features: np.ndarray, labels: np.ndarray,
   tx = _optimizer(lin, learning_rate_fn)
   step = _make_step(tx, lin)
   norm_state = init_norm(lin, features)
-  params = init_classifier(features.shape[1], num_classes,
-                           jax.random.key(seed), lin.init_std)
+  params = init_classifier(
+      features.shape[1], num_classes, jax.random.key(seed), lin.init_std
+  )
   opt_state = tx.init(params)
   rng = np.random.default_rng(seed)
   done = 0
   while done < steps:
     order = rng.permutation(n)
     for i in range(min(steps_per_epoch, steps - done)):
-      idx = order[i * batch:(i + 1) * batch]
+      idx = order[i * batch : (i + 1) * batch]
       params, opt_state, norm_state, _ = step(
-          params, opt_state, norm_state, jnp.asarray(features[idx]),
-          jnp.asarray(labels[idx]))
+          params,
+          opt_state,
+          norm_state,
+          jnp.asarray(features[idx]),
+          jnp.asarray(labels[idx]),
+      )
     done += min(steps_per_epoch, steps - done)
   return params, inference_stats(lin, norm_state)
 
 
-def accuracy(params: dict, stats: dict, features: np.ndarray,
-             labels: np.ndarray) -> float:
+def accuracy(
+    params: dict, stats: dict, features: np.ndarray, labels: np.ndarray
+) -> float:
   """Top-1 accuracy of the classifier."""
-  pred = np.asarray(jnp.argmax(logits(params, stats, jnp.asarray(features)),
-                               -1))
+  pred = np.asarray(
+      jnp.argmax(logits(params, stats, jnp.asarray(features)), -1)
+  )
   return float(np.mean(pred == labels))
 
 
@@ -412,8 +469,12 @@ def _streamed_classifier(config, features_of, variables, info, mesh):
   lin = config.linear
   steps_per_epoch = info.num_train_examples // lin.batch_size
   steps, learning_rate_fn = learning_rate_schedule(lin, steps_per_epoch)
-  batches = data.train_iterator(config.data, global_batch_size=lin.batch_size,
-                                seed=config.seed, start_step=0)
+  batches = data.train_iterator(
+      config.data,
+      global_batch_size=lin.batch_size,
+      seed=config.seed,
+      start_step=0,
+  )
 
   def next_features():
     batch = next(batches)
@@ -427,51 +488,77 @@ def _streamed_classifier(config, features_of, variables, info, mesh):
   norm_state = init_norm(lin, np.concatenate([f for f, _ in first]))
   tx = _optimizer(lin, learning_rate_fn)
   step = _make_step(tx, lin)
-  params = init_classifier(first[0][0].shape[1], info.num_classes,
-                           jax.random.key(config.seed), lin.init_std)
+  params = init_classifier(
+      first[0][0].shape[1],
+      info.num_classes,
+      jax.random.key(config.seed),
+      lin.init_std,
+  )
   opt_state = tx.init(params)
   for i in range(steps):
     f, y = first[i] if i < len(first) else next_features()
     params, opt_state, norm_state, loss = step(
-        params, opt_state, norm_state, jnp.asarray(f), jnp.asarray(y))
+        params, opt_state, norm_state, jnp.asarray(f), jnp.asarray(y)
+    )
     if (i + 1) % config.log_every_steps == 0:
       logging.info('linear step %d/%d: loss %.4f', i + 1, steps, float(loss))
   return params, inference_stats(lin, norm_state)
 
 
-def evaluate_round(config: ml_collections.ConfigDict, round_idx: int,
-                   info: data.DatasetInfo, mesh, features_of) -> dict:
+def evaluate_round(
+    config: ml_collections.ConfigDict,
+    round_idx: int,
+    info: data.DatasetInfo,
+    mesh,
+    features_of,
+) -> dict:
   """The linear evaluation of one source round: its metrics."""
   lin = config.linear
   variables, _ = load_trunk(config, round_idx)
   variables = parallel.replicate(variables, mesh)
   eval_bs = config.train.eval_batch_size
-  test = extract(features_of, variables,
-                 data.eval_iterator(config.data, global_batch_size=eval_bs),
-                 mesh)
+  test = extract(
+      features_of,
+      variables,
+      data.eval_iterator(config.data, global_batch_size=eval_bs),
+      mesh,
+  )
   if info.multi_label or lin.cache_features:
     train_data = ml_collections.ConfigDict(config.data.to_dict())
     train_data.eval_split = config.data.train_split
     trainset = extract(
-        features_of, variables,
-        data.eval_iterator(train_data, global_batch_size=eval_bs), mesh)
+        features_of,
+        variables,
+        data.eval_iterator(train_data, global_batch_size=eval_bs),
+        mesh,
+    )
   if info.multi_label:
-    result = svm.evaluate(*trainset, *test, costs=tuple(lin.svm_costs),
-                          num_folds=lin.svm_folds, seed=config.seed,
-                          workers=lin.svm_workers)
-    return {'test_mAP': result['mAP'],
-            **{f'test_AP_{c:02d}': float(ap)
-               for c, ap in enumerate(result['ap'])}}
+    result = svm.evaluate(
+        *trainset,
+        *test,
+        costs=tuple(lin.svm_costs),
+        num_folds=lin.svm_folds,
+        seed=config.seed,
+        workers=lin.svm_workers,
+    )
+    return {
+        'test_mAP': result['mAP'],
+        **{f'test_AP_{c:02d}': float(ap) for c, ap in enumerate(result['ap'])},
+    }
   if lin.cache_features:
-    params, stats = train_classifier(*trainset, info.num_classes, lin,
-                                     config.seed)
+    params, stats = train_classifier(
+        *trainset, info.num_classes, lin, config.seed
+    )
     train_acc = accuracy(params, stats, *trainset)
   else:
-    params, stats = _streamed_classifier(config, features_of, variables,
-                                         info, mesh)
+    params, stats = _streamed_classifier(
+        config, features_of, variables, info, mesh
+    )
     train_acc = float('nan')
-  return {'test_accuracy': accuracy(params, stats, *test),
-          'train_accuracy': train_acc}
+  return {
+      'test_accuracy': accuracy(params, stats, *test),
+      'train_accuracy': train_acc,
+  }
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -498,8 +585,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   checkpoint.check_or_write_config(str(workdir), config)
   with checkpoint.RunCheckpoints(config.source.workdir) as ckpts:
     source_rows = {r: ckpts.round_metrics(r) for r in rounds}
-  features_of = feature_fn(config.model, config.linear.layer, mesh,
-                           tuple(config.linear.pool))
+  features_of = feature_fn(
+      config.model, config.linear.layer, mesh, tuple(config.linear.pool)
+  )
   rows = [r for r in results.read(workdir) if r['round'] in rounds]
   done = {r['round'] for r in rows}
   for r in rounds:
@@ -507,16 +595,27 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
       continue
     t0 = time.time()
     metrics = evaluate_round(config, r, info, mesh, features_of)
-    rows.append({'round': r,
-                 'fraction_left': source_rows[r]['fraction_left'],
-                 'remaining': source_rows[r]['remaining'], **metrics,
-                 'seconds': time.time() - t0})
+    rows.append(
+        {
+            'round': r,
+            'fraction_left': source_rows[r]['fraction_left'],
+            'remaining': source_rows[r]['remaining'],
+            **metrics,
+            'seconds': time.time() - t0,
+        }
+    )
     rows.sort(key=lambda row: row['round'])
     results.write(workdir, rows, is_writer=jax.process_index() == 0)
     if jax.process_index() == 0:
-      print(f'Round {r} ({100 * rows[-1]["fraction_left"]:.2f}% left): ' +
-            ', '.join(f'{k} {v:.4f}' for k, v in metrics.items()
-                      if not k.startswith('test_AP_')), flush=True)
+      print(
+          f'Round {r} ({100 * rows[-1]["fraction_left"]:.2f}% left): '
+          + ', '.join(
+              f'{k} {v:.4f}'
+              for k, v in metrics.items()
+              if not k.startswith('test_AP_')
+          ),
+          flush=True,
+      )
   return rows
 
 

@@ -23,8 +23,11 @@ from sslprune_jax import pruning
 from sslprune_jax import rundir
 
 
-def of_run(workdir: str, rounds: list[int] | None = None,
-           threshold: float | None = None) -> dict[int, dict]:
+def of_run(
+    workdir: str,
+    rounds: list[int] | None = None,
+    threshold: float | None = None,
+) -> dict[int, dict]:
   """Natural sparsity of the given (default: all finished) rounds.
 
   Args:
@@ -37,8 +40,9 @@ def of_run(workdir: str, rounds: list[int] | None = None,
   """
   path = rundir.config_path(workdir)
   if not path.exists():
-    raise FileNotFoundError(f'{path} does not exist: is {workdir} a pruning '
-                            'run?')
+    raise FileNotFoundError(
+        f'{path} does not exist: is {workdir} a pruning ' 'run?'
+    )
   config = checkpoint.read_config_json(path)['pruning']
   threshold = config['natural_threshold'] if threshold is None else threshold
   with checkpoint.RunCheckpoints(workdir) as ckpts:
@@ -46,17 +50,24 @@ def of_run(workdir: str, rounds: list[int] | None = None,
     rounds = finished if rounds is None else rounds
     missing = sorted(set(rounds) - set(finished))
     if missing:
-      raise ValueError(f'{workdir} has no finished round {missing}; it has '
-                       f'{finished}.')
+      raise ValueError(
+          f'{workdir} has no finished round {missing}; it has ' f'{finished}.'
+      )
     out = {}
     for r in rounds:
       saved = jax.tree.map(np.asarray, ckpts.load_round(r))
-      prunable = pruning.prunable_tree(saved['params'],
-                                       exclude=tuple(config['exclude']),
-                                       min_ndim=config['min_ndim'])
+      prunable = pruning.prunable_tree(
+          saved['params'],
+          exclude=tuple(config['exclude']),
+          min_ndim=config['min_ndim'],
+      )
       mask = jax.tree.map(lambda m: m.astype(bool), saved['mask'])
-      out[r] = {'threshold': threshold, **pruning.natural_sparsity(
-          saved['params'], prunable, threshold, mask)}
+      out[r] = {
+          'threshold': threshold,
+          **pruning.natural_sparsity(
+              saved['params'], prunable, threshold, mask
+          ),
+      }
   return out
 
 
@@ -67,19 +78,21 @@ def main(argv):
   if not values.workdir:
     raise app.UsageError('--workdir is required.')
   try:
-    reports = of_run(values.workdir,
-                     None if values.rounds is None
-                     else [int(r) for r in values.rounds],
-                     values.threshold)
+    reports = of_run(
+        values.workdir,
+        None if values.rounds is None else [int(r) for r in values.rounds],
+        values.threshold,
+    )
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f'error: {e}') from None
   out = epath.Path(values.workdir) / 'natural_sparsity.json'
-  out.write_text(json.dumps({str(r): v for r, v in reports.items()},
-                            indent=2))
+  out.write_text(json.dumps({str(r): v for r, v in reports.items()}, indent=2))
   for r, report in reports.items():
-    print(f"round {r}: {100 * report['fraction']:.2f}% of "
-          f"{report['total']} kept prunable weights below "
-          f"{report['threshold']:g}")
+    print(
+        f"round {r}: {100 * report['fraction']:.2f}% of "
+        f"{report['total']} kept prunable weights below "
+        f"{report['threshold']:g}"
+    )
   print(out)
 
 
@@ -88,6 +101,5 @@ if __name__ == '__main__':
   # define --workdir themselves.
   flags.DEFINE_string('workdir', None, 'A pruning run.')
   flags.DEFINE_list('rounds', None, 'Rounds (default: all finished).')
-  flags.DEFINE_float('threshold', None,
-                     'Default: the run\'s natural_threshold.')
+  flags.DEFINE_float('threshold', None, "Default: the run's natural_threshold.")
   app.run(main)

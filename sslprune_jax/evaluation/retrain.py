@@ -66,31 +66,41 @@ def validate(config: ml_collections.ConfigDict) -> None:
     if any(not isinstance(r, int) or r < 0 for r in s.rounds):
       problems.append(f'source.rounds must be rounds >= 0, got {s.rounds}.')
   if config.init_from.workdir:
-    problems.append('init_from is for pruning runs; a re-training run '
-                    'starts from source.workdir.')
+    problems.append(
+        'init_from is for pruning runs; a re-training run '
+        'starts from source.workdir.'
+    )
   if problems:
     raise ValueError('Invalid config:\n  ' + '\n  '.join(problems))
 
 
-def round_start(exp: experiment.Experiment, ckpts: checkpoint.RunCheckpoints,
-                round_idx: int) -> tuple:
+def round_start(
+    exp: experiment.Experiment, ckpts: checkpoint.RunCheckpoints, round_idx: int
+) -> tuple:
   """Variables, mask and task state of source round `round_idx`'s
   subnetwork, as `config.source` defines it."""
   config, s = exp.config, exp.config.source
-  point = {'winning_ticket': 'rewind', 'final': 'final',
-           'reinit': 'final'}[s.init]
-  variables, mask = experiment.load_source(config, exp.variables, s.workdir,
-                                           round_idx, point=point)
+  point = {'winning_ticket': 'rewind', 'final': 'final', 'reinit': 'final'}[
+      s.init
+  ]
+  variables, mask = experiment.load_source(
+      config, exp.variables, s.workdir, round_idx, point=point
+  )
   if s.mask != 'source':
     mask = _random_mask(exp, mask, round_idx)
   if s.init == 'reinit':
     variables = {
         'params': pruning.reinit(
             lambda k: exp.init_fn(k)['params'],
-            jax.random.fold_in(exp.rngs['reinit'], round_idx), mask),
-        'batch_stats': exp.variables.get('batch_stats', {})}
-  variables = {**variables,
-               'params': pruning.apply_mask(variables['params'], mask)}
+            jax.random.fold_in(exp.rngs['reinit'], round_idx),
+            mask,
+        ),
+        'batch_stats': exp.variables.get('batch_stats', {}),
+    }
+  variables = {
+      **variables,
+      'params': pruning.apply_mask(variables['params'], mask),
+  }
   return variables, mask, exp.task_state
 
 
@@ -102,15 +112,21 @@ def _random_mask(exp: experiment.Experiment, source_mask, round_idx: int):
   if s.mask == 'random_like':
     return pruning.random_prune_like(rng, source_mask, exp.prunable)
   # The other baselines start from the source's dense trained network.
-  dense = experiment.load_source(config, exp.variables, s.workdir,
-                                 0)[0]['params']
+  dense = experiment.load_source(config, exp.variables, s.workdir, 0)[0][
+      'params'
+  ]
   threshold = config.pruning.natural_threshold
   if s.mask == 'random_natural':
-    return pruning.random_prune_like(rng, source_mask, exp.prunable,
-                                     params=dense, threshold=threshold)
+    return pruning.random_prune_like(
+        rng, source_mask, exp.prunable, params=dense, threshold=threshold
+    )
   return pruning.random_natural_oneshot(
-      rng, dense, exp.prunable, pruning.count(source_mask, exp.prunable)[0],
-      threshold)
+      rng,
+      dense,
+      exp.prunable,
+      pruning.count(source_mask, exp.prunable)[0],
+      threshold,
+  )
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
@@ -127,29 +143,28 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   """
   validate(config)
   configs = [seed_source(c) for c in experiment.seed_configs(config)]
-  source_rounds = sources.source_rounds(configs[0].source.workdir,
-                                        config.source.rounds)
+  source_rounds = sources.source_rounds(
+      configs[0].source.workdir, config.source.rounds
+  )
 
   exps = [experiment.build(c) for c in configs]
   step = start_step(exps[0])
 
   def start(exp, ckpts, r):
-    return rounds.start_state(exp, ckpts, r, *round_start(exp, ckpts, r),
-                              step=step)
+    return rounds.start_state(
+        exp, ckpts, r, *round_start(exp, ckpts, r), step=step
+    )
 
-  results = rounds.run_rounds(exps, workdir, rounds=source_rounds,
-                              start=start)
+  results = rounds.run_rounds(exps, workdir, rounds=source_rounds, start=start)
   return results[0] if len(results) == 1 else results
 
 
-def seed_source(config: ml_collections.ConfigDict
-                ) -> ml_collections.ConfigDict:
+def seed_source(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """`config` reading its own seed of the source run (`sources.seed_run`):
   re-training seed s re-trains seed s's subnetworks of a source that
   trained several seeds together."""
   config = ml_collections.ConfigDict(config.to_dict())
-  config.source.workdir = sources.seed_run(config.source.workdir,
-                                           config.seed)
+  config.source.workdir = sources.seed_run(config.source.workdir, config.seed)
   return config
 
 
@@ -165,7 +180,8 @@ def start_step(exp: experiment.Experiment) -> int:
     raise ValueError(
         f'The winning ticket of {s.workdir} was saved after '
         f'{source.pruning.rewind_samples} samples, step {step} of this '
-        f'config, which trains only {exp.num_steps} steps.')
+        f'config, which trains only {exp.num_steps} steps.'
+    )
   return step
 
 

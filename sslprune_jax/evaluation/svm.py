@@ -84,7 +84,7 @@ def cost_grid(costs=BENCHMARK_COSTS) -> tuple[float, ...]:
   costs = tuple(float(c) for c in costs)
   if not costs or min(costs) <= 0:
     raise ValueError(f'Costs must be positive, got {costs}.')
-  return costs + tuple(0.5 ** k for k in _HALF_POWERS)
+  return costs + tuple(0.5**k for k in _HALF_POWERS)
 
 
 def normalize_features(features: np.ndarray) -> np.ndarray:
@@ -136,14 +136,25 @@ def make_svm(cost: float, seed: int = 0) -> sk_svm.LinearSVC:
     A `LinearSVC`.
   """
   return sk_svm.LinearSVC(
-      C=cost, class_weight=CLASS_WEIGHT, intercept_scaling=1.0,
-      penalty='l2', loss='squared_hinge', dual=True, tol=TOL,
-      max_iter=MAX_ITER, random_state=seed)
+      C=cost,
+      class_weight=CLASS_WEIGHT,
+      intercept_scaling=1.0,
+      penalty='l2',
+      loss='squared_hinge',
+      dual=True,
+      tol=TOL,
+      max_iter=MAX_ITER,
+      random_state=seed,
+  )
 
 
-def cross_validation_ap(features: np.ndarray, labels: np.ndarray,
-                        cost: float, num_folds: int = 3,
-                        seed: int = 0) -> float:
+def cross_validation_ap(
+    features: np.ndarray,
+    labels: np.ndarray,
+    cost: float,
+    num_folds: int = 3,
+    seed: int = 0,
+) -> float:
   """Mean held-out AP of one class's SVM at one cost.
 
   Follows fair_self_supervision_benchmark tools/svm/train_svm_kfold.py:
@@ -160,8 +171,12 @@ def cross_validation_ap(features: np.ndarray, labels: np.ndarray,
     The mean of the folds' APs (NaN when a fold could not be fitted).
   """
   scores = model_selection.cross_val_score(
-      make_svm(cost, seed), features, labels, cv=num_folds,
-      scoring='average_precision')
+      make_svm(cost, seed),
+      features,
+      labels,
+      cv=num_folds,
+      scoring='average_precision',
+  )
   return float(np.mean(scores))
 
 
@@ -181,12 +196,18 @@ def _map_tasks(fn, tasks: list, workers: int) -> list:
   if workers <= 1:
     return [fn(*t) for t in tasks]
   return joblib.Parallel(n_jobs=workers, backend='loky')(
-      joblib.delayed(fn)(*t) for t in tasks)
+      joblib.delayed(fn)(*t) for t in tasks
+  )
 
 
-def cross_validate(features: np.ndarray, targets: np.ndarray,
-                   costs=BENCHMARK_COSTS, num_folds: int = 3, seed: int = 0,
-                   workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def cross_validate(
+    features: np.ndarray,
+    targets: np.ndarray,
+    costs=BENCHMARK_COSTS,
+    num_folds: int = 3,
+    seed: int = 0,
+    workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
   """Chooses each class's cost by k-fold cross-validation.
 
   Follows fair_self_supervision_benchmark tools/svm/train_svm_kfold.py (the
@@ -214,12 +235,17 @@ def cross_validate(features: np.ndarray, targets: np.ndarray,
   labels = [train_labels(targets[:, c]) for c in range(targets.shape[1])]
   trainable = [c for c, y in enumerate(labels) if _trainable(y)]
   for c in sorted(set(range(targets.shape[1])) - set(trainable)):
-    logging.warning('SVM class %d has no positive or no negative trainval '
-                    'image: left out.', c)
+    logging.warning(
+        'SVM class %d has no positive or no negative trainval '
+        'image: left out.',
+        c,
+    )
   pairs = [(c, k) for c in trainable for k in range(len(grid))]
-  aps = _map_tasks(cross_validation_ap,
-                   [(features, labels[c], grid[k], num_folds, seed)
-                    for c, k in pairs], workers)
+  aps = _map_tasks(
+      cross_validation_ap,
+      [(features, labels[c], grid[k], num_folds, seed) for c, k in pairs],
+      workers,
+  )
   cv_ap = np.full((targets.shape[1], len(grid)), np.nan)
   for (c, k), ap in zip(pairs, aps):
     cv_ap[c, k] = ap
@@ -230,16 +256,21 @@ def cross_validate(features: np.ndarray, targets: np.ndarray,
   return best, cv_ap
 
 
-def _fit(features: np.ndarray, labels: np.ndarray, cost: float,
-         seed: int) -> tuple[np.ndarray, float]:
+def _fit(
+    features: np.ndarray, labels: np.ndarray, cost: float, seed: int
+) -> tuple[np.ndarray, float]:
   """(weights [D], bias) of one class's SVM (a task of `train_svms`)."""
   clf = make_svm(cost, seed).fit(features, labels)
   return clf.coef_[0], float(clf.intercept_[0])
 
 
-def train_svms(features: np.ndarray, targets: np.ndarray, cost,
-               seed: int = 0,
-               workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def train_svms(
+    features: np.ndarray,
+    targets: np.ndarray,
+    cost,
+    seed: int = 0,
+    workers: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
   """One SVM per class on all the given images.
 
   Follows fair_self_supervision_benchmark tools/svm/train_svm_kfold.py
@@ -264,10 +295,16 @@ def train_svms(features: np.ndarray, targets: np.ndarray, cost,
   if np.any(cost <= 0):
     raise ValueError(f'Costs must be positive, got {cost}.')
   labels = [train_labels(targets[:, c]) for c in range(num_classes)]
-  classes = [c for c in range(num_classes)
-             if np.isfinite(cost[c]) and _trainable(labels[c])]
-  fits = _map_tasks(_fit, [(features, labels[c], float(cost[c]), seed)
-                           for c in classes], workers)
+  classes = [
+      c
+      for c in range(num_classes)
+      if np.isfinite(cost[c]) and _trainable(labels[c])
+  ]
+  fits = _map_tasks(
+      _fit,
+      [(features, labels[c], float(cost[c]), seed) for c in classes],
+      workers,
+  )
   weights = np.full((num_classes, features.shape[1]), np.nan)
   biases = np.full(num_classes, np.nan)
   for c, (weight, bias) in zip(classes, fits):
@@ -311,8 +348,9 @@ def average_precision(scores: np.ndarray, target: np.ndarray) -> float:
   return float(np.sum((mrec[grows] - mrec[grows - 1]) * mpre[grows]))
 
 
-def mean_average_precision(scores: np.ndarray,
-                           targets: np.ndarray) -> tuple[float, np.ndarray]:
+def mean_average_precision(
+    scores: np.ndarray, targets: np.ndarray
+) -> tuple[float, np.ndarray]:
   """The benchmark's test mAP: the mean of the classes' `average_precision`.
 
   Follows fair_self_supervision_benchmark tools/svm/test_svm.py (the mean of
@@ -325,18 +363,30 @@ def mean_average_precision(scores: np.ndarray,
   Returns:
     (mAP, [C] per-class APs).
   """
-  aps = np.array([average_precision(scores[:, c], targets[:, c])
-                  for c in range(scores.shape[1])])
+  aps = np.array(
+      [
+          average_precision(scores[:, c], targets[:, c])
+          for c in range(scores.shape[1])
+      ]
+  )
   if np.all(np.isnan(aps)):
-    raise ValueError('No class has both a trained SVM and a positive test '
-                     'image.')
+    raise ValueError(
+        'No class has both a trained SVM and a positive test ' 'image.'
+    )
   return float(np.nanmean(aps)), aps
 
 
-def evaluate(train_features: np.ndarray, train_targets: np.ndarray,
-             test_features: np.ndarray, test_targets: np.ndarray,
-             *, costs=BENCHMARK_COSTS, num_folds: int = 3, seed: int = 0,
-             workers: int = 0) -> dict:
+def evaluate(
+    train_features: np.ndarray,
+    train_targets: np.ndarray,
+    test_features: np.ndarray,
+    test_targets: np.ndarray,
+    *,
+    costs=BENCHMARK_COSTS,
+    num_folds: int = 3,
+    seed: int = 0,
+    workers: int = 0,
+) -> dict:
   """VOC07 linear-SVM classification mAP of frozen features.
 
   Follows fair_self_supervision_benchmark tools/svm/train_svm_kfold.py and
@@ -365,10 +415,17 @@ def evaluate(train_features: np.ndarray, train_targets: np.ndarray,
   """
   train_x = normalize_features(train_features)
   test_x = normalize_features(test_features)
-  cost, cv_ap = cross_validate(train_x, train_targets, costs, num_folds,
-                               seed, workers)
+  cost, cv_ap = cross_validate(
+      train_x, train_targets, costs, num_folds, seed, workers
+  )
   weights, biases = train_svms(train_x, train_targets, cost, seed, workers)
   scores = test_x @ weights.T + biases
   mean_ap, ap = mean_average_precision(scores, np.asarray(test_targets))
-  return {'mAP': mean_ap, 'ap': ap, 'cost': cost, 'costs': cost_grid(costs),
-          'cv_ap': cv_ap, 'scores': scores}
+  return {
+      'mAP': mean_ap,
+      'ap': ap,
+      'cost': cost,
+      'costs': cost_grid(costs),
+      'cv_ap': cv_ap,
+      'scores': scores,
+  }

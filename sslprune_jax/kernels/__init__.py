@@ -29,27 +29,33 @@ from sslprune_jax.kernels import onednn_conv
 CONV_IMPLS = ('auto', 'xla', 'onednn')
 
 
-def check_conv_impl(choice: str, platform: str | None = None,
-                    dtype: Any = jnp.float32) -> str | None:
+def check_conv_impl(
+    choice: str, platform: str | None = None, dtype: Any = jnp.float32
+) -> str | None:
   """Why `choice` cannot run on `platform` in `dtype` (None where it can)."""
   if choice not in CONV_IMPLS:
     return f'Unknown model.conv_impl {choice!r}; valid: {CONV_IMPLS}.'
   platform = platform or jax.default_backend()
   if choice == 'onednn':
     if platform != 'cpu':
-      return (f"model.conv_impl='onednn' runs on the CPU only, not on "
-              f"{platform}; use 'auto' or 'xla'.")
+      return (
+          f"model.conv_impl='onednn' runs on the CPU only, not on "
+          f"{platform}; use 'auto' or 'xla'."
+      )
     if jnp.dtype(dtype) != jnp.float32:
-      return (f"model.conv_impl='onednn' computes in float32 only, not "
-              f"{jnp.dtype(dtype).name}; use 'auto' or 'xla'.")
+      return (
+          f"model.conv_impl='onednn' computes in float32 only, not "
+          f"{jnp.dtype(dtype).name}; use 'auto' or 'xla'."
+      )
     reason = onednn_conv.availability()
     if reason is not None:
       return f"model.conv_impl='onednn' is unavailable here: {reason}."
   return None
 
 
-def resolve_conv_impl(choice: str, platform: str | None = None,
-                      dtype: Any = jnp.float32) -> str:
+def resolve_conv_impl(
+    choice: str, platform: str | None = None, dtype: Any = jnp.float32
+) -> str:
   """'xla' or 'onednn': the convolution a model config's choice runs.
 
   Raises:
@@ -72,8 +78,11 @@ def resolve_conv_impl(choice: str, platform: str | None = None,
 
 @functools.cache
 def _log_fallback(reason: str) -> None:
-  logging.warning("model.conv_impl='auto' uses XLA's convolutions (slower "
-                  'on the CPU): %s', reason)
+  logging.warning(
+      "model.conv_impl='auto' uses XLA's convolutions (slower "
+      'on the CPU): %s',
+      reason,
+  )
 
 
 def conv_general_dilated(impl: str) -> Callable | None:
@@ -85,5 +94,7 @@ def conv_general_dilated(impl: str) -> Callable | None:
     return None
   if impl == 'onednn':
     return onednn_conv.conv_general_dilated
-  raise ValueError(f"Unresolved conv_impl {impl!r}; expected 'xla' or "
-                   "'onednn' (see resolve_conv_impl).")
+  raise ValueError(
+      f"Unresolved conv_impl {impl!r}; expected 'xla' or "
+      "'onednn' (see resolve_conv_impl)."
+  )

@@ -66,15 +66,27 @@ def cache_dir() -> pathlib.Path:
 def _compiler() -> str:
   cxx = os.environ.get('CXX', 'g++')
   if shutil.which(cxx) is None:
-    raise Unavailable(f'no C++ compiler ({cxx!r} is not on PATH); on '
-                      'Debian/Ubuntu: apt install g++ libdnnl-dev')
+    raise Unavailable(
+        f'no C++ compiler ({cxx!r} is not on PATH); on '
+        'Debian/Ubuntu: apt install g++ libdnnl-dev'
+    )
   return cxx
 
 
 def _command(cxx: str, output: pathlib.Path) -> list[str]:
   return [
-      cxx, '-O2', '-std=c++17', '-shared', '-fPIC', '-fopenmp', '-w',
-      f'-I{jax.ffi.include_dir()}', str(SOURCE), '-o', str(output), '-ldnnl'
+      cxx,
+      '-O2',
+      '-std=c++17',
+      '-shared',
+      '-fPIC',
+      '-fopenmp',
+      '-w',
+      f'-I{jax.ffi.include_dir()}',
+      str(SOURCE),
+      '-o',
+      str(output),
+      '-ldnnl',
   ]
 
 
@@ -106,14 +118,23 @@ def build() -> pathlib.Path:
   path.parent.mkdir(parents=True, exist_ok=True)
   with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
     partial = pathlib.Path(tmp) / path.name
-    done = subprocess.run(_command(_compiler(), partial), capture_output=True,
-                          text=True, check=False)
+    done = subprocess.run(
+        _command(_compiler(), partial),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
       lines = done.stderr.strip().splitlines()
-      hint = ('; on Debian/Ubuntu: apt install libdnnl-dev'
-              if 'dnnl' in done.stderr else '')
-      raise Unavailable('compiling the oneDNN convolution failed'
-                        f'{hint}: {lines[0] if lines else done.returncode}')
+      hint = (
+          '; on Debian/Ubuntu: apt install libdnnl-dev'
+          if 'dnnl' in done.stderr
+          else ''
+      )
+      raise Unavailable(
+          'compiling the oneDNN convolution failed'
+          f'{hint}: {lines[0] if lines else done.returncode}'
+      )
     os.replace(partial, path)
   return path
 
@@ -125,7 +146,8 @@ def _load() -> None:
     jax.ffi.register_ffi_target(
         f'sslprune_onednn_conv_{name}',
         jax.ffi.pycapsule(getattr(library, symbol)),
-        platform='cpu')
+        platform='cpu',
+    )
 
 
 @functools.cache
@@ -138,19 +160,31 @@ def availability() -> str | None:
   return None
 
 
-def _call(name: str, shape: tuple[int, ...], a: jax.Array, b: jax.Array,
-          strides: tuple[int, int], padding: tuple[tuple[int, int], ...]):
+def _call(
+    name: str,
+    shape: tuple[int, ...],
+    a: jax.Array,
+    b: jax.Array,
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], ...],
+):
   _load()
   # Inside shard_map the result varies over the same mesh axes as the inputs.
   out = jax.typeof(a).update(shape=shape, dtype=jnp.float32)
   (top, bottom), (left, right) = padding
   return jax.ffi.ffi_call(
-      f'sslprune_onednn_conv_{name}', out, vmap_method='sequential')(
-          a, b,
-          stride_h=np.int64(strides[0]), stride_w=np.int64(strides[1]),
-          pad_top=np.int64(top), pad_left=np.int64(left),
-          pad_bottom=np.int64(bottom), pad_right=np.int64(right),
-          threads=np.int64(_threads()))
+      f'sslprune_onednn_conv_{name}', out, vmap_method='sequential'
+  )(
+      a,
+      b,
+      stride_h=np.int64(strides[0]),
+      stride_w=np.int64(strides[1]),
+      pad_top=np.int64(top),
+      pad_left=np.int64(left),
+      pad_bottom=np.int64(bottom),
+      pad_right=np.int64(right),
+      threads=np.int64(_threads()),
+  )
 
 
 def _threads() -> int:
@@ -166,17 +200,30 @@ def _threads() -> int:
 
 def _out_shape(x_shape, w_shape, strides, padding) -> tuple[int, ...]:
   spatial = tuple(
-      (size + lo + hi - k) // s + 1 for size, k, s, (lo, hi) in zip(
-          x_shape[1:3], w_shape[:2], strides, padding))
+      (size + lo + hi - k) // s + 1
+      for size, k, s, (lo, hi) in zip(
+          x_shape[1:3], w_shape[:2], strides, padding
+      )
+  )
   return (x_shape[0], *spatial, w_shape[3])
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-def conv_nhwc(x: jax.Array, w: jax.Array, strides: tuple[int, int],
-              padding: tuple[tuple[int, int], ...]) -> jax.Array:
+def conv_nhwc(
+    x: jax.Array,
+    w: jax.Array,
+    strides: tuple[int, int],
+    padding: tuple[tuple[int, int], ...],
+) -> jax.Array:
   """A float32 NHWC x HWIO convolution computed by oneDNN."""
-  return _call('fwd', _out_shape(x.shape, w.shape, strides, padding), x, w,
-               strides, padding)
+  return _call(
+      'fwd',
+      _out_shape(x.shape, w.shape, strides, padding),
+      x,
+      w,
+      strides,
+      padding,
+  )
 
 
 def _forward(x, w, strides, padding):
@@ -195,58 +242,87 @@ conv_nhwc.defvjp(_forward, _backward)
 
 def _explicit_padding(padding, x_shape, w_shape, strides):
   if isinstance(padding, str):
-    return tuple(lax.padtype_to_pads(x_shape[1:3], w_shape[:2], strides,
-                                     padding))
+    return tuple(
+        lax.padtype_to_pads(x_shape[1:3], w_shape[:2], strides, padding)
+    )
   return tuple(tuple(int(p) for p in pair) for pair in padding)
 
 
 def _is_nhwc(lhs: jax.Array, rhs: jax.Array, dimension_numbers) -> bool:
   if lhs.ndim != 4 or rhs.ndim != 4:
     return False
-  return (lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-          == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC))
+  return lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, dimension_numbers
+  ) == lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)
 
 
-def supported(lhs: jax.Array, rhs: jax.Array,
-              lhs_dilation: Sequence[int] | None = None,
-              rhs_dilation: Sequence[int] | None = None,
-              dimension_numbers: Any = None, feature_group_count: int = 1,
-              batch_group_count: int = 1,
-              preferred_element_type: Any = None) -> bool:
+def supported(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    preferred_element_type: Any = None,
+) -> bool:
   """Whether oneDNN takes this convolution (else XLA's is used)."""
-  undilated = all(d is None or all(int(k) == 1 for k in d)
-                  for d in (lhs_dilation, rhs_dilation))
-  return (lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32 and
-          preferred_element_type in (None, jnp.float32) and undilated and
-          feature_group_count == 1 and batch_group_count == 1 and
-          _is_nhwc(lhs, rhs, dimension_numbers))
+  undilated = all(
+      d is None or all(int(k) == 1 for k in d)
+      for d in (lhs_dilation, rhs_dilation)
+  )
+  return (
+      lhs.dtype == jnp.float32
+      and rhs.dtype == jnp.float32
+      and preferred_element_type in (None, jnp.float32)
+      and undilated
+      and feature_group_count == 1
+      and batch_group_count == 1
+      and _is_nhwc(lhs, rhs, dimension_numbers)
+  )
 
 
-def conv_general_dilated(lhs: jax.Array,
-                         rhs: jax.Array,
-                         window_strides: Sequence[int],
-                         padding: str | Sequence[tuple[int, int]],
-                         lhs_dilation: Sequence[int] | None = None,
-                         rhs_dilation: Sequence[int] | None = None,
-                         dimension_numbers: Any = None,
-                         feature_group_count: int = 1,
-                         batch_group_count: int = 1,
-                         precision: Any = None,
-                         preferred_element_type: Any = None) -> jax.Array:
+def conv_general_dilated(
+    lhs: jax.Array,
+    rhs: jax.Array,
+    window_strides: Sequence[int],
+    padding: str | Sequence[tuple[int, int]],
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers: Any = None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision: Any = None,
+    preferred_element_type: Any = None,
+) -> jax.Array:
   """``lax.conv_general_dilated``, through oneDNN where it is supported.
 
   `precision` is moot on the CPU, where float32 convolutions are float32
   whatever it says.
   """
-  if not supported(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                   feature_group_count, batch_group_count,
-                   preferred_element_type):
+  if not supported(
+      lhs,
+      rhs,
+      lhs_dilation,
+      rhs_dilation,
+      dimension_numbers,
+      feature_group_count,
+      batch_group_count,
+      preferred_element_type,
+  ):
     return lax.conv_general_dilated(
-        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation,
-        rhs_dilation=rhs_dilation, dimension_numbers=dimension_numbers,
+        lhs,
+        rhs,
+        window_strides,
+        padding,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
         feature_group_count=feature_group_count,
-        batch_group_count=batch_group_count, precision=precision,
-        preferred_element_type=preferred_element_type)
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
   strides = tuple(int(s) for s in window_strides)
   pads = _explicit_padding(padding, lhs.shape, rhs.shape, strides)
   return conv_nhwc(*_same_variance(lhs, rhs), strides, pads)
@@ -261,5 +337,7 @@ def _same_variance(*arrays: jax.Array) -> list[jax.Array]:
   """
   varying = [jax.typeof(a).manual_axis_type.varying for a in arrays]
   axes = frozenset().union(*varying)
-  return [lax.pcast(a, tuple(sorted(axes - v)), to='varying') if axes - v
-          else a for a, v in zip(arrays, varying)]
+  return [
+      lax.pcast(a, tuple(sorted(axes - v)), to='varying') if axes - v else a
+      for a, v in zip(arrays, varying)
+  ]

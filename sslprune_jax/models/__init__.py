@@ -71,8 +71,9 @@ def parse_dtype(name: str | None) -> Any:
   if name is None:
     return jnp.float32
   if name not in DTYPES:
-    raise ValueError(f'Unknown dtype {name!r}; valid dtypes are '
-                     f'{sorted(DTYPES)}.')
+    raise ValueError(
+        f'Unknown dtype {name!r}; valid dtypes are ' f'{sorted(DTYPES)}.'
+    )
   return DTYPES[name]
 
 
@@ -85,11 +86,13 @@ def conv_impl_of(model_config: Mapping[str, Any]) -> str:
   """
   return kernels.resolve_conv_impl(
       model_config.get('conv_impl', 'auto'),
-      dtype=parse_dtype(model_config.get('dtype', None)))
+      dtype=parse_dtype(model_config.get('dtype', None)),
+  )
 
 
-def create_model(model_config: Mapping[str, Any],
-                 num_classes: int | None) -> nn.Module:
+def create_model(
+    model_config: Mapping[str, Any], num_classes: int | None
+) -> nn.Module:
   """Builds a model from its config.
 
   Args:
@@ -115,8 +118,10 @@ def create_model(model_config: Mapping[str, Any],
   dtype = parse_dtype(model_config.get('dtype', None))
   bn_scale_init = model_config.get('bn_scale_init', 'ones')
   if bn_scale_init not in BN_SCALE_INITS:
-    raise ValueError(f'Unknown bn_scale_init {bn_scale_init!r}; valid: '
-                     f'{sorted(BN_SCALE_INITS)}.')
+    raise ValueError(
+        f'Unknown bn_scale_init {bn_scale_init!r}; valid: '
+        f'{sorted(BN_SCALE_INITS)}.'
+    )
   conv_impl = conv_impl_of(model_config)
   if name in ('resnet_cifar', 'resnet'):
     return resnet(
@@ -124,10 +129,19 @@ def create_model(model_config: Mapping[str, Any],
         num_classes,
         width=width,
         cifar_stem=name == 'resnet_cifar',
-        dtype=dtype, bn_scale_init=bn_scale_init, conv_impl=conv_impl)
+        dtype=dtype,
+        bn_scale_init=bn_scale_init,
+        conv_impl=conv_impl,
+    )
   if name == 'vgg':
-    return vgg(model_config['depth'], num_classes, width=width, dtype=dtype,
-               bn_scale_init=bn_scale_init, conv_impl=conv_impl)
+    return vgg(
+        model_config['depth'],
+        num_classes,
+        width=width,
+        dtype=dtype,
+        bn_scale_init=bn_scale_init,
+        conv_impl=conv_impl,
+    )
   if name == 'alexnet':
     return alexnet(
         num_classes,
@@ -135,13 +149,15 @@ def create_model(model_config: Mapping[str, Any],
         batch_norm=bool(model_config.get('batch_norm', False)),
         dropout_rate=float(model_config.get('dropout_rate', 0.5)),
         cifar_stem=model_config.get('cifar_stem', None),
-        dtype=dtype, conv_impl=conv_impl)
+        dtype=dtype,
+        conv_impl=conv_impl,
+    )
   raise ValueError(f'Unknown model {name!r}; valid models are {MODELS}.')
 
 
-def kernel_order(model: nn.Module,
-                 sample_input: Any,
-                 train: bool = False) -> list[tuple[str, ...]]:
+def kernel_order(
+    model: nn.Module, sample_input: Any, train: bool = False
+) -> list[tuple[str, ...]]:
   """Lists conv/dense kernel paths in the order the forward pass uses them.
 
   The order of the params dict cannot be used for this: jax flattens dicts
@@ -167,8 +183,9 @@ def kernel_order(model: nn.Module,
   order = []
 
   def record(next_fun, args, kwargs, context):
-    if (context.method_name == '__call__' and
-        isinstance(context.module, KERNEL_LAYERS)):
+    if context.method_name == '__call__' and isinstance(
+        context.module, KERNEL_LAYERS
+    ):
       path = tuple(context.module.path) + ('kernel',)
       if path not in order:
         order.append(path)
@@ -193,10 +210,14 @@ def kernel_order(model: nn.Module,
 HEAD = 'classifier'
 
 
-def replace_head(model_config: Mapping[str, Any], variables: Mapping[str, Any],
-                 mask: Mapping[str, Any], num_outputs: int, rng: jax.Array,
-                 image_shape: tuple[int, int, int]
-                 ) -> tuple[nn.Module, dict, dict]:
+def replace_head(
+    model_config: Mapping[str, Any],
+    variables: Mapping[str, Any],
+    mask: Mapping[str, Any],
+    num_outputs: int,
+    rng: jax.Array,
+    image_shape: tuple[int, int, int],
+) -> tuple[nn.Module, dict, dict]:
   """Swaps a trained network's task head for a fresh one of another width.
 
   A trunk pruned with one task is re-trained or evaluated with another
@@ -216,15 +237,21 @@ def replace_head(model_config: Mapping[str, Any], variables: Mapping[str, Any],
     (model, variables, mask) of the network with the new head.
   """
   model = create_model(model_config, num_outputs)
-  fresh = model.init({'params': rng, 'dropout': rng},
-                     jnp.zeros((1, *image_shape)), train=False)['params']
+  fresh = model.init(
+      {'params': rng, 'dropout': rng}, jnp.zeros((1, *image_shape)), train=False
+  )['params']
   params, new_mask = with_head(variables['params'], mask, fresh[HEAD])
   return model, {**variables, 'params': params}, new_mask
 
 
-def with_head(params: Mapping[str, Any], mask: Mapping[str, Any],
-              head: Any) -> tuple[dict, dict]:
+def with_head(
+    params: Mapping[str, Any], mask: Mapping[str, Any], head: Any
+) -> tuple[dict, dict]:
   """`params` and `mask` with `head` as the task head, entirely unpruned."""
-  return ({**params, HEAD: head},
-          {**mask, HEAD: jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_),
-                                      head)})
+  return (
+      {**params, HEAD: head},
+      {
+          **mask,
+          HEAD: jax.tree.map(lambda p: jnp.ones(p.shape, jnp.bool_), head),
+      },
+  )

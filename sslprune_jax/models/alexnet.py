@@ -22,7 +22,8 @@ from sslprune_jax.models.layers import scale_width
 # torchvision leaves AlexNet at PyTorch's default kaiming-uniform(a=sqrt(5)),
 # i.e. uniform with variance 1 / (3 * fan_in).
 conv_kernel_init = nn.initializers.variance_scaling(
-    1.0 / 3.0, 'fan_in', 'uniform')
+    1.0 / 3.0, 'fan_in', 'uniform'
+)
 
 # The ImageNet stem (11x11 stride 4) followed by three 3x3 stride-2 pools
 # needs at least 63 pixels per side to leave a non-empty feature map.
@@ -77,6 +78,7 @@ class AlexNet(nn.Module):
     dtype: computation dtype; parameters stay float32.
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
+
   num_classes: int | None
   width: float = 1.0
   batch_norm: bool = False
@@ -88,13 +90,15 @@ class AlexNet(nn.Module):
   def _conv_block(self, x, features, kernel, stride, pad, train, index):
     """Conv (+ BN) + ReLU, named ``conv{index}`` / ``bn{index}``."""
     x = nn.Conv(
-        scale_width(features, self.width), (kernel, kernel),
+        scale_width(features, self.width),
+        (kernel, kernel),
         strides=(stride, stride),
         padding=((pad, pad), (pad, pad)),
         kernel_init=conv_kernel_init,
         dtype=self.dtype,
         conv_general_dilated=kernels.conv_general_dilated(self.conv_impl),
-        name=f'conv{index}')(x)
+        name=f'conv{index}',
+    )(x)
     if self.batch_norm:
       x = batch_norm_layer(train, self.dtype, f'bn{index}')(x)
     return nn.relu(x)
@@ -138,18 +142,21 @@ class AlexNet(nn.Module):
           hidden,
           kernel_init=dense_kernel_init,
           dtype=self.dtype,
-          name=f'fc{index}')(x)
+          name=f'fc{index}',
+      )(x)
       x = nn.relu(x)
     return classifier(x, self.num_classes, self.dtype)
 
 
-def alexnet(num_classes: int | None,
-            width: float = 1.0,
-            batch_norm: bool = False,
-            dropout_rate: float = 0.5,
-            cifar_stem: bool | None = None,
-            dtype: Any = jnp.float32,
-            conv_impl: str = 'xla') -> AlexNet:
+def alexnet(
+    num_classes: int | None,
+    width: float = 1.0,
+    batch_norm: bool = False,
+    dropout_rate: float = 0.5,
+    cifar_stem: bool | None = None,
+    dtype: Any = jnp.float32,
+    conv_impl: str = 'xla',
+) -> AlexNet:
   """Builds an AlexNet.
 
   Args:
@@ -171,4 +178,5 @@ def alexnet(num_classes: int | None,
       dropout_rate=dropout_rate,
       cifar_stem=cifar_stem,
       dtype=dtype,
-      conv_impl=conv_impl)
+      conv_impl=conv_impl,
+  )

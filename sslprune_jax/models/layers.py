@@ -15,7 +15,8 @@ import jax.numpy as jnp
 # uniform distribution with variance 1 / (3 * fan_in). Dense biases start at
 # zero, since flax bias initialisers cannot see fan-in.
 dense_kernel_init = nn.initializers.variance_scaling(
-    1.0 / 3.0, 'fan_in', 'uniform')
+    1.0 / 3.0, 'fan_in', 'uniform'
+)
 
 
 def classifier(x: jnp.ndarray, num_classes: int, dtype: Any) -> jnp.ndarray:
@@ -24,8 +25,9 @@ def classifier(x: jnp.ndarray, num_classes: int, dtype: Any) -> jnp.ndarray:
   Pruning excludes it by that name. Logits are returned in float32 so that
   losses and metrics are computed in float32 even for bfloat16 models.
   """
-  x = nn.Dense(num_classes, kernel_init=dense_kernel_init, dtype=dtype,
-               name='classifier')(x)
+  x = nn.Dense(
+      num_classes, kernel_init=dense_kernel_init, dtype=dtype, name='classifier'
+  )(x)
   return jnp.asarray(x, jnp.float32)
 
 
@@ -47,12 +49,15 @@ def scale_width(base: int, width: float) -> int:
 # models do by default (`batchnorm_init='uniform'` in the default hparams of
 # its models/cifar_resnet.py and cifar_vgg.py; models/bn_initializers.py).
 # Offsets start at zero either way.
-BN_SCALE_INITS = {'ones': nn.initializers.ones,
-                  'uniform': nn.initializers.uniform(scale=1.0)}
+BN_SCALE_INITS = {
+    'ones': nn.initializers.ones,
+    'uniform': nn.initializers.uniform(scale=1.0),
+}
 
 
-def batch_norm_layer(train: bool, dtype: Any, name: str,
-                     scale_init: str = 'ones') -> nn.BatchNorm:
+def batch_norm_layer(
+    train: bool, dtype: Any, name: str, scale_init: str = 'ones'
+) -> nn.BatchNorm:
   """Builds a batch norm layer with PyTorch's defaults.
 
   No ``axis_name`` is given: statistics come from the local (per-device)
@@ -76,4 +81,5 @@ def batch_norm_layer(train: bool, dtype: Any, name: str,
       epsilon=1e-5,
       scale_init=BN_SCALE_INITS[scale_init],
       dtype=dtype,
-      name=name)
+      name=name,
+  )

@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from sslprune_jax import kernels
+
 # Shared with the other models; also importable from here, as before.
 from sslprune_jax.models.layers import BN_SCALE_INITS
 from sslprune_jax.models.layers import batch_norm_layer
@@ -28,8 +29,14 @@ conv_kernel_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 BASE_WIDTHS = (64, 128, 256, 512)
 
 
-def conv(features: int, kernel: int, stride: int, dtype: Any,
-         name: str, conv_impl: str = 'xla') -> nn.Conv:
+def conv(
+    features: int,
+    kernel: int,
+    stride: int,
+    dtype: Any,
+    name: str,
+    conv_impl: str = 'xla',
+) -> nn.Conv:
   """Builds a bias-free convolution with PyTorch-style symmetric padding.
 
   Explicit padding of ``kernel // 2`` is used rather than 'SAME' because for
@@ -57,12 +64,19 @@ def conv(features: int, kernel: int, stride: int, dtype: Any,
       kernel_init=conv_kernel_init,
       dtype=dtype,
       conv_general_dilated=kernels.conv_general_dilated(conv_impl),
-      name=name)
+      name=name,
+  )
 
 
-def shortcut(x: jnp.ndarray, features: int, stride: int, dtype: Any,
-             train: bool, bn_scale_init: str = 'ones',
-             conv_impl: str = 'xla') -> jnp.ndarray:
+def shortcut(
+    x: jnp.ndarray,
+    features: int,
+    stride: int,
+    dtype: Any,
+    train: bool,
+    bn_scale_init: str = 'ones',
+    conv_impl: str = 'xla',
+) -> jnp.ndarray:
   """The residual path of a block.
 
   The identity, or a 1x1 projection and batch norm where the block changes
@@ -84,6 +98,7 @@ class BasicBlock(nn.Module):
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
+
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
@@ -103,15 +118,25 @@ class BasicBlock(nn.Module):
     Returns:
       NHWC output with ``features`` channels.
     """
-    y = conv(self.features, 3, self.stride, self.dtype, 'conv1',
-             self.conv_impl)(x)
+    y = conv(
+        self.features, 3, self.stride, self.dtype, 'conv1', self.conv_impl
+    )(x)
     y = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(y)
     y = nn.relu(y)
-    y = conv(self.features, 3, 1, self.dtype, 'conv2',
-             self.conv_impl)(y)
+    y = conv(self.features, 3, 1, self.dtype, 'conv2', self.conv_impl)(y)
     y = batch_norm_layer(train, self.dtype, 'bn2', self.bn_scale_init)(y)
-    return nn.relu(y + shortcut(x, self.features, self.stride, self.dtype,
-                                train, self.bn_scale_init, self.conv_impl))
+    return nn.relu(
+        y
+        + shortcut(
+            x,
+            self.features,
+            self.stride,
+            self.dtype,
+            train,
+            self.bn_scale_init,
+            self.conv_impl,
+        )
+    )
 
 
 class BottleneckBlock(nn.Module):
@@ -124,6 +149,7 @@ class BottleneckBlock(nn.Module):
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
+
   features: int
   stride: int = 1
   dtype: Any = jnp.float32
@@ -144,19 +170,28 @@ class BottleneckBlock(nn.Module):
       NHWC output with ``4 * features`` channels.
     """
     out_features = self.features * self.expansion
-    y = conv(self.features, 1, 1, self.dtype, 'conv1',
-             self.conv_impl)(x)
+    y = conv(self.features, 1, 1, self.dtype, 'conv1', self.conv_impl)(x)
     y = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(y)
     y = nn.relu(y)
-    y = conv(self.features, 3, self.stride, self.dtype, 'conv2',
-             self.conv_impl)(y)
+    y = conv(
+        self.features, 3, self.stride, self.dtype, 'conv2', self.conv_impl
+    )(y)
     y = batch_norm_layer(train, self.dtype, 'bn2', self.bn_scale_init)(y)
     y = nn.relu(y)
-    y = conv(out_features, 1, 1, self.dtype, 'conv3',
-             self.conv_impl)(y)
+    y = conv(out_features, 1, 1, self.dtype, 'conv3', self.conv_impl)(y)
     y = batch_norm_layer(train, self.dtype, 'bn3', self.bn_scale_init)(y)
-    return nn.relu(y + shortcut(x, out_features, self.stride, self.dtype,
-                                train, self.bn_scale_init, self.conv_impl))
+    return nn.relu(
+        y
+        + shortcut(
+            x,
+            out_features,
+            self.stride,
+            self.dtype,
+            train,
+            self.bn_scale_init,
+            self.conv_impl,
+        )
+    )
 
 
 class ResNet(nn.Module):
@@ -174,6 +209,7 @@ class ResNet(nn.Module):
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
+
   stage_sizes: Sequence[int]
   block_cls: type[nn.Module]
   num_classes: int | None
@@ -198,19 +234,18 @@ class ResNet(nn.Module):
     x = jnp.asarray(x, self.dtype)
     widths = [scale_width(w, self.width) for w in BASE_WIDTHS]
     if self.cifar_stem:
-      x = conv(widths[0], 3, 1, self.dtype, 'conv1',
-             self.conv_impl)(x)
+      x = conv(widths[0], 3, 1, self.dtype, 'conv1', self.conv_impl)(x)
       x = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(x)
       x = nn.relu(x)
     else:
-      x = conv(widths[0], 7, 2, self.dtype, 'conv1',
-             self.conv_impl)(x)
+      x = conv(widths[0], 7, 2, self.dtype, 'conv1', self.conv_impl)(x)
       x = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(x)
       x = nn.relu(x)
       # flax pads max-pool windows with -inf, matching PyTorch's padding=1.
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
     for stage, (num_blocks, features) in enumerate(
-        zip(self.stage_sizes, widths)):
+        zip(self.stage_sizes, widths)
+    ):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
         x = self.block_cls(
@@ -219,7 +254,8 @@ class ResNet(nn.Module):
             dtype=self.dtype,
             bn_scale_init=self.bn_scale_init,
             conv_impl=self.conv_impl,
-            name=f'layer{stage + 1}_{block}')(x, train=train)
+            name=f'layer{stage + 1}_{block}',
+        )(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
       return x
@@ -238,13 +274,15 @@ RESNET_SPECS = {
 }
 
 
-def resnet(depth: int,
-           num_classes: int | None,
-           width: float = 1.0,
-           cifar_stem: bool = False,
-           dtype: Any = jnp.float32,
-           bn_scale_init: str = 'ones',
-           conv_impl: str = 'xla') -> ResNet:
+def resnet(
+    depth: int,
+    num_classes: int | None,
+    width: float = 1.0,
+    cifar_stem: bool = False,
+    dtype: Any = jnp.float32,
+    bn_scale_init: str = 'ones',
+    conv_impl: str = 'xla',
+) -> ResNet:
   """Builds a ResNet of a standard depth.
 
   Args:
@@ -263,8 +301,10 @@ def resnet(depth: int,
     ValueError: if ``depth`` is not supported.
   """
   if depth not in RESNET_SPECS:
-    raise ValueError(f'Unsupported ResNet depth {depth}; valid depths are '
-                     f'{sorted(RESNET_SPECS)}.')
+    raise ValueError(
+        f'Unsupported ResNet depth {depth}; valid depths are '
+        f'{sorted(RESNET_SPECS)}.'
+    )
   stage_sizes, block_cls = RESNET_SPECS[depth]
   return ResNet(
       stage_sizes=stage_sizes,
@@ -274,4 +314,5 @@ def resnet(depth: int,
       cifar_stem=cifar_stem,
       dtype=dtype,
       bn_scale_init=bn_scale_init,
-      conv_impl=conv_impl)
+      conv_impl=conv_impl,
+  )

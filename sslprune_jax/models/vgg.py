@@ -23,10 +23,47 @@ from sslprune_jax.models.layers import scale_width
 VGG_CONFIGS = {
     11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
     13: (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
-    16: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M',
-         512, 512, 512),
-    19: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512,
-         512, 'M', 512, 512, 512, 512),
+    16: (
+        64,
+        64,
+        'M',
+        128,
+        128,
+        'M',
+        256,
+        256,
+        256,
+        'M',
+        512,
+        512,
+        512,
+        'M',
+        512,
+        512,
+        512,
+    ),
+    19: (
+        64,
+        64,
+        'M',
+        128,
+        128,
+        'M',
+        256,
+        256,
+        256,
+        256,
+        'M',
+        512,
+        512,
+        512,
+        512,
+        'M',
+        512,
+        512,
+        512,
+        512,
+    ),
 }
 
 # open_lth initialises VGG convolutions with torch's kaiming_normal_, whose
@@ -46,6 +83,7 @@ class VGG(nn.Module):
     bn_scale_init: how batch-norm scales start (``layers.BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
   """
+
   layers: Sequence[int | str]
   num_classes: int | None
   width: float = 1.0
@@ -72,15 +110,18 @@ class VGG(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         continue
       x = nn.Conv(
-          scale_width(layer, self.width), (3, 3),
+          scale_width(layer, self.width),
+          (3, 3),
           padding='SAME',
           use_bias=True,
           kernel_init=conv_kernel_init,
           dtype=self.dtype,
           conv_general_dilated=kernels.conv_general_dilated(self.conv_impl),
-          name=f'conv{index}')(x)
-      x = batch_norm_layer(train, self.dtype, f'bn{index}',
-                           self.bn_scale_init)(x)
+          name=f'conv{index}',
+      )(x)
+      x = batch_norm_layer(train, self.dtype, f'bn{index}', self.bn_scale_init)(
+          x
+      )
       x = nn.relu(x)
       index += 1
     # Global rather than fixed 2x2 average pooling, so that inputs other than
@@ -91,12 +132,14 @@ class VGG(nn.Module):
     return classifier(x, self.num_classes, self.dtype)
 
 
-def vgg(depth: int,
-        num_classes: int | None,
-        width: float = 1.0,
-        dtype: Any = jnp.float32,
-        bn_scale_init: str = 'ones',
-        conv_impl: str = 'xla') -> VGG:
+def vgg(
+    depth: int,
+    num_classes: int | None,
+    width: float = 1.0,
+    dtype: Any = jnp.float32,
+    bn_scale_init: str = 'ones',
+    conv_impl: str = 'xla',
+) -> VGG:
   """Builds a CIFAR VGG of a standard depth.
 
   Args:
@@ -114,12 +157,15 @@ def vgg(depth: int,
     ValueError: if ``depth`` is not supported.
   """
   if depth not in VGG_CONFIGS:
-    raise ValueError(f'Unsupported VGG depth {depth}; valid depths are '
-                     f'{sorted(VGG_CONFIGS)}.')
+    raise ValueError(
+        f'Unsupported VGG depth {depth}; valid depths are '
+        f'{sorted(VGG_CONFIGS)}.'
+    )
   return VGG(
       layers=VGG_CONFIGS[depth],
       num_classes=num_classes,
       width=width,
       dtype=dtype,
       bn_scale_init=bn_scale_init,
-      conv_impl=conv_impl)
+      conv_impl=conv_impl,
+  )

@@ -24,21 +24,43 @@ from sslprune_jax.reproduce import fig6
 from sslprune_jax.reproduce import fig7
 from sslprune_jax.reproduce import regime
 
-FIGURES = {'1': fig1, '2': fig2, '3': fig3, '4': fig4, '5': fig5, '6': fig6, '7': fig7}
+FIGURES = {
+    '1': fig1,
+    '2': fig2,
+    '3': fig3,
+    '4': fig4,
+    '5': fig5,
+    '6': fig6,
+    '7': fig7,
+}
 
-flags.DEFINE_string('figure', None,
-                    f'What to reproduce: regime, {", ".join(FIGURES)}.',
-                    required=True)
+flags.DEFINE_string(
+    'figure',
+    None,
+    f'What to reproduce: regime, {", ".join(FIGURES)}.',
+    required=True,
+)
 flags.DEFINE_string('workdir', None, 'Where all runs go.', required=True)
 flags.DEFINE_integer('seeds', 3, 'Seeds, trained together.', lower_bound=1)
-flags.DEFINE_string('report_dir', None, 'Where the report goes (default: '
-                    '<workdir>/report/fig<N>).')
-flags.DEFINE_float('fraction', None, 'Pruning step, if not the regime\'s '
-                   '(e.g. 0.2, the paper\'s, to check a figure against it).')
-flags.DEFINE_list('objectives', list(regime.OBJECTIVES),
-                  '--figure=regime: objectives.')
-flags.DEFINE_list('epochs', [f'{e:g}' for e in regime.EPOCHS],
-                  '--figure=regime: epochs per run.')
+flags.DEFINE_string(
+    'report_dir',
+    None,
+    'Where the report goes (default: ' '<workdir>/report/fig<N>).',
+)
+flags.DEFINE_float(
+    'fraction',
+    None,
+    "Pruning step, if not the regime's "
+    "(e.g. 0.2, the paper's, to check a figure against it).",
+)
+flags.DEFINE_list(
+    'objectives', list(regime.OBJECTIVES), '--figure=regime: objectives.'
+)
+flags.DEFINE_list(
+    'epochs',
+    [f'{e:g}' for e in regime.EPOCHS],
+    '--figure=regime: epochs per run.',
+)
 flags.DEFINE_integer('train_images', 6000, '--figure=regime: images.')
 flags.DEFINE_integer('seed', 0, '--figure=regime: seed.')
 FLAGS = flags.FLAGS
@@ -50,22 +72,32 @@ def main(argv):
   console.route(FLAGS.workdir)
   figure = FLAGS.figure
   if figure == 'regime':
-    curves = regime.learning_curves(FLAGS.workdir, FLAGS.objectives,
-                                    [float(e) for e in FLAGS.epochs],
-                                    FLAGS.train_images, FLAGS.seed)
+    curves = regime.learning_curves(
+        FLAGS.workdir,
+        FLAGS.objectives,
+        [float(e) for e in FLAGS.epochs],
+        FLAGS.train_images,
+        FLAGS.seed,
+    )
     paths = regime.write(curves, str(epath.Path(FLAGS.workdir) / 'regime'))
     print(epath.Path(paths['md']).read_text())
     return
   if figure not in FIGURES:
-    raise app.UsageError(f'--figure={figure!r}: choose regime or one of '
-                         f'{", ".join(FIGURES)}.')
-  regime_changes = ({} if FLAGS.fraction is None
-                    else {'fraction': FLAGS.fraction})
+    raise app.UsageError(
+        f'--figure={figure!r}: choose regime or one of '
+        f'{", ".join(FIGURES)}.'
+    )
+  regime_changes = (
+      {} if FLAGS.fraction is None else {'fraction': FLAGS.fraction}
+  )
   out = FLAGS.report_dir or str(
-      epath.Path(FLAGS.workdir) / 'report' /
-      driver.label(f'fig{figure}', regime_changes))
-  paths = FIGURES[figure].make(FLAGS.workdir, out, seeds=FLAGS.seeds,
-                               **regime_changes)
+      epath.Path(FLAGS.workdir)
+      / 'report'
+      / driver.label(f'fig{figure}', regime_changes)
+  )
+  paths = FIGURES[figure].make(
+      FLAGS.workdir, out, seeds=FLAGS.seeds, **regime_changes
+  )
   print(epath.Path(paths['section']).read_text())
   print('\n'.join(paths.values()))
 

@@ -45,8 +45,9 @@ def seed_dirs(run: Run) -> list[str]:
   k = config.get('num_seeds', 1)
   if k == 1:
     return [run.directory]
-  return [str(rundir.seed_dir(run.directory, config.seed + i))
-          for i in range(k)]
+  return [
+      str(rundir.seed_dir(run.directory, config.seed + i)) for i in range(k)
+  ]
 
 
 def load(runs: Run | Sequence[Run]) -> list[report_lib.Run]:
@@ -71,13 +72,18 @@ def curve(runs: Sequence[report_lib.Run], metric: str) -> verdicts_lib.Curve:
   out: verdicts_lib.Curve = {}
   for run in runs:
     seed = int(run.config['seed'])
-    out[seed] = {float(row['fraction_left']): float(row[metric])
-                 for row in run.rows}
+    out[seed] = {
+        float(row['fraction_left']): float(row[metric]) for row in run.rows
+    }
   return out
 
 
-def write(out_dir: str, curves: dict[str, list[report_lib.Run]], metric: str,
-          found: Sequence[verdicts_lib.Verdict]) -> dict[str, str]:
+def write(
+    out_dir: str,
+    curves: dict[str, list[report_lib.Run]],
+    metric: str,
+    found: Sequence[verdicts_lib.Verdict],
+) -> dict[str, str]:
   """<metric>.csv/.md/.png (mean ± s.e. per curve) and verdicts.md."""
   paths = report_lib.write(curves, metric, out_dir)
   path = epath.Path(out_dir) / 'verdicts.md'
@@ -86,21 +92,24 @@ def write(out_dir: str, curves: dict[str, list[report_lib.Run]], metric: str,
   return paths
 
 
-def make(figure, workdir: str, out_dir: str, seeds: int,
-         regime: dict) -> dict[str, str]:
+def make(
+    figure, workdir: str, out_dir: str, seeds: int, regime: dict
+) -> dict[str, str]:
   """The common shape of a figure module (`fig<N>`, with its `NUMBER`,
   `TITLE`, `METRIC`, `CURVES`, `runs` and `findings`): runs everything
   `runs` lists (in order), reads the shown curves, judges the findings and
   writes the report (`report`)."""
   all_runs, wall = run_all(figure, workdir, seeds, regime)
   loaded = {c: load(all_runs[c]) for c in figure.CURVES or tuple(all_runs)}
-  found = figure.findings({c: curve(runs, figure.METRIC)
-                           for c, runs in loaded.items()})
+  found = figure.findings(
+      {c: curve(runs, figure.METRIC) for c, runs in loaded.items()}
+  )
   return report(figure, out_dir, seeds, regime, wall, loaded, found)
 
 
-def run_all(figure, workdir: str, seeds: int, regime: dict
-            ) -> tuple[dict, float]:
+def run_all(
+    figure, workdir: str, seeds: int, regime: dict
+) -> tuple[dict, float]:
   """Runs (or resumes) a figure's runs; returns them and the figure's wall
   time so far."""
   all_runs = figure.runs(workdir, seeds, **regime)
@@ -115,25 +124,45 @@ def run_all(figure, workdir: str, seeds: int, regime: dict
   return all_runs, wall
 
 
-def report(figure, out_dir: str, seeds: int, regime: dict, wall: float,
-           loaded: dict[str, list[report_lib.Run]],
-           found: Sequence[verdicts_lib.Verdict],
-           preface: str = '') -> dict[str, str]:
+def report(
+    figure,
+    out_dir: str,
+    seeds: int,
+    regime: dict,
+    wall: float,
+    loaded: dict[str, list[report_lib.Run]],
+    found: Sequence[verdicts_lib.Verdict],
+    preface: str = '',
+) -> dict[str, str]:
   """Writes a figure's table, plot, verdicts and markdown section
   (`<out_dir>/section.md`, `preface` before its table)."""
   paths = write(out_dir, loaded, figure.METRIC, found)
-  command = (f'python -m sslprune_jax.reproduce --figure={figure.NUMBER} '
-             f'--workdir=W --seeds={seeds}{flags(regime)}')
-  text = section(figure.TITLE, command, wall,
-                 preface + epath.Path(paths['md']).read_text(),
-                 f'{figure.METRIC}.png', found)
+  command = (
+      f'python -m sslprune_jax.reproduce --figure={figure.NUMBER} '
+      f'--workdir=W --seeds={seeds}{flags(regime)}'
+  )
+  text = section(
+      figure.TITLE,
+      command,
+      wall,
+      preface + epath.Path(paths['md']).read_text(),
+      f'{figure.METRIC}.png',
+      found,
+  )
   (epath.Path(out_dir) / 'section.md').write_text(text)
   paths['section'] = str(epath.Path(out_dir) / 'section.md')
   return paths
 
 
-def prune(workdir: str, objective: str, seeds: int, *, tag: str = '',
-          overrides: dict | None = None, **regime) -> Run:
+def prune(
+    workdir: str,
+    objective: str,
+    seeds: int,
+    *,
+    tag: str = '',
+    overrides: dict | None = None,
+    **regime,
+) -> Run:
   """IMP with `objective` under the regime, in `<workdir>/prune/`; every
   figure that prunes with `objective` shares this run. `regime` changes
   `settings.apply`'s keywords, `overrides` (flattened config fields, named
@@ -141,28 +170,38 @@ def prune(workdir: str, objective: str, seeds: int, *, tag: str = '',
   config = settings.config(objective, seeds=seeds, **regime)
   config.update_from_flattened_dict(overrides or {})
   name = label(objective, regime) + (f'_{tag}' if tag else '')
-  return Run(f'prune {name}', config,
-             str(epath.Path(workdir) / 'prune' / name))
+  return Run(f'prune {name}', config, str(epath.Path(workdir) / 'prune' / name))
 
 
-def retrain(workdir: str, source: Run, init: str, mask: str = 'source',
-            tag: str = '', overrides: dict | None = None) -> Run:
+def retrain(
+    workdir: str,
+    source: Run,
+    init: str,
+    mask: str = 'source',
+    tag: str = '',
+    overrides: dict | None = None,
+) -> Run:
   """`source`'s pruned rounds trained again on labels, from `init`, with
   `mask` (see `sslprune_jax.evaluation.retrain`), seed s from seed s's
   masks. The dense round is left out: it is the labels run's round 0.
   `overrides` (flattened config fields) change the re-training config;
   `tag` names the change in the run's directory."""
-  config = settings.apply(config_lib.load('retrain', 'quick'),
-                          seeds=source.config.num_seeds,
-                          fraction=source.config.pruning.fraction)
+  config = settings.apply(
+      config_lib.load('retrain', 'quick'),
+      seeds=source.config.num_seeds,
+      fraction=source.config.pruning.fraction,
+  )
   config.source.workdir = source.directory
   config.source.init = init
   config.source.mask = mask
   config.source.rounds = tuple(range(1, source.config.pruning.num_rounds + 1))
   config.update_from_flattened_dict(overrides or {})
-  directory = (epath.Path(workdir) / 'retrain' /
-               f'{epath.Path(source.directory).name}_{init}_{mask}'
-               f'{"_" + tag if tag else ""}')
+  directory = (
+      epath.Path(workdir)
+      / 'retrain'
+      / f'{epath.Path(source.directory).name}_{init}_{mask}'
+      f'{"_" + tag if tag else ""}'
+  )
   return Run(f'{source.name}: {init}, {mask}', config, str(directory))
 
 
@@ -186,12 +225,22 @@ def timed(workdir: str, figure: str, seconds: float) -> float:
   return total
 
 
-def section(title: str, command: str, wall_seconds: float, table: str,
-            png: str, found: Sequence[verdicts_lib.Verdict]) -> str:
+def section(
+    title: str,
+    command: str,
+    wall_seconds: float,
+    table: str,
+    png: str,
+    found: Sequence[verdicts_lib.Verdict],
+) -> str:
   """A figure's part of docs/reproduction.md."""
-  parts = [f'## {title}\n', f'Command: `{command}` ({wall_seconds / 60:.0f} '
-           'minutes on 2 CPU cores).\n', table,
-           f'![{title}]({png})\n']
+  parts = [
+      f'## {title}\n',
+      f'Command: `{command}` ({wall_seconds / 60:.0f} '
+      'minutes on 2 CPU cores).\n',
+      table,
+      f'![{title}]({png})\n',
+  ]
   if found:
     parts.append(verdicts_lib.table(found))
   return '\n'.join(parts)

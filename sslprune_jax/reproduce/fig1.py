@@ -38,11 +38,13 @@ def probe(workdir: str, source: driver.Run, seed: int) -> driver.Run:
   """The linear probes of one seed of `source`, round by round."""
   config = settings.apply(config_lib.load('linear_eval', 'quick'), seeds=1)
   config.seed = seed
-  config.source.workdir = driver.seed_dirs(source)[
-      seed - source.config.seed]
+  config.source.workdir = driver.seed_dirs(source)[seed - source.config.seed]
   name = epath.Path(source.directory).name
-  return driver.Run(f'probe {name}, seed {seed}', config,
-                    str(epath.Path(workdir) / 'linear' / f'{name}_seed{seed}'))
+  return driver.Run(
+      f'probe {name}, seed {seed}',
+      config,
+      str(epath.Path(workdir) / 'linear' / f'{name}_seed{seed}'),
+  )
 
 
 def runs(workdir: str, seeds: int, **regime) -> dict:
@@ -65,21 +67,41 @@ def findings(curves: dict[str, v.Curve]) -> list[v.Verdict]:
   curves = {**curves, **{f'{o} dense': dense(curves[o]) for o in OBJECTIVES}}
   out = []
   for o in SSL:
-    out.append(v.similar(
-        'Moderate pruning (5-50% left) keeps the features\' quality', curves,
-        o, f'{o} dense', v.moderate))
+    out.append(
+        v.similar(
+            "Moderate pruning (5-50% left) keeps the features' quality",
+            curves,
+            o,
+            f'{o} dense',
+            v.moderate,
+        )
+    )
   for o in ('rotnet', 'exemplar'):
-    out.append(v.better(
-        'RotNet and Exemplar: moderate pruning even improves the features '
-        'slightly', curves, o, f'{o} dense', v.moderate))
+    out.append(
+        v.better(
+            'RotNet and Exemplar: moderate pruning even improves the features '
+            'slightly',
+            curves,
+            o,
+            f'{o} dense',
+            v.moderate,
+        )
+    )
   for o in SSL:
-    out.append(v.better(
-        'Severely pruned (2% or less left), the features lose quality',
-        curves, f'{o} dense', o, v.severe))
+    out.append(
+        v.better(
+            'Severely pruned (2% or less left), the features lose quality',
+            curves,
+            f'{o} dense',
+            o,
+            v.severe,
+        )
+    )
   return out
 
 
-def make(workdir: str, out_dir: str, seeds: int = 3, **regime
-         ) -> dict[str, str]:
+def make(
+    workdir: str, out_dir: str, seeds: int = 3, **regime
+) -> dict[str, str]:
   """Runs (or resumes) the figure and writes its report under `out_dir`."""
   return driver.make(sys.modules[__name__], workdir, out_dir, seeds, regime)

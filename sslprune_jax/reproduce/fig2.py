@@ -51,9 +51,11 @@ TRANSFER = (5, 6, 7, 8, 9)
 def data(classes: tuple[int, ...]) -> dict:
   """Config overrides: the regime's data restricted to `classes`, from
   twice as many images, so that a half holds as many as the regime."""
-  return {'data.classes': classes,
-          'data.train_split': f'train[:{2 * settings.TRAIN_IMAGES}]',
-          'data.eval_split': f'test[:{2 * settings.EVAL_IMAGES}]'}
+  return {
+      'data.classes': classes,
+      'data.train_split': f'train[:{2 * settings.TRAIN_IMAGES}]',
+      'data.eval_split': f'test[:{2 * settings.EVAL_IMAGES}]',
+  }
 
 
 def _pretrain_curve(objective: str) -> str:
@@ -68,36 +70,63 @@ def runs(workdir: str, seeds: int, **regime) -> dict[str, driver.Run]:
   """Curve name -> the run it reads, in the order they must run."""
   out = {}
   for objective in OBJECTIVES:
-    source = driver.prune(workdir, objective, seeds, tag='pretrain5',
-                          overrides=data(PRETRAIN), **regime)
+    source = driver.prune(
+        workdir,
+        objective,
+        seeds,
+        tag='pretrain5',
+        overrides=data(PRETRAIN),
+        **regime,
+    )
     out[f'{objective} (pre-training)'] = source
     num_rounds = source.config.pruning.num_rounds
     out[_pretrain_curve(objective)] = driver.retrain(
-        workdir, source, 'final', tag='transfer5',
-        overrides={**data(TRANSFER),
-                   'source.rounds': tuple(range(num_rounds + 1))})
+        workdir,
+        source,
+        'final',
+        tag='transfer5',
+        overrides={
+            **data(TRANSFER),
+            'source.rounds': tuple(range(num_rounds + 1)),
+        },
+    )
     out[_transfer_curve(objective)] = driver.prune(
-        workdir, 'labels', seeds, tag=f'transfer5_from_{objective}',
-        overrides={**data(TRANSFER),
-                   'init_from.workdir': source.directory,
-                   'init_from.round': 0,
-                   'pruning.rewind_samples': 0}, **regime)
+        workdir,
+        'labels',
+        seeds,
+        tag=f'transfer5_from_{objective}',
+        overrides={
+            **data(TRANSFER),
+            'init_from.workdir': source.directory,
+            'init_from.round': 0,
+            'pruning.rewind_samples': 0,
+        },
+        **regime,
+    )
   return out
 
 
-CURVES = tuple(curve(o) for o in OBJECTIVES
-               for curve in (_pretrain_curve, _transfer_curve))
+CURVES = tuple(
+    curve(o) for o in OBJECTIVES for curve in (_pretrain_curve, _transfer_curve)
+)
 
 
 def findings(curves: dict[str, v.Curve]) -> list[v.Verdict]:
   """The paper's finding of Fig. 2 (section 4.1), for each objective."""
-  return [v.better('Finetuning a network pruned during pre-training beats '
-                   'pruning during transfer', curves,
-                   _pretrain_curve(o), _transfer_curve(o))
-          for o in OBJECTIVES]
+  return [
+      v.better(
+          'Finetuning a network pruned during pre-training beats '
+          'pruning during transfer',
+          curves,
+          _pretrain_curve(o),
+          _transfer_curve(o),
+      )
+      for o in OBJECTIVES
+  ]
 
 
-def make(workdir: str, out_dir: str, seeds: int = 3, **regime
-         ) -> dict[str, str]:
+def make(
+    workdir: str, out_dir: str, seeds: int = 3, **regime
+) -> dict[str, str]:
   """Runs (or resumes) the figure and writes its report under `out_dir`."""
   return driver.make(sys.modules[__name__], workdir, out_dir, seeds, regime)

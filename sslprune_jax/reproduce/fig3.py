@@ -42,54 +42,94 @@ def runs(workdir: str, seeds: int, **regime) -> dict[str, driver.Run]:
   for source in SOURCES:
     if source != 'labels':
       out[f'{source}, winning ticket'] = driver.retrain(
-          workdir, prune[source], 'winning_ticket')
-    out[f'{source}, reinit'] = driver.retrain(workdir, prune[source],
-                                              'reinit')
+          workdir, prune[source], 'winning_ticket'
+      )
+    out[f'{source}, reinit'] = driver.retrain(workdir, prune[source], 'reinit')
   out['random, reinit'] = driver.retrain(
-      workdir, prune['labels'], 'reinit', 'random_global_natural')
+      workdir, prune['labels'], 'reinit', 'random_global_natural'
+  )
   out['random per-layer, reinit'] = driver.retrain(
-      workdir, prune['labels'], 'reinit', 'random_like')
+      workdir, prune['labels'], 'reinit', 'random_like'
+  )
   return out
 
 
-CURVES = ('labels, winning ticket', 'labels, reinit',
-          'rotnet, winning ticket', 'rotnet, reinit',
-          'exemplar, winning ticket', 'exemplar, reinit',
-          'random, reinit', 'random per-layer, reinit')
+CURVES = (
+    'labels, winning ticket',
+    'labels, reinit',
+    'rotnet, winning ticket',
+    'rotnet, reinit',
+    'exemplar, winning ticket',
+    'exemplar, reinit',
+    'random, reinit',
+    'random per-layer, reinit',
+)
 
 
 def findings(curves: dict[str, v.Curve]) -> list[v.Verdict]:
   """The paper's findings of Fig. 3 (section 4.2.1), each as a claim."""
   out = []
   for ssl in ('rotnet', 'exemplar'):
-    out.append(v.similar(
-        'Re-initialised, masks pruned without labels match label masks',
-        curves, f'{ssl}, reinit', 'labels, reinit'))
+    out.append(
+        v.similar(
+            'Re-initialised, masks pruned without labels match label masks',
+            curves,
+            f'{ssl}, reinit',
+            'labels, reinit',
+        )
+    )
   for ssl in ('rotnet', 'exemplar'):
-    out.append(v.better(
-        'From the winning ticket, masks pruned without labels fall below '
-        'label masks', curves, 'labels, winning ticket',
-        f'{ssl}, winning ticket'))
+    out.append(
+        v.better(
+            'From the winning ticket, masks pruned without labels fall below '
+            'label masks',
+            curves,
+            'labels, winning ticket',
+            f'{ssl}, winning ticket',
+        )
+    )
   for ssl in ('rotnet', 'exemplar'):
-    out.append(v.better(
-        '... but stay above random pruning', curves,
-        f'{ssl}, winning ticket', 'random, reinit'))
+    out.append(
+        v.better(
+            '... but stay above random pruning',
+            curves,
+            f'{ssl}, winning ticket',
+            'random, reinit',
+        )
+    )
   for ssl in ('rotnet', 'exemplar'):
-    out.append(v.gap_grows(
-        'The gap to random pruning grows as the network is severely pruned',
-        curves, f'{ssl}, winning ticket', 'random, reinit'))
-  out.append(v.better(
-      'Label masks: the winning ticket beats re-initialisation (lottery '
-      'tickets)', curves, 'labels, winning ticket', 'labels, reinit'))
+    out.append(
+        v.gap_grows(
+            'The gap to random pruning grows as the network is severely pruned',
+            curves,
+            f'{ssl}, winning ticket',
+            'random, reinit',
+        )
+    )
+  out.append(
+      v.better(
+          'Label masks: the winning ticket beats re-initialisation (lottery '
+          'tickets)',
+          curves,
+          'labels, winning ticket',
+          'labels, reinit',
+      )
+  )
   for ssl in ('rotnet', 'exemplar'):
-    out.append(v.similar(
-        'Masks pruned without labels: the winning ticket gives little or no '
-        'boost over re-initialisation', curves, f'{ssl}, winning ticket',
-        f'{ssl}, reinit'))
+    out.append(
+        v.similar(
+            'Masks pruned without labels: the winning ticket gives little or no '
+            'boost over re-initialisation',
+            curves,
+            f'{ssl}, winning ticket',
+            f'{ssl}, reinit',
+        )
+    )
   return out
 
 
-def make(workdir: str, out_dir: str, seeds: int = 3, **regime
-         ) -> dict[str, str]:
+def make(
+    workdir: str, out_dir: str, seeds: int = 3, **regime
+) -> dict[str, str]:
   """Runs (or resumes) the figure and writes its report under `out_dir`."""
   return driver.make(sys.modules[__name__], workdir, out_dir, seeds, regime)

@@ -38,31 +38,44 @@ def runs(workdir: str, seeds: int, **regime) -> dict[str, driver.Run]:
     rotnet = driver.prune(workdir, 'rotnet', seeds, **extra, **regime)
     out[f'prune rotnet, {_depth(k)}'] = rotnet
     out[f'labels, {_depth(k)}'] = labels
-    out[f'rotnet, {_depth(k)}'] = driver.retrain(workdir, rotnet,
-                                                 'winning_ticket')
+    out[f'rotnet, {_depth(k)}'] = driver.retrain(
+        workdir, rotnet, 'winning_ticket'
+    )
   return out
 
 
-CURVES = tuple(f'{o}, {_depth(k)}' for k in (*LAYERS, 0)
-               for o in ('labels', 'rotnet'))
+CURVES = tuple(
+    f'{o}, {_depth(k)}' for k in (*LAYERS, 0) for o in ('labels', 'rotnet')
+)
 
 
 def findings(curves: dict[str, v.Curve]) -> list[v.Verdict]:
   """The paper's findings of Fig. 4 (section 4.2.1, Layerwise Pruning)."""
   first = _depth(LAYERS[0])
-  out = [v.similar(
-      'Pruning only the first layers, label and RotNet winning tickets are '
-      'close', curves, f'labels, {first}', f'rotnet, {first}')]
+  out = [
+      v.similar(
+          'Pruning only the first layers, label and RotNet winning tickets are '
+          'close',
+          curves,
+          f'labels, {first}',
+          f'rotnet, {first}',
+      )
+  ]
   for k in (*LAYERS[1:], 0):
-    out.append(v.gap_wider(
-        'The gap between label and RotNet winning tickets widens as deeper '
-        'layers are pruned', curves,
-        (f'labels, {_depth(k)}', f'rotnet, {_depth(k)}'),
-        (f'labels, {first}', f'rotnet, {first}')))
+    out.append(
+        v.gap_wider(
+            'The gap between label and RotNet winning tickets widens as deeper '
+            'layers are pruned',
+            curves,
+            (f'labels, {_depth(k)}', f'rotnet, {_depth(k)}'),
+            (f'labels, {first}', f'rotnet, {first}'),
+        )
+    )
   return out
 
 
-def make(workdir: str, out_dir: str, seeds: int = 3, **regime
-         ) -> dict[str, str]:
+def make(
+    workdir: str, out_dir: str, seeds: int = 3, **regime
+) -> dict[str, str]:
   """Runs (or resumes) the figure and writes its report under `out_dir`."""
   return driver.make(sys.modules[__name__], workdir, out_dir, seeds, regime)

@@ -42,10 +42,16 @@ def runs(workdir: str, seeds: int, **regime) -> dict[str, driver.Run]:
   prune = {o: driver.prune(workdir, o, seeds, **regime) for o in OBJECTIVES}
   out = {f'prune {o}': r for o, r in prune.items()}
   out['random, adjusted'] = driver.retrain(
-      workdir, prune['labels'], 'reinit', 'random_global_natural')
+      workdir, prune['labels'], 'reinit', 'random_global_natural'
+  )
   out['random, unadjusted'] = driver.retrain(
-      workdir, prune['labels'], 'reinit', 'random_global_natural',
-      tag='unadjusted', overrides={'pruning.natural_threshold': 0.0})
+      workdir,
+      prune['labels'],
+      'reinit',
+      'random_global_natural',
+      tag='unadjusted',
+      overrides={'pruning.natural_threshold': 0.0},
+  )
   return out
 
 
@@ -53,45 +59,59 @@ def sparsity(run: driver.Run) -> dict[int, float]:
   """Seed -> natural sparsity of its dense trained network."""
   out = {}
   for i, directory in enumerate(driver.seed_dirs(run)):
-    out[run.config.seed + i] = natural_sparsity.of_run(
-        directory, rounds=[0])[0]['fraction']
+    out[run.config.seed + i] = natural_sparsity.of_run(directory, rounds=[0])[
+        0
+    ]['fraction']
   return out
 
 
 def sparsity_table(values: dict[str, dict[int, float]]) -> str:
-  lines = ['| objective | natural sparsity of the dense network |',
-           '|---|---|']
+  lines = ['| objective | natural sparsity of the dense network |', '|---|---|']
   for objective, by_seed in values.items():
     x = np.array(list(by_seed.values()))
     sem = x.std(ddof=1) / np.sqrt(len(x)) if len(x) > 1 else float('nan')
-    lines.append(f'| {objective} | {100 * x.mean():.3f}% ± '
-                 f'{100 * sem:.3f}% |')
+    lines.append(
+        f'| {objective} | {100 * x.mean():.3f}% ± ' f'{100 * sem:.3f}% |'
+    )
   return '\n'.join(lines) + '\n'
 
 
-def findings(values: dict[str, dict[int, float]],
-             curves: dict[str, v.Curve]) -> list[v.Verdict]:
-  out = [v.at_least('A large share of the weights converges to zero',
-                    values['labels'], LARGE, 'natural sparsity, labels')]
-  out.append(v.better(
-      'Random pruning that removes non-zero weights first does worse (the '
-      'adjustment matters)', curves, 'random, adjusted',
-      'random, unadjusted'))
+def findings(
+    values: dict[str, dict[int, float]], curves: dict[str, v.Curve]
+) -> list[v.Verdict]:
+  out = [
+      v.at_least(
+          'A large share of the weights converges to zero',
+          values['labels'],
+          LARGE,
+          'natural sparsity, labels',
+      )
+  ]
+  out.append(
+      v.better(
+          'Random pruning that removes non-zero weights first does worse (the '
+          'adjustment matters)',
+          curves,
+          'random, adjusted',
+          'random, unadjusted',
+      )
+  )
   return out
 
 
-def make(workdir: str, out_dir: str, seeds: int = 3, **regime
-         ) -> dict[str, str]:
+def make(
+    workdir: str, out_dir: str, seeds: int = 3, **regime
+) -> dict[str, str]:
   """Runs (or resumes) the figure and writes its report under `out_dir`,
   the natural sparsity table first."""
   figure = sys.modules[__name__]
   all_runs, wall = driver.run_all(figure, workdir, seeds, regime)
   values = {o: sparsity(all_runs[f'prune {o}']) for o in OBJECTIVES}
   loaded = {c: driver.load(all_runs[c]) for c in CURVES}
-  found = findings(values, {c: driver.curve(loaded[c], METRIC)
-                            for c in CURVES})
+  found = findings(values, {c: driver.curve(loaded[c], METRIC) for c in CURVES})
   table = sparsity_table(values)
   epath.Path(out_dir).mkdir(parents=True, exist_ok=True)
   (epath.Path(out_dir) / 'natural_sparsity.md').write_text(table)
-  return driver.report(figure, out_dir, seeds, regime, wall, loaded, found,
-                       preface=table + '\n')
+  return driver.report(
+      figure, out_dir, seeds, regime, wall, loaded, found, preface=table + '\n'
+  )

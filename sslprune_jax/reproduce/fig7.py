@@ -42,11 +42,17 @@ def _name(samples: int) -> str:
 def runs(workdir: str, seeds: int, **regime) -> dict[str, driver.Run]:
   out = {}
   for samples in _rewinds():
-    extra = ({} if samples == settings.REWIND_SAMPLES else dict(
-        tag=f'rewind{samples}',
-        overrides={'pruning.rewind_samples': samples}))
-    out[_name(samples)] = driver.prune(workdir, 'labels', seeds, **extra,
-                                       **regime)
+    extra = (
+        {}
+        if samples == settings.REWIND_SAMPLES
+        else dict(
+            tag=f'rewind{samples}',
+            overrides={'pruning.rewind_samples': samples},
+        )
+    )
+    out[_name(samples)] = driver.prune(
+        workdir, 'labels', seeds, **extra, **regime
+    )
   return out
 
 
@@ -55,16 +61,30 @@ def findings(curves: dict[str, v.Curve]) -> list[v.Verdict]:
   the rewind point matters once it is past the initialisation."""
   zero, quarter, one, four = (_name(s) for s in _rewinds())
   return [
-      v.better('Rewinding early in training beats rewinding to the '
-               'initialisation', curves, one, zero),
-      v.similar('Past the initialisation, the rewind point changes little',
-                curves, quarter, one),
-      v.similar('Past the initialisation, the rewind point changes little',
-                curves, four, one),
+      v.better(
+          'Rewinding early in training beats rewinding to the '
+          'initialisation',
+          curves,
+          one,
+          zero,
+      ),
+      v.similar(
+          'Past the initialisation, the rewind point changes little',
+          curves,
+          quarter,
+          one,
+      ),
+      v.similar(
+          'Past the initialisation, the rewind point changes little',
+          curves,
+          four,
+          one,
+      ),
   ]
 
 
-def make(workdir: str, out_dir: str, seeds: int = 3, **regime
-         ) -> dict[str, str]:
+def make(
+    workdir: str, out_dir: str, seeds: int = 3, **regime
+) -> dict[str, str]:
   """Runs (or resumes) the figure and writes its report under `out_dir`."""
   return driver.make(sys.modules[__name__], workdir, out_dir, seeds, regime)

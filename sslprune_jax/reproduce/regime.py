@@ -37,8 +37,9 @@ EPOCHS = (2, 4, 8, 16)
 PLATEAU_GAIN = 0.003
 
 
-def dense_config(objective: str, epochs: float, train_images: int,
-                 seed: int = 0) -> ml_collections.ConfigDict:
+def dense_config(
+    objective: str, epochs: float, train_images: int, seed: int = 0
+) -> ml_collections.ConfigDict:
   """The dense network of `objective`'s `:quick` config, trained once for
   `epochs` on the first `train_images` training images."""
   config = config_lib.load(objective, 'quick')
@@ -56,10 +57,13 @@ def run_dir(workdir: str, objective: str, epochs: float) -> str:
   return str(epath.Path(workdir) / 'regime' / f'{objective}_epochs{epochs:g}')
 
 
-def learning_curves(workdir: str, objectives: Sequence[str] = OBJECTIVES,
-                    epochs: Sequence[float] = EPOCHS,
-                    train_images: int = 6000, seed: int = 0
-                    ) -> dict[str, dict[float, float]]:
+def learning_curves(
+    workdir: str,
+    objectives: Sequence[str] = OBJECTIVES,
+    epochs: Sequence[float] = EPOCHS,
+    train_images: int = 6000,
+    seed: int = 0,
+) -> dict[str, dict[float, float]]:
   """Runs (or resumes) every dense run; objective -> epochs -> test
   metric of round 0."""
   curves: dict[str, dict[float, float]] = {}
@@ -73,8 +77,9 @@ def learning_curves(workdir: str, objectives: Sequence[str] = OBJECTIVES,
   return curves
 
 
-def plateau(curve: dict[float, float], gain: float = PLATEAU_GAIN
-            ) -> float | None:
+def plateau(
+    curve: dict[float, float], gain: float = PLATEAU_GAIN
+) -> float | None:
   """The fewest epochs after which the next (doubled) count adds less than
   `gain`; None if every step adds more."""
   epochs = sorted(curve)
@@ -84,8 +89,9 @@ def plateau(curve: dict[float, float], gain: float = PLATEAU_GAIN
   return None
 
 
-def choose(curves: dict[str, dict[float, float]],
-           gain: float = PLATEAU_GAIN) -> float | None:
+def choose(
+    curves: dict[str, dict[float, float]], gain: float = PLATEAU_GAIN
+) -> float | None:
   """The regime's epochs: the largest objective's plateau (None if one has
   not plateaued within the curve)."""
   points = [plateau(c, gain) for c in curves.values()]
@@ -96,8 +102,10 @@ def table(curves: dict[str, dict[float, float]]) -> str:
   """A markdown table: test metric per objective and epochs, with the gain
   over the previous count."""
   epochs = sorted({e for c in curves.values() for e in c})
-  lines = ['| epochs | ' + ' | '.join(curves) + ' |',
-           '|---|' + '---|' * len(curves)]
+  lines = [
+      '| epochs | ' + ' | '.join(curves) + ' |',
+      '|---|' + '---|' * len(curves),
+  ]
   for i, e in enumerate(epochs):
     cells = []
     for curve in curves.values():
@@ -124,12 +132,19 @@ def write(curves: dict[str, dict[float, float]], out_dir: str) -> dict:
       writer.writerow([objective, f'{e:g}', f'{acc:.4f}'])
   (out / 'regime.csv').write_text(buf.getvalue())
   chosen = choose(curves)
-  verdict = (f'Chosen: {chosen:g} epochs per round (the first count after '
-             f'which doubling adds under {100 * PLATEAU_GAIN:.1f} points, '
-             'for every objective).' if chosen is not None else
-             'No objective-wide plateau within these epochs.')
+  verdict = (
+      f'Chosen: {chosen:g} epochs per round (the first count after '
+      f'which doubling adds under {100 * PLATEAU_GAIN:.1f} points, '
+      'for every objective).'
+      if chosen is not None
+      else 'No objective-wide plateau within these epochs.'
+  )
   (out / 'regime.md').write_text(
       'Test metric of the dense network after round 0 (in brackets: points '
-      'gained over the previous count).\n\n' + table(curves) + '\n\n' +
-      verdict + '\n')
+      'gained over the previous count).\n\n'
+      + table(curves)
+      + '\n\n'
+      + verdict
+      + '\n'
+  )
   return {'csv': str(out / 'regime.csv'), 'md': str(out / 'regime.md')}

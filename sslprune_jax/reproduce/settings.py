@@ -46,14 +46,17 @@ REWIND_SAMPLES = TRAIN_IMAGES
 SEEDS = 3
 
 
-def num_rounds(fraction: float = FRACTION,
-               target: float = TARGET_LEFT) -> int:
+def num_rounds(fraction: float = FRACTION, target: float = TARGET_LEFT) -> int:
   """Rounds of `fraction` until at most `target` of the weights is left."""
   return math.ceil(math.log(target) / math.log(1.0 - fraction))
 
 
-def apply(config: ml_collections.ConfigDict, *, seeds: int = SEEDS,
-          fraction: float = FRACTION) -> ml_collections.ConfigDict:
+def apply(
+    config: ml_collections.ConfigDict,
+    *,
+    seeds: int = SEEDS,
+    fraction: float = FRACTION,
+) -> ml_collections.ConfigDict:
   """`config` (a `:quick` variant) under the regime; changed in place."""
   config.data.train_split = f'train[:{TRAIN_IMAGES}]'
   config.data.eval_split = f'test[:{EVAL_IMAGES}]'

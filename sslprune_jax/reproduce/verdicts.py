@@ -67,6 +67,7 @@ def moderate(fraction: float) -> bool:
 @dataclasses.dataclass(frozen=True)
 class Estimate:
   """Mean over seeds of a per-seed difference, with its uncertainty."""
+
   mean: float
   sem: float
   low: float
@@ -94,12 +95,14 @@ def estimate(differences: Sequence[float]) -> Estimate:
     return Estimate(float(d[0]), math.nan, -math.inf, math.inf, 1)
   sem = float(d.std(ddof=1) / math.sqrt(n))
   half = float(stats.t.ppf(0.975, n - 1)) * sem
-  return Estimate(float(d.mean()), sem, float(d.mean()) - half,
-                  float(d.mean()) + half, n)
+  return Estimate(
+      float(d.mean()), sem, float(d.mean()) - half, float(d.mean()) + half, n
+  )
 
 
-def _common_levels(a: dict[float, float], b: dict[float, float],
-                   levels: Levels) -> list[float]:
+def _common_levels(
+    a: dict[float, float], b: dict[float, float], levels: Levels
+) -> list[float]:
   return sorted(f for f in set(a) & set(b) if levels(f))
 
 
@@ -130,22 +133,38 @@ def _similar(e: Estimate) -> str:
   return INCONCLUSIVE
 
 
-def better(finding: str, curves: dict[str, Curve], a: str, b: str,
-           levels: Levels = pruned) -> Verdict:
+def better(
+    finding: str,
+    curves: dict[str, Curve],
+    a: str,
+    b: str,
+    levels: Levels = pruned,
+) -> Verdict:
   """A above B at the levels."""
   e = estimate(list(differences(curves[a], curves[b], levels).values()))
   return Verdict(finding, 'better', a, b, e, _better(e))
 
 
-def similar(finding: str, curves: dict[str, Curve], a: str, b: str,
-            levels: Levels = pruned) -> Verdict:
+def similar(
+    finding: str,
+    curves: dict[str, Curve],
+    a: str,
+    b: str,
+    levels: Levels = pruned,
+) -> Verdict:
   """A within MARGIN of B at the levels."""
   e = estimate(list(differences(curves[a], curves[b], levels).values()))
   return Verdict(finding, 'similar', a, b, e, _similar(e))
 
 
-def gap_grows(finding: str, curves: dict[str, Curve], a: str, b: str,
-              high: Levels = severe, low: Levels = moderate) -> Verdict:
+def gap_grows(
+    finding: str,
+    curves: dict[str, Curve],
+    a: str,
+    b: str,
+    high: Levels = severe,
+    low: Levels = moderate,
+) -> Verdict:
   """A - B larger at the `high` levels (severe pruning) than at `low`."""
   at_high = differences(curves[a], curves[b], high)
   at_low = differences(curves[a], curves[b], low)
@@ -153,23 +172,39 @@ def gap_grows(finding: str, curves: dict[str, Curve], a: str, b: str,
   return Verdict(finding, 'gap_grows', a, b, e, _better(e))
 
 
-def gap_wider(finding: str, curves: dict[str, Curve],
-              wide: tuple[str, str], narrow: tuple[str, str],
-              levels: Levels = pruned) -> Verdict:
+def gap_wider(
+    finding: str,
+    curves: dict[str, Curve],
+    wide: tuple[str, str],
+    narrow: tuple[str, str],
+    levels: Levels = pruned,
+) -> Verdict:
   """wide[0] - wide[1] larger than narrow[0] - narrow[1] at the levels."""
   d_wide = differences(curves[wide[0]], curves[wide[1]], levels)
   d_narrow = differences(curves[narrow[0]], curves[narrow[1]], levels)
   e = estimate([d_wide[s] - d_narrow[s] for s in d_wide if s in d_narrow])
-  return Verdict(finding, 'gap_wider', f'{wide[0]} - {wide[1]}',
-                 f'{narrow[0]} - {narrow[1]}', e, _better(e))
+  return Verdict(
+      finding,
+      'gap_wider',
+      f'{wide[0]} - {wide[1]}',
+      f'{narrow[0]} - {narrow[1]}',
+      e,
+      _better(e),
+  )
 
 
-def at_least(finding: str, values: dict[int, float], level: float,
-             what: str) -> Verdict:
+def at_least(
+    finding: str, values: dict[int, float], level: float, what: str
+) -> Verdict:
   """A per-seed quantity `what` (seed -> value) is at least `level`."""
   e = estimate([x - level for x in values.values()])
-  verdict = (HOLDS if e.n > 1 and e.low >= 0 else
-             FAILS if e.n > 1 and e.high < 0 else INCONCLUSIVE)
+  verdict = (
+      HOLDS
+      if e.n > 1 and e.low >= 0
+      else FAILS
+      if e.n > 1 and e.high < 0
+      else INCONCLUSIVE
+  )
   return Verdict(finding, 'at_least', what, f'{100 * level:g}%', e, verdict)
 
 
@@ -180,20 +215,30 @@ def _points(x: float) -> str:
 def table(verdicts: Sequence[Verdict]) -> str:
   """A markdown table: finding, comparison, difference in points (mean ±
   s.e. [95% interval], seeds) and verdict."""
-  lines = ['| finding | comparison | A - B, points | verdict |',
-           '|---|---|---|---|']
-  what = {'better': '{a} > {b}', 'similar': '{a} ≈ {b}',
-          'gap_grows': '{a} - {b}: severe > moderate',
-          'gap_wider': '({a}) > ({b})', 'at_least': '{a} - {b}'}
+  lines = [
+      '| finding | comparison | A - B, points | verdict |',
+      '|---|---|---|---|',
+  ]
+  what = {
+      'better': '{a} > {b}',
+      'similar': '{a} ≈ {b}',
+      'gap_grows': '{a} - {b}: severe > moderate',
+      'gap_wider': '({a}) > ({b})',
+      'at_least': '{a} - {b}',
+  }
   for v in verdicts:
     e = v.estimate
     if e.n > 1:
-      diff = (f'{_points(e.mean)} ± {100 * e.sem:.2f} '
-              f'[{_points(e.low)}, {_points(e.high)}], {e.n} seeds')
+      diff = (
+          f'{_points(e.mean)} ± {100 * e.sem:.2f} '
+          f'[{_points(e.low)}, {_points(e.high)}], {e.n} seeds'
+      )
     elif e.n == 1:
       diff = f'{_points(e.mean)}, 1 seed'
     else:
       diff = 'no levels in common'
-    lines.append(f'| {v.finding} | {what[v.claim].format(a=v.a, b=v.b)} '
-                 f'| {diff} | **{v.verdict}** |')
+    lines.append(
+        f'| {v.finding} | {what[v.claim].format(a=v.a, b=v.b)} '
+        f'| {diff} | **{v.verdict}** |'
+    )
   return '\n'.join(lines) + '\n'

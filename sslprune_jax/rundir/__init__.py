@@ -103,7 +103,8 @@ def seed_dir(workdir, seed: int) -> epath.Path:
 def mark_complete(workdir, kind: str) -> None:
   """Records that the run of `kind` in `workdir` has done all it was asked."""
   (path(workdir) / COMPLETE).write_text(
-      json.dumps({'run': kind, 'finished': time.strftime('%FT%T%z')}) + '\n')
+      json.dumps({'run': kind, 'finished': time.strftime('%FT%T%z')}) + '\n'
+  )
 
 
 def is_complete(workdir) -> bool:

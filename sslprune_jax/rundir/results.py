@@ -14,9 +14,17 @@ import math
 
 from sslprune_jax import rundir
 
-FIELDS = ('round', 'fraction_left', 'remaining', 'test_accuracy',
-          'test_loss', 'train_accuracy', 'train_loss', 'export_bytes',
-          'seconds')
+FIELDS = (
+    'round',
+    'fraction_left',
+    'remaining',
+    'test_accuracy',
+    'test_loss',
+    'train_accuracy',
+    'train_loss',
+    'export_bytes',
+    'seconds',
+)
 # Columns that hold counts; every other column holds a float.
 INTEGER_FIELDS = ('round', 'remaining', 'export_bytes')
 MISSING = 'nan'
@@ -24,8 +32,10 @@ MISSING = 'nan'
 
 def fields(rows: list[dict]) -> list[str]:
   """The CSV columns: the common ones, then any other metric of the task."""
-  extra = sorted({k for row in rows for k in row
-                  if k.startswith(('test_', 'train_'))} - set(FIELDS))
+  extra = sorted(
+      {k for row in rows for k in row if k.startswith(('test_', 'train_'))}
+      - set(FIELDS)
+  )
   return [*FIELDS[:-1], *extra, FIELDS[-1]]
 
 
@@ -35,8 +45,9 @@ def write(workdir, rows: list[dict], *, is_writer: bool = True) -> None:
   if not is_writer:
     return
   out = io.StringIO()
-  writer = csv.DictWriter(out, fieldnames=fields(rows),
-                          extrasaction='ignore', restval=MISSING)
+  writer = csv.DictWriter(
+      out, fieldnames=fields(rows), extrasaction='ignore', restval=MISSING
+  )
   writer.writeheader()
   writer.writerows(rows)
   path = rundir.results_path(workdir)
@@ -70,20 +81,28 @@ def read(workdir) -> list[dict]:
   if not path.exists():
     return []
   rows = csv.DictReader(io.StringIO(path.read_text()))
-  return [{k: _value(path, line, k, v) for k, v in row.items()}
-          for line, row in enumerate(rows, start=2)]
+  return [
+      {k: _value(path, line, k, v) for k, v in row.items()}
+      for line, row in enumerate(rows, start=2)
+  ]
 
 
 def table(rows: list[dict]) -> str:
   """The rows as the console's table (one line per round)."""
   # The headline metric: VOC07's mAP where there is one, else accuracy.
-  key, name = (('test_mAP', 'test mAP') if 'test_mAP' in rows[-1]
-               else ('test_accuracy', 'test acc'))
-  lines = [f"{'round':>5} {'left %':>8} {'weights':>10} {name:>9} "
-           f"{'test loss':>9} {'time s':>7}"]
+  key, name = (
+      ('test_mAP', 'test mAP')
+      if 'test_mAP' in rows[-1]
+      else ('test_accuracy', 'test acc')
+  )
+  lines = [
+      f"{'round':>5} {'left %':>8} {'weights':>10} {name:>9} "
+      f"{'test loss':>9} {'time s':>7}"
+  ]
   for r in rows:
-    lines.append(f"{r['round']:>5d} {100 * r['fraction_left']:>8.3f} "
-                 f"{r['remaining']:>10d} {r[key]:>9.4f} "
-                 f"{r['test_loss']:>9.4f} {r['seconds']:>7.1f}")
+    lines.append(
+        f"{r['round']:>5d} {100 * r['fraction_left']:>8.3f} "
+        f"{r['remaining']:>10d} {r[key]:>9.4f} "
+        f"{r['test_loss']:>9.4f} {r['seconds']:>7.1f}"
+    )
   return '\n'.join(lines)
-

@@ -21,9 +21,11 @@ PyTree = Any
 
 # The rewind point is saved in round 0: training round 0 again saves it
 # again, bit for bit.
-REWIND_ADVICE = ('Delete {workdir}/rewind and {workdir}/rounds/0 and run '
-                 'again: round 0 is trained again and saves the same rewind '
-                 'point; the other rounds are kept.')
+REWIND_ADVICE = (
+    'Delete {workdir}/rewind and {workdir}/rounds/0 and run '
+    'again: round 0 is trained again and saves the same rewind '
+    'point; the other rounds are kept.'
+)
 
 
 def restore(fn, what: str, where, advice: str | None = None):
@@ -36,8 +38,11 @@ def restore(fn, what: str, where, advice: str | None = None):
         f'Could not read the {what} from {where}: {type(e).__name__}: '
         f'{checkpoint.first_line(e)}\nThe checkpoint is damaged or was '
         'written by another config. '
-        + (advice or f'Delete {where} to redo the work it held; earlier '
-           'rounds are kept.')
+        + (
+            advice
+            or f'Delete {where} to redo the work it held; earlier '
+            'rounds are kept.'
+        )
     ) from e
 
 
@@ -45,8 +50,10 @@ def source_config(workdir: str) -> ml_collections.ConfigDict:
   """The config of the pruning run in `workdir`."""
   path = rundir.config_path(workdir)
   if not path.exists():
-    raise ValueError(f'{workdir} holds no pruning run ({path} does not '
-                     'exist); run the pruning first.')
+    raise ValueError(
+        f'{workdir} holds no pruning run ({path} does not '
+        'exist); run the pruning first.'
+    )
   return ml_collections.ConfigDict(checkpoint.read_config_json(path))
 
 
@@ -64,20 +71,24 @@ def seed_run(workdir: str, seed: int) -> str:
     return workdir
   first = source.seed
   if not first <= seed < first + packed:
-    raise ValueError(f'{workdir} trained seeds {first}..{first + packed - 1}'
-                     f'; it has no seed {seed} to start from.')
+    raise ValueError(
+        f'{workdir} trained seeds {first}..{first + packed - 1}'
+        f'; it has no seed {seed} to start from.'
+    )
   return str(rundir.seed_dir(workdir, seed))
 
 
-def check_source(config: ml_collections.ConfigDict,
-                 source_workdir: str) -> ml_collections.ConfigDict:
+def check_source(
+    config: ml_collections.ConfigDict, source_workdir: str
+) -> ml_collections.ConfigDict:
   """The source run's config, checked to have trained this config's model."""
   source = source_config(source_workdir)
-  diffs = checkpoint.config_diff(source.model.to_dict(),
-                                 config.model.to_dict())
+  diffs = checkpoint.config_diff(source.model.to_dict(), config.model.to_dict())
   if diffs:
-    raise ValueError(f'The run in {source_workdir} trained another model '
-                     '(source -> this run):\n  ' + '\n  '.join(diffs))
+    raise ValueError(
+        f'The run in {source_workdir} trained another model '
+        '(source -> this run):\n  ' + '\n  '.join(diffs)
+    )
   return source
 
 
@@ -91,7 +102,8 @@ def source_rounds(source_workdir: str, wanted=()) -> list[int]:
   if missing or not wanted:
     raise ValueError(
         f'{source_workdir} has not finished rounds {missing or "any"} '
-        f'(finished: {finished}); run the pruning further first.')
+        f'(finished: {finished}); run the pruning further first.'
+    )
   return wanted
 
 
@@ -100,9 +112,13 @@ def _on_this_host(tree: PyTree) -> PyTree:
   return jax.tree.map(lambda x: jnp.asarray(np.asarray(x)), tree)
 
 
-def read_source_round(config: ml_collections.ConfigDict, source_workdir: str,
-                      round_idx: int, *, point: str = 'final'
-                      ) -> tuple[ml_collections.ConfigDict, dict]:
+def read_source_round(
+    config: ml_collections.ConfigDict,
+    source_workdir: str,
+    round_idx: int,
+    *,
+    point: str = 'final',
+) -> tuple[ml_collections.ConfigDict, dict]:
   """Round `round_idx` of the run in `source_workdir`, as it was saved.
 
   Args:
@@ -119,38 +135,52 @@ def read_source_round(config: ml_collections.ConfigDict, source_workdir: str,
   source = check_source(config, source_workdir)
   source_rounds(source_workdir, [round_idx])
   with checkpoint.RunCheckpoints(source_workdir) as ckpts:
-    saved = restore(lambda: ckpts.load_round(round_idx),
-                    f'end of round {round_idx}',
-                    rundir.round_end_dir(source_workdir, round_idx))
+    saved = restore(
+        lambda: ckpts.load_round(round_idx),
+        f'end of round {round_idx}',
+        rundir.round_end_dir(source_workdir, round_idx),
+    )
     if point == 'rewind':
       if not ckpts.has_rewind():
         raise ValueError(
             f'{source_workdir} has no rewind point (pruning.reset='
-            f"{source.pruning.reset!r}): no winning ticket to start from.")
+            f'{source.pruning.reset!r}): no winning ticket to start from.'
+        )
       rewound = restore(
-          ckpts.load_rewind, 'rewind point', rundir.rewind_dir(source_workdir),
-          advice=REWIND_ADVICE.format(workdir=rundir.path(source_workdir)))
-      saved = {'params': rewound['params'],
-               'batch_stats': rewound['batch_stats'], 'mask': saved['mask']}
+          ckpts.load_rewind,
+          'rewind point',
+          rundir.rewind_dir(source_workdir),
+          advice=REWIND_ADVICE.format(workdir=rundir.path(source_workdir)),
+      )
+      saved = {
+          'params': rewound['params'],
+          'batch_stats': rewound['batch_stats'],
+          'mask': saved['mask'],
+      }
   saved = _on_this_host(saved)
   saved['mask'] = jax.tree.map(lambda m: m.astype(jnp.bool_), saved['mask'])
   return source, saved
 
 
-def reference_mask(reference_workdir: str, round_idx: int,
-                   like: PyTree) -> PyTree:
+def reference_mask(
+    reference_workdir: str, round_idx: int, like: PyTree
+) -> PyTree:
   """Round `round_idx`'s mask from another run, checked against `like`."""
   with checkpoint.RunCheckpoints(reference_workdir) as ckpts:
     if round_idx not in ckpts.completed_rounds():
       raise ValueError(
           f'pruning.reference_workdir={reference_workdir} has no finished '
-          f'round {round_idx}; run the reference pruning first.')
-    mask = restore(lambda: ckpts.load_round(round_idx),
-                   f'mask of round {round_idx}',
-                   rundir.round_end_dir(reference_workdir, round_idx)
-                   )['mask']
+          f'round {round_idx}; run the reference pruning first.'
+      )
+    mask = restore(
+        lambda: ckpts.load_round(round_idx),
+        f'mask of round {round_idx}',
+        rundir.round_end_dir(reference_workdir, round_idx),
+    )['mask']
   shapes = lambda tree: jax.tree.map(jnp.shape, tree)
   if shapes(mask) != shapes(like):
-    raise ValueError(f'The run in {reference_workdir} pruned a different '
-                     'model: its masks do not fit this one.')
+    raise ValueError(
+        f'The run in {reference_workdir} pruned a different '
+        'model: its masks do not fit this one.'
+    )
   return jax.tree.map(lambda m: m.astype(jnp.bool_), _on_this_host(mask))

@@ -26,8 +26,18 @@ from sslprune_jax.tasks.npid import NPID
 from sslprune_jax.tasks.rotnet import RotNet
 from sslprune_jax.tasks.s4l import S4LRotation
 
-TASKS = {t.name: t for t in (Labels, RotNet, Exemplar, NPID, S4LRotation,
-                             FewLabels, MultiLabel)}
+TASKS = {
+    t.name: t
+    for t in (
+        Labels,
+        RotNet,
+        Exemplar,
+        NPID,
+        S4LRotation,
+        FewLabels,
+        MultiLabel,
+    )
+}
 # Task fields filled from the dataset rather than the config.
 _FROM_DATASET = {'index_range': 'index_range', 'num_classes': 'num_classes'}
 
@@ -38,11 +48,14 @@ def check_fields(task_config) -> list[str]:
   if name not in TASKS:
     return [f'Unknown task {name!r}; valid tasks: {sorted(TASKS)}.']
   settable = {f.name for f in dataclasses.fields(TASKS[name])} - set(
-      _FROM_DATASET)
+      _FROM_DATASET
+  )
   unknown = sorted(set(task_config) - settable - {'name'})
   if unknown:
-    return [f'Unknown fields {unknown} for task {name!r}; valid: '
-            f'{sorted(settable)}.']
+    return [
+        f'Unknown fields {unknown} for task {name!r}; valid: '
+        f'{sorted(settable)}.'
+    ]
   return []
 
 
@@ -61,8 +74,11 @@ def get_task(task_config, info=None) -> Task:
   Raises:
     ValueError: unknown task or field, or a bad value.
   """
-  fields = ({'name': task_config} if isinstance(task_config, str)
-            else dict(task_config))
+  fields = (
+      {'name': task_config}
+      if isinstance(task_config, str)
+      else dict(task_config)
+  )
   problems = check_fields(fields)
   if problems:
     raise ValueError(problems[0])

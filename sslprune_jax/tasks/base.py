@@ -39,8 +39,9 @@ def mean(name: str):
     @classmethod
     def from_model_output(cls, **outputs):
       values, mask = outputs[name]
-      return super().from_model_output(jnp.asarray(values, jnp.float32),
-                                       mask=mask)
+      return super().from_model_output(
+          jnp.asarray(values, jnp.float32), mask=mask
+      )
 
   return Mean
 
@@ -56,7 +57,8 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
   """Rows scaled to unit Euclidean norm (in float32)."""
   x = x.astype(jnp.float32)
   return x * jax.lax.rsqrt(
-      jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps))
+      jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps)
+  )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +74,7 @@ class Task(abc.ABC):
     train_metrics / eval_metrics: clu collections; both have a 'loss' or an
       'accuracy' (the task's headline metric) or both.
   """
+
   name: ClassVar[str] = ''
   stream: ClassVar[str] = 'all'
   train_metrics: ClassVar[Any] = None
@@ -95,12 +98,14 @@ class Task(abc.ABC):
     return batch
 
   @abc.abstractmethod
-  def loss(self, outputs: jax.Array, batch: dict, task_state: PyTree,
-           rng: jax.Array) -> tuple[jax.Array, dict]:
+  def loss(
+      self, outputs: jax.Array, batch: dict, task_state: PyTree, rng: jax.Array
+  ) -> tuple[jax.Array, dict]:
     """This device's scalar loss, and what metrics and updates reuse."""
 
-  def update_state(self, task_state: PyTree, outputs: jax.Array,
-                   batch: dict, aux: dict) -> PyTree:
+  def update_state(
+      self, task_state: PyTree, outputs: jax.Array, batch: dict, aux: dict
+  ) -> PyTree:
     """The task state after a step; identical on every device."""
     del outputs, batch, aux
     return task_state
@@ -110,8 +115,9 @@ class Task(abc.ABC):
     """One step's metrics on this device (summed over devices later)."""
 
   @abc.abstractmethod
-  def eval_metrics_of(self, outputs: jax.Array, batch: dict,
-                      task_state: PyTree):
+  def eval_metrics_of(
+      self, outputs: jax.Array, batch: dict, task_state: PyTree
+  ):
     """One eval batch's metrics on this device, ignoring padding."""
 
   def eval_outputs(self, outputs: jax.Array, batch: dict) -> dict:

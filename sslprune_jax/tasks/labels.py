@@ -20,7 +20,8 @@ class Metrics(metrics.Collection):
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   """Per-example softmax cross-entropy, in float32."""
   return optax.softmax_cross_entropy_with_integer_labels(
-      logits.astype(jnp.float32), labels)
+      logits.astype(jnp.float32), labels
+  )
 
 
 def correct(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -48,11 +49,13 @@ class Labels(base.Task):
   def train_metrics_of(self, outputs, batch, aux):
     return self.train_metrics.single_from_model_output(
         loss=(aux['losses'], None),
-        accuracy=(correct(outputs, batch['label']), None))
+        accuracy=(correct(outputs, batch['label']), None),
+    )
 
   def eval_metrics_of(self, outputs, batch, task_state):
     del task_state
     mask = base.valid(batch)
     return self.eval_metrics.single_from_model_output(
         loss=(cross_entropy(outputs, batch['label']), mask),
-        accuracy=(correct(outputs, batch['label']), mask))
+        accuracy=(correct(outputs, batch['label']), mask),
+    )

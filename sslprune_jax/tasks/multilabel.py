@@ -25,8 +25,9 @@ class Metrics(metrics.Collection):
   loss: base.mean('loss')
 
 
-def binary_cross_entropy(logits: jax.Array,
-                         targets: jax.Array) -> tuple[jax.Array, jax.Array]:
+def binary_cross_entropy(
+    logits: jax.Array, targets: jax.Array
+) -> tuple[jax.Array, jax.Array]:
   """Per-image loss over the classes that count, and which images count.
 
   Args:
@@ -39,11 +40,12 @@ def binary_cross_entropy(logits: jax.Array,
   """
   counted = targets != voc.DIFFICULT
   per_class = optax.sigmoid_binary_cross_entropy(
-      logits.astype(jnp.float32), (targets == voc.POSITIVE).astype(
-          jnp.float32))
+      logits.astype(jnp.float32), (targets == voc.POSITIVE).astype(jnp.float32)
+  )
   num = jnp.sum(counted, axis=-1)
   losses = jnp.sum(jnp.where(counted, per_class, 0.0), axis=-1) / jnp.maximum(
-      num, 1)
+      num, 1
+  )
   return losses, num > 0
 
 
@@ -63,24 +65,30 @@ class MultiLabel(base.Task):
     del task_state, rng
     losses, counted = binary_cross_entropy(outputs, batch['label'])
     loss = jnp.sum(jnp.where(counted, losses, 0.0)) / jnp.maximum(
-        jnp.sum(counted), 1)
+        jnp.sum(counted), 1
+    )
     return loss, {'losses': losses, 'counted': counted}
 
   def train_metrics_of(self, outputs, batch, aux):
     return self.train_metrics.single_from_model_output(
-        loss=(aux['losses'], aux['counted']))
+        loss=(aux['losses'], aux['counted'])
+    )
 
   def eval_metrics_of(self, outputs, batch, task_state):
     del task_state
     losses, counted = binary_cross_entropy(outputs, batch['label'])
     return self.eval_metrics.single_from_model_output(
-        loss=(losses, counted & base.valid(batch)))
+        loss=(losses, counted & base.valid(batch))
+    )
 
   def eval_outputs(self, outputs, batch):
-    return {'scores': outputs.astype(jnp.float32),
-            'targets': batch['label'].astype(jnp.int8)}
+    return {
+        'scores': outputs.astype(jnp.float32),
+        'targets': batch['label'].astype(jnp.int8),
+    }
 
   def eval_summary(self, collected):
-    m_ap, _ = voc.mean_average_precision(collected['scores'],
-                                         collected['targets'].astype(np.int8))
+    m_ap, _ = voc.mean_average_precision(
+        collected['scores'], collected['targets'].astype(np.int8)
+    )
     return {'mAP': m_ap}

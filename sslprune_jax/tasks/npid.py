@@ -65,8 +65,12 @@ class EvalMetrics(metrics.Collection):
   accuracy: base.mean('accuracy')
 
 
-def nce_losses(positive_scores: jax.Array, negative_scores: jax.Array,
-               z: jax.Array, bank_size: int) -> tuple[jax.Array, jax.Array]:
+def nce_losses(
+    positive_scores: jax.Array,
+    negative_scores: jax.Array,
+    z: jax.Array,
+    bank_size: int,
+) -> tuple[jax.Array, jax.Array]:
   """NCE losses from exponentiated scores.
 
   Args:
@@ -88,15 +92,22 @@ def nce_losses(positive_scores: jax.Array, negative_scores: jax.Array,
   return -(log_h_pos + jnp.sum(log_1m_h_neg, axis=1)), h_pos
 
 
-def update_bank(bank: jax.Array, indices: jax.Array, features: jax.Array,
-                momentum: float) -> jax.Array:
+def update_bank(
+    bank: jax.Array, indices: jax.Array, features: jax.Array, momentum: float
+) -> jax.Array:
   """Moves the entries `indices` towards `features` and renormalises them."""
   mixed = momentum * bank[indices] + (1.0 - momentum) * features
   return bank.at[indices].set(base.l2_normalize(mixed))
 
 
-def knn_predict(features: jax.Array, bank: jax.Array, bank_labels: jax.Array,
-                num_classes: int, k: int, temperature: float) -> jax.Array:
+def knn_predict(
+    features: jax.Array,
+    bank: jax.Array,
+    bank_labels: jax.Array,
+    num_classes: int,
+    k: int,
+    temperature: float,
+) -> jax.Array:
   """Weighted kNN classes of L2-normalised `features` [b, d].
 
   Entries whose label is negative (never seen) take no part. Each of the k
@@ -107,8 +118,9 @@ def knn_predict(features: jax.Array, bank: jax.Array, bank_labels: jax.Array,
   sims = jnp.where(bank_labels[None, :] >= 0, sims, -jnp.inf)
   top, idx = jax.lax.top_k(sims, min(k, bank.shape[0]))
   weights = jnp.exp(top / temperature)  # exp(-inf) = 0 for unseen entries
-  votes = jnp.einsum('bk,bkc->bc', weights,
-                     jax.nn.one_hot(bank_labels[idx], num_classes))
+  votes = jnp.einsum(
+      'bk,bkc->bc', weights, jax.nn.one_hot(bank_labels[idx], num_classes)
+  )
   return jnp.argmax(votes, axis=-1)
 
 
@@ -128,6 +140,7 @@ class NPID(base.Task):
     momentum: of the bank update.
     knn_k: neighbours of the kNN evaluation.
   """
+
   index_range: tuple[int, int] = (0, 0)
   num_classes: int = 0
   dim: int = 128
@@ -151,13 +164,16 @@ class NPID(base.Task):
     if self.bank_size < 2 or self.num_classes < 1:
       raise ValueError('NPID needs the dataset (index_range, num_classes).')
     if not 0.0 <= self.momentum < 1.0:
-      raise ValueError(f'task.momentum must be in [0, 1), got '
-                       f'{self.momentum}.')
+      raise ValueError(
+          f'task.momentum must be in [0, 1), got ' f'{self.momentum}.'
+      )
     if self.temperature <= 0 or self.knn_k < 1:
       raise ValueError('task.temperature and task.knn_k must be > 0.')
     if self.num_negatives < 0:
-      raise ValueError('task.num_negatives must be >= 0 (0: the exact '
-                       f'softmax), got {self.num_negatives}.')
+      raise ValueError(
+          'task.num_negatives must be >= 0 (0: the exact '
+          f'softmax), got {self.num_negatives}.'
+      )
 
   def num_outputs(self, num_classes: int) -> int:
     del num_classes
@@ -166,10 +182,13 @@ class NPID(base.Task):
   def init_state(self, rng):
     """Random unit vectors, no labels seen yet, Z not yet estimated."""
     bank = base.l2_normalize(
-        jax.random.normal(rng, (self.bank_size, self.dim), jnp.float32))
-    return {'bank': bank,
-            'labels': jnp.full((self.bank_size,), -1, jnp.int32),
-            'z': jnp.array(-1.0, jnp.float32)}
+        jax.random.normal(rng, (self.bank_size, self.dim), jnp.float32)
+    )
+    return {
+        'bank': bank,
+        'labels': jnp.full((self.bank_size,), -1, jnp.int32),
+        'z': jnp.array(-1.0, jnp.float32),
+    }
 
   def loss(self, outputs, batch, task_state, rng):
     v = base.l2_normalize(outputs)
@@ -177,20 +196,32 @@ class NPID(base.Task):
     if self.num_negatives == 0:
       return self._softmax_loss(v, batch, task_state)
     noise_idx = jax.random.randint(
-        rng, (v.shape[0], self.num_negatives), 0, self.bank_size)
-    positive = jnp.exp(jnp.sum(bank[self._rows(batch)] * v, axis=-1)
-                       / self.temperature)
-    negative = jnp.exp(jnp.einsum('bkd,bd->bk', bank[noise_idx], v)
-                       / self.temperature)
+        rng, (v.shape[0], self.num_negatives), 0, self.bank_size
+    )
+    positive = jnp.exp(
+        jnp.sum(bank[self._rows(batch)] * v, axis=-1) / self.temperature
+    )
+    negative = jnp.exp(
+        jnp.einsum('bkd,bd->bk', bank[noise_idx], v) / self.temperature
+    )
     # The same Z on every device: estimated from the global batch.
-    first_z = jax.lax.pmean(
-        jnp.concatenate([positive[:, None], negative], axis=1).mean(),
-        parallel.AXIS) * self.bank_size
+    first_z = (
+        jax.lax.pmean(
+            jnp.concatenate([positive[:, None], negative], axis=1).mean(),
+            parallel.AXIS,
+        )
+        * self.bank_size
+    )
     z = jax.lax.stop_gradient(
-        jnp.where(task_state['z'] > 0, task_state['z'], first_z))
+        jnp.where(task_state['z'] > 0, task_state['z'], first_z)
+    )
     losses, h_pos = nce_losses(positive, negative, z, self.bank_size)
-    return losses.mean(), {'losses': losses, 'h_pos': h_pos, 'z': z,
-                           'features': jax.lax.stop_gradient(v)}
+    return losses.mean(), {
+        'losses': losses,
+        'h_pos': h_pos,
+        'z': z,
+        'features': jax.lax.stop_gradient(v),
+    }
 
   def _softmax_loss(self, v, batch, task_state):
     """Cross-entropy of the exact non-parametric softmax over the bank."""
@@ -198,10 +229,12 @@ class NPID(base.Task):
     rows = self._rows(batch)
     log_p = jax.nn.log_softmax(logits, axis=-1)
     log_p_pos = jnp.take_along_axis(log_p, rows[:, None], axis=1)[:, 0]
-    return -log_p_pos.mean(), {'losses': -log_p_pos,
-                               'h_pos': jnp.exp(log_p_pos),
-                               'z': task_state['z'],
-                               'features': jax.lax.stop_gradient(v)}
+    return -log_p_pos.mean(), {
+        'losses': -log_p_pos,
+        'h_pos': jnp.exp(log_p_pos),
+        'z': task_state['z'],
+        'features': jax.lax.stop_gradient(v),
+    }
 
   def update_state(self, task_state, outputs, batch, aux):
     """Every device applies the whole global batch's updates."""
@@ -209,19 +242,28 @@ class NPID(base.Task):
     indices = parallel.gather_replicated(self._rows(batch))
     features = parallel.gather_replicated(aux['features'])
     labels = parallel.gather_replicated(batch['label'])
-    return {'bank': update_bank(task_state['bank'], indices, features,
-                                self.momentum),
-            'labels': task_state['labels'].at[indices].set(labels),
-            'z': aux['z']}
+    return {
+        'bank': update_bank(
+            task_state['bank'], indices, features, self.momentum
+        ),
+        'labels': task_state['labels'].at[indices].set(labels),
+        'z': aux['z'],
+    }
 
   def train_metrics_of(self, outputs, batch, aux):
     return self.train_metrics.single_from_model_output(
-        loss=(aux['losses'], None),
-        positive_probability=(aux['h_pos'], None))
+        loss=(aux['losses'], None), positive_probability=(aux['h_pos'], None)
+    )
 
   def eval_metrics_of(self, outputs, batch, task_state):
-    predicted = knn_predict(base.l2_normalize(outputs), task_state['bank'],
-                            task_state['labels'], self.num_classes,
-                            self.knn_k, self.temperature)
-    return self.eval_metrics.single_from_model_output(accuracy=(
-        predicted == batch['label'], base.valid(batch)))
+    predicted = knn_predict(
+        base.l2_normalize(outputs),
+        task_state['bank'],
+        task_state['labels'],
+        self.num_classes,
+        self.knn_k,
+        self.temperature,
+    )
+    return self.eval_metrics.single_from_model_output(
+        accuracy=(predicted == batch['label'], base.valid(batch))
+    )

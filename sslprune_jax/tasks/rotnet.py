@@ -30,9 +30,11 @@ def rotate_batch(images: jax.Array) -> tuple[jax.Array, jax.Array]:
   if images.shape[1] != images.shape[2]:
     raise ValueError(f'RotNet needs square images, got {images.shape[1:3]}.')
   rotated = jnp.concatenate(
-      [jnp.rot90(images, k, axes=(1, 2)) for k in range(NUM_ROTATIONS)])
-  targets = jnp.repeat(jnp.arange(NUM_ROTATIONS, dtype=jnp.int32),
-                       images.shape[0])
+      [jnp.rot90(images, k, axes=(1, 2)) for k in range(NUM_ROTATIONS)]
+  )
+  targets = jnp.repeat(
+      jnp.arange(NUM_ROTATIONS, dtype=jnp.int32), images.shape[0]
+  )
   return rotated, targets
 
 

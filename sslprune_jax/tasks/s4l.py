@@ -71,8 +71,9 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
   return total / jnp.maximum(jnp.sum(mask), 1)
 
 
-def mean_of_present(means: list[jax.Array], present: list[jax.Array]
-                    ) -> jax.Array:
+def mean_of_present(
+    means: list[jax.Array], present: list[jax.Array]
+) -> jax.Array:
   """The average of the `means` whose stream has rows in the batch.
 
   S4L averages one mean per stream (`tf.reduce_mean(losses_rot)`); here a
@@ -88,7 +89,8 @@ def mean_of_present(means: list[jax.Array], present: list[jax.Array]
   """
   weights = jnp.stack([p.astype(jnp.float32) for p in present])
   return jnp.sum(jnp.stack(means) * weights) / jnp.maximum(
-      jnp.sum(weights), 1.0)
+      jnp.sum(weights), 1.0
+  )
 
 
 def upright_rows(num_rows: int) -> jax.Array:
@@ -103,8 +105,9 @@ def upright_rows(num_rows: int) -> jax.Array:
   return jnp.arange(num_rows) < num_rows // rotnet.NUM_ROTATIONS
 
 
-def rotation_averaged_hits(class_logits: jax.Array, label: jax.Array
-                           ) -> jax.Array:
+def rotation_averaged_hits(
+    class_logits: jax.Array, label: jax.Array
+) -> jax.Array:
   """Top-1 hits of the class logits averaged over each image's rotations.
 
   Args:
@@ -114,10 +117,11 @@ def rotation_averaged_hits(class_logits: jax.Array, label: jax.Array
   Returns:
     [4B] bool: image i's hit on row i (< B), repeated on its other rows.
   """
-  per_rotation = class_logits.reshape(rotnet.NUM_ROTATIONS, -1,
-                                      class_logits.shape[-1])
+  per_rotation = class_logits.reshape(
+      rotnet.NUM_ROTATIONS, -1, class_logits.shape[-1]
+  )
   averaged = jnp.mean(per_rotation.astype(jnp.float32), axis=0)
-  hits = labels.correct(averaged, label[:averaged.shape[0]])
+  hits = labels.correct(averaged, label[: averaged.shape[0]])
   return jnp.tile(hits, rotnet.NUM_ROTATIONS)
 
 
@@ -130,6 +134,7 @@ class S4LRotation(base.Task):
     rotation_weight: w, the weight of the rotation loss (S4L's
       `--rot_loss_weight`).
   """
+
   num_classes: int = 0
   rotation_weight: float = 1.0
 
@@ -142,8 +147,9 @@ class S4LRotation(base.Task):
     if self.num_classes < 1:
       raise ValueError('S4L needs the number of classes of the dataset.')
     if self.rotation_weight < 0:
-      raise ValueError('task.rotation_weight must be >= 0, got '
-                       f'{self.rotation_weight}.')
+      raise ValueError(
+          'task.rotation_weight must be >= 0, got ' f'{self.rotation_weight}.'
+      )
 
   def num_outputs(self, num_classes: int) -> int:
     return num_classes + rotnet.NUM_ROTATIONS
@@ -167,14 +173,16 @@ class S4LRotation(base.Task):
     valid = base.valid(batch, b)
     # Evaluation batches carry no 'labelled': every real image is labelled.
     labelled = batch.get('labelled', valid) & valid
-    return {'image': images,
-            'label': jnp.tile(batch['label'], rotnet.NUM_ROTATIONS),
-            'rotation': rotations,
-            'labelled': jnp.tile(labelled, rotnet.NUM_ROTATIONS),
-            'valid': jnp.tile(valid, rotnet.NUM_ROTATIONS)}
+    return {
+        'image': images,
+        'label': jnp.tile(batch['label'], rotnet.NUM_ROTATIONS),
+        'rotation': rotations,
+        'labelled': jnp.tile(labelled, rotnet.NUM_ROTATIONS),
+        'valid': jnp.tile(valid, rotnet.NUM_ROTATIONS),
+    }
 
   def _logits(self, outputs):
-    return outputs[:, :self.num_classes], outputs[:, self.num_classes:]
+    return outputs[:, : self.num_classes], outputs[:, self.num_classes :]
 
   def loss_parts(self, outputs, batch) -> tuple[jax.Array, jax.Array]:
     """The class and rotation terms of the loss.
@@ -194,9 +202,12 @@ class S4LRotation(base.Task):
     unlabelled = batch['valid'] & ~labelled
     supervised = masked_mean(class_ce, labelled)
     rotation = mean_of_present(
-        [masked_mean(rotation_ce, unlabelled),
-         masked_mean(rotation_ce, labelled)],
-        [jnp.any(unlabelled), jnp.any(labelled)])
+        [
+            masked_mean(rotation_ce, unlabelled),
+            masked_mean(rotation_ce, labelled),
+        ],
+        [jnp.any(unlabelled), jnp.any(labelled)],
+    )
     return supervised, rotation
 
   def loss(self, outputs, batch, task_state, rng):
@@ -213,14 +224,19 @@ class S4LRotation(base.Task):
     # devices by their images, and is the loss itself for one batch.
     return collection.single_from_model_output(
         loss=(jnp.broadcast_to(loss, batch['valid'].shape), batch['valid']),
-        accuracy=(labels.correct(class_logits, batch['label']),
-                  upright_labelled),
-        rot_avg_accuracy=(rotation_averaged_hits(class_logits,
-                                                 batch['label']),
-                          upright_labelled),
-        rotation_accuracy=(labels.correct(rotation_logits,
-                                          batch['rotation']),
-                           batch['valid']))
+        accuracy=(
+            labels.correct(class_logits, batch['label']),
+            upright_labelled,
+        ),
+        rot_avg_accuracy=(
+            rotation_averaged_hits(class_logits, batch['label']),
+            upright_labelled,
+        ),
+        rotation_accuracy=(
+            labels.correct(rotation_logits, batch['rotation']),
+            batch['valid'],
+        ),
+    )
 
   def train_metrics_of(self, outputs, batch, aux):
     return self._metrics(self.train_metrics, outputs, batch, aux['loss'])
