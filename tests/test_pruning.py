@@ -432,7 +432,7 @@ def test_rank_selection_matches_a_stable_sort(case):
   scores[rng.random(n) < 0.2] = -np.inf
   for num_pruned in {0, 1, n // 3, n // 2, n - 1, n}:
     keep = np.asarray(
-        pruning._keep_above_rank(  # pylint: disable=protected-access
+        pruning.ranking.keep_above_rank(
             jnp.asarray(scores), jnp.asarray(num_pruned)
         )
     )
