@@ -13,6 +13,9 @@ import tensorflow as tf
 from sslprune_jax import config_lib
 from sslprune_jax import data
 from sslprune_jax.data import augment
+from sslprune_jax.data import color
+from sslprune_jax.data import crops
+from sslprune_jax.data import image_ops
 from test_data import _assert_same_batches, _take
 
 # Draws per statistical test.
@@ -69,7 +72,7 @@ def test_crop_windows_have_the_area_and_aspect_ratio_of_torchvision():
   # too tall and the ratios that remain stay symmetric.
   height, width = 600, 600
   windows = _over_seeds(
-      lambda seed: augment.sample_resized_crop_window(
+      lambda seed: crops.sample_resized_crop_window(
           tf.constant([height, width, 3]), seed, area_range=(0.2, 1.0)
       )
   )
@@ -94,7 +97,7 @@ def test_crop_windows_have_the_area_and_aspect_ratio_of_torchvision():
 
 def test_crop_windows_on_small_images_fit():
   windows = _over_seeds(
-      lambda seed: augment.sample_resized_crop_window(
+      lambda seed: crops.sample_resized_crop_window(
           tf.constant([28, 28, 1]), seed, area_range=(0.2, 1.0)
       )
   )
@@ -115,7 +118,7 @@ def test_crop_windows_on_small_images_fit():
 )
 def test_crop_falls_back_to_a_centred_crop(shape, expected):
   windows = _over_seeds(
-      lambda seed: augment.sample_resized_crop_window(
+      lambda seed: crops.sample_resized_crop_window(
           tf.constant([*shape, 3]), seed, area_range=(0.2, 1.0)
       ),
       n=20,
@@ -139,16 +142,16 @@ def test_grayscale_frequency_on_a_colour_image():
 
 def test_grayscale_keeps_three_channels_and_is_identity_on_one():
   colour = tf.constant(_colour_image(), tf.float32) / 255.0
-  grey = augment.grayscale(colour).numpy()
+  grey = color.grayscale(colour).numpy()
   assert grey.shape == colour.shape
   np.testing.assert_allclose(
-      grey[..., 0], colour.numpy() @ np.array(augment.LUMA_WEIGHTS), rtol=1e-6
+      grey[..., 0], colour.numpy() @ np.array(color.LUMA_WEIGHTS), rtol=1e-6
   )
   np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
   single = colour[..., :1]
-  np.testing.assert_array_equal(augment.grayscale(single), single)
-  np.testing.assert_array_equal(augment.adjust_saturation(single, 0.0), single)
-  np.testing.assert_array_equal(augment.adjust_hue(single, 0.3), single)
+  np.testing.assert_array_equal(color.grayscale(single), single)
+  np.testing.assert_array_equal(color.adjust_saturation(single, 0.0), single)
+  np.testing.assert_array_equal(color.adjust_hue(single, 0.3), single)
 
 
 # ---------------------------------------------------------------------------
@@ -156,7 +159,7 @@ def test_grayscale_keeps_three_channels_and_is_identity_on_one():
 
 
 def test_color_jitter_factors_are_in_range_and_the_order_random():
-  factors, orders = _over_seeds(augment.sample_color_jitter, n=3000)
+  factors, orders = _over_seeds(color.sample_color_jitter, n=3000)
   scaling, hue = factors[:, :3], factors[:, 3]
   assert scaling.min() >= 0.6 and scaling.max() <= 1.4
   assert hue.min() >= -0.4 and hue.max() <= 0.4
@@ -179,13 +182,13 @@ def test_color_jitter_factors_are_in_range_and_the_order_random():
 def _jitter_in_order(image, factors, order):
   """Applies the jitter operations one by one in `order`."""
   functions = {
-      'brightness': augment.adjust_brightness,
-      'contrast': augment.adjust_contrast,
-      'saturation': augment.adjust_saturation,
-      'hue': augment.adjust_hue,
+      'brightness': color.adjust_brightness,
+      'contrast': color.adjust_contrast,
+      'saturation': color.adjust_saturation,
+      'hue': color.adjust_hue,
   }
   for op in order:
-    image = functions[augment.JITTER_OPS[op]](image, factors[op])
+    image = functions[color.JITTER_OPS[op]](image, factors[op])
   return image
 
 
@@ -194,8 +197,8 @@ def test_color_jitter_applies_the_operations_in_the_sampled_order():
   differs_from_fixed_order = 0
   for i in range(8):
     seed = tf.constant([i, 3])
-    factors, order = augment.sample_color_jitter(seed)
-    jittered = augment.color_jitter(image, seed).numpy()
+    factors, order = color.sample_color_jitter(seed)
+    jittered = color.color_jitter(image, seed).numpy()
     assert 0.0 <= jittered.min() and jittered.max() <= 1.0
     np.testing.assert_allclose(
         jittered, _jitter_in_order(image, factors, order.numpy()), atol=1e-6
@@ -209,24 +212,24 @@ def test_color_jitter_applies_the_operations_in_the_sampled_order():
 def test_adjustments_follow_pil():
   image = tf.constant(_colour_image(), tf.float32) / 255.0
   np.testing.assert_allclose(
-      augment.adjust_brightness(image, 0.5), image * 0.5, rtol=1e-6
+      color.adjust_brightness(image, 0.5), image * 0.5, rtol=1e-6
   )
   # Contrast 0 gives the mean grey level everywhere, saturation 0 the grey
   # image; factor 1 keeps the image.
-  grey_mean = (image.numpy() @ np.array(augment.LUMA_WEIGHTS)).mean()
+  grey_mean = (image.numpy() @ np.array(color.LUMA_WEIGHTS)).mean()
   np.testing.assert_allclose(
-      augment.adjust_contrast(image, 0.0), grey_mean, rtol=1e-5
+      color.adjust_contrast(image, 0.0), grey_mean, rtol=1e-5
   )
   np.testing.assert_allclose(
-      augment.adjust_saturation(image, 0.0), augment.grayscale(image), rtol=1e-6
+      color.adjust_saturation(image, 0.0), color.grayscale(image), rtol=1e-6
   )
   for adjust in (
-      augment.adjust_brightness,
-      augment.adjust_contrast,
-      augment.adjust_saturation,
+      color.adjust_brightness,
+      color.adjust_contrast,
+      color.adjust_saturation,
   ):
     np.testing.assert_allclose(adjust(image, 1.0), image, atol=1e-6)
-  np.testing.assert_allclose(augment.adjust_hue(image, 0.0), image, atol=1e-5)
+  np.testing.assert_allclose(color.adjust_hue(image, 0.0), image, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -248,8 +251,8 @@ def test_flip_frequency():
 def test_policy_applies_main_py_order():
   image = _colour_image()
   seed = tf.constant([4, 2])
-  crop_seed, grey_seed, jitter_seed, flip_seed = augment.split_seed(seed, 4)
-  window = augment.sample_resized_crop_window(
+  crop_seed, grey_seed, jitter_seed, flip_seed = image_ops.split_seed(seed, 4)
+  window = crops.sample_resized_crop_window(
       tf.shape(image), crop_seed, area_range=augment.NPID_CROP_AREA_RANGE
   )
   top, left, h, w = window.numpy()
@@ -259,9 +262,9 @@ def test_policy_applies_main_py_order():
       method='bilinear',
       antialias=True,
   )
-  expected = augment.random_grayscale(expected, grey_seed, 0.2)
-  expected = augment.color_jitter(expected, jitter_seed)
-  expected = augment.random_flip(expected, flip_seed)
+  expected = color.random_grayscale(expected, grey_seed, 0.2)
+  expected = color.color_jitter(expected, jitter_seed)
+  expected = image_ops.random_flip(expected, flip_seed)
   np.testing.assert_allclose(_npid(image, 32, 3)(seed), expected, atol=1e-6)
 
 

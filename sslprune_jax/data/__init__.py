@@ -40,7 +40,8 @@ class, 0: only difficult ones, -1: none).
 
 Modules, from the bottom up: `schema` (the data config; no TensorFlow),
 `sources`, `reading`, `subsets`, `info`, `epochs`, `iterators`, and
-`augment` and `fashion_mnist`. Names with a leading underscore are shared by
+`augment` (the policies, built from `image_ops`, `crops` and `color`) and
+`fashion_mnist`. Names with a leading underscore are shared by
 these modules only. The names below are loaded on first use, so that
 importing the schema (as configs do) does not import TensorFlow.
 """

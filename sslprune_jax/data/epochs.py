@@ -10,6 +10,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from sslprune_jax.data import augment as augment_lib
+from sslprune_jax.data import image_ops
 from sslprune_jax.data import reading
 from sslprune_jax.data import sources
 from sslprune_jax.data import subsets
@@ -34,7 +35,7 @@ def _cached_train_source(builder, layout, split, index_start):
   if None not in shape:
     ds = ds.map(
         lambda ex: dict(
-            ex, image=augment_lib.decode(ex['image'], shape[-1], shape)
+            ex, image=image_ops.decode(ex['image'], shape[-1], shape)
         ),
         num_parallel_calls=tf.data.AUTOTUNE,
     )
