@@ -15,6 +15,8 @@ import pytest
 from sslprune_jax import config_lib
 from sslprune_jax import models
 from sslprune_jax import parallel
+from sslprune_jax.evaluation import classifier
+from sslprune_jax.evaluation import features
 from sslprune_jax.evaluation import linear
 from sslprune_jax.evaluation import svm
 
@@ -67,19 +69,19 @@ def test_bad_linear_fields_are_explained():
 
 def test_pooling_is_6x6_windows_at_stride_1_flattened_channel_major():
   x = jnp.arange(2 * 7 * 7 * 3, dtype=jnp.float32).reshape(2, 7, 7, 3)
-  out = np.asarray(linear.pool_features(x, (6, 1)))
+  out = np.asarray(features.pool_features(x, (6, 1)))
   assert out.shape == (2, 3 * 2 * 2)
   # Caffe2's NCHW flattening: index c * 4 + i * 2 + j is channel c, window
   # (i, j); window (1, 0) covers rows 1-6, columns 0-5.
   expected = np.asarray(x)[1, 1:7, 0:6, 2].mean()
   np.testing.assert_allclose(out[1, 2 * 4 + 1 * 2 + 0], expected, rtol=1e-6)
   np.testing.assert_allclose(
-      np.asarray(linear.pool_features(x, ())),
+      np.asarray(features.pool_features(x, ())),
       np.asarray(x).mean(axis=(1, 2)),
       rtol=1e-6,
   )
   with pytest.raises(ValueError, match='larger than'):
-    linear.pool_features(x[:, :5, :5], (6, 1))
+    features.pool_features(x[:, :5, :5], (6, 1))
 
 
 def test_res5_is_resnet50s_last_block():
@@ -120,14 +122,14 @@ def test_feature_fn_pools_a_blocks_output_in_windows():
   config = config_lib.load('linear_eval', 'voc07')
   config.model.update(dict(depth=10, width=0.125))
   mesh = parallel.create_mesh()
-  features = linear.feature_fn(config.model, 'layer4_0', mesh, (6, 1))
+  features_of = features.feature_fn(config.model, 'layer4_0', mesh, (6, 1))
   model = models.create_model(config.model, None)
   images = jnp.asarray(
       np.random.default_rng(0).random((8, 224, 224, 3)), jnp.float32
   )
   variables = _random_variables(model)
   out = parallel.to_host(
-      features(
+      features_of(
           parallel.replicate(variables, mesh),
           parallel.shard_batch(images, mesh),
       )
@@ -150,7 +152,7 @@ def test_feature_fn_pools_a_blocks_output_in_windows():
 
 def test_schedule_is_in_iterations_as_the_benchmark():
   lin = config_lib.load('linear_eval', '').linear
-  steps, lr = linear.learning_rate_schedule(lin, steps_per_epoch=5004)
+  steps, lr = classifier.learning_rate_schedule(lin, steps_per_epoch=5004)
   assert steps == 140_000
   # lr_utils.py: iteration t (from 1) is decayed once for each cumulative
   # step size below t; optax counts from 0.
@@ -168,8 +170,8 @@ def test_schedule_is_in_iterations_as_the_benchmark():
 def test_sgd_is_caffe2_momentum_sgd_update():
   lin = config_lib.load('linear_eval', '').linear
   lin.update(dict(num_steps=6, decay_steps=(3,), learning_rate=0.5))
-  _, lr = linear.learning_rate_schedule(lin, steps_per_epoch=1)
-  tx = linear._optimizer(lin, lr)
+  _, lr = classifier.learning_rate_schedule(lin, steps_per_epoch=1)
+  tx = classifier.optimizer(lin, lr)
   w = jnp.array([1.0, -2.0])
   grads = [jnp.array([0.3, -0.1]) * (k + 1) for k in range(6)]
   state = tx.init(w)
@@ -198,10 +200,10 @@ def test_batch_norm_head_trains_and_keeps_running_averages():
   lin.update(
       dict(num_steps=200, decay_steps=(150,), batch_size=64, learning_rate=0.1)
   )
-  params, stats = linear.train_classifier(
+  params, stats = classifier.train_classifier(
       features[:400], labels[:400], 4, lin, seed=0
   )
-  assert linear.accuracy(params, stats, features[400:], labels[400:]) == 1.0
+  assert classifier.accuracy(params, stats, features[400:], labels[400:]) == 1.0
   # 200 updates at momentum 0.9 forget the start (mean 0, variance 1).
   np.testing.assert_allclose(stats['mean'], features[:400].mean(0), atol=0.3)
   np.testing.assert_allclose(

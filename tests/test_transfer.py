@@ -22,6 +22,7 @@ from sslprune_jax import pruning
 from sslprune_jax import report
 from sslprune_jax import tasks
 from sslprune_jax import figure3
+from sslprune_jax.evaluation import classifier
 from sslprune_jax.evaluation import layerwise
 from sslprune_jax.evaluation import linear
 from sslprune_jax.evaluation import retrain
@@ -247,11 +248,11 @@ def test_linear_probe_separates_linearly_separable_features():
   config = load_config('quick', 'linear_eval').linear
   config.num_epochs = 20.0
   config.batch_size = 64
-  params, stats = linear.train_classifier(
+  params, stats = classifier.train_classifier(
       features[:500], labels[:500], 5, config, seed=0
   )
-  assert linear.accuracy(params, stats, features[:500], labels[:500]) == 1.0
-  assert linear.accuracy(params, stats, features[500:], labels[500:]) == 1.0
+  assert classifier.accuracy(params, stats, features[:500], labels[:500]) == 1.0
+  assert classifier.accuracy(params, stats, features[500:], labels[500:]) == 1.0
 
 
 def test_linear_probe_of_every_round(labels_run, data_dir, tmp_path):
