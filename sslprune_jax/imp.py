@@ -2,7 +2,7 @@
 that code importing `sslprune_jax.imp` goes on working.
 
 They live in `experiment` (assembly), `validation` (config checks),
-`rounds` (the round loop), `lottery` (the pruning policy) and `rundir`
+`rounds` and `round_state` (the round loop), `lottery` (the pruning policy) and `rundir`
 (the work directory and reading other runs). `run` here keeps its old
 return value: one run's rows, or with several seeds one list per seed.
 """
@@ -28,8 +28,8 @@ from sslprune_jax.experiment import seed_configs
 from sslprune_jax.experiment import train_batches
 from sslprune_jax.lottery import next_mask
 from sslprune_jax.lottery import round_start
-from sslprune_jax.rounds import save_round_end
-from sslprune_jax.rounds import start_state
+from sslprune_jax.round_state import save_round_end
+from sslprune_jax.round_state import start_state
 from sslprune_jax.rundir.results import FIELDS as RESULT_FIELDS
 from sslprune_jax.rundir.sources import REWIND_ADVICE
 from sslprune_jax.rundir.sources import check_source

@@ -36,6 +36,7 @@ import ml_collections
 
 from sslprune_jax import checkpoint
 from sslprune_jax import pruning
+from sslprune_jax import round_state
 from sslprune_jax import rounds
 from sslprune_jax import rundir
 from sslprune_jax import train
@@ -119,7 +120,7 @@ def round_start(
         round_idx,
     )
   later = round_idx > 0 and reset != 'reinit'
-  return rounds.start_state(
+  return round_state.start_state(
       exp,
       ckpts,
       round_idx,

@@ -1,20 +1,11 @@
-"""The round loop: start state -> train -> save, one round after another.
-
-What a pruning run and the evaluations that train its subnetworks again
-share: every round is resumable from its in-round checkpoints, ends with its
-export and checkpoint, its row in results.csv and its TensorBoard summaries;
-the seeds of one config train together, in one step. Only where a round
-starts from differs, and the caller says it (`start`).
-"""
+"""TODO"""
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
-from typing import Any, Callable
+from typing import Callable
 
-from absl import logging
 from clu import metric_writers
 from etils import epath
 import jax
@@ -23,12 +14,12 @@ import numpy as np
 
 from sslprune_jax import checkpoint
 from sslprune_jax import data
-from sslprune_jax import export
 from sslprune_jax import models
 from sslprune_jax import parallel
 from sslprune_jax import preemption
 from sslprune_jax import progress
 from sslprune_jax import pruning
+from sslprune_jax import round_state
 from sslprune_jax import rundir
 from sslprune_jax import summaries
 from sslprune_jax import train
@@ -38,20 +29,6 @@ from sslprune_jax.experiment import saves_task_state
 from sslprune_jax.experiment import train_batches
 from sslprune_jax.rundir import results as results_csv
 from sslprune_jax.rundir import sources
-
-PyTree = Any
-
-
-@dataclasses.dataclass
-class _Member:
-  """One seed of the runs that `run_rounds` trains together."""
-
-  exp: Experiment
-  workdir: epath.Path
-  ckpts: checkpoint.RunCheckpoints
-  summary_writer: Any
-  completed: list[int]
-  results: list[dict] = dataclasses.field(default_factory=list)
 
 
 def run_rounds(
@@ -92,7 +69,7 @@ def run_rounds(
   is_main = jax.process_index() == 0
   with contextlib.ExitStack() as stack:
     # Seeds save one after another: each keeps its previous in-round
-    # checkpoint too (`_start_states`).
+    # checkpoint too (`round_state.start_states`).
     members = [
         _open_member(stack, e, where, in_round_keep=min(len(exps), 2))
         for e, where in zip(exps, _member_dirs(exps, workdir))
@@ -126,7 +103,7 @@ def run_rounds(
                   rundir.round_end_dir(m.workdir, r),
               )
           )
-          _rebuild_round_files(m, r)
+          round_state.rebuild_round_files(m, r)
         row = members[0].results[-1]
       else:
         row = _train_round(
@@ -171,7 +148,7 @@ def _open_member(
     exp: Experiment,
     where: epath.Path,
     in_round_keep: int,
-) -> _Member:
+) -> round_state.Member:
   """One seed's checkpoints and round-by-round writer, closed by `stack`."""
   where.mkdir(parents=True, exist_ok=True)
   checkpoint.check_or_write_config(str(where), exp.config)
@@ -183,7 +160,7 @@ def _open_member(
       just_logging=jax.process_index() != 0,
   )
   stack.callback(writer.close)
-  return _Member(
+  return round_state.Member(
       exp=exp,
       workdir=where,
       ckpts=ckpts,
@@ -193,7 +170,7 @@ def _open_member(
 
 
 def _train_round(
-    members: list[_Member],
+    members: list[round_state.Member],
     r: int,
     start,
     train_step,
@@ -207,11 +184,13 @@ def _train_round(
   lead = members[0].exp
   config = lead.config
   is_main = jax.process_index() == 0
-  states = _start_states(members, r, start)
+  states = round_state.start_states(members, r, start)
   counts = [
       pruning.count(s.mask, m.exp.prunable) for s, m in zip(states, members)
   ]
-  start_step = int(states[0].step)  # Every member's (`_start_states`).
+  start_step = int(
+      states[0].step
+  )  # Every member's (`round_state.start_states`).
   state = (
       states[0]
       if num_seeds == 1
@@ -312,7 +291,7 @@ def _train_round(
           'seconds': result.seconds,
           'sparsity': pruning.sparsity_report(final.mask, m.exp.prunable),
       }
-      row = save_round_end(
+      row = round_state.save_round_end(
           m.ckpts,
           m.workdir,
           r,
@@ -343,161 +322,10 @@ def _train_round(
   return members[0].results[-1]
 
 
-def _rebuild_round_files(member: _Member, r: int) -> None:
-  """Makes what a finished round derives from its checkpoint whole again.
-
-  A run killed after round `r`'s end-of-round checkpoint may have left its
-  in-round checkpoints behind, and its export unwritten or cut short.
-  """
-  member.ckpts.clear_in_round(r)
-  where = rundir.export_dir(member.workdir, r)
-  try:
-    export.load(str(where))
-    return
-  except (FileNotFoundError, ValueError) as e:
-    logging.warning(
-        'Round %d: writing its export again (%s).', r, str(e).split('. ')[0]
-    )
-  saved = sources.restore(
-      lambda: member.ckpts.load_round(r),
-      f'end of round {r}',
-      rundir.round_end_dir(member.workdir, r),
-  )
-  export.save(
-      str(where),
-      {'params': saved['params'], 'batch_stats': saved['batch_stats']},
-      saved['mask'],
-  )
-
-
-def save_round_end(
-    ckpts: checkpoint.RunCheckpoints,
-    workdir: epath.Path,
-    round_idx: int,
-    state: train.TrainState,
-    row: dict,
-    *,
-    with_task_state: bool = False,
-) -> dict:
-  """Saves a finished round: its compact export, then its checkpoint.
-
-  With `with_task_state`, the checkpoint keeps the task's state too (for a
-  next round that starts from it: `saves_task_state`).
-
-  Returns:
-    `row` with 'export_bytes', the size of the export (only the weights
-    left; see `sslprune_jax.export`), as saved with the checkpoint.
-  """
-  network = {'params': state.params, 'batch_stats': state.batch_stats}
-  row = {
-      **row,
-      'export_bytes': export.save(
-          str(rundir.export_dir(workdir, round_idx)), network, state.mask
-      ),
-  }
-  saved = {**network, 'mask': state.mask}
-  if with_task_state:
-    saved['task_state'] = state.task_state
-  ckpts.save_round(round_idx, saved, row)
-  return row
-
-
-def _start_states(
-    members: list[_Member], r: int, start
-) -> list[train.TrainState]:
-  """Every member's start of round `r`, resumed at one common step.
-
-  Seeds save their in-round checkpoints one after another, so a run killed
-  in between leaves some a checkpoint ahead; each keeps its previous one
-  too, and all resume from the latest step they share.
-  """
-  states = [start(m.exp, m.ckpts, r) for m in members]
-  steps = [int(s.step) for s in states]
-  if len(set(steps)) == 1:
-    return states
-  common = min(steps)
-  if common and all(common in m.ckpts.in_round_steps(r) for m in members):
-    logging.info(
-        'Round %d: seeds saved up to steps %s; resuming all at ' 'step %d.',
-        r,
-        steps,
-        common,
-    )
-    return [
-        s
-        if step == common
-        else sources.restore(
-            lambda m=m, s=s: m.ckpts.restore_in_round(r, s, common),
-            f'in-round state of round {r}',
-            rundir.in_round_dir(m.workdir, r),
-        )
-        for s, step, m in zip(states, steps, members)
-    ]
-  logging.warning(
-      "Round %d: the seeds' in-round checkpoints (steps %s) "
-      'share no step; restarting the round.',
-      r,
-      steps,
-  )
-  for m in members:
-    m.ckpts.clear_in_round(r)
-  return [start(m.exp, m.ckpts, r) for m in members]
-
-
 def _stacked_batches(iterators):
   """One batch of every seed's iterator per step, stacked along axis 0."""
   for batches in zip(*iterators):
     yield train.stack_trees(batches)
-
-
-def start_state(
-    exp: Experiment,
-    ckpts: checkpoint.RunCheckpoints,
-    round_idx: int,
-    variables: dict,
-    mask: PyTree,
-    task_state: PyTree,
-    *,
-    step: int = 0,
-    optimizer: train.Optimizer | None = None,
-) -> train.TrainState:
-  """The replicated train state of a round that starts from `variables`
-  under `mask` at global step `step`, or the round's in-round checkpoint if
-  it has one.
-
-  Args:
-    exp: the experiment.
-    ckpts: its checkpoints.
-    round_idx: the round.
-    variables: 'params' and 'batch_stats' to start from.
-    mask: the round's mask.
-    task_state: the task's state to start from.
-    step: the global step the round starts at (its schedule's too).
-    optimizer: the round's optimiser (default: `exp.optimizer`).
-  """
-  optimizer = optimizer or exp.optimizer
-  state = parallel.replicate(
-      train.create_train_state(
-          exp.model,
-          variables,
-          mask,
-          optimizer.tx,
-          jax.random.fold_in(exp.rngs['state'], round_idx),
-          task_state,
-          step=step,
-          learning_rate_fn=optimizer.learning_rate_fn,
-      ),
-      exp.mesh,
-  )
-  restored = sources.restore(
-      lambda: ckpts.restore_in_round(round_idx, state),
-      f'in-round state of round {round_idx}',
-      rundir.in_round_dir(ckpts.workdir, round_idx),
-  )
-  if restored is None:
-    return state
-  logging.info('Round %d: resuming at step %d.', round_idx, int(restored.step))
-  return restored
 
 
 def _data_seed(config, round_idx: int) -> int:

@@ -28,7 +28,7 @@ from sslprune_jax import export
 from sslprune_jax import imp
 from sslprune_jax import preemption
 from sslprune_jax import pruning
-from sslprune_jax import rounds
+from sslprune_jax import round_state
 from sslprune_jax import train
 from sslprune_jax.evaluation import natural_sparsity
 
@@ -584,7 +584,7 @@ def test_seeds_resume_at_the_step_they_all_saved(tmp_path):
       )
     ckpts.close()
     members.append(
-        rounds._Member(
+        round_state.Member(
             exp=None,
             workdir=tmp_path / f'seed_{seed}',
             summary_writer=None,
@@ -599,14 +599,14 @@ def test_seeds_resume_at_the_step_they_all_saved(tmp_path):
     fresh = _Counter(step=jnp.asarray(0), value=jnp.asarray(-1.0))
     return ckpts.restore_in_round(r, fresh) or fresh
 
-  states = rounds._start_states(members, 1, start)
+  states = round_state.start_states(members, 1, start)
   assert [(int(s.step), float(s.value)) for s in states] == [
       (4, 40.0),
       (4, 41.0),
   ]
   # With no step in common, the round starts over for every seed.
   members[1].ckpts.clear_in_round(1)
-  states = rounds._start_states(members, 1, start)
+  states = round_state.start_states(members, 1, start)
   assert [int(s.step) for s in states] == [0, 0]
   assert not (tmp_path / 'seed_0' / 'round_01').exists()
   for m in members:

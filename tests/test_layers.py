@@ -40,6 +40,7 @@ LAYERS = [
         'imp',
         'lottery',
         'report',
+        'round_state',
         'rounds',
         'summaries',
         'validation',

@@ -23,7 +23,7 @@ from sslprune_jax import lottery
 from sslprune_jax import models
 from sslprune_jax import parallel
 from sslprune_jax import pruning
-from sslprune_jax import rounds
+from sslprune_jax import round_state
 from sslprune_jax import train
 from sslprune_jax.bench.networks import _model
 from sslprune_jax.bench.networks import get_spec
@@ -132,7 +132,7 @@ def section_round(cache: _Cache) -> dict:
       )
       for r in range(config.pruning.num_rounds):
         t0 = time.perf_counter()
-        rounds.save_round_end(
+        round_state.save_round_end(
             ckpts,
             epath.Path(workdir),
             r,
@@ -268,7 +268,7 @@ def section_startup(cache: _Cache) -> dict:
         step.lower(state, b).compile()
         out[name] = time.perf_counter() - t0
       for r in range(config.pruning.num_rounds + 1):
-        rounds.save_round_end(
+        round_state.save_round_end(
             ckpts,
             epath.Path(workdir),
             r,

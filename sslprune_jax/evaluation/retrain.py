@@ -45,6 +45,7 @@ from sslprune_jax import checkpoint
 from sslprune_jax import config_lib
 from sslprune_jax import experiment
 from sslprune_jax import pruning
+from sslprune_jax import round_state
 from sslprune_jax import rounds
 from sslprune_jax.rundir import sources
 
@@ -151,7 +152,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:
   step = start_step(exps[0])
 
   def start(exp, ckpts, r):
-    return rounds.start_state(
+    return round_state.start_state(
         exp, ckpts, r, *round_start(exp, ckpts, r), step=step
     )
 

@@ -1,49 +1,8 @@
-"""A compact export of a pruned network: only the weights it has left.
+"""The export's file: `save` writes network.npz, `load` reads it back.
 
-A pruned network checkpoint holds every weight, pruned or not, plus a mask as
-large as the weights. `save` writes instead one plain NumPy file,
-`<directory>/network.npz` (`np.savez`, uncompressed), from which `load`
-rebuilds the dense parameters (exact zeros where pruned, the kept weights
-bit for bit), the batch-norm statistics and the mask. Each parameter leaf is
-stored in whichever of three encodings takes the fewest bytes:
-
-  'dense'    the leaf is fully kept: its values only (no mask needed).
-  'bitmask'  `np.packbits` of the flattened mask, ceil(size / 8) bytes, and
-             the kept values in flat (C) order.
-  'indices'  the flat positions of the kept weights, in the smallest unsigned
-             integer type that holds size - 1 (`index_dtype`), and the kept
-             values in the same order.
-
-A partly pruned leaf thus costs min(ceil(size / 8), kept * index bytes) +
-kept * value bytes (ties go to the bitmask). Other collections than
-'params' (the batch-norm statistics) are stored dense.
-
-File layout. So that a file does not pay NumPy's few hundred bytes of
-per-array overhead for every leaf, the arrays are pooled: all values of one
-dtype go, leaf after leaf, into one array 'values_<dtype>' (dtypes NumPy
-cannot save itself, such as bfloat16, as unsigned integers of the same width,
-bit for bit), all packed masks into 'bits', and all positions of one index
-type into 'indices_<type>'. The array 'manifest' holds the UTF-8 bytes of a
-JSON object:
-
-  {'format': 'sslprune_jax.export', 'version': 1,
-   'leaves': [{'path': ['params', 'Conv_0', 'kernel'], 'shape': [3, 3, 1, 16],
-               'dtype': 'float32', 'encoding': 'indices', 'kept': 12,
-               'values': <offset into values_float32>,
-               'indices': <offset into indices_uint16>,
-               'index_dtype': 'uint16'}, ...]}
-
-with 'bits' (a byte offset into 'bits') instead of 'indices' for a bitmask
-leaf, and neither for a dense one. Paths are lists of keys from the
-variables' root, so a key may hold any character.
-
-From the command line, round N of a finished pruning run:
-
-  python -m sslprune_jax.export --workdir=/tmp/labels_quick --round=2 \
-      --out=/tmp/labels_quick_r2
-
-prints the fraction of the prunable weights left, the size of the export and
-the dense size of the same network.
+The layout, pools and manifest are described in `sslprune_jax.export`; a
+file that does not match them is refused as damaged, with how to export the
+network again.
 """
 
 from __future__ import annotations
@@ -55,62 +14,22 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import ml_dtypes
 import numpy as np
-from absl import app
-from absl import flags
-from absl import logging
 from etils import epath
 
 from sslprune_jax import parallel
+from sslprune_jax.export import encodings
 
 PyTree = Any
 
 FILENAME = 'network.npz'
 FORMAT = 'sslprune_jax.export'
 VERSION = 1
-ENCODINGS = ('dense', 'bitmask', 'indices')
-_INDEX_DTYPES = (np.uint8, np.uint16, np.uint32, np.uint64)
 
 _REEXPORT = (
     "Export the network again from the run's checkpoint: python -m "
     'sslprune_jax.export --workdir=RUN --round=N --out=DIR.'
 )
-
-
-def index_dtype(size: int) -> np.dtype:
-  """The smallest unsigned integer type holding every flat position < size.
-
-  Args:
-    size: number of elements of the leaf.
-
-  Returns:
-    uint8, uint16, uint32 or uint64: the first whose maximum is >= size - 1.
-  """
-  for dtype in _INDEX_DTYPES:
-    if size - 1 <= np.iinfo(dtype).max:
-      return np.dtype(dtype)
-  raise ValueError(f'A leaf of {size} elements is too large to index.')
-
-
-def _dtype(name: str) -> np.dtype:
-  """A dtype from its name, including ml_dtypes' (bfloat16, float8_*)."""
-  if hasattr(ml_dtypes, name):
-    return np.dtype(getattr(ml_dtypes, name))
-  return np.dtype(name)
-
-
-def _storable(values: np.ndarray) -> np.ndarray:
-  """`values` as an array np.save writes and np.load reads back exactly.
-
-  NumPy saves ml_dtypes' types (bfloat16, ...) as opaque void bytes; they
-  are stored as unsigned integers of the same width instead, bit for bit.
-  """
-  if values.dtype.kind == 'V':
-    return values.view(np.dtype(f'u{values.dtype.itemsize}'))
-  if values.dtype.kind not in 'biufc':
-    raise ValueError(f'Cannot export arrays of dtype {values.dtype}.')
-  return values
 
 
 def _flatten(
@@ -130,45 +49,6 @@ def _insert(tree: dict, path: list[str], value: Any) -> None:
   for key in path[:-1]:
     tree = tree.setdefault(key, {})
   tree[path[-1]] = value
-
-
-def choose_encoding(size: int, kept: int) -> str:
-  """The smallest encoding of a leaf of `size` weights keeping `kept`.
-
-  Both sparse encodings store the same kept values, so only the cost of
-  saying which weights are kept decides between them.
-
-  Args:
-    size: the leaf's number of weights.
-    kept: how many of them the mask keeps.
-
-  Returns:
-    'dense' if every weight is kept; otherwise 'bitmask' or 'indices',
-    whichever needs fewer bytes (the bitmask on a tie).
-  """
-  if kept == size:
-    return 'dense'
-  bitmask = math.ceil(size / 8)
-  indices = kept * index_dtype(size).itemsize
-  return 'bitmask' if bitmask <= indices else 'indices'
-
-
-def encoded_bytes(size: int, kept: int, itemsize: int) -> int:
-  """Bytes of array data a leaf takes in the export (no file overhead)."""
-  encoding = choose_encoding(size, kept)
-  if encoding == 'dense':
-    return size * itemsize
-  if encoding == 'bitmask':
-    return math.ceil(size / 8) + kept * itemsize
-  return kept * (index_dtype(size).itemsize + itemsize)
-
-
-def dense_bytes(variables: PyTree) -> int:
-  """Bytes of array data of the network stored densely, without a mask."""
-  return sum(
-      int(np.size(x)) * np.dtype(x.dtype).itemsize
-      for x in jax.tree.leaves(variables)
-  )
 
 
 class _Pools:
@@ -213,7 +93,7 @@ def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
         'shape': list(values.shape),
         'dtype': values.dtype.name,
     }
-    flat = _storable(values).reshape(-1)
+    flat = encodings.storable(values).reshape(-1)
     pool = f'values_{values.dtype.name}'
     if path[0] != 'params':
       entry.update(
@@ -229,7 +109,7 @@ def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
       )
     keep = keep.reshape(-1)
     kept = int(keep.sum())
-    encoding = choose_encoding(flat.size, kept)
+    encoding = encodings.choose_encoding(flat.size, kept)
     entry.update(encoding=encoding, kept=kept)
     if encoding == 'dense':
       entry['values'] = pools.add(pool, flat)
@@ -238,7 +118,7 @@ def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
     if encoding == 'bitmask':
       entry['bits'] = pools.add('bits', np.packbits(keep))
     elif encoding == 'indices':
-      dtype = index_dtype(flat.size)
+      dtype = encodings.index_dtype(flat.size)
       entry['index_dtype'] = dtype.name
       entry['indices'] = pools.add(
           f'indices_{dtype.name}', np.flatnonzero(keep).astype(dtype)
@@ -340,12 +220,12 @@ def _slice(arrays: dict, pool: str, offset: int, count: int) -> np.ndarray:
 
 def _decode_leaf(entry: dict, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
   """(dense values, boolean mask) of one manifest entry."""
-  dtype = _dtype(entry['dtype'])
+  dtype = encodings.dtype_named(entry['dtype'])
   shape = tuple(int(d) for d in entry['shape'])
   size = math.prod(shape)
   kept = int(entry['kept'])
   encoding = entry['encoding']
-  stored = _storable(np.zeros(0, dtype)).dtype
+  stored = encodings.storable(np.zeros(0, dtype)).dtype
   values = _slice(
       arrays,
       f'values_{dtype.name}',
@@ -361,7 +241,7 @@ def _decode_leaf(entry: dict, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
     bits = _slice(arrays, 'bits', int(entry['bits']), math.ceil(size / 8))
     keep = np.unpackbits(bits, count=size).astype(np.bool_)
   elif encoding == 'indices':
-    index_type = index_dtype(size)
+    index_type = encodings.index_dtype(size)
     if entry['index_dtype'] != index_type.name:
       raise ValueError(
           f'index dtype {entry["index_dtype"]}, expected ' f'{index_type.name}'
@@ -421,91 +301,3 @@ def load(directory: str) -> tuple[dict, dict]:
   if 'params' not in variables:
     raise _damaged(path, 'it holds no params')
   return variables, mask
-
-
-def export_round(
-    workdir: str, round_idx: int, out: str, point: str = 'final'
-) -> dict:
-  """Exports round `round_idx` of the finished pruning run in `workdir`.
-
-  Args:
-    workdir: a pruning run's workdir.
-    round_idx: one of its finished rounds.
-    out: the directory to export to.
-    point: 'final' (the round's trained weights) or 'rewind' (the rewind
-      point's weights under the round's mask).
-
-  Returns:
-    {'path', 'kept', 'total', 'fraction_left', 'bytes', 'dense_bytes'}:
-    kept and total prunable weights (the leaves the run's pruning.exclude
-    and pruning.min_ndim allow; a layerwise run's other layers count as
-    fully kept), the export's size and the dense size of the same params
-    and batch_stats, in bytes.
-  """
-  # Imported here: loading an export needs neither Orbax nor the training
-  # code, only NumPy.
-  from sslprune_jax import pruning  # pylint: disable=g-import-not-at-top
-  from sslprune_jax.rundir import sources  # pylint: disable=g-import-not-at-top
-
-  config = sources.source_config(workdir)
-  config, saved = sources.read_source_round(
-      config, workdir, round_idx, point=point
-  )
-  variables = {'params': saved['params'], 'batch_stats': saved['batch_stats']}
-  prunable = pruning.prunable_tree(
-      saved['params'],
-      exclude=tuple(config.pruning.exclude),
-      min_ndim=config.pruning.min_ndim,
-  )
-  kept, total = pruning.count(saved['mask'], prunable)
-  size = save(out, variables, saved['mask'])
-  return {
-      'path': str(epath.Path(out) / FILENAME),
-      'kept': kept,
-      'total': total,
-      'fraction_left': kept / total,
-      'bytes': size,
-      'dense_bytes': dense_bytes(variables),
-  }
-
-
-def format_summary(summary: dict) -> str:
-  """The result of `export_round` as three lines of text."""
-  return (
-      f"{summary['path']}\n"
-      f"prunable weights left: {summary['kept']} of {summary['total']} "
-      f"({100 * summary['fraction_left']:.2f}%)\n"
-      f"export: {summary['bytes']} bytes, dense: "
-      f"{summary['dense_bytes']} bytes "
-      f"({100 * summary['bytes'] / summary['dense_bytes']:.1f}%)"
-  )
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it reads.
-  values = flags.FLAGS
-  try:
-    summary = export_round(
-        values.workdir, values.round, values.out, values.point
-    )
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
-    raise SystemExit(f'error: {e}') from None
-  print(format_summary(summary))
-
-
-if __name__ == '__main__':
-  # Defined here, not on import: other modules define --workdir and --out.
-  flags.DEFINE_string('workdir', None, 'A pruning run.', required=True)
-  flags.DEFINE_integer('round', None, 'A finished round of it.', required=True)
-  flags.DEFINE_string(
-      'out', None, 'Directory to write network.npz to.', required=True
-  )
-  flags.DEFINE_enum(
-      'point',
-      'final',
-      ['final', 'rewind'],
-      "The round's trained weights, or the rewind point's.",
-  )
-  app.run(main)
