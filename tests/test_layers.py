@@ -47,7 +47,15 @@ LAYERS = [
     },
     {'evaluation'},
     # The commands.
-    {'bench', 'bench_torch', 'figure3', 'main', 'reproduce', 'runner'},
+    {
+        'bench',
+        'bench_torch',
+        'figure3',
+        'main',
+        'reproduce',
+        'runner',
+        'sweep',
+    },
 ]
 LEAVES = 1
 # Modules in another layer than their package: the data config's schema is

@@ -1,8 +1,8 @@
-"""launch/sweep.py: expansion, checks, the three output modes, Figure 3 as
-a sweep; and the report's globs and runs split by rounds."""
+"""sslprune_jax.sweep (launch/sweep.py): expansion, checks, the three
+output modes, Figure 3 as a sweep; and the report's globs and runs split
+by rounds."""
 
 import csv
-import importlib.util
 import io
 import json
 import os
@@ -10,10 +10,12 @@ import pathlib
 import re
 import shlex
 import signal
+import subprocess
 import sys
 import threading
 import time
 
+from absl import flags
 import pytest
 
 from sslprune_jax import config_lib
@@ -21,14 +23,11 @@ from sslprune_jax import preemption
 from sslprune_jax import report
 from sslprune_jax import runner
 from sslprune_jax import figure3
+from sslprune_jax import sweep
+from sslprune_jax.sweep import __main__ as cli
 from test_imp import load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    'sweep', ROOT / 'launch' / 'sweep.py'
-)
-sweep = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(sweep)
 
 RETRAIN = [
     '--config=configs/retrain.py:figure3',
@@ -48,13 +47,13 @@ def _in_repository_root(monkeypatch):
 
 
 def plan(*argv):
-  return sweep.plan(sweep.parser().parse_args(list(argv)))
+  return sweep.plan(cli.spec_of(cli.parse(list(argv))))
 
 
 def run_sweep(capsys, *argv, execute=None):
   """sweep.main(argv) -> (exit code, stdout, stderr)."""
   kwargs = {'execute': execute} if execute else {}
-  code = sweep.main(list(argv), **kwargs)
+  code = cli.sweep(cli.parse(list(argv)), **kwargs)
   out, err = capsys.readouterr()
   return code, out, err
 
@@ -227,6 +226,64 @@ def test_bad_sweeps_stop_before_anything_runs(capsys, tmp_path, argv, message):
   )
   assert code == 2 and not calls and not out
   assert re.search(message, err), err
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        (['--workdir=/w'], r'--config must have a value'),
+        (['--config=configs/labels.py:quick'], r'--workdir must have a value'),
+        (
+            ['--config=c', '--workdir=/w', '--print', '--local'],
+            r'--print, --write and --local: give at most one',
+        ),
+        (['--config=c', '--workdir=/w', '--seed=1'], r'Unknown command line'),
+    ],
+)
+def test_malformed_command_lines_are_flag_errors(argv, message):
+  with pytest.raises(flags.Error, match=message):
+    cli.parse(argv)
+
+
+def test_the_launch_script_is_the_command(tmp_path):
+  """`python launch/sweep.py` runs the package's command: its --help, its
+  flags and its exit codes."""
+  script = [sys.executable, str(ROOT / 'launch' / 'sweep.py')]
+  # absl's --help exits 1.
+  shown = subprocess.run(
+      [*script, '--help'], capture_output=True, text=True
+  ).stdout
+  assert 'Many runs of one config' in shown and '--[no]local' in shown
+  printed = subprocess.run(
+      [
+          *script,
+          '--config=configs/labels.py:quick',
+          f'--workdir={tmp_path}',
+          '--seeds=0,1',
+      ],
+      capture_output=True,
+      text=True,
+      check=True,
+  ).stdout
+  assert [c[3:] for c in commands(printed)] == [
+      run.args()
+      for run in plan(
+          '--config=configs/labels.py:quick',
+          f'--workdir={tmp_path}',
+          '--seeds=0,1',
+      )
+  ]
+  refused = subprocess.run(
+      [
+          *script,
+          '--config=configs/labels.py:quick',
+          f'--workdir={tmp_path}',
+          '--inits=reinit',
+      ],
+      capture_output=True,
+      text=True,
+  )
+  assert refused.returncode == 2 and 'has not' in refused.stderr
 
 
 def test_complete_runs_are_skipped_in_every_mode(capsys, tmp_path):
@@ -423,7 +480,7 @@ def test_local_runs_main_for_real(capsys, tmp_path, data_dir, monkeypatch):
 def _documented_commands():
   """The Figure 3 commands of sweep.py's docstring: the three sweeps' argv
   and the report's (directory, argv)."""
-  text = re.sub(r'\\\n\s*', '', sweep.__doc__)
+  text = re.sub(r'\\\n\s*', '', cli.__doc__)
   sweeps = [
       shlex.split(line)[2:]
       for line in text.splitlines()
