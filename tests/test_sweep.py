@@ -286,6 +286,25 @@ def test_the_launch_script_is_the_command(tmp_path):
   assert refused.returncode == 2 and 'has not' in refused.stderr
 
 
+def test_configs_are_found_in_the_package_away_from_the_checkout(
+    capsys, tmp_path, monkeypatch
+):
+  monkeypatch.chdir(tmp_path)
+  code, out, err = run_sweep(
+      capsys,
+      '--config=configs/{objective}.py:quick',
+      '--objectives=labels,rotnet',
+      f'--workdir={tmp_path}/runs',
+      '--set=train.num_epochs=2',
+  )
+  assert code == 0, err
+  # The commands keep configs/..., which main.py finds the same way.
+  assert [c[3] for c in commands(out)] == [
+      '--config=configs/labels.py:quick',
+      '--config=configs/rotnet.py:quick',
+  ]
+
+
 def test_complete_runs_are_skipped_in_every_mode(capsys, tmp_path):
   argv = [
       '--config=configs/labels.py:quick',

@@ -9,6 +9,7 @@ from absl import flags
 import ml_collections
 from ml_collections import config_flags
 
+from sslprune_jax import config_lib
 from sslprune_jax.sweep.runs import Run
 from sslprune_jax.sweep.runs import Spec
 from sslprune_jax.sweep.runs import SweepError
@@ -20,15 +21,19 @@ from sslprune_jax.sweep.runs import values_of
 
 def parse_config(config: str, overrides=()) -> ml_collections.ConfigDict:
   """The config `--config=<config> --config.<field>=<value> ...` gives
-  main.py: parsed by ml_collections' config_flags, as main.py does.
+  main.py: parsed by ml_collections' config_flags, as main.py does, with
+  `configs/...` read from the package where the working directory has no
+  configs/ (`config_lib.packaged_path`).
 
   Raises:
     SweepError: the config cannot be loaded, or a value does not parse.
   """
+  given = config
+  config = config_lib.packaged_path(config)
   path = config.split(':', 1)[0]
   if not os.path.isfile(path):
     raise SweepError(
-        f'No config file {path} (--config={config}); paths are '
+        f'No config file {path} (--config={given}); paths are '
         'relative to the current directory, the repository '
         'root.'
     )
