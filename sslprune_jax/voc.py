@@ -6,8 +6,8 @@ marked difficult, and is a negative otherwise (the VOC devkit's 1 / 0 / -1).
 Average precision is the VOC 2007 rule: the mean, over the 11 recall levels
 0, 0.1, ..., 1, of the highest precision reached at that recall or above.
 This is the finetuning metric (`tasks.multilabel`). The linear-SVM probe
-reports Goyal et al.'s benchmark AP instead (`evaluation.svm.average_precision`: the
-area under the precision envelope, all points), as its reference does.
+reports Goyal et al.'s benchmark AP instead (`benchmark_average_precision`:
+the area under the precision envelope, all points), as its reference does.
 """
 
 import numpy as np
@@ -94,4 +94,70 @@ def mean_average_precision(
   )
   if np.all(np.isnan(aps)):
     raise ValueError('No class has a positive image.')
+  return float(np.nanmean(aps)), aps
+
+
+def benchmark_average_precision(
+    scores: np.ndarray, target: np.ndarray
+) -> float:
+  """The benchmark's test AP of one class.
+
+  Follows fair_self_supervision_benchmark tools/svm/test_svm.py (difficult
+  images, target 0 here, are left out) and tools/svm/svm_helper.py
+  (`get_precision_recall`, `calculate_ap`): the images are ranked by
+  decreasing score, one at a time (tied scores in the order of numpy's
+  default argsort, reversed, as there); precision and recall after each
+  image; the precision is replaced by its maximum at that recall or above
+  (the envelope, precision 0 past recall 1); the AP is the sum over the
+  ranks where recall grows of the recall gained times that precision.
+
+  Args:
+    scores: [N] decision values.
+    target: [N] VOC targets in {1, 0, -1}.
+
+  Returns:
+    The AP in [0, 1]; NaN when no image is a positive or a score is NaN.
+  """
+  scores = np.asarray(scores, np.float64)
+  target = np.asarray(target)
+  keep = target != DIFFICULT
+  scores, positive = scores[keep], target[keep] == POSITIVE
+  num_positive = int(positive.sum())
+  if num_positive == 0 or np.any(np.isnan(scores)):
+    return float('nan')
+  hits = positive[np.argsort(scores)[::-1]]
+  tp, fp = np.cumsum(hits), np.cumsum(~hits)
+  precision = tp / (tp + fp)
+  recall = tp / num_positive
+  mrec = np.r_[0.0, recall, 1.0]
+  mpre = np.maximum.accumulate(np.r_[0.0, precision, 0.0][::-1])[::-1]
+  grows = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
+  return float(np.sum((mrec[grows] - mrec[grows - 1]) * mpre[grows]))
+
+
+def benchmark_mean_average_precision(
+    scores: np.ndarray, targets: np.ndarray
+) -> tuple[float, np.ndarray]:
+  """The benchmark's test mAP: the mean of the classes' `benchmark_average_precision`.
+
+  Follows fair_self_supervision_benchmark tools/svm/test_svm.py (the mean of
+  its per-class AP matrix); classes with a NaN AP are left out of the mean.
+
+  Args:
+    scores: [N, C] decision values.
+    targets: [N, C] VOC targets in {1, 0, -1}.
+
+  Returns:
+    (mAP, [C] per-class APs).
+  """
+  aps = np.array(
+      [
+          benchmark_average_precision(scores[:, c], targets[:, c])
+          for c in range(scores.shape[1])
+      ]
+  )
+  if np.all(np.isnan(aps)):
+    raise ValueError(
+        'No class has both a trained SVM and a positive test ' 'image.'
+    )
   return float(np.nanmean(aps)), aps

@@ -109,38 +109,46 @@ def test_average_precision_by_hand():
   #   AP = 1/3 * 1 + 1/3 * 2/3 + 1/3 * 3/5 = 34/45.
   scores = np.array([0.5, 0.9, 0.4, 0.7, 0.8, 0.6])
   target = np.array([-1, 1, 1, 0, -1, 1])
-  assert svm.average_precision(scores, target) == pytest.approx(34 / 45)
+  assert voc.benchmark_average_precision(scores, target) == pytest.approx(
+      34 / 45
+  )
   # Were the difficult image a negative: precision 1, 1/2, 1/3, 1/2, 2/5,
   # 1/2 at recall 1/3, 1/3, 1/3, 2/3, 2/3, 1; envelope 1 at 1/3 and 1/2
   # at 2/3 and 1: AP = 1/3 + 1/3 * 1/2 + 1/3 * 1/2 = 2/3.
   flagged = target.copy()
   flagged[3] = -1
-  assert svm.average_precision(scores, flagged) == pytest.approx(2 / 3)
+  assert voc.benchmark_average_precision(scores, flagged) == pytest.approx(
+      2 / 3
+  )
   # The envelope: hit, miss, hit, hit. Precision 1, 1/2, 2/3, 3/4 at
   # recall 1/3, 1/3, 2/3, 1; at recall 2/3 the envelope is 3/4 (reached
   # later), so AP = 1/3 + 1/3 * 3/4 + 1/3 * 3/4 = 5/6, where sklearn's
   # non-interpolated AP (the cross-validation score) is 1/3 + 2/9 + 1/4.
   scores = np.array([4.0, 3.0, 2.0, 1.0])
   target = np.array([1, -1, 1, 1])
-  assert svm.average_precision(scores, target) == pytest.approx(5 / 6)
-  assert np.isnan(svm.average_precision(scores, np.array([-1, 0, -1, -1])))
+  assert voc.benchmark_average_precision(scores, target) == pytest.approx(5 / 6)
+  assert np.isnan(
+      voc.benchmark_average_precision(scores, np.array([-1, 0, -1, -1]))
+  )
   # Scores of difficult images do not matter.
   scores, target = np.array([0.5, 0.9, 0.4, 0.7, 0.8, 0.6]), np.array(
       [-1, 1, 1, 0, -1, 1]
   )
   moved = scores.copy()
   moved[3] = -5.0
-  assert svm.average_precision(moved, target) == pytest.approx(34 / 45)
+  assert voc.benchmark_average_precision(moved, target) == pytest.approx(
+      34 / 45
+  )
 
 
 def test_mean_average_precision_leaves_out_classes_without_positives():
   scores = np.array([[0.9, 0.2], [0.1, 0.8], [0.4, 0.3]])
   target = np.array([[1, -1], [-1, 0], [-1, -1]])
-  mean_ap, aps = svm.mean_average_precision(scores, target)
+  mean_ap, aps = voc.benchmark_mean_average_precision(scores, target)
   assert aps[0] == pytest.approx(1.0) and np.isnan(aps[1])
   assert mean_ap == pytest.approx(1.0)
   with pytest.raises(ValueError, match='No class'):
-    svm.mean_average_precision(scores[:, 1:], target[:, 1:])
+    voc.benchmark_mean_average_precision(scores[:, 1:], target[:, 1:])
 
 
 def test_cross_validation_is_sklearns_with_average_precision():

@@ -24,7 +24,7 @@ vissl/utils/svm_utils/svm_trainer.py and evaluate.py run the same protocol.
   `scoring='average_precision'` (sklearn's AP of the decision values); the
   class's cost is the first of the grid, in grid order, with the highest
   mean (`numpy.argmax`), and its SVM is trained on all of trainval.
-* Test AP (`average_precision`): the benchmark's `get_precision_recall` and
+* Test AP (`voc.benchmark_average_precision`): the benchmark's `get_precision_recall` and
   `calculate_ap`, i.e. the area under the precision envelope (all points,
   not VOC07's 11 points) of the test images that are not difficult for the
   class; the mAP is the mean over classes.
@@ -67,6 +67,10 @@ TOL = 1e-4
 MAX_ITER = 2000
 # svm_helper.normalize_features divides by the norm plus this.
 NORM_EPS = 1e-5
+# The benchmark's test AP, now in `voc` beside VOC07's; importable from
+# here as before.
+average_precision = voc.benchmark_average_precision
+mean_average_precision = voc.benchmark_mean_average_precision
 
 
 def cost_grid(costs=BENCHMARK_COSTS) -> tuple[float, ...]:
@@ -312,70 +316,6 @@ def train_svms(
   return weights, biases
 
 
-def average_precision(scores: np.ndarray, target: np.ndarray) -> float:
-  """The benchmark's test AP of one class.
-
-  Follows fair_self_supervision_benchmark tools/svm/test_svm.py (difficult
-  images, target 0 here, are left out) and tools/svm/svm_helper.py
-  (`get_precision_recall`, `calculate_ap`): the images are ranked by
-  decreasing score, one at a time (tied scores in the order of numpy's
-  default argsort, reversed, as there); precision and recall after each
-  image; the precision is replaced by its maximum at that recall or above
-  (the envelope, precision 0 past recall 1); the AP is the sum over the
-  ranks where recall grows of the recall gained times that precision.
-
-  Args:
-    scores: [N] decision values.
-    target: [N] VOC targets in {1, 0, -1}.
-
-  Returns:
-    The AP in [0, 1]; NaN when no image is a positive or a score is NaN.
-  """
-  scores = np.asarray(scores, np.float64)
-  target = np.asarray(target)
-  keep = target != voc.DIFFICULT
-  scores, positive = scores[keep], target[keep] == voc.POSITIVE
-  num_positive = int(positive.sum())
-  if num_positive == 0 or np.any(np.isnan(scores)):
-    return float('nan')
-  hits = positive[np.argsort(scores)[::-1]]
-  tp, fp = np.cumsum(hits), np.cumsum(~hits)
-  precision = tp / (tp + fp)
-  recall = tp / num_positive
-  mrec = np.r_[0.0, recall, 1.0]
-  mpre = np.maximum.accumulate(np.r_[0.0, precision, 0.0][::-1])[::-1]
-  grows = np.flatnonzero(mrec[1:] != mrec[:-1]) + 1
-  return float(np.sum((mrec[grows] - mrec[grows - 1]) * mpre[grows]))
-
-
-def mean_average_precision(
-    scores: np.ndarray, targets: np.ndarray
-) -> tuple[float, np.ndarray]:
-  """The benchmark's test mAP: the mean of the classes' `average_precision`.
-
-  Follows fair_self_supervision_benchmark tools/svm/test_svm.py (the mean of
-  its per-class AP matrix); classes with a NaN AP are left out of the mean.
-
-  Args:
-    scores: [N, C] decision values.
-    targets: [N, C] VOC targets in {1, 0, -1}.
-
-  Returns:
-    (mAP, [C] per-class APs).
-  """
-  aps = np.array(
-      [
-          average_precision(scores[:, c], targets[:, c])
-          for c in range(scores.shape[1])
-      ]
-  )
-  if np.all(np.isnan(aps)):
-    raise ValueError(
-        'No class has both a trained SVM and a positive test ' 'image.'
-    )
-  return float(np.nanmean(aps)), aps
-
-
 def evaluate(
     train_features: np.ndarray,
     train_targets: np.ndarray,
@@ -420,7 +360,9 @@ def evaluate(
   )
   weights, biases = train_svms(train_x, train_targets, cost, seed, workers)
   scores = test_x @ weights.T + biases
-  mean_ap, ap = mean_average_precision(scores, np.asarray(test_targets))
+  mean_ap, ap = voc.benchmark_mean_average_precision(
+      scores, np.asarray(test_targets)
+  )
   return {
       'mAP': mean_ap,
       'ap': ap,
