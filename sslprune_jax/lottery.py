@@ -43,7 +43,7 @@ from sslprune_jax import train
 from sslprune_jax import validation
 from sslprune_jax.experiment import Experiment
 from sslprune_jax.experiment import build
-from sslprune_jax.experiment import own_seed_init
+from sslprune_jax.source_network import own_seed_init
 from sslprune_jax.experiment import seed_configs
 from sslprune_jax.rundir import sources
 

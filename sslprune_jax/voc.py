@@ -138,7 +138,8 @@ def benchmark_average_precision(
 def benchmark_mean_average_precision(
     scores: np.ndarray, targets: np.ndarray
 ) -> tuple[float, np.ndarray]:
-  """The benchmark's test mAP: the mean of the classes' `benchmark_average_precision`.
+  """The benchmark's test mAP: the mean of the classes'
+  `benchmark_average_precision`.
 
   Follows fair_self_supervision_benchmark tools/svm/test_svm.py (the mean of
   its per-class AP matrix); classes with a NaN AP are left out of the mean.

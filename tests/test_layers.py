@@ -42,6 +42,7 @@ LAYERS = [
         'report',
         'round_state',
         'rounds',
+        'source_network',
         'summaries',
         'validation',
     },

@@ -15,7 +15,7 @@ import pytest
 
 from sslprune_jax import config_lib
 from sslprune_jax import data
-from sslprune_jax import experiment
+from sslprune_jax import source_network
 from sslprune_jax import imp
 from sslprune_jax import report
 from sslprune_jax.evaluation import retrain
@@ -331,7 +331,7 @@ def test_retraining_a_packed_source_reads_its_own_seed(tmp_path):
   prune.seed = 3
   prune.init_from.workdir = str(source)
   assert [
-      experiment.own_seed_init(c).init_from.workdir
+      source_network.own_seed_init(c).init_from.workdir
       for c in imp.seed_configs(prune)
   ] == [str(source / 'seed_3'), str(source / 'seed_4')]
   config.num_seeds = 1

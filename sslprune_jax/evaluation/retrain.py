@@ -31,9 +31,10 @@ What the subnetwork is made of (`config.source`):
 
 The head is the source's when the source was trained on the same task and
 data (a label-trained winning ticket keeps its classifier), otherwise a
-fresh, unpruned one (see `experiment.load_source`). Re-training on labels (paper
-Fig. 3 and 5) is this with the labels task; finetuning on VOC07 (Fig. 2) is
-this with `init='final'` and the multi-label task on `voc2007`.
+fresh, unpruned one (see `source_network.load_source`). Re-training on
+labels (paper Fig. 3 and 5) is this with the labels task; finetuning on
+VOC07 (Fig. 2) is this with `init='final'` and the multi-label task on
+`voc2007`.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from sslprune_jax import experiment
 from sslprune_jax import pruning
 from sslprune_jax import round_state
 from sslprune_jax import rounds
+from sslprune_jax import source_network
 from sslprune_jax.rundir import sources
 
 INITS = ('winning_ticket', 'reinit', 'final')
@@ -84,7 +86,7 @@ def round_start(
   point = {'winning_ticket': 'rewind', 'final': 'final', 'reinit': 'final'}[
       s.init
   ]
-  variables, mask = experiment.load_source(
+  variables, mask = source_network.load_source(
       config, exp.variables, s.workdir, round_idx, point=point
   )
   if s.mask != 'source':
@@ -113,7 +115,7 @@ def _random_mask(exp: experiment.Experiment, source_mask, round_idx: int):
   if s.mask == 'random_like':
     return pruning.random_prune_like(rng, source_mask, exp.prunable)
   # The other baselines start from the source's dense trained network.
-  dense = experiment.load_source(config, exp.variables, s.workdir, 0)[0][
+  dense = source_network.load_source(config, exp.variables, s.workdir, 0)[0][
       'params'
   ]
   threshold = config.pruning.natural_threshold

@@ -24,10 +24,10 @@ vissl/utils/svm_utils/svm_trainer.py and evaluate.py run the same protocol.
   `scoring='average_precision'` (sklearn's AP of the decision values); the
   class's cost is the first of the grid, in grid order, with the highest
   mean (`numpy.argmax`), and its SVM is trained on all of trainval.
-* Test AP (`voc.benchmark_average_precision`): the benchmark's `get_precision_recall` and
-  `calculate_ap`, i.e. the area under the precision envelope (all points,
-  not VOC07's 11 points) of the test images that are not difficult for the
-  class; the mAP is the mean over classes.
+* Test AP (`voc.benchmark_average_precision`): the benchmark's
+  `get_precision_recall` and `calculate_ap`, i.e. the area under the
+  precision envelope (all points, not VOC07's 11 points) of the test images
+  that are not difficult for the class; the mAP is the mean over classes.
 
 What this module does differently, and why:
   * liblinear's coordinate order is seeded with `seed` (`random_state`); the
