@@ -147,6 +147,14 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
           # dimensions than min_ndim (biases, batch norm).
           exclude=('classifier',),
           min_ndim=2,
+          # 'unstructured': weight by weight, ranked over all layers; 'nm':
+          # at most n of every m consecutive weights along a kernel's input
+          # dimension (sslprune_jax/pruning/nm.py), n[r - 1] in round r, so
+          # n=(4, 2, 1) with m=8 tightens 4:8 -> 2:8 -> 1:8 over 3 rounds;
+          # `fraction` is then unused.
+          granularity='unstructured',
+          n=(2,),
+          m=4,
           # Layerwise pruning: prune only the first `layers` prunable layers in
           # network order (0: all).
           layers=0,

@@ -279,7 +279,16 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
 
 
 def _check_rounds_leave_weights(pruning_config, params, prunable) -> None:
-  """Refuses more rounds than the prunable weights last."""
+  """Refuses more rounds than the prunable weights last, and N:M pruning
+  of a network with no kernel to group."""
+  if pruning_config.get('granularity', 'unstructured') == 'nm':
+    m = pruning_config.m
+    if not any(jax.tree.leaves(pruning.nm.nm_prunable(params, prunable, m))):
+      raise ValueError(
+          f'pruning.granularity=nm with m={m}: no prunable kernel has an '
+          f'input dimension of {m} or more, so nothing would be pruned.'
+      )
+    return
   total = sum(
       math.prod(p.shape)
       for p, keep in zip(jax.tree.leaves(params), jax.tree.leaves(prunable))

@@ -142,8 +142,15 @@ def next_mask(
   'magnitude', 'random' and 'random_natural' prune the previous round's final
   weights and mask; 'random_like' draws a random mask with, layer by layer,
   the sparsity of the same round of the run in `pruning.reference_workdir`.
+  Under `pruning.granularity='nm'`, 'magnitude' and 'random' make round
+  `round_idx`'s n:m mask within the previous one (`pruning.nm`).
   """
   p = config.pruning
+  if p.get('granularity', 'unstructured') == 'nm':
+    n, m = pruning.nm.round_pattern(p, round_idx)
+    if p.method == 'random':
+      return pruning.random_nm_prune(rng, prev['mask'], prunable, n, m)
+    return pruning.nm_prune(prev['params'], prev['mask'], prunable, n, m)
   if p.method == 'random_like':
     return pruning.random_prune_like(
         rng,

@@ -20,6 +20,7 @@ import jax
 from sslprune_jax import checkpoint
 from sslprune_jax import export
 from sslprune_jax import parallel
+from sslprune_jax import pruning
 from sslprune_jax import rundir
 from sslprune_jax import train
 from sslprune_jax.experiment import Experiment
@@ -64,6 +65,7 @@ def rebuild_round_files(member: Member, r: int) -> None:
       str(where),
       {'params': saved['params'], 'batch_stats': saved['batch_stats']},
       saved['mask'],
+      pruning.nm.round_pattern(member.exp.config.pruning, r),
   )
 
 
@@ -75,11 +77,13 @@ def save_round_end(
     row: dict,
     *,
     with_task_state: bool = False,
+    pattern: tuple[int, int] | None = None,
 ) -> dict:
   """Saves a finished round: its compact export, then its checkpoint.
 
   With `with_task_state`, the checkpoint keeps the task's state too (for a
-  next round that starts from it: `saves_task_state`).
+  next round that starts from it: `saves_task_state`); with an N:M
+  `pattern`, the export stores the kernels that follow it as N:M.
 
   Returns:
     `row` with 'export_bytes', the size of the export (only the weights
@@ -89,7 +93,10 @@ def save_round_end(
   row = {
       **row,
       'export_bytes': export.save(
-          str(rundir.export_dir(workdir, round_idx)), network, state.mask
+          str(rundir.export_dir(workdir, round_idx)),
+          network,
+          state.mask,
+          pattern,
       ),
   }
   saved = {**network, 'mask': state.mask}

@@ -289,7 +289,11 @@ def _train_round(
           **{f'train_{k}': math.nan for k in ('accuracy', 'loss')},
           **{f'train_{k}': v for k, v in result.train_metrics[i].items()},
           'seconds': result.seconds,
-          'sparsity': pruning.sparsity_report(final.mask, m.exp.prunable),
+          'sparsity': pruning.sparsity_report(
+              final.mask,
+              m.exp.prunable,
+              pruning.nm.round_pattern(m.exp.config.pruning, r),
+          ),
       }
       row = round_state.save_round_end(
           m.ckpts,
@@ -298,6 +302,7 @@ def _train_round(
           final,
           row,
           with_task_state=saves_task_state(m.exp.config, m.exp.task_state),
+          pattern=pruning.nm.round_pattern(m.exp.config.pruning, r),
       )
       preemption.kill_point(f'round_saved:{r}')
     m.ckpts.clear_in_round(r)

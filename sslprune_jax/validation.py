@@ -30,6 +30,43 @@ KEEPS_FINAL = ('lr_rewind', 'finetune')
 DATA_ORDERS = ('per_round', 'same')
 
 
+GRANULARITIES = ('unstructured', 'nm')
+# The methods each granularity has: N:M ranks within groups, by magnitude
+# or at random (its random baseline).
+NM_METHODS = ('magnitude', 'random')
+
+
+def _granularity_problems(p: ml_collections.ConfigDict) -> list[str]:
+  granularity = p.get('granularity', 'unstructured')
+  if granularity not in GRANULARITIES:
+    return [
+        f'Unknown pruning.granularity {granularity!r}; valid: '
+        f'{GRANULARITIES}.'
+    ]
+  if granularity == 'unstructured':
+    return []
+  problems = []
+  if p.method not in NM_METHODS:
+    problems.append(
+        f"pruning.granularity='nm' prunes by {NM_METHODS}, not "
+        f'pruning.method={p.method!r}.'
+    )
+  n, m = tuple(p.n), p.m
+  if not isinstance(m, int) or m < 2:
+    return problems + [f'pruning.m must be an int >= 2, got {m!r}.']
+  if not all(isinstance(v, int) and 1 <= v <= m for v in n):
+    problems.append(f'pruning.n must hold ints in [1, m={m}], got {n}.')
+  elif any(b > a for a, b in zip(n, n[1:])):
+    problems.append(f'pruning.n={n}: masks nest over rounds, so n cannot grow.')
+  if len(n) != p.num_rounds:
+    problems.append(
+        f'pruning.n gives the n of each round 1..pruning.num_rounds: '
+        f'{len(n)} values for num_rounds={p.num_rounds} (e.g. n=(4, 2, 1) '
+        'with m=8 and 3 rounds, or n=(2,) with m=4 and 1 round).'
+    )
+  return problems
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Rejects bad values before any data is read or any step is compiled."""
   p, t = config.pruning, config.train
@@ -62,6 +99,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         f'Unknown pruning.data_order {p.data_order!r}; valid: '
         f'{DATA_ORDERS}.'
     )
+  problems.extend(_granularity_problems(p))
   if p.layers < 0:
     problems.append(f'pruning.layers must be >= 0 (0 = all), got {p.layers}.')
   if p.natural_threshold < 0:

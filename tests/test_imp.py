@@ -29,6 +29,7 @@ from sslprune_jax import imp
 from sslprune_jax import preemption
 from sslprune_jax import pruning
 from sslprune_jax import round_state
+from sslprune_jax import rundir
 from sslprune_jax import train
 from sslprune_jax.evaluation import natural_sparsity
 
@@ -611,3 +612,44 @@ def test_seeds_resume_at_the_step_they_all_saved(tmp_path):
   assert not (tmp_path / 'seed_0' / 'round_01').exists()
   for m in members:
     m.ckpts.close()
+
+
+def test_nm_rounds_tighten_n_with_exact_counts(data_dir, tmp_path):
+  """pruning.granularity='nm': round r's mask is n[r-1]:m in every kernel
+  with a whole group, nested in the last; the rest stays dense."""
+  config = tiny_config(
+      data_dir,
+      **{
+          'pruning.granularity': 'nm',
+          'pruning.n': (2, 1),
+          'pruning.m': 4,
+          'train.num_epochs': 1.0,
+      },
+  )
+  results = imp.run(config, str(tmp_path / 'nm'))
+  masks = round_masks(tmp_path / 'nm')
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / 'nm'))
+  params = ckpts.load_round(0)['params']
+  ckpts.close()
+  grouped = pruning.nm.nm_prunable(params, pruning.prunable_tree(params), 4)
+  assert any(jax.tree.leaves(grouped)) and not all(jax.tree.leaves(grouped))
+  for r, n in [(1, 2), (2, 1)]:
+    for mask, before, p, ok in zip(
+        jax.tree.leaves(masks[r]),
+        jax.tree.leaves(masks[r - 1]),
+        jax.tree.leaves(params),
+        jax.tree.leaves(grouped),
+    ):
+      expected = pruning.nm.nm_kept(p.shape, n, 4) if ok else p.size
+      assert mask.sum() == expected
+      assert not (mask & ~before).any()
+    report = results[r]['sparsity']
+    assert report['pattern'] == f'{n}:4' and report['conformance'] == 1.0
+    # The round's export stores its N:M kernels as N:M, exactly.
+    where = str(rundir.export_dir(tmp_path / 'nm', r))
+    encodings = [e['encoding'] for e in export.read_manifest(where)['leaves']]
+    assert encodings.count('nm') == sum(jax.tree.leaves(grouped))
+    _, exported = export.load(where)
+    for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(masks[r])):
+      np.testing.assert_array_equal(a, b)
+  assert 'pattern' not in results[0]['sparsity']

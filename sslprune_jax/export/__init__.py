@@ -18,6 +18,16 @@ A partly pruned leaf thus costs min(ceil(size / 8), kept * index bytes) +
 kept * value bytes (ties go to the bitmask). Other collections than
 'params' (the batch-norm statistics) are stored dense.
 
+An N:M network (`pruning.granularity='nm'`; `save(..., pattern=(n, m))`)
+stores each kernel that follows n:m exactly in a fourth encoding:
+
+  'nm'       per group of m weights along the input dimension, n values and
+             n ceil(log2(m))-bit positions, packed into 'nm_indices'
+             (`nm_pack`; the entry holds 'n', 'm' and 'nm_indices').
+
+Files with an 'nm' leaf have version 2; the others are written as version
+1, as before.
+
 File layout. So that a file does not pay NumPy's few hundred bytes of
 per-array overhead for every leaf, the arrays are pooled: all values of one
 dtype go, leaf after leaf, into one array 'values_<dtype>' (dtypes NumPy
@@ -37,9 +47,9 @@ with 'bits' (a byte offset into 'bits') instead of 'indices' for a bitmask
 leaf, and neither for a dense one. Paths are lists of keys from the
 variables' root, so a key may hold any character.
 
-Modules: `encodings` (the three encodings and their sizes), `archive` (the
-file: `save`, `load`, `read_manifest`), `runs` (exporting a round of a
-finished run) and `__main__` (the command). Loading an export needs only
+Modules: `encodings` (the three encodings and their sizes), `nm_pack` (the
+N:M encoding), `archive` (the file: `save`, `load`, `read_manifest`),
+`runs` (exporting a round of a finished run) and `__main__` (the command). Loading an export needs only
 NumPy: this package's names do not import Orbax or the training code.
 
 From the command line, round N of a finished pruning run:

@@ -19,12 +19,16 @@ from etils import epath
 
 from sslprune_jax import parallel
 from sslprune_jax.export import encodings
+from sslprune_jax.export import nm_pack
 
 PyTree = Any
 
 FILENAME = 'network.npz'
 FORMAT = 'sslprune_jax.export'
-VERSION = 1
+# Version 2 adds the 'nm' encoding; a file without it is written as version
+# 1, byte for byte as before, so that older readers still read it.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 _REEXPORT = (
     "Export the network again from the run's checkpoint: python -m "
@@ -69,7 +73,9 @@ class _Pools:
     return {name: np.concatenate(parts) for name, parts in self.parts.items()}
 
 
-def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
+def _encode(
+    variables: Mapping, mask: Mapping, pattern: tuple[int, int] | None = None
+) -> dict[str, np.ndarray]:
   """The arrays of the export file, 'manifest' included."""
   if 'params' not in variables:
     raise ValueError(
@@ -107,6 +113,19 @@ def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
           f'The mask of {"/".join(path)} must be a boolean array of shape '
           f'{values.shape}, got {keep.dtype} {keep.shape}.'
       )
+    if pattern is not None and nm_pack.conforms(keep, *pattern):
+      n, m = pattern
+      slot_values, packed = nm_pack.pack(encodings.storable(values), keep, n, m)
+      entry.update(
+          encoding='nm',
+          kept=int(keep.sum()),
+          n=n,
+          m=m,
+          values=pools.add(pool, slot_values),
+          nm_indices=pools.add('nm_indices', packed),
+      )
+      manifest.append(entry)
+      continue
     keep = keep.reshape(-1)
     kept = int(keep.sum())
     encoding = encodings.choose_encoding(flat.size, kept)
@@ -125,15 +144,21 @@ def _encode(variables: Mapping, mask: Mapping) -> dict[str, np.ndarray]:
       )
     manifest.append(entry)
   arrays = pools.arrays()
+  version = VERSION if any(e['encoding'] == 'nm' for e in manifest) else 1
   text = json.dumps(
-      {'format': FORMAT, 'version': VERSION, 'leaves': manifest},
+      {'format': FORMAT, 'version': version, 'leaves': manifest},
       separators=(',', ':'),
   )
   arrays['manifest'] = np.frombuffer(text.encode('utf-8'), np.uint8)
   return arrays
 
 
-def save(directory: str, variables: PyTree, mask: PyTree) -> int:
+def save(
+    directory: str,
+    variables: PyTree,
+    mask: PyTree,
+    pattern: tuple[int, int] | None = None,
+) -> int:
   """Writes the pruned network to `directory`/network.npz.
 
   The file is written under a temporary name and renamed when complete, so a
@@ -149,6 +174,8 @@ def save(directory: str, variables: PyTree, mask: PyTree) -> int:
       Weights at pruned positions need not be zero: they are not stored.
     mask: boolean arrays with the structure of variables['params'], True
       where the weight is kept.
+    pattern: (n, m) of an N:M mask: the kernels that follow it exactly are
+      stored as n values and indices per group ('nm', `export.nm_pack`).
 
   Returns:
     The size of the file in bytes.
@@ -157,7 +184,7 @@ def save(directory: str, variables: PyTree, mask: PyTree) -> int:
     ValueError: if the mask does not match the params or is not boolean.
   """
   buffer = io.BytesIO()
-  np.savez(buffer, **_encode(variables, mask))
+  np.savez(buffer, **_encode(variables, mask, pattern))
   data = buffer.getvalue()
   if jax.process_index() == 0:
     directory = epath.Path(directory)
@@ -190,11 +217,11 @@ def _read(path: epath.Path) -> tuple[dict, dict[str, np.ndarray]]:
     raise _damaged(path, f'{type(e).__name__}: {e}') from e
   if not isinstance(manifest, dict) or manifest.get('format') != FORMAT:
     raise _damaged(path, 'its manifest does not name the format ' f'{FORMAT!r}')
-  if manifest.get('version') != VERSION:
+  if manifest.get('version') not in READABLE_VERSIONS:
     raise _damaged(
         path,
         f'it has format version {manifest.get("version")!r}'
-        f', this code reads version {VERSION}',
+        f', this code reads versions {READABLE_VERSIONS}',
     )
   return manifest, arrays
 
@@ -218,6 +245,32 @@ def _slice(arrays: dict, pool: str, offset: int, count: int) -> np.ndarray:
   return array[offset : offset + count]
 
 
+def _decode_nm(entry, arrays, shape, dtype, stored):
+  """(dense values, boolean mask) of an 'nm' entry."""
+  n, m = int(entry['n']), int(entry['m'])
+  if len(shape) < 2 or not 1 <= n <= m <= nm_pack.MAX_M:
+    raise ValueError(f'an {n}:{m} entry of shape {shape}')
+  rows = math.prod(shape) // shape[-2] * -(-shape[-2] // m)
+  values = _slice(
+      arrays, f'values_{dtype.name}', int(entry['values']), rows * n
+  )
+  if values.dtype != stored:
+    raise ValueError(f'values of dtype {values.dtype}, expected {stored}')
+  packed = _slice(
+      arrays,
+      'nm_indices',
+      int(entry['nm_indices']),
+      math.ceil(rows * n * nm_pack.index_bits(m) / 8),
+  )
+  dense, keep = nm_pack.unpack(values, packed, shape, n, m)
+  if int(keep.sum()) != int(entry['kept']):
+    raise ValueError(
+        f'the mask keeps {int(keep.sum())} weights, the manifest says '
+        f'{entry["kept"]}'
+    )
+  return dense.view(dtype), keep
+
+
 def _decode_leaf(entry: dict, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
   """(dense values, boolean mask) of one manifest entry."""
   dtype = encodings.dtype_named(entry['dtype'])
@@ -226,6 +279,8 @@ def _decode_leaf(entry: dict, arrays: dict) -> tuple[np.ndarray, np.ndarray]:
   kept = int(entry['kept'])
   encoding = entry['encoding']
   stored = encodings.storable(np.zeros(0, dtype)).dtype
+  if encoding == 'nm':
+    return _decode_nm(entry, arrays, shape, dtype, stored)
   values = _slice(
       arrays,
       f'values_{dtype.name}',

@@ -40,7 +40,12 @@ def export_round(
       min_ndim=config.pruning.min_ndim,
   )
   kept, total = pruning.count(saved['mask'], prunable)
-  size = archive.save(out, variables, saved['mask'])
+  size = archive.save(
+      out,
+      variables,
+      saved['mask'],
+      pruning.nm.round_pattern(config.pruning, round_idx),
+  )
   return {
       'path': str(epath.Path(out) / archive.FILENAME),
       'kept': kept,

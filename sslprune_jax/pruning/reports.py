@@ -9,17 +9,27 @@ import jax
 import jax.numpy as jnp
 
 from sslprune_jax.pruning import masks
+from sslprune_jax.pruning import nm
 
 PyTree = Any
 
 
-def sparsity_report(mask: PyTree, prunable: PyTree) -> dict:
+def sparsity_report(
+    mask: PyTree, prunable: PyTree, pattern: tuple[int, int] | None = None
+) -> dict:
   """Per-layer and global counts of kept weights.
+
+  Args:
+    mask: the mask.
+    prunable: pytree of bools.
+    pattern: (n, m) of an N:M mask, to report how well it follows it.
 
   Returns:
     {'layers': [{'name', 'remaining', 'total', 'fraction_left'}, ...],
      'remaining', 'total', 'fraction_left'} over the prunable leaves, layers
-    in tree order.
+    in tree order; with `pattern`, also 'pattern' ('n:m') and
+    'conformance' (the share of groups keeping at most n weights, over the
+    leaves N:M prunes), and each of those layers its own 'conformance'.
   """
   flat_mask = masks.prunable_leaves(mask, prunable)
   layers = []
@@ -36,22 +46,45 @@ def sparsity_report(mask: PyTree, prunable: PyTree) -> dict:
     )
   remaining = sum(l['remaining'] for l in layers)
   total = sum(l['total'] for l in layers)
-  return {
+  report = {
       'layers': layers,
       'remaining': remaining,
       'total': total,
       'fraction_left': remaining / total,
   }
+  if pattern is not None:
+    n, m = pattern
+    shares = nm.conformance(mask, prunable, n, m)
+    for layer in layers:
+      if layer['name'] in shares:
+        layer['conformance'] = shares[layer['name']]
+    report.update(pattern=f'{n}:{m}', conformance=shares['all'])
+  return report
 
 
 def format_report(report: dict) -> str:
-  """The sparsity report as an aligned text table."""
+  """The sparsity report as an aligned text table (with an n:m column,
+  the share of conforming groups, for an N:M report)."""
   width = max([len(l['name']) for l in report['layers']] + [6])
-  lines = [f"{'layer':<{width}} {'kept':>10} {'total':>10} {'left':>8}"]
+  pattern = report.get('pattern')
+  lines = [
+      f"{'layer':<{width}} {'kept':>10} {'total':>10} {'left':>8}"
+      + (f' {pattern:>8}' if pattern else '')
+  ]
   for l in report['layers'] + [dict(report, name='global')]:
+    share = l.get('conformance')
     lines.append(
         f"{l['name']:<{width}} {l['remaining']:>10d} "
         f"{l['total']:>10d} {100 * l['fraction_left']:>7.2f}%"
+        + (
+            (
+                f' {100 * share:>7.2f}%'
+                if share is not None
+                else f" {'dense':>8}"
+            )
+            if pattern
+            else ''
+        )
     )
   return '\n'.join(lines)
 
