@@ -151,10 +151,16 @@ def base(task: str, **task_fields) -> ml_collections.ConfigDict:
           # at most n of every m consecutive weights along a kernel's input
           # dimension (sslprune_jax/pruning/nm.py), n[r - 1] in round r, so
           # n=(4, 2, 1) with m=8 tightens 4:8 -> 2:8 -> 1:8 over 3 rounds;
-          # `fraction` is then unused.
+          # `fraction` is then unused; 'channel': whole output channels
+          # inside ResNet blocks (sslprune_jax/pruning/channels.py), a
+          # `fraction` of the remaining channels a round, scored by the
+          # filter's L1 norm ('l1') or |batch-norm scale| ('bn_scale'),
+          # ranked over all layers ('global') or within each ('layer').
           granularity='unstructured',
           n=(2,),
           m=4,
+          channel_score='l1',
+          channel_scope='global',
           # Layerwise pruning: prune only the first `layers` prunable layers in
           # network order (0: all).
           layers=0,

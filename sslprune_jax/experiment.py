@@ -229,7 +229,9 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
     prunable = pruning.restrict_to_layers(
         prunable, order[: config.pruning.layers]
     )
-  _check_rounds_leave_weights(config.pruning, variables['params'], prunable)
+  _check_rounds_leave_weights(
+      config.pruning, config.model, variables['params'], prunable
+  )
   start_mask = pruning.init_mask(variables['params'])
   source_variables = None
   if config.init_from.workdir:
@@ -278,9 +280,32 @@ def build(config: ml_collections.ConfigDict) -> Experiment:
   )
 
 
-def _check_rounds_leave_weights(pruning_config, params, prunable) -> None:
+def channel_groups_of(config, params: PyTree) -> list[dict]:
+  """The channel groups of a channel-pruned run's network, else []."""
+  if config.pruning.get('granularity', 'unstructured') != 'channel':
+    return []
+  return models.channel_groups(config.model, params)
+
+
+def _check_rounds_leave_weights(
+    pruning_config, model_config, params, prunable
+) -> None:
   """Refuses more rounds than the prunable weights last, and N:M pruning
   of a network with no kernel to group."""
+  if pruning_config.get('granularity', 'unstructured') == 'channel':
+    groups = models.channel_groups(model_config, params)
+    problem = pruning.channels.rounds_problem(
+        [_get(params, g['producer']).shape[-1] for g in groups],
+        pruning_config.fraction,
+        pruning_config.num_rounds,
+        pruning_config.channel_scope,
+    )
+    if problem:
+      raise ValueError(
+          f'pruning.num_rounds={pruning_config.num_rounds} of channel '
+          f'pruning: {problem}.'
+      )
+    return
   if pruning_config.get('granularity', 'unstructured') == 'nm':
     m = pruning_config.m
     if not any(jax.tree.leaves(pruning.nm.nm_prunable(params, prunable, m))):

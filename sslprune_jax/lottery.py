@@ -35,6 +35,7 @@ import jax
 import ml_collections
 
 from sslprune_jax import checkpoint
+from sslprune_jax import models
 from sslprune_jax import pruning
 from sslprune_jax import round_state
 from sslprune_jax import rounds
@@ -143,9 +144,23 @@ def next_mask(
   weights and mask; 'random_like' draws a random mask with, layer by layer,
   the sparsity of the same round of the run in `pruning.reference_workdir`.
   Under `pruning.granularity='nm'`, 'magnitude' and 'random' make round
-  `round_idx`'s n:m mask within the previous one (`pruning.nm`).
+  `round_idx`'s n:m mask within the previous one (`pruning.nm`); under
+  'channel', they remove whole channels by score or at random
+  (`pruning.channels`).
   """
   p = config.pruning
+  if p.get('granularity', 'unstructured') == 'channel':
+    groups = models.channel_groups(config.model, prev['params'])
+    scores = (
+        pruning.channels.random_scores(rng, groups, prev['mask'])
+        if p.method == 'random'
+        else pruning.channels.channel_scores(
+            prev['params'], prev['mask'], groups, p.channel_score
+        )
+    )
+    return pruning.channels.prune_channels(
+        scores, prev['mask'], groups, p.fraction, p.channel_scope
+    )
   if p.get('granularity', 'unstructured') == 'nm':
     n, m = pruning.nm.round_pattern(p, round_idx)
     if p.method == 'random':

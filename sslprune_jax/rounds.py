@@ -24,6 +24,7 @@ from sslprune_jax import rundir
 from sslprune_jax import summaries
 from sslprune_jax import train
 from sslprune_jax.experiment import Experiment
+from sslprune_jax.experiment import channel_groups_of
 from sslprune_jax.experiment import images_per_step
 from sslprune_jax.experiment import saves_task_state
 from sslprune_jax.experiment import train_batches
@@ -293,6 +294,7 @@ def _train_round(
               final.mask,
               m.exp.prunable,
               pruning.nm.round_pattern(m.exp.config.pruning, r),
+              channel_groups_of(m.exp.config, final.params),
           ),
       }
       row = round_state.save_round_end(

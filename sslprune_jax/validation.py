@@ -30,10 +30,10 @@ KEEPS_FINAL = ('lr_rewind', 'finetune')
 DATA_ORDERS = ('per_round', 'same')
 
 
-GRANULARITIES = ('unstructured', 'nm')
-# The methods each granularity has: N:M ranks within groups, by magnitude
-# or at random (its random baseline).
-NM_METHODS = ('magnitude', 'random')
+GRANULARITIES = ('unstructured', 'nm', 'channel')
+# The methods N:M and channel pruning have: by magnitude (or channel
+# score), or at random (their random baselines).
+STRUCTURED_METHODS = ('magnitude', 'random')
 
 
 def _granularity_problems(p: ml_collections.ConfigDict) -> list[str]:
@@ -46,11 +46,23 @@ def _granularity_problems(p: ml_collections.ConfigDict) -> list[str]:
   if granularity == 'unstructured':
     return []
   problems = []
-  if p.method not in NM_METHODS:
+  if p.method not in STRUCTURED_METHODS:
     problems.append(
-        f"pruning.granularity='nm' prunes by {NM_METHODS}, not "
-        f'pruning.method={p.method!r}.'
+        f'pruning.granularity={granularity!r} prunes by '
+        f'{STRUCTURED_METHODS}, not pruning.method={p.method!r}.'
     )
+  if granularity == 'channel':
+    if p.channel_score not in pruning.channels.SCORES:
+      problems.append(
+          f'Unknown pruning.channel_score {p.channel_score!r}; valid: '
+          f'{pruning.channels.SCORES}.'
+      )
+    if p.channel_scope not in pruning.channels.SCOPES:
+      problems.append(
+          f'Unknown pruning.channel_scope {p.channel_scope!r}; valid: '
+          f'{pruning.channels.SCOPES}.'
+      )
+    return problems
   n, m = tuple(p.n), p.m
   if not isinstance(m, int) or m < 2:
     return problems + [f'pruning.m must be an int >= 2, got {m!r}.']
@@ -119,6 +131,14 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.init_from.round < 0:
     problems.append(
         f'init_from.round must be >= 0, got {config.init_from.round}.'
+    )
+  if (
+      p.get('granularity', 'unstructured') == 'channel'
+      and config.model.name not in models.CHANNEL_MODELS
+  ):
+    problems.append(
+        "pruning.granularity='channel' is defined for "
+        f'{models.CHANNEL_MODELS}, not model.name={config.model.name!r}.'
     )
   if config.model.name not in models.MODELS:
     problems.append(

@@ -26,6 +26,7 @@ from sslprune_jax import checkpoint
 from sslprune_jax import config_lib
 from sslprune_jax import export
 from sslprune_jax import imp
+from sslprune_jax import models
 from sslprune_jax import preemption
 from sslprune_jax import pruning
 from sslprune_jax import round_state
@@ -653,3 +654,40 @@ def test_nm_rounds_tighten_n_with_exact_counts(data_dir, tmp_path):
     for a, b in zip(jax.tree.leaves(exported), jax.tree.leaves(masks[r])):
       np.testing.assert_array_equal(a, b)
   assert 'pattern' not in results[0]['sparsity']
+
+
+def test_channel_rounds_remove_whole_channels(data_dir, tmp_path):
+  """pruning.granularity='channel': each round removes ceil(fraction *
+  remaining) channels inside the blocks, with their batch norms and the
+  next conv's inputs; the trained network keeps them at zero."""
+  config = tiny_config(
+      data_dir,
+      **{
+          'pruning.granularity': 'channel',
+          'pruning.channel_score': 'bn_scale',
+          'train.num_epochs': 1.0,
+      },
+  )
+  results = imp.run(config, str(tmp_path / 'channel'))
+  masks = round_masks(tmp_path / 'channel')
+  ckpts = checkpoint.RunCheckpoints(str(tmp_path / 'channel'))
+  final = ckpts.load_round(2)['params']
+  ckpts.close()
+  groups = models.channel_groups(config.model, final)
+  total = sum(k.size for k in pruning.channels.kept_channels(masks[0], groups))
+  left = total
+  for r in (1, 2):
+    left -= pruning.num_to_prune(0.2, left)
+    keeps = pruning.channels.kept_channels(masks[r], groups)
+    assert sum(int(k.sum()) for k in keeps) == left
+    assert results[r]['sparsity']['channels']['channels_left'] == left / total
+    for k, before in zip(
+        keeps, pruning.channels.kept_channels(masks[r - 1], groups)
+    ):
+      assert k.any() and not (k & ~before).any()
+  for g, keep in zip(groups, pruning.channels.kept_channels(masks[2], groups)):
+    node = final
+    for key in g['norm']:
+      node = node[key]
+    assert not np.asarray(node['scale'])[~keep].any()
+    assert not np.asarray(node['bias'])[~keep].any()

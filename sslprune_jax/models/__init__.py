@@ -22,6 +22,7 @@ from sslprune_jax.models.resnet import BN_SCALE_INITS
 from sslprune_jax.models.resnet import BasicBlock
 from sslprune_jax.models.resnet import BottleneckBlock
 from sslprune_jax.models.resnet import ResNet
+from sslprune_jax.models.resnet import inner_channel_groups
 from sslprune_jax.models.resnet import resnet
 from sslprune_jax.models.vgg import VGG
 from sslprune_jax.models.vgg import vgg
@@ -30,11 +31,13 @@ __all__ = [
     'AlexNet',
     'BasicBlock',
     'BottleneckBlock',
+    'CHANNEL_MODELS',
     'HEAD',
     'MODELS',
     'ResNet',
     'VGG',
     'alexnet',
+    'channel_groups',
     'conv_impl_of',
     'create_model',
     'kernel_order',
@@ -132,6 +135,10 @@ def create_model(
         dtype=dtype,
         bn_scale_init=bn_scale_init,
         conv_impl=conv_impl,
+        inner_widths=tuple(
+            (block, tuple(widths))
+            for block, widths in model_config.get('inner_widths', ())
+        ),
     )
   if name == 'vgg':
     return vgg(
@@ -153,6 +160,25 @@ def create_model(
         conv_impl=conv_impl,
     )
   raise ValueError(f'Unknown model {name!r}; valid models are {MODELS}.')
+
+
+# The models whose channels `channel_groups` knows.
+CHANNEL_MODELS = ('resnet', 'resnet_cifar')
+
+
+def channel_groups(model_config: Mapping[str, Any], params) -> list[dict]:
+  """The layers whose output channels channel pruning may remove, and what
+  reads them (``resnet.inner_channel_groups``).
+
+  Raises:
+    ValueError: for a model without channel groups.
+  """
+  if model_config['name'] not in CHANNEL_MODELS:
+    raise ValueError(
+        f'Channel pruning is defined for {CHANNEL_MODELS}, not model.name='
+        f"{model_config['name']!r}."
+    )
+  return inner_channel_groups(params)
 
 
 def kernel_order(

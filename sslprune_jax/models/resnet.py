@@ -8,7 +8,8 @@ because pruning recognises and excludes it by that name.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -97,6 +98,8 @@ class BasicBlock(nn.Module):
     dtype: computation dtype.
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
+    inner: (channels of conv1,) where channel pruning left fewer than
+      ``features`` (None: ``features``).
   """
 
   features: int
@@ -104,6 +107,7 @@ class BasicBlock(nn.Module):
   dtype: Any = jnp.float32
   bn_scale_init: str = 'ones'
   conv_impl: str = 'xla'
+  inner: tuple[int, ...] | None = None
 
   expansion = 1
 
@@ -118,9 +122,8 @@ class BasicBlock(nn.Module):
     Returns:
       NHWC output with ``features`` channels.
     """
-    y = conv(
-        self.features, 3, self.stride, self.dtype, 'conv1', self.conv_impl
-    )(x)
+    (inner,) = self.inner or (self.features,)
+    y = conv(inner, 3, self.stride, self.dtype, 'conv1', self.conv_impl)(x)
     y = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(y)
     y = nn.relu(y)
     y = conv(self.features, 3, 1, self.dtype, 'conv2', self.conv_impl)(y)
@@ -148,6 +151,8 @@ class BottleneckBlock(nn.Module):
     dtype: computation dtype.
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
+    inner: (channels of conv1, of conv2) where channel pruning left fewer
+      than ``features`` (None: ``features`` both).
   """
 
   features: int
@@ -155,6 +160,7 @@ class BottleneckBlock(nn.Module):
   dtype: Any = jnp.float32
   bn_scale_init: str = 'ones'
   conv_impl: str = 'xla'
+  inner: tuple[int, ...] | None = None
 
   expansion = 4
 
@@ -170,12 +176,11 @@ class BottleneckBlock(nn.Module):
       NHWC output with ``4 * features`` channels.
     """
     out_features = self.features * self.expansion
-    y = conv(self.features, 1, 1, self.dtype, 'conv1', self.conv_impl)(x)
+    first, second = self.inner or (self.features, self.features)
+    y = conv(first, 1, 1, self.dtype, 'conv1', self.conv_impl)(x)
     y = batch_norm_layer(train, self.dtype, 'bn1', self.bn_scale_init)(y)
     y = nn.relu(y)
-    y = conv(
-        self.features, 3, self.stride, self.dtype, 'conv2', self.conv_impl
-    )(y)
+    y = conv(second, 3, self.stride, self.dtype, 'conv2', self.conv_impl)(y)
     y = batch_norm_layer(train, self.dtype, 'bn2', self.bn_scale_init)(y)
     y = nn.relu(y)
     y = conv(out_features, 1, 1, self.dtype, 'conv3', self.conv_impl)(y)
@@ -208,6 +213,9 @@ class ResNet(nn.Module):
     dtype: computation dtype; parameters stay float32.
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
+    inner_widths: ((block name, its `inner` channels), ...) of a
+      channel-pruned network exported smaller (``inner_channel_groups``);
+      blocks not named keep their width.
   """
 
   stage_sizes: Sequence[int]
@@ -218,6 +226,7 @@ class ResNet(nn.Module):
   dtype: Any = jnp.float32
   bn_scale_init: str = 'ones'
   conv_impl: str = 'xla'
+  inner_widths: tuple[tuple[str, tuple[int, ...]], ...] = ()
 
   @nn.compact
   def __call__(self, x, train: bool = True):
@@ -243,18 +252,21 @@ class ResNet(nn.Module):
       x = nn.relu(x)
       # flax pads max-pool windows with -inf, matching PyTorch's padding=1.
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    inner = dict(self.inner_widths)
     for stage, (num_blocks, features) in enumerate(
         zip(self.stage_sizes, widths)
     ):
       for block in range(num_blocks):
         stride = 2 if stage > 0 and block == 0 else 1
+        name = f'layer{stage + 1}_{block}'
         x = self.block_cls(
             features=features,
             stride=stride,
             dtype=self.dtype,
             bn_scale_init=self.bn_scale_init,
             conv_impl=self.conv_impl,
-            name=f'layer{stage + 1}_{block}',
+            inner=inner.get(name),
+            name=name,
         )(x, train=train)
     x = jnp.mean(x, axis=(1, 2))
     if self.num_classes is None:
@@ -274,6 +286,40 @@ RESNET_SPECS = {
 }
 
 
+def inner_channel_groups(params: Mapping[str, Any]) -> list[dict]:
+  """The channels channel pruning may remove: those inside each block.
+
+  A block's output channels are added to its shortcut's, so removing one
+  would need the same channel removed from every block of the stage and
+  its projection; the channels inside blocks are free (what channel-pruning
+  work on ResNets prunes). A basic block has one such layer (conv1, bn1,
+  read by conv2), a bottleneck two (conv1 and conv2).
+
+  Returns:
+    One dict per prunable layer, in network order: 'block' (its name),
+    'producer' (the path of the conv kernel whose output channels go),
+    'norm' (the path of the batch norm after it), 'consumers' (paths of the
+    kernels reading those channels on their input axis, -2).
+  """
+  blocks = sorted(
+      (k for k in params if re.fullmatch(r'layer\d+_\d+', k)),
+      key=lambda k: tuple(int(i) for i in k[len('layer') :].split('_')),
+  )
+  groups = []
+  for block in blocks:
+    inner = ['conv1', 'conv2'] if 'conv3' in params[block] else ['conv1']
+    for i, name in enumerate(inner):
+      groups.append(
+          {
+              'block': block,
+              'producer': (block, name, 'kernel'),
+              'norm': (block, f'bn{i + 1}'),
+              'consumers': ((block, f'conv{i + 2}', 'kernel'),),
+          }
+      )
+  return groups
+
+
 def resnet(
     depth: int,
     num_classes: int | None,
@@ -282,6 +328,7 @@ def resnet(
     dtype: Any = jnp.float32,
     bn_scale_init: str = 'ones',
     conv_impl: str = 'xla',
+    inner_widths: tuple[tuple[str, tuple[int, ...]], ...] = (),
 ) -> ResNet:
   """Builds a ResNet of a standard depth.
 
@@ -293,6 +340,7 @@ def resnet(
     dtype: computation dtype.
     bn_scale_init: how batch-norm scales start (``BN_SCALE_INITS``).
     conv_impl: 'xla' or 'onednn' (``sslprune_jax.kernels``).
+    inner_widths: see ``ResNet``.
 
   Returns:
     An unbound ``ResNet``.
@@ -315,4 +363,5 @@ def resnet(
       dtype=dtype,
       bn_scale_init=bn_scale_init,
       conv_impl=conv_impl,
+      inner_widths=inner_widths,
   )

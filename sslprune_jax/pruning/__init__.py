@@ -2,9 +2,9 @@
 
 `masks` (prunable leaves, applying, counting, rewind and re-init),
 `ranking` (the global ranking every method shares), `methods` (magnitude
-and the random baselines), `nm` (N:M masks: n of every m weights) and
-`reports` (sparsity, N:M conformance, natural sparsity); their names are
-importable from here.
+and the random baselines), `nm` (N:M masks: n of every m weights),
+`channels` (whole channels and what reads them) and `reports` (sparsity,
+N:M conformance, natural sparsity); their names are importable from here.
 
 Every function here is pure: it takes arrays and returns new ones. None of
 them knows how the network is trained.
@@ -29,6 +29,8 @@ from sslprune_jax.pruning.methods import random_prune
 from sslprune_jax.pruning.methods import random_natural_prune
 from sslprune_jax.pruning.methods import random_natural_oneshot
 from sslprune_jax.pruning.methods import random_prune_like
+from sslprune_jax.pruning import channels
+from sslprune_jax.pruning import nm
 from sslprune_jax.pruning.nm import nm_prune
 from sslprune_jax.pruning.nm import random_nm_prune
 from sslprune_jax.pruning.reports import sparsity_report

@@ -3,11 +3,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 
+from sslprune_jax.pruning import channels
 from sslprune_jax.pruning import masks
 from sslprune_jax.pruning import nm
 
@@ -15,7 +16,10 @@ PyTree = Any
 
 
 def sparsity_report(
-    mask: PyTree, prunable: PyTree, pattern: tuple[int, int] | None = None
+    mask: PyTree,
+    prunable: PyTree,
+    pattern: tuple[int, int] | None = None,
+    channel_groups: Sequence[Mapping[str, Any]] = (),
 ) -> dict:
   """Per-layer and global counts of kept weights.
 
@@ -23,6 +27,8 @@ def sparsity_report(
     mask: the mask.
     prunable: pytree of bools.
     pattern: (n, m) of an N:M mask, to report how well it follows it.
+    channel_groups: the groups of a channel-pruned network, to report its
+      channels left (`channels.channel_report`) under 'channels'.
 
   Returns:
     {'layers': [{'name', 'remaining', 'total', 'fraction_left'}, ...],
@@ -59,6 +65,8 @@ def sparsity_report(
       if layer['name'] in shares:
         layer['conformance'] = shares[layer['name']]
     report.update(pattern=f'{n}:{m}', conformance=shares['all'])
+  if channel_groups:
+    report['channels'] = channels.channel_report(mask, channel_groups)
   return report
 
 
