@@ -202,3 +202,24 @@ def test_bad_channel_configs_are_refused():
     validation.validate_config(config)
   for message in ('channel_score', 'channel_scope', "not model.name='vgg'"):
     assert message in str(e.value)
+
+
+def test_random_like_keeps_each_layers_channel_count():
+  params, mask, groups = _two_layers()
+  scores = channels.channel_scores(params, mask, groups, 'l1')
+  reference = channels.prune_channels(scores, mask, groups, 0.4, 'global')
+  drawn = [
+      channels.random_like(jax.random.key(i), reference, groups)
+      for i in range(8)
+  ]
+  want = [int(np.sum(k)) for k in channels.kept_channels(reference, groups)]
+  for d in drawn:
+    assert [int(np.sum(k)) for k in channels.kept_channels(d, groups)] == want
+    # The channels' filters, norms and readers go together.
+    keep = np.asarray(channels.kept_channels(d, groups)[0])
+    assert not np.asarray(d['b']['kernel'])[:, :, ~keep, :].any()
+  patterns = {
+      tuple(np.asarray(channels.kept_channels(d, groups)[1]).tolist())
+      for d in drawn
+  }
+  assert len(patterns) > 1

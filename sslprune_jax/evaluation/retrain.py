@@ -25,7 +25,9 @@ What the subnetwork is made of (`config.source`):
          `pruning.natural_threshold` removed first and the rest at random
          across all layers (`pruning.random_natural_oneshot`);
          'random_like': random, with round r's number of weights in every
-         layer; 'random_natural': the same, but each layer first loses the
+         layer (for an N:M source, a random mask of round r's n:m; for a
+         channel-pruned one, round r's number of channels in every
+         layer, drawn at random); 'random_natural': the same, but each layer first loses the
          weights that converged to |w| < `pruning.natural_threshold` in the
          source's dense network, the rest of its quota being random.
 
@@ -40,11 +42,13 @@ VOC07 (Fig. 2) is this with `init='final'` and the multi-label task on
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 
 from sslprune_jax import checkpoint
 from sslprune_jax import config_lib
 from sslprune_jax import experiment
+from sslprune_jax import models
 from sslprune_jax import pruning
 from sslprune_jax import round_state
 from sslprune_jax import rounds
@@ -113,7 +117,7 @@ def _random_mask(exp: experiment.Experiment, source_mask, round_idx: int):
   config, s = exp.config, exp.config.source
   rng = jax.random.fold_in(exp.rngs['prune'], round_idx)
   if s.mask == 'random_like':
-    return pruning.random_prune_like(rng, source_mask, exp.prunable)
+    return _random_like(exp, rng, source_mask, round_idx)
   # The other baselines start from the source's dense trained network.
   dense = source_network.load_source(config, exp.variables, s.workdir, 0)[0][
       'params'
@@ -130,6 +134,24 @@ def _random_mask(exp: experiment.Experiment, source_mask, round_idx: int):
       pruning.count(source_mask, exp.prunable)[0],
       threshold,
   )
+
+
+def _random_like(exp, rng, source_mask, round_idx: int):
+  """'random_like' in the source's granularity: round r's per-layer
+  counts drawn at random weight by weight, its n:m pattern drawn at
+  random, or its per-layer channel counts drawn at random."""
+  source = sources.source_config(exp.config.source.workdir).pruning
+  granularity = source.get('granularity', 'unstructured')
+  if granularity == 'nm':
+    pattern = pruning.nm.round_pattern(source, round_idx)
+    if pattern is None:
+      return source_mask
+    dense = jax.tree.map(lambda m: jnp.ones(jnp.shape(m), bool), source_mask)
+    return pruning.random_nm_prune(rng, dense, exp.prunable, *pattern)
+  if granularity == 'channel':
+    groups = models.channel_groups(exp.config.model, source_mask)
+    return pruning.channels.random_like(rng, source_mask, groups)
+  return pruning.random_prune_like(rng, source_mask, exp.prunable)
 
 
 def run(config: ml_collections.ConfigDict, workdir: str) -> list[dict]:

@@ -159,6 +159,21 @@ def random_scores(rng: jax.Array, groups: Sequence[Group], mask) -> list:
   return [jax.random.uniform(k, c.shape) for k, c in zip(keys, keeps)]
 
 
+def random_like(
+    rng: jax.Array, reference: PyTree, groups: Sequence[Group]
+) -> PyTree:
+  """A random channel mask with, in every group, as many channels as
+  `reference` keeps there (the random baseline of a channel-pruned
+  round)."""
+  dense = jax.tree.map(lambda m: jnp.ones(jnp.shape(m), bool), reference)
+  counts = [int(jnp.sum(k)) for k in kept_channels(reference, groups)]
+  scores = random_scores(rng, groups, dense)
+  keeps = [
+      ranking.keep_above_rank(s, s.size - c) for s, c in zip(scores, counts)
+  ]
+  return with_channels(dense, groups, keeps)
+
+
 def rounds_problem(
     widths: Sequence[int], fraction: float, num_rounds: int, scope: str
 ) -> str | None:
