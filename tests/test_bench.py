@@ -329,3 +329,18 @@ def test_dtype_setting_reaches_the_networks():
   # oneDNN's kernel is float32 only: 'auto' gives XLA's convolutions.
   assert spec.model['conv_impl'] == 'xla'
   assert bench._model(spec).dtype == jax.numpy.bfloat16
+
+
+def test_structured_section_times_the_smaller_networks():
+  results = bench.run(bench.Settings(sections=('structured',), **TINY))
+  row = results['structured']['quick']
+  assert _positive(row['dense']['forward_s'])
+  lefts = [r['channels_left'] for r in row['rounds'].values()]
+  assert len(lefts) == 4 and lefts == sorted(lefts, reverse=True)
+  assert all(0 < left < 1 for left in lefts)
+  for r in row['rounds'].values():
+    assert 0 < r['weights_left'] < 1
+    assert r['speedup_over_dense'] == pytest.approx(
+        row['dense']['forward_s'] / r['forward_s']
+    )
+  assert 'structured quick' in bench.summary(results)

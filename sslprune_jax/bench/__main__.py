@@ -52,6 +52,11 @@ Sections (`--sections`, by name or number):
               PyTorch's step of the same network (`torch_side`: channels-
               last, oneDNN, pruned weights zeroed after every update), in
               alternating blocks; skipped where PyTorch is not installed.
+  12 structured  the eval forward pass of every model against the same
+              model channel-pruned (20% of each block's inner channels a
+              round, 4 rounds) and exported smaller (`export.slim`), in
+              alternating blocks: channels and weights left, images/s and
+              the speedup over dense.
 
 The JSON's keys: 'environment' (backend, device kind and count, versions),
 'settings', one key per section run ('step' holds sections 1-2, per

@@ -16,6 +16,7 @@ SECTIONS = (
     'startup',
     'kernels',
     'pytorch',
+    'structured',
 )
 # The networks: CIFAR ResNet-18 at full and small width, ResNet-50, and
 # the network of configs/labels.py:quick (which sections 5-7 use).

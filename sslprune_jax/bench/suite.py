@@ -26,6 +26,7 @@ from sslprune_jax.bench.settings import TARGETS
 from sslprune_jax.bench.steps import section_flops
 from sslprune_jax.bench.steps import section_seeds
 from sslprune_jax.bench.steps import section_step
+from sslprune_jax.bench.structured import section_structured
 from sslprune_jax.bench.timing import _Cache
 from sslprune_jax.bench.variants import section_options
 from sslprune_jax.bench.variants import section_kernels
@@ -139,6 +140,8 @@ def run(settings: Settings) -> dict:
     results['kernels'] = section_kernels(cache)
   if 'pytorch' in sections:
     results['pytorch'] = section_pytorch(cache)
+  if 'structured' in sections:
+    results['structured'] = section_structured(cache)
   if 'quick' in cache.steps and 'quick' not in results.get('step', {}):
     results.setdefault('step', {})['quick'] = cache.steps['quick']
   results['targets'] = targets_of(results)
@@ -309,6 +312,15 @@ def summary(results: dict) -> str:
         f"{row['pytorch_system']['images_per_s']:.1f} img/s, with "
         f"malloc 'retain' {row['pytorch_retain']['images_per_s']:.1f}"
         f" img/s; jax / fastest {row['jax_over_pytorch']:.2f}"
+    )
+  for name, row in results.get('structured', {}).items():
+    lines.append(
+        f"  structured {name}: dense {row['dense']['images_per_s']:.1f} "
+        'img/s; channels left / speedup: '
+        + ', '.join(
+            f"{100 * r['channels_left']:.0f}% {r['speedup_over_dense']:.2f}x"
+            for r in row['rounds'].values()
+        )
     )
   lines.append('  targets:')
   for name, t in results['targets'].items():
