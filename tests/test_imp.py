@@ -624,7 +624,8 @@ def test_nm_rounds_tighten_n_with_exact_counts(data_dir, tmp_path):
           'pruning.granularity': 'nm',
           'pruning.n': (2, 1),
           'pruning.m': 4,
-          'train.num_epochs': 1.0,
+          'train.num_epochs': 0.5,
+          'pruning.rewind_samples': 256,
       },
   )
   results = imp.run(config, str(tmp_path / 'nm'))
@@ -665,7 +666,8 @@ def test_channel_rounds_remove_whole_channels(data_dir, tmp_path):
       **{
           'pruning.granularity': 'channel',
           'pruning.channel_score': 'bn_scale',
-          'train.num_epochs': 1.0,
+          'train.num_epochs': 0.5,
+          'pruning.rewind_samples': 256,
       },
   )
   results = imp.run(config, str(tmp_path / 'channel'))

@@ -53,6 +53,7 @@ LAYERS = [
         'bench_torch',
         'figure3',
         'main',
+        'pretrained',
         'reproduce',
         'runner',
         'sweep',
