@@ -350,6 +350,44 @@ def test_pruning_during_transfer_starts_from_the_pretrained_network(
   )
 
 
+def test_a_pre_trained_start_is_the_sources_weights_under_its_mask(
+    labels_run, data_dir
+):
+  """IMP on other classes from a pruned round of another run
+  (`sslprune_jax.pretrained`'s start): the trunk is that round's trained
+  weights under its mask, the mask is its mask, the head is fresh."""
+  config = shrunk(
+      'labels',
+      data_dir,
+      **{
+          'data.classes': (5, 6, 7, 8, 9),
+          'init_from.workdir': str(labels_run),
+          'init_from.round': 2,
+      },
+  )
+  exp = imp.build(config)
+  with checkpoint.RunCheckpoints(str(labels_run)) as ckpts:
+    source = _np(ckpts.load_round(2))
+  params = _np(exp.variables['params'])
+  mask = _np(exp.start_mask)
+  assert mask.keys() == source['mask'].keys()
+  for key in source['mask']:
+    if key == models.HEAD:
+      continue
+    jax.tree.map(np.testing.assert_array_equal, mask[key], source['mask'][key])
+    jax.tree.map(
+        lambda p, w, m: np.testing.assert_array_equal(p * m, w * m),
+        params[key],
+        source['params'][key],
+        source['mask'][key],
+    )
+  assert params[models.HEAD]['kernel'].shape[-1] == 5
+  assert mask[models.HEAD]['kernel'].all()
+  # Pruning goes on from the source's weights left.
+  left = pruning.count(exp.start_mask, exp.prunable)
+  assert left[0] < left[1]
+
+
 def test_figure3_runs_every_curve_and_reports(data_dir, tmp_path, monkeypatch):
   load = figure3.load_config
 
