@@ -29,21 +29,16 @@ from etils import epath
 import ml_collections
 
 from sslprune_jax import config_lib
+from sslprune_jax import figure3
 from sslprune_jax import report
 from sslprune_jax import runner
 
 PRETRAIN_CLASSES = (0, 1, 2, 3, 4)
 PRUNE_CLASSES = (5, 6, 7, 8, 9)
 OBJECTIVES = ('labels', 'rotnet')
-GRANULARITIES = {
-    'unstructured': {},
-    'nm': {'pruning.n': (4, 2, 1), 'pruning.m': 8, 'pruning.num_rounds': 3},
-    'channel': {
-        'pruning.fraction': 0.4,
-        'pruning.channel_score': 'l1',
-        'pruning.channel_scope': 'global',
-    },
-}
+# The settings of each granularity, as in `python -m sslprune_jax.figure3
+# --granularity=...`.
+GRANULARITIES = figure3.GRANULARITIES
 STARTS = ('from scratch', 'pre-trained')
 
 

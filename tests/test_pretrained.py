@@ -66,3 +66,52 @@ def test_channel_rounds_keep_a_channel_in_every_layer():
       is None
   )
   assert channels.rounds_problem(widths, 0.6, 5, 'global') is not None
+
+
+@pytest.mark.parametrize('granularity', ['nm', 'channel'])
+def test_figure3_at_a_granularity_prunes_and_draws_random_masks_in_it(
+    granularity,
+):
+  from sslprune_jax import figure3
+
+  runs = figure3.curves('/w', 2, granularity)
+  random = {'nm': 'random n:m', 'channel': 'random channels'}[granularity]
+  assert list(runs) == [
+      'prune labels',
+      'prune rotnet',
+      'labels, winning ticket',
+      'labels, reinit',
+      'rotnet, winning ticket',
+      'rotnet, reinit',
+      f'{random}, winning ticket',
+      f'{random}, reinit',
+  ]
+  settings = figure3.GRANULARITIES[granularity]
+  for name, seeds in runs.items():
+    for seed, (config, workdir) in enumerate(seeds):
+      assert workdir.startswith(f'/w/{granularity}/seed_{seed}/')
+      assert config.seed == seed
+      validation.validate_config(config)
+      if name.startswith('prune '):
+        assert config.pruning.granularity == granularity
+        for key, value in settings.items():
+          assert config[key.split('.')[0]][key.split('.')[1]] == value
+      elif name.startswith('random'):
+        assert config.source.mask == 'random_like'
+        assert config.source.workdir == runs['prune labels'][seed][1]
+      else:
+        source = name.split(',')[0]
+        assert config.source.mask == 'source'
+        assert config.source.workdir == runs[f'prune {source}'][seed][1]
+  assert ':' not in ''.join(d for r in runs.values() for _, d in r)
+  # The unstructured layout is unchanged.
+  assert figure3.curves('/w', 1)['random per-layer, reinit'][0][1] == (
+      '/w/seed_0/retrain_random_per-layer_reinit'
+  )
+
+
+def test_figure3_refuses_an_unknown_granularity():
+  from sslprune_jax import figure3
+
+  with pytest.raises(ValueError, match='Unknown granularity'):
+    figure3.curves('/w', 1, 'block')
