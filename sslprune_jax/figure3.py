@@ -127,13 +127,20 @@ def pruning_configs(
     seed: int, granularity: str = 'unstructured'
 ) -> dict[str, ml_collections.ConfigDict]:
   """The two pruning runs of a seed at `granularity`: labels and RotNet."""
-  configs = {}
-  for name in SOURCES:
-    config = load_config(name, seed)
-    config.pruning.granularity = granularity
-    config.update_from_flattened_dict(GRANULARITIES[granularity])
-    configs[name] = config
-  return configs
+  return {
+      name: at_granularity(load_config(name, seed), granularity)
+      for name in SOURCES
+  }
+
+
+def at_granularity(
+    config: ml_collections.ConfigDict, granularity: str
+) -> ml_collections.ConfigDict:
+  """`config` pruning at `granularity` with its `GRANULARITIES` settings."""
+  check_granularity(granularity)
+  config.pruning.granularity = granularity
+  config.update_from_flattened_dict(GRANULARITIES[granularity])
+  return config
 
 
 def check_granularity(granularity: str) -> None:
@@ -141,6 +148,13 @@ def check_granularity(granularity: str) -> None:
     raise ValueError(
         f'Unknown granularity {granularity!r}; valid: {list(GRANULARITIES)}.'
     )
+
+
+def granularity_root(workdir: str, granularity: str) -> epath.Path:
+  """Where the runs of `granularity` go: `workdir` itself for unstructured
+  pruning (the layout before granularities), else its `<granularity>/`."""
+  root = epath.Path(workdir)
+  return root if granularity == 'unstructured' else root / granularity
 
 
 def _dir_name(curve: str) -> str:
@@ -165,9 +179,7 @@ def curves(
   """Curve name -> [(config, workdir)] of its runs, one per seed; the
   pruning runs come first, as the re-training runs read them."""
   check_granularity(granularity)
-  root = epath.Path(workdir)
-  if granularity != 'unstructured':
-    root = root / granularity
+  root = granularity_root(workdir, granularity)
   runs: dict[str, list[tuple]] = {}
   for seed in range(seeds):
     base = root / f'seed_{seed}'
@@ -198,9 +210,6 @@ def run(
   if seeds < 1:
     raise ValueError(f'seeds must be >= 1, got {seeds}.')
   all_runs = curves(workdir, seeds, granularity)
-  root = epath.Path(workdir)
-  if granularity != 'unstructured':
-    root = root / granularity
   for name, runs in all_runs.items():
     for config, directory in runs:
       print(f'\n== {name}: {directory}', flush=True)
@@ -210,7 +219,11 @@ def run(
       for name, runs in all_runs.items()
       if not name.startswith('prune ')
   }
-  return report.write(retrained, 'test_accuracy', str(root / 'report'))
+  return report.write(
+      retrained,
+      'test_accuracy',
+      str(granularity_root(workdir, granularity) / 'report'),
+  )
 
 
 def main(argv):

@@ -61,8 +61,7 @@ def prune_config(
   config = config_lib.load('labels', 'figure3')
   config.seed = seed
   config.data.classes = PRUNE_CLASSES
-  config.pruning.granularity = granularity
-  config.update_from_flattened_dict(GRANULARITIES[granularity])
+  figure3.at_granularity(config, granularity)
   config.init_from.workdir = init_from
   return config
 

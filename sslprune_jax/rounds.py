@@ -1,4 +1,12 @@
-"""TODO"""
+"""The generic round loop: train round after round, each resumable, and
+record each (checkpoint, export, results.csv row, TensorBoard summaries).
+
+What a round starts from is the caller's (`lottery` prunes and rewinds,
+`evaluation.retrain` loads another run's masks); this module owns the rest:
+opening every seed's checkpoints and writers, the training of a round with
+its progress display and preemption, and writing each round's end. Seeds
+are always a list, trained together in one step.
+"""
 
 from __future__ import annotations
 
