@@ -11,6 +11,7 @@ import tensorflow_datasets as tfds
 
 from sslprune_jax import data
 from sslprune_jax.data import augment
+from sslprune_jax.data import epochs
 from sslprune_jax.data import fashion_mnist
 from sslprune_jax.data import pipeline
 from sslprune_jax.data import sources
@@ -184,6 +185,30 @@ def test_train_is_deterministic(fmnist_dir):
   _assert_same_batches(first, again)
   other = _take(data.train_iterator(config, global_batch_size=128, seed=4), 3)
   assert not np.array_equal(first[0]['image'], other[0]['image'])
+
+
+def test_a_process_reads_a_training_split_once(fmnist_dir, monkeypatch):
+  reads = []
+  read = epochs._read_train_source
+  monkeypatch.setattr(
+      epochs, '_read_train_source', lambda *a: reads.append(a) or read(*a)
+  )
+  monkeypatch.setattr(epochs, '_SOURCES', type(epochs._SOURCES)())
+  config = _config('fashion_mnist', fmnist_dir, **_SMALL_TRAIN)
+  first = _take(data.train_iterator(config, global_batch_size=128, seed=3), 5)
+  # A later round's stream, from another step: the split is not read again.
+  later = _take(
+      data.train_iterator(config, global_batch_size=128, seed=3, start_step=2),
+      3,
+  )
+  assert len(reads) == 1
+  _assert_same_batches(first[2:], later)
+  # Only a few are kept, the most recently used.
+  monkeypatch.setattr(epochs, '_MAX_SOURCES', 1)
+  other = _config('fashion_mnist', fmnist_dir, train_split='train[:384]')
+  _take(data.train_iterator(other, global_batch_size=128, seed=3), 1)
+  _take(data.train_iterator(config, global_batch_size=128, seed=3), 1)
+  assert len(reads) == 3 and len(epochs._SOURCES) == 1
 
 
 @pytest.mark.parametrize('cache', [True, False])
