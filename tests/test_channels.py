@@ -12,6 +12,7 @@ from sslprune_jax import models
 from sslprune_jax import validation
 from sslprune_jax.export import slim
 from sslprune_jax.pruning import channels
+from test_models import random_variables
 
 
 def _two_layers():
@@ -155,19 +156,10 @@ def test_resnet_groups_are_the_channels_inside_blocks(depth, per_block):
 def test_the_smaller_network_computes_what_the_masked_one_does(depth):
   config = {'name': 'resnet_cifar', 'depth': depth, 'width': 0.125}
   model = models.create_model(config, 10)
-  x = jax.random.normal(jax.random.key(1), (2, 8, 8, 3))
-  variables = model.init(jax.random.key(0), x, train=False)
-  # Statistics and scales away from their initial values, so that a
-  # removed channel's batch norm would show if it were left in.
-  leaves, treedef = jax.tree.flatten(variables)
-  keys = jax.random.split(jax.random.key(2), len(leaves))
-  variables = jax.tree.unflatten(
-      treedef,
-      [
-          l + 0.5 * jnp.abs(jax.random.normal(k, l.shape))
-          for l, k in zip(leaves, keys)
-      ],
-  )
+  x = np.random.default_rng(1).standard_normal((2, 8, 8, 3), np.float32)
+  # Batch-norm statistics away from their initial values: a removed
+  # channel's would show if it were left in.
+  variables = random_variables(model, x.shape, statistics=True)
   params = variables['params']
   groups = models.channel_groups(config, params)
   mask = jax.tree.map(lambda p: jnp.ones(p.shape, bool), params)
@@ -183,9 +175,12 @@ def test_the_smaller_network_computes_what_the_masked_one_does(depth):
   )
   assert len(widths) == len({g['block'] for g in groups})
   small_model = models.create_model({**config, 'inner_widths': widths}, 10)
-  got = small_model.apply(small, x, train=False)
-  want = model.apply(masked, x, train=False)
+  apply = lambda m, v: jax.jit(lambda v: m.apply(v, x, train=False))(v)
+  got, want = apply(small_model, small), apply(model, masked)
+  assert np.all(np.isfinite(want)) and np.abs(want).max() > 0.1
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+  # The mask matters: the dense network computes something else.
+  assert np.abs(apply(model, variables) - want).max() > 1e-2
   # And it is smaller.
   size = lambda t: sum(np.size(l) for l in jax.tree.leaves(t))
   assert size(small['params']) < size(params)

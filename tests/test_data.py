@@ -45,16 +45,15 @@ def _image_fingerprints(images):
 
 
 @pytest.fixture(scope='module')
-def fmnist_dir(tmp_path_factory):
-  """A TFDS data dir with Fashion-MNIST prepared from the Debian files."""
+def fmnist_dir(request):
+  """The session's TFDS data dir, with Fashion-MNIST prepared from the
+  Debian files (tests/conftest.py); these tests only read it."""
   if fashion_mnist.missing_source_files():
     pytest.skip(
         'Fashion-MNIST source files missing; run '
         '`apt-get install dataset-fashion-mnist`.'
     )
-  data_dir = tmp_path_factory.mktemp('tfds')
-  data.get_builder(_config('fashion_mnist', data_dir))
-  return data_dir
+  return request.getfixturevalue('data_dir')
 
 
 # ---------------------------------------------------------------------------

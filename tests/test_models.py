@@ -111,17 +111,20 @@ def params_leaf_paths(params, min_ndim=0):
   ]
 
 
-def random_variables(model, shape, seed=0):
+def random_variables(model, shape, seed=0, statistics=False):
   """Builds variables of the right structure without running ``init``.
 
   Compiling ``model.init`` costs seconds on CPU, so tests that only need
   some valid variables fill the abstract tree from numpy instead: normal
-  params, zero running means and unit running variances.
+  params of unit gain (outputs of the order of 1 at any depth), zero
+  running means and unit running variances.
 
   Args:
     model: unbound flax Module.
     shape: input shape (NHWC).
     seed: numpy seed.
+    statistics: running means and variances away from 0 and 1 too, for
+      tests in which they must show.
 
   Returns:
     A variables dict usable with ``model.apply``.
@@ -132,9 +135,11 @@ def random_variables(model, shape, seed=0):
   def fill(path, leaf):
     name = path[-1].key
     if name == 'mean':
-      return jnp.zeros(leaf.shape, leaf.dtype)
+      spread = 0.2 * rng.randn(*leaf.shape) if statistics else 0.0
+      return jnp.asarray(spread + np.zeros(leaf.shape), leaf.dtype)
     if name == 'var':
-      return jnp.ones(leaf.shape, leaf.dtype)
+      spread = 0.5 * np.abs(rng.randn(*leaf.shape)) if statistics else 0.0
+      return jnp.asarray(1.0 + spread + np.zeros(leaf.shape), leaf.dtype)
     fan_in = max(1, math.prod(leaf.shape[:-1]))
     return jnp.asarray(rng.randn(*leaf.shape) / np.sqrt(fan_in), leaf.dtype)
 

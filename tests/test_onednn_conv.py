@@ -33,6 +33,7 @@ from sslprune_jax.kernels import onednn_conv
 from test_imp import tiny_config
 from test_xla_options import _state_and_batches
 from test_xla_options import assert_same_updates
+from test_models import random_variables
 from test_xla_options import one_step_each
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -152,14 +153,13 @@ def test_the_models_use_it_where_chosen(onednn):
       model = models.create_model(
           dict(name=name, depth=depth, width=0.125, conv_impl=impl), 10
       )
-      variables = model.init(jax.random.PRNGKey(0), x, train=False)
-      hlo = (
-          jax.jit(lambda v, model=model: model.apply(v, x, train=False))
-          .lower(variables)
-          .as_text()
-      )
+      variables = random_variables(model, x.shape)
+      lowered = jax.jit(
+          lambda v, model=model: model.apply(v, x, train=False)
+      ).lower(variables)
+      hlo = lowered.as_text()
       assert ('sslprune_onednn_conv' in hlo) == (impl == 'onednn'), name
-      outs.append(model.apply(variables, x, train=False))
+      outs.append(lowered.compile()(variables))
     np.testing.assert_allclose(
         outs[1], outs[0], rtol=1e-5, atol=1e-6, err_msg=name
     )
