@@ -7,6 +7,7 @@ count per layer.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -36,6 +37,14 @@ def magnitude_prune(
   )
 
 
+# The random scores and masks below are drawn in one compiled program per
+# network rather than op by op: eagerly, every leaf's shape compiled its own
+# uniform draw and selection (about 0.8 s per leaf on CPU, 10 s for a
+# ResNet-10's 12 layers), again for each new network. The draws are the
+# same bits either way.
+
+
+@jax.jit
 def _uniform_scores(rng: jax.Array, tree: PyTree) -> PyTree:
   leaves, treedef = jax.tree.flatten(tree)
   keys = jax.random.split(rng, len(leaves))
@@ -92,6 +101,11 @@ def _natural_scores(rng: jax.Array, params: PyTree, threshold: float) -> PyTree:
   """
   if threshold < 0:
     raise ValueError(f'threshold must be >= 0, got {threshold}.')
+  return _natural_scores_of(rng, params, float(threshold))
+
+
+@functools.partial(jax.jit, static_argnames='threshold')
+def _natural_scores_of(rng: jax.Array, params: PyTree, threshold: float):
   uniform = _uniform_scores(rng, params)
 
   def score(p, u):
@@ -165,17 +179,31 @@ def random_prune_like(
       jax.tree.leaves(params) if params is not None else [None] * len(leaves)
   )
   keys = jax.random.split(rng, len(leaves))
-  new_leaves = []
-  for k, m, ok, p in zip(keys, leaves, flags, weights):
-    if not ok:
-      new_leaves.append(m)
-      continue
+  chosen = [i for i, ok in enumerate(flags) if ok]
+  drawn = iter(
+      _random_keep_like(
+          [keys[i] for i in chosen],
+          [leaves[i] for i in chosen],
+          [weights[i] for i in chosen],
+          float(threshold),
+      )
+  )
+  return jax.tree.unflatten(
+      treedef, [next(drawn) if ok else m for m, ok in zip(leaves, flags)]
+  )
+
+
+@functools.partial(jax.jit, static_argnames='threshold')
+def _random_keep_like(keys, reference, weights, threshold: float):
+  """Per leaf, a random mask keeping as many weights as `reference` does
+  (see `random_prune_like`)."""
+  out = []
+  for k, m, p in zip(keys, reference, weights):
     num_pruned = m.size - jnp.sum(m)
     scores = jax.random.uniform(k, (m.size,))
     if p is not None and threshold > 0:
       a = jnp.abs(p).astype(jnp.float32).reshape(-1)
       # Near-zero weights score in [-1, 0), below every random score.
       scores = jnp.where(a < threshold, a / threshold - 1.0, scores)
-    keep = ranking.keep_above_rank(scores, num_pruned)
-    new_leaves.append(keep.reshape(m.shape))
-  return jax.tree.unflatten(treedef, new_leaves)
+    out.append(ranking.keep_above_rank(scores, num_pruned).reshape(m.shape))
+  return out
