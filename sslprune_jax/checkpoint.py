@@ -11,6 +11,7 @@ complete, so a run killed at any moment leaves only whole checkpoints.
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any
 
@@ -187,6 +188,7 @@ def _unreadable_steps(directory: epath.Path) -> list[str]:
   return bad
 
 
+@functools.cache
 def _write_each_array_once_on_cpu() -> None:
   """Saves each jax.Array from one replica when the devices are CPUs.
 
@@ -199,7 +201,8 @@ def _write_each_array_once_on_cpu() -> None:
   0.07 s from one replica (the first save 0.63 s and 0.08 s). The arrays
   are written as before; what is left out is Orbax's per-process record of
   the slices' shapes (`array_metadatas/`), which only replica-parallel
-  writes need and nothing reads back.
+  writes need and nothing reads back. Once per process: the handler is
+  Orbax's registry's, for every checkpoint it writes.
   """
   if jax.default_backend() == 'cpu':
     ocp.type_handlers.register_type_handler(

@@ -175,12 +175,13 @@ def test_the_smaller_network_computes_what_the_masked_one_does(depth):
   )
   assert len(widths) == len({g['block'] for g in groups})
   small_model = models.create_model({**config, 'inner_widths': widths}, 10)
-  apply = lambda m, v: jax.jit(lambda v: m.apply(v, x, train=False))(v)
-  got, want = apply(small_model, small), apply(model, masked)
+  forward = lambda m: jax.jit(lambda v: m.apply(v, x, train=False))
+  full = forward(model)
+  got, want = forward(small_model)(small), full(masked)
   assert np.all(np.isfinite(want)) and np.abs(want).max() > 0.1
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
   # The mask matters: the dense network computes something else.
-  assert np.abs(apply(model, variables) - want).max() > 1e-2
+  assert np.abs(full(variables) - want).max() > 1e-2
   # And it is smaller.
   size = lambda t: sum(np.size(l) for l in jax.tree.leaves(t))
   assert size(small['params']) < size(params)

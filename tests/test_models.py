@@ -135,11 +135,11 @@ def random_variables(model, shape, seed=0, statistics=False):
   def fill(path, leaf):
     name = path[-1].key
     if name == 'mean':
-      spread = 0.2 * rng.randn(*leaf.shape) if statistics else 0.0
-      return jnp.asarray(spread + np.zeros(leaf.shape), leaf.dtype)
+      mean = 0.2 * rng.randn(*leaf.shape) if statistics else 0.0
+      return jnp.asarray(np.broadcast_to(mean, leaf.shape), leaf.dtype)
     if name == 'var':
       spread = 0.5 * np.abs(rng.randn(*leaf.shape)) if statistics else 0.0
-      return jnp.asarray(1.0 + spread + np.zeros(leaf.shape), leaf.dtype)
+      return jnp.asarray(np.broadcast_to(1.0 + spread, leaf.shape), leaf.dtype)
     fan_in = max(1, math.prod(leaf.shape[:-1]))
     return jnp.asarray(rng.randn(*leaf.shape) / np.sqrt(fan_in), leaf.dtype)
 

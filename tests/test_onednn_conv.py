@@ -30,9 +30,9 @@ from sslprune_jax import xla_options
 from sslprune_jax.kernels import onednn_conv
 
 from test_imp import tiny_config
+from test_models import random_variables
 from test_xla_options import _state_and_batches
 from test_xla_options import assert_same_updates
-from test_models import random_variables
 from test_xla_options import one_step_each
 
 NHWC = ('NHWC', 'HWIO', 'NHWC')
