@@ -4,6 +4,7 @@ Large models are only traced with ``jax.eval_shape`` so that no parameter is
 actually computed; real forward passes use thin networks.
 """
 
+import functools
 import math
 
 import jax
@@ -14,6 +15,8 @@ import pytest
 
 from sslprune_jax import models
 from sslprune_jax.models.alexnet import adaptive_avg_pool
+
+from test_train import init_variables
 
 RNGS = {'params': jax.random.key(0), 'dropout': jax.random.key(1)}
 
@@ -349,23 +352,30 @@ def test_bfloat16_keeps_float32_params_and_logits():
 )
 def test_batch_stats_update_in_train_mode(config):
   model = models.create_model(config, 10)
-  x = jax.random.normal(jax.random.key(2), (4, 28, 28, 1)) * 3.0 + 1.0
+  x = np.random.default_rng(2).normal(1.0, 3.0, (4, 28, 28, 1))
+  x = jnp.asarray(x, jnp.float32)
   conv_name = 'conv0' if config.name == 'vgg' else 'conv1'
   bn_name = 'bn0' if config.name == 'vgg' else 'bn1'
 
+  # Compiled: eager, every op of the network compiles by itself.
+  @jax.jit
   def evaluate(variables):
     return model.apply(variables, x, train=False)
 
+  @jax.jit
+  def train_step(variables):
+    return model.apply(
+        variables,
+        x,
+        train=True,
+        rngs={'dropout': jax.random.key(3)},
+        mutable=['batch_stats', 'intermediates'],
+        capture_intermediates=lambda mdl, _: mdl.name == conv_name,
+    )
+
   variables = random_variables(model, x.shape)
   assert 'batch_stats' in variables
-  out_train, state = model.apply(
-      variables,
-      x,
-      train=True,
-      rngs={'dropout': jax.random.key(3)},
-      mutable=['batch_stats', 'intermediates'],
-      capture_intermediates=lambda mdl, _: mdl.name == conv_name,
-  )
+  out_train, state = train_step(variables)
   before = jax.tree.leaves(variables['batch_stats'])
   after = jax.tree.leaves(state['batch_stats'])
   assert len(before) == len(after) > 0
@@ -393,9 +403,7 @@ def test_resnet_initialisation():
   model = models.create_model(
       make_config('resnet_cifar', depth=10, width=0.5), 10
   )
-  variables = jax.jit(
-      lambda: model.init(RNGS, jnp.zeros((1, 32, 32, 3)), train=False)
-  )()
+  variables = init_variables(model, jax.random.key(0), (32, 32, 3))
   params = variables['params']
   # Kaiming-normal on fan-out: std = sqrt(2 / (3 * 3 * 256)).
   kernel = np.asarray(params['layer4_0']['conv2']['kernel'])
@@ -409,10 +417,11 @@ def test_resnet_initialisation():
 
 def test_alexnet_dropout_only_in_train_mode():
   model = models.create_model(make_config('alexnet', width=0.125), 10)
-  x = jax.random.normal(jax.random.key(2), (2, 32, 32, 3))
+  x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 32, 32, 3)))
   variables = random_variables(model, x.shape)
   assert 'batch_stats' not in variables
 
+  @functools.partial(jax.jit, static_argnums=1)
   def forward(rng, train):
     return model.apply(variables, x, train=train, rngs={'dropout': rng})
 
@@ -569,7 +578,7 @@ def test_batch_norm_scales_start_as_configured(name, depth):
     model = models.create_model(
         make_config(name, depth=depth, width=0.25, **kwargs), 10
     )
-    variables = model.init(RNGS, jnp.zeros((1, 32, 32, 3)), train=False)
+    variables = init_variables(model, jax.random.key(0), (32, 32, 3))
     leaves = jax.tree_util.tree_flatten_with_path(variables['params'])[0]
     return [
         (jax.tree_util.keystr(path), np.asarray(x))

@@ -11,6 +11,7 @@ Where the kernel cannot be built the tests that run it are skipped, unless
 SSLPRUNE_JAX_REQUIRE_ONEDNN=1 (as in CI) makes that a failure.
 """
 
+import functools
 import os
 
 import jax
@@ -47,17 +48,29 @@ def onednn():
     pytest.skip(reason)
 
 
+def _normal(seed, *shape):
+  """Standard normal float32 inputs (numpy: a jax.random draw compiles
+  per shape, a second or so each on CPU)."""
+  return np.random.default_rng(seed).standard_normal(shape, np.float32)
+
+
 def _compare(x, w, strides, padding, dy_seed=2):
   """Forward, input and weight gradients of both implementations."""
 
-  def run(conv):
-    f = lambda x, w: conv(x, w, strides, padding, dimension_numbers=NHWC)
-    y, vjp = jax.vjp(f, x, w)
-    dy = jax.random.normal(jax.random.PRNGKey(dy_seed), y.shape)
+  def forward(conv):
+    return lambda x, w: conv(x, w, strides, padding, dimension_numbers=NHWC)
+
+  y = jax.eval_shape(forward(lax.conv_general_dilated), x, w)
+  dy = _normal(dy_seed, *y.shape)
+
+  def run(conv, x, w, dy):
+    y, vjp = jax.vjp(forward(conv), x, w)
     return (y, *vjp(dy))
 
-  want = jax.jit(lambda x, w: run(lax.conv_general_dilated))(x, w)
-  got = jax.jit(lambda x, w: run(onednn_conv.conv_general_dilated))(x, w)
+  want = jax.jit(functools.partial(run, lax.conv_general_dilated))(x, w, dy)
+  got = jax.jit(functools.partial(run, onednn_conv.conv_general_dilated))(
+      x, w, dy
+  )
   for name, a, b in zip(('forward', 'input_grad', 'weight_grad'), want, got):
     assert a.shape == b.shape, name
     scale = float(jnp.max(jnp.abs(a)))
@@ -78,17 +91,16 @@ def _compare(x, w, strides, padding, dy_seed=2):
     ],
 )
 def test_matches_xla(onednn, n, h, w, c, k, o, strides, padding):
-  kx, kw = jax.random.split(jax.random.PRNGKey(n * h + c))
-  x = jax.random.normal(kx, (n, h, w, c))
-  kernel = jax.random.normal(kw, (k, k, c, o))
+  seed = n * h + c
+  x = _normal(seed, n, h, w, c)
+  kernel = _normal(seed + 1, k, k, c, o)
   _compare(x, kernel, strides, padding)
 
 
 def test_matches_xla_vmapped_over_seeds(onednn):
   """Several seeds' networks in one program (`jax.vmap`)."""
-  kx, kw = jax.random.split(jax.random.PRNGKey(0))
-  x = jax.random.normal(kx, (3, 4, 8, 8, 5))
-  w = jax.random.normal(kw, (3, 3, 3, 5, 6))
+  x = _normal(0, 3, 4, 8, 8, 5)
+  w = _normal(1, 3, 3, 3, 5, 6)
 
   def loss(conv):
     def one(x, w):
@@ -145,7 +157,7 @@ def test_unsupported_convolutions_go_to_xla(kwargs):
 
 
 def test_the_models_use_it_where_chosen(onednn):
-  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  x = _normal(0, 2, 32, 32, 3)
   for name, depth in (('resnet_cifar', 10), ('vgg', 11), ('alexnet', 0)):
     outs = []
     for impl in ('xla', 'onednn'):

@@ -19,6 +19,8 @@ from sslprune_jax import train
 from sslprune_jax.tasks import exemplar
 from sslprune_jax.tasks import npid
 
+from test_train import init_variables
+
 
 class TinyNet(nn.Module):
   """Conv -> pool -> head; no batch norm, so device splits do not matter."""
@@ -39,9 +41,7 @@ def _state(model, task, seed=0, size=8):
       ),
       optax.constant_schedule(0.1),
   )
-  variables = train.init_variables(
-      model, jax.random.PRNGKey(seed), (size, size, 1)
-  )
+  variables = init_variables(model, jax.random.PRNGKey(seed), (size, size, 1))
   return train.create_train_state(
       model,
       variables,
@@ -312,9 +312,7 @@ def test_few_labels_is_labels_on_the_labelled_stream():
 def test_replacing_the_head_keeps_the_trunk_and_its_mask():
   config = {'name': 'resnet_cifar', 'depth': 10, 'width': 0.125}
   rotation_net = models.create_model(config, 4)
-  variables = rotation_net.init(
-      jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), train=False
-  )
+  variables = init_variables(rotation_net, jax.random.PRNGKey(0), (8, 8, 1))
   prunable = pruning.prunable_tree(variables['params'])
   mask = pruning.magnitude_prune(
       variables['params'], pruning.init_mask(variables['params']), prunable, 0.5
@@ -331,18 +329,23 @@ def test_replacing_the_head_keeps_the_trunk_and_its_mask():
   # The trunk computes the same features.
   trunk = models.create_model(config, None)
   images = np.random.default_rng(0).normal(size=(2, 8, 8, 1))
-  features = lambda v, m: trunk.apply(
-      {
-          'params': pruning.apply_mask(v['params'], m),
-          'batch_stats': v['batch_stats'],
-      },
-      images,
-      train=False,
+  features = jax.jit(
+      lambda v, m: trunk.apply(
+          {
+              'params': pruning.apply_mask(v['params'], m),
+              'batch_stats': v['batch_stats'],
+          },
+          images,
+          train=False,
+      )
   )
   np.testing.assert_array_equal(
       features(new_vars, new_mask), features(variables, mask)
   )
-  assert model.apply(new_vars, images, train=False).shape == (2, 10)
+  logits = jax.eval_shape(
+      lambda v: model.apply(v, images, train=False), new_vars
+  )
+  assert logits.shape == (2, 10)
 
 
 def test_npid_exact_softmax_by_hand():

@@ -1,5 +1,7 @@
 """The train step: masking, data parallelism, schedules, the NaN stop."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -13,6 +15,7 @@ from sslprune_jax import parallel
 from sslprune_jax import pruning
 from sslprune_jax import tasks
 from sslprune_jax import train
+from sslprune_jax import xla_options
 
 
 class TinyNet(nn.Module):
@@ -49,8 +52,19 @@ def train_config(**overrides):
   return c
 
 
+def init_variables(model, rng, image_shape):
+  """`train.init_variables` compiled as a run compiles it (experiment.py):
+  eager, every initialiser's random draw compiles by itself, a second or so
+  each on CPU."""
+  init = jax.jit(
+      functools.partial(train.init_variables, model, image_shape=image_shape),
+      compiler_options=xla_options.one_off_options(jax.default_backend()),
+  )
+  return init(rng)
+
+
 def make_state(model, tx, mask_fraction=0.0, seed=0):
-  variables = train.init_variables(model, jax.random.PRNGKey(seed), (8, 8, 1))
+  variables = init_variables(model, jax.random.PRNGKey(seed), (8, 8, 1))
   mask = pruning.init_mask(variables['params'])
   if mask_fraction:
     prunable = pruning.prunable_tree(variables['params'])

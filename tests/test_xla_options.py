@@ -25,6 +25,7 @@ from sslprune_jax import train
 from sslprune_jax import xla_options
 
 from test_imp import tiny_config
+from test_train import init_variables
 
 
 def test_auto_is_measured_per_platform():
@@ -55,9 +56,7 @@ def _state_and_batches(num_batches=3):
       dict(name='resnet_cifar', depth=10, width=0.125, bn_scale_init='uniform'),
       10,
   )
-  variables = train.init_variables(
-      model, jax.random.PRNGKey(0), image_shape=(28, 28, 1)
-  )
+  variables = init_variables(model, jax.random.PRNGKey(0), (28, 28, 1))
   params = variables['params']
   mask = pruning.magnitude_prune(
       params, pruning.init_mask(params), pruning.prunable_tree(params), 0.5

@@ -263,10 +263,19 @@ def replace_head(
     (model, variables, mask) of the network with the new head.
   """
   model = create_model(model_config, num_outputs)
-  fresh = model.init(
-      {'params': rng, 'dropout': rng}, jnp.zeros((1, *image_shape)), train=False
-  )['params']
-  params, new_mask = with_head(variables['params'], mask, fresh[HEAD])
+
+  # Compiled, XLA keeps only the head's draws (bit-identical to eager
+  # `init`); eager, every layer's initialiser compiles by itself: 1 s
+  # against 10 s for a CIFAR ResNet-10 on CPU.
+  @jax.jit
+  def fresh_head(rng):
+    return model.init(
+        {'params': rng, 'dropout': rng},
+        jnp.zeros((1, *image_shape)),
+        train=False,
+    )['params'][HEAD]
+
+  params, new_mask = with_head(variables['params'], mask, fresh_head(rng))
   return model, {**variables, 'params': params}, new_mask
 
 
