@@ -109,6 +109,16 @@ def test_pixels_match_source_files(fmnist_dir):
   assert _image_fingerprints(images) == _image_fingerprints(source)
 
 
+def test_pngs_are_the_bytes_tfds_writes():
+  """The whole-split encoding writes what TFDS's `Image` feature writes
+  for each array (so a prepared dataset's files are unchanged)."""
+  images = np.random.default_rng(0).integers(0, 256, (5, 28, 28, 1), np.uint8)
+  images[0] = 0  # Constant images compress differently.
+  image_feature = fashion_mnist.features()['image']
+  want = [image_feature.encode_example(image) for image in images]
+  assert list(fashion_mnist.encode_pngs(images)) == want
+
+
 def _write_gzip(path, payload):
   with gzip.open(path, 'wb') as f:
     f.write(payload)

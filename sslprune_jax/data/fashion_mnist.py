@@ -14,6 +14,7 @@ import os
 import zlib
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
 
 # Where Debian's `dataset-fashion-mnist` package installs the files.
@@ -209,6 +210,38 @@ def read_labels(path, num_examples):
   return labels.astype(np.int64)
 
 
+# Images per TF call of `encode_pngs` while preparing.
+_ENCODE_CHUNK = 10_000
+
+
+@tf.function(autograph=False)
+def _encode_png_batch(images):
+  return tf.map_fn(
+      tf.io.encode_png,
+      images,
+      fn_output_signature=tf.string,
+      parallel_iterations=32,
+  )
+
+
+def encode_pngs(images):
+  """PNG files of uint8 images, the bytes TFDS's `Image` feature writes.
+
+  TFDS encodes an array example by example (`tf.io.encode_png` at its
+  default compression, one TF call each: 13 s of the 17 s that preparing
+  Fashion-MNIST took); the same op mapped over a whole split in one TF
+  program writes the same bytes in a fifth of the time, and TFDS stores
+  bytes as they are given.
+
+  Args:
+    images: uint8 array `[N, H, W, C]`.
+
+  Returns:
+    An object array of N `bytes`.
+  """
+  return _encode_png_batch(tf.constant(images)).numpy()
+
+
 def features():
   """Returns the feature spec, identical to TFDS's `fashion_mnist`."""
   return tfds.features.FeaturesDict(
@@ -293,5 +326,8 @@ class LocalFashionMnist(
     """
     images = read_images(images_path, num_examples)
     labels = read_labels(labels_path, num_examples)
-    for index in range(num_examples):
-      yield index, {'image': images[index], 'label': labels[index]}
+    # In chunks: a prefix (`max_examples_per_split`) encodes only its own.
+    for start in range(0, num_examples, _ENCODE_CHUNK):
+      pngs = encode_pngs(images[start : start + _ENCODE_CHUNK])
+      for index, png in enumerate(pngs, start):
+        yield index, {'image': png, 'label': labels[index]}
