@@ -6,7 +6,10 @@ hundred real Fashion-MNIST images, one epoch, one round of pruning).
 """
 
 import csv
+import importlib
 import json
+import pkgutil
+import re
 import subprocess
 import sys
 
@@ -18,6 +21,7 @@ from sslprune_jax import data
 from sslprune_jax import source_network
 from sslprune_jax import imp
 from sslprune_jax import report
+import sslprune_jax.reproduce
 from sslprune_jax.evaluation import retrain
 from sslprune_jax.reproduce import fig1
 from sslprune_jax.reproduce import fig2
@@ -344,9 +348,13 @@ def test_retraining_a_packed_source_reads_its_own_seed(tmp_path):
 
 
 def test_command_refuses_an_unknown_figure(tmp_path):
+  """Before the figures and TensorFlow are imported (seconds), before
+  anything is written."""
   result = subprocess.run(
       [
           sys.executable,
+          '-X',
+          'importtime',
           '-m',
           'sslprune_jax.reproduce',
           '--figure=9',
@@ -358,7 +366,21 @@ def test_command_refuses_an_unknown_figure(tmp_path):
   )
   assert result.returncode != 0
   assert "--figure='9': choose regime or one of 1, 2, 3" in result.stderr
+  imported = re.findall(r'^import time:.*\|\s*([\w.]+)$', result.stderr, re.M)
+  assert 'absl.flags' in imported
+  assert not {'tensorflow', 'sslprune_jax.reproduce.fig1'} & set(imported)
   assert not list(tmp_path.iterdir())
+  # The figures it names are the package's figure modules.
+  listed = re.search(r'one of ([\d, ]+)\.', result.stderr).group(1)
+  modules = {
+      m.name
+      for m in pkgutil.iter_modules(sslprune_jax.reproduce.__path__)
+      if re.fullmatch(r'fig\d+', m.name)
+  }
+  assert {f'fig{n}' for n in listed.split(', ')} == modules
+  for name in modules:
+    module = importlib.import_module(f'sslprune_jax.reproduce.{name}')
+    assert callable(module.make)
 
 
 @pytest.fixture(scope='module')

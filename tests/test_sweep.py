@@ -275,7 +275,10 @@ def test_the_launch_script_is_the_command(tmp_path):
   ]
   refused = subprocess.run(
       [
-          *script,
+          sys.executable,
+          '-X',
+          'importtime',
+          *script[1:],
           '--config=configs/labels.py:quick',
           f'--workdir={tmp_path}',
           '--inits=reinit',
@@ -284,6 +287,9 @@ def test_the_launch_script_is_the_command(tmp_path):
       text=True,
   )
   assert refused.returncode == 2 and 'has not' in refused.stderr
+  # Without loading JAX (seconds).
+  imported = re.findall(r'^import time:.*\|\s*([\w.]+)$', refused.stderr, re.M)
+  assert 'absl.flags' in imported and 'jax' not in imported
 
 
 def test_configs_are_found_in_the_package_away_from_the_checkout(

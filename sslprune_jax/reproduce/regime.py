@@ -31,8 +31,6 @@ from sslprune_jax import report
 from sslprune_jax import runner
 from sslprune_jax.reproduce import settings
 
-OBJECTIVES = ('labels', 'rotnet')
-EPOCHS = (2, 4, 8, 16)
 # A plateau: doubling the epochs adds less than this to the test metric.
 PLATEAU_GAIN = 0.003
 
@@ -59,8 +57,8 @@ def run_dir(workdir: str, objective: str, epochs: float) -> str:
 
 def learning_curves(
     workdir: str,
-    objectives: Sequence[str] = OBJECTIVES,
-    epochs: Sequence[float] = EPOCHS,
+    objectives: Sequence[str] = settings.CURVE_OBJECTIVES,
+    epochs: Sequence[float] = settings.CURVE_EPOCHS,
     train_images: int = 6000,
     seed: int = 0,
 ) -> dict[str, dict[float, float]]:

@@ -126,9 +126,9 @@ def check(runs: list[Run], spec: Spec) -> None:
             + (f'; did you mean {close[0]}?)' if close else ')')
             + '.'
         )
-  if spec.inits is not None:
-    # Imported here, as is runner below: --help and flag errors come without
-    # loading JAX.
+  if spec.inits is not None and not problems:
+    # Imported here, as is runner below: --help and flag errors (the ones
+    # above too) come without loading JAX.
     from sslprune_jax.evaluation import retrain
 
     bad = [
