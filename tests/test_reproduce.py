@@ -34,6 +34,8 @@ from sslprune_jax.reproduce import regime as reproduce
 from sslprune_jax.reproduce import settings
 from sslprune_jax.reproduce import verdicts
 
+from test_sweep import imported_modules
+
 
 def test_plateau_is_the_first_count_whose_doubling_adds_little():
   curve = {2: 0.80, 4: 0.85, 8: 0.862, 16: 0.864, 32: 0.8655}
@@ -366,7 +368,7 @@ def test_command_refuses_an_unknown_figure(tmp_path):
   )
   assert result.returncode != 0
   assert "--figure='9': choose regime or one of 1, 2, 3" in result.stderr
-  imported = re.findall(r'^import time:.*\|\s*([\w.]+)$', result.stderr, re.M)
+  imported = imported_modules(result.stderr)
   assert 'absl.flags' in imported
   assert not {'tensorflow', 'sslprune_jax.reproduce.fig1'} & set(imported)
   assert not list(tmp_path.iterdir())

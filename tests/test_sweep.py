@@ -245,6 +245,11 @@ def test_malformed_command_lines_are_flag_errors(argv, message):
     cli.parse(argv)
 
 
+def imported_modules(stderr: str) -> list[str]:
+  """The modules a `python -X importtime` run imported, from its stderr."""
+  return re.findall(r'^import time:.*\|\s*([\w.]+)$', stderr, re.M)
+
+
 def test_the_launch_script_is_the_command(tmp_path):
   """`python launch/sweep.py` runs the package's command: its --help, its
   flags and its exit codes."""
@@ -288,7 +293,7 @@ def test_the_launch_script_is_the_command(tmp_path):
   )
   assert refused.returncode == 2 and 'has not' in refused.stderr
   # Without loading JAX (seconds).
-  imported = re.findall(r'^import time:.*\|\s*([\w.]+)$', refused.stderr, re.M)
+  imported = imported_modules(refused.stderr)
   assert 'absl.flags' in imported and 'jax' not in imported
 
 
